@@ -1,0 +1,30 @@
+"""ssl_jax: self-supervised visual representation learning in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="ssl_jax",
+    version="0.1.0",
+    description="Self-supervised visual representation learning in JAX/Flax "
+    "(BYOL and more) on a sharded, resumable engine.",
+    packages=find_packages(include=["ssl_jax", "ssl_jax.*"]),
+    python_requires=">=3.10",
+    # Ranges tested: the lower bounds are the versions this was developed and
+    # tested with (Python 3.11, CPU); the upper bounds stop at the next major/minor
+    # release whose APIs (jax.sharding, orbax CheckpointManager args, flax.linen)
+    # have not been tested here.
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "tensorflow-cpu>=2.21,<2.22",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "ml-collections>=1.1,<2",
+        "chex>=0.1.92,<0.2",
+        "absl-py>=2.1,<3",
+        "numpy>=2.0,<3",
+        "scikit-learn>=1.5,<2",  # ships the `demo` preset's dataset (handwritten digits)
+        "tensorboardX>=2.6,<3",  # TensorBoard event files without a TF summary writer
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

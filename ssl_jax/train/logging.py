@@ -1,0 +1,69 @@
+"""Metrics out of a run: DIR/metrics.jsonl, TensorBoard event files, a progress line."""
+import json
+import os
+import time
+
+import numpy as np
+
+
+def _to_python(value):
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+class MetricWriter:
+    """Writes one JSON object per logging step to metrics.jsonl and the same scalars to TensorBoard.
+
+    On resume from step k, lines with step > k (logged after the checkpoint the run resumed
+    from) are dropped, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not enabled:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
+        import tensorflow as tf  # TensorBoard events; TF is already a dependency for tf.data.
+        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _to_python(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        import tensorflow as tf
+        with self._tb.as_default(step=int(step)):
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    tf.summary.scalar(k, v)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """The stdout progress line: step, loss, images/s and ETA, measured between log steps."""
+
+    def __init__(self, total_steps: int, global_batch_size: int, start_step: int):
+        self.total_steps = total_steps
+        self.batch = global_batch_size
+        self._t, self._step = time.perf_counter(), start_step
+
+    def line(self, step: int, metrics: dict) -> str:
+        now = time.perf_counter()
+        steps = max(step - self._step, 1)
+        rate = steps * self.batch / max(now - self._t, 1e-9)
+        eta = (self.total_steps - step) * self.batch / max(rate, 1e-9)
+        self._t, self._step = now, step
+        extras = " ".join(f"{k} {float(metrics[k]):.4f}" for k in ("probe_top1", "lr") if k in metrics)
+        return (f"step {step}/{self.total_steps} | loss {float(metrics['loss']):.4f} | {extras} | "
+                f"{rate:.1f} img/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")

@@ -1,0 +1,178 @@
+"""The training loop: build everything from the config, resume, train, evaluate, report."""
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import numpy as np
+from absl import logging
+
+from ssl_jax import parallel
+from ssl_jax.data import pipeline, sources
+from ssl_jax.evaluate import features as features_lib
+from ssl_jax.evaluate.knn import knn_accuracy
+from ssl_jax.evaluate.linear import linear_probe_accuracy
+from ssl_jax.methods import build_method
+from ssl_jax.train import checkpoint
+from ssl_jax.train import step as step_lib
+from ssl_jax.train.logging import MetricWriter, Progress
+from ssl_jax.train.optim import build_optimizer
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """config.num_steps if set (> 0), else num_epochs full epochs."""
+    return config.num_steps if config.get("num_steps", -1) > 0 else int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"The loss is {loss} at step {step}. Checkpoints already in the workdir are intact "
+            "(a non-finite state is never saved). Lower --config.optimizer.base_lr, lengthen "
+            "--config.optimizer.warmup_epochs, or use float32 (--config.model.dtype=float32).")
+
+
+def build(config: ml_collections.ConfigDict, mesh):
+    """Everything a run needs that is a function of the config alone."""
+    data_cfg = config.data
+    parallel.check_batch_divisible(config.global_batch_size, mesh)
+    info = sources.dataset_info(data_cfg.dataset, data_cfg.train_split, data_cfg.data_dir)
+    spe = pipeline.steps_per_epoch(data_cfg, config.global_batch_size, jax.process_count())
+    if spe < 1:
+        raise ValueError(
+            f"global_batch_size={config.global_batch_size} is larger than the "
+            f"{info['num_examples_total']} examples of {data_cfg.dataset}:{data_cfg.train_split}; "
+            "lower --config.global_batch_size.")
+    n_steps = total_steps(config, spe)
+    method = build_method(config, n_steps)
+    optimizer, lr_schedule = build_optimizer(config.optimizer, global_batch_size=config.global_batch_size,
+                                             steps_per_epoch=spe, num_epochs=n_steps / spe)
+    return info, spe, n_steps, method, optimizer, lr_schedule
+
+
+def init_state(config, method, optimizer, info, mesh):
+    """The initial TrainState, created directly with its shardings (jit out_shardings)."""
+    s = config.data.image_size
+    sample = jnp.zeros((2, s, s, 3), jnp.float32)
+    make = lambda rng: step_lib.create_state(method, optimizer, rng, sample, info["num_classes"])
+    abstract = jax.eval_shape(make, jax.random.PRNGKey(config.seed))
+    sharding = parallel.state_sharding(abstract, mesh)
+    state = jax.jit(make, out_shardings=sharding)(jax.random.PRNGKey(config.seed))
+    return state, sharding
+
+
+def evaluate(config, method, state, mesh, num_classes: int) -> dict:
+    """kNN and online-probe accuracy on the test split; optional offline linear probe."""
+    data_cfg, ev = config.data, config.eval
+    encode = features_lib.make_encode_fn(method.encoder, mesh)
+    batches = lambda split: pipeline.eval_iterator(data_cfg, split, global_batch_size=ev.batch_size)
+
+    def scores(params, stats, probe_params=None):
+        tr_x, tr_y = features_lib.extract_features(encode, params, stats, batches(data_cfg.eval_train_split), mesh)
+        te_x, te_y = features_lib.extract_features(encode, params, stats, batches(data_cfg.test_split), mesh)
+        out = {f"knn_{k}": v for k, v in knn_accuracy(
+            tr_x, tr_y, te_x, te_y, num_classes=num_classes, k=ev.knn_k,
+            temperature=ev.knn_temperature).items()}
+        if probe_params is not None:
+            logits = step_lib.PROBE(num_classes).apply({"params": probe_params}, te_x)
+            out["online_probe_top1"] = float(np.mean(np.argmax(logits, -1) == te_y))
+        if ev.linear_probe:
+            lin = linear_probe_accuracy(tr_x, tr_y, te_x, te_y, num_classes=num_classes)
+            out.update(linear_top1=lin["top1"], linear_top5=lin["top5"], linear_l2=lin["l2"])
+        return out
+
+    params = jax.device_get(state.params)
+    stats = jax.device_get(state.batch_stats)
+    results = scores(params["encoder"], stats["encoder"], params["probe"])
+    if ev.compare_random_init:
+        # The same network at its initialisation (same seed): what pretraining bought.
+        init_state_, _ = init_state(config, method, optax.identity(), {"num_classes": num_classes}, mesh)
+        results["random_init"] = scores(init_state_.params["encoder"], init_state_.batch_stats["encoder"])
+    return results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Pretrain with config.method, resuming from workdir if it holds a checkpoint; evaluate."""
+    os.makedirs(workdir, exist_ok=True)
+    mesh = parallel.make_mesh(config.mesh.num_devices)
+    info, spe, n_steps, method, optimizer, lr_schedule = build(config, mesh)
+    is_main = jax.process_index() == 0
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    state, state_sh = init_state(config, method, optimizer, info, mesh)
+    ckpt = config.checkpoint
+    manager = checkpoint.make_manager(workdir, ckpt.every_steps, ckpt.keep, ckpt.async_save)
+    restored = checkpoint.restore_latest(manager, jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh))
+    if restored is not None:
+        state, meta = restored
+        logging.info("Resumed from step %d (input position: %s)", int(state.step), meta)
+    start = int(jax.device_get(state.step))
+    print(f"{config.method}: {n_steps} steps ({spe} per epoch), global batch {config.global_batch_size} "
+          f"on {mesh.devices.size} device(s); starting at step {start}.", flush=True)
+
+    writer = MetricWriter(workdir, resume_step=start, enabled=is_main)
+    batches = pipeline.pretrain_iterator(config.data, global_batch_size=config.global_batch_size,
+                                         seed=config.seed, start_step=start)
+    train_step = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
+    compiled, progress = None, None
+    t0 = time.perf_counter()
+    for step in range(start, n_steps):
+        batch = parallel.shard_batch(next(batches), mesh)
+        if compiled is None:
+            compiled = step_lib.compile_step(train_step, state, batch, mesh)
+        state, metrics = compiled(state, batch)
+        done = step + 1
+        if progress is None:  # start timing after the first (compiling) step
+            jax.block_until_ready(metrics)
+            progress = Progress(n_steps, config.global_batch_size, done)
+        will_save = manager.should_save(done) or done == n_steps
+        if done % config.log_every_steps == 0 or will_save:
+            metrics = jax.device_get(metrics)
+            _check_finite(done, metrics)
+            if done % config.log_every_steps == 0 or done == n_steps:
+                writer.write(done, metrics)
+                if is_main:
+                    print(progress.line(done, metrics), flush=True)
+        if will_save:
+            checkpoint.save(manager, state, {"step": done, "examples_seen": done * config.global_batch_size,
+                                             "epoch": done / spe}, force=done == n_steps)
+    manager.wait_until_finished()
+    train_seconds = time.perf_counter() - t0
+
+    results = {"method": config.method, "dataset": config.data.dataset, "step": int(state.step),
+               "train_seconds_this_run": round(train_seconds, 1)}
+    results.update(evaluate(config, method, state, mesh, info["num_classes"]))
+    if is_main:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        print(format_results(results), flush=True)
+    writer.close()
+    manager.close()
+    return results
+
+
+def format_results(results: dict) -> str:
+    """The end-of-run summary: pretrained vs random-init accuracies side by side."""
+    rows = [("kNN top-1", "knn_top1"), ("linear probe top-1", "linear_top1")]
+    rand = results.get("random_init", {})
+    lines = [f"Results after {results['step']} steps of {results['method']} on {results['dataset']}:",
+             f"  {'':22s} {'pretrained':>10s} {'random init':>12s}"]
+    for name, key in rows:
+        if key in results:
+            r = f"{rand[key]:12.4f}" if key in rand else f"{'':>12s}"
+            lines.append(f"  {name:22s} {results[key]:10.4f} {r}")
+    if "online_probe_top1" in results:
+        lines.append(f"  {'online probe top-1':22s} {results['online_probe_top1']:10.4f}")
+    return "\n".join(lines)

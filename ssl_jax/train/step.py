@@ -1,0 +1,77 @@
+"""The generic pure train step, shared by every method.
+
+train_step(state, batch) -> (state, metrics): method loss + online linear probe -> grads
+-> optax -> the method's post-update (EMA, queue, centre). Compiled once by `compile_step`
+with jax.jit over the mesh; schedules are evaluated inside from state.step.
+"""
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from ssl_jax import parallel
+from ssl_jax.train.state import TrainState
+
+PROBE = nn.Dense  # the online linear probe: one Dense layer on the frozen representation
+
+
+def probe_loss(probe_params, features, labels, num_classes):
+    """Cross-entropy and top-1 of a linear classifier on stop-gradient features.
+
+    As in the BYOL implementation: trained alongside, its gradient never reaches the
+    encoder, so it only reports how linearly separable the representation is.
+    """
+    logits = PROBE(num_classes).apply({"params": probe_params}, jax.lax.stop_gradient(features))
+    logits = logits.astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    top1 = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return ce, top1
+
+
+def create_state(method, optimizer: optax.GradientTransformation, rng: jax.Array,
+                 sample_images: jax.Array, num_classes: int) -> TrainState:
+    """Initial state: method params/stats/state, the probe, optimizer state, step 0."""
+    init_rng, probe_rng, run_rng = jax.random.split(rng, 3)
+    params, batch_stats, method_state = method.init(init_rng, sample_images)
+    feature_dim = method.encoder.apply(
+        {"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
+        sample_images, train=False).shape[-1]
+    params["probe"] = PROBE(num_classes).init(probe_rng, jnp.zeros((1, feature_dim)))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=optimizer.init(params), method_state=method_state, rng=run_rng)
+
+
+def make_train_step(method, optimizer: optax.GradientTransformation,
+                    lr_schedule: Callable[[Any], Any], num_classes: int):
+    """The pure step function for `method` (not yet compiled)."""
+
+    def loss_fn(params, state: TrainState, batch, rng):
+        loss, aux = method.loss(params, state.batch_stats, state.method_state, batch, rng, state.step)
+        p_loss, p_top1 = probe_loss(params["probe"], aux["features"], batch["label"], num_classes)
+        metrics = dict(aux["metrics"], loss=loss, probe_loss=p_loss, probe_top1=p_top1)
+        return loss + p_loss, (aux, metrics)
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        grads, (aux, metrics) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        method_state, post_metrics = method.after_update(params, aux["method_state"], state.step)
+        metrics = dict(metrics, **post_metrics, lr=lr_schedule(state.step),
+                       grad_norm=optax.global_norm(grads))
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux["batch_stats"],
+                                  opt_state=opt_state, method_state=method_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def compile_step(train_step, state: TrainState, batch_example, mesh: Mesh):
+    """jax.jit of the step with NamedSharding for state and batch; the state is donated."""
+    state_sh = parallel.state_sharding(state, mesh)
+    batch_sh = jax.tree.map(lambda _: parallel.batch_sharding(mesh), batch_example)
+    return jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                   out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))

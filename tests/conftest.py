@@ -1,0 +1,15 @@
+"""Shared test fixtures: paths of the repository and of the offline TFDS data."""
+import os
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_TFDS = os.path.abspath(os.path.join(REPO_ROOT, "..", "shared", "tfds"))
+
+
+@pytest.fixture
+def shared_tfds_dir():
+    """../shared/tfds, or skip: the offline CIFAR-10/MNIST copy is not shipped with the repo."""
+    if not os.path.isdir(os.path.join(SHARED_TFDS, "cifar10")):
+        pytest.skip(f"offline TFDS data not found at {SHARED_TFDS} (../shared/tfds beside the repo)")
+    return SHARED_TFDS
