@@ -45,9 +45,9 @@ class BYOL:
         params = {"encoder": enc["params"], "projector": proj["params"], "predictor": pred["params"]}
         batch_stats = {"encoder": enc["batch_stats"], "projector": proj["batch_stats"],
                        "predictor": pred["batch_stats"]}
-        # The target starts as an exact copy of the online encoder and projector.
-        target = {"params": {k: params[k] for k in ("encoder", "projector")},
-                  "batch_stats": {k: batch_stats[k] for k in ("encoder", "projector")}}
+        # The target starts as an exact copy (own buffers: the state is donated to the step).
+        target = jax.tree.map(jnp.copy, {"params": {k: params[k] for k in ("encoder", "projector")},
+                                         "batch_stats": {k: batch_stats[k] for k in ("encoder", "projector")}})
         return params, batch_stats, {"target": target}
 
     def loss(self, params, batch_stats, method_state, batch, rng, step):

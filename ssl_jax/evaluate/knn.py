@@ -1,0 +1,139 @@
+"""Weighted k-nearest-neighbour evaluation of frozen features (InstDisc / DINO protocol).
+
+Every query is compared by cosine similarity with every memory (train) feature; its k most
+similar neighbours vote for their class with weight exp(similarity / temperature) and the class
+with the largest summed weight is the prediction (Wu et al. 2018, "Unsupervised Feature Learning
+via Non-Parametric Instance Discrimination"; Caron et al. 2021, DINO, k=20 or 200, T=0.07 or 0.1).
+
+Queries are processed in fixed-size chunks with `jax.lax.map` inside one jitted function, so the
+similarity matrix held at any time is [chunk_size, N_train] rather than [N_test, N_train], and the
+function compiles once per (shapes, k, num_classes, chunk_size). Nothing here is device specific:
+the memory may be a plain array or a jax.Array sharded over the data axis.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_EPS = 1e-12
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, _EPS)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk_size"))
+def _knn_scores(train_features, train_labels, test_features, temperature, *, num_classes, k,
+                chunk_size):
+    memory = _l2_normalize(train_features)
+    labels = train_labels.astype(jnp.int32)
+    queries = _l2_normalize(test_features)
+    n_test, dim = queries.shape
+    num_chunks = -(-n_test // chunk_size)
+    # Zero rows pad the last chunk to the static chunk size; their scores are dropped below.
+    queries = jnp.pad(queries, ((0, num_chunks * chunk_size - n_test), (0, 0)))
+    queries = queries.reshape(num_chunks, chunk_size, dim)
+
+    def chunk_scores(q):
+        # HIGHEST precision: on TPU/GPU the default may use bf16/tf32 passes, which reorders
+        # near-tied neighbours.
+        sims = jnp.dot(q, memory.T, precision=jax.lax.Precision.HIGHEST)  # [chunk, N]
+        top_sims, top_idx = jax.lax.top_k(sims, k)  # [chunk, k]
+        weights = jnp.exp(top_sims / temperature)
+        neighbour_labels = labels[top_idx]
+        rows = jnp.broadcast_to(jnp.arange(chunk_size)[:, None], neighbour_labels.shape)
+        # Scatter-add keeps memory at O(chunk * (k + C)) instead of a [chunk, k, C] one-hot.
+        return jnp.zeros((chunk_size, num_classes), jnp.float32).at[rows, neighbour_labels].add(
+            weights)
+
+    scores = jax.lax.map(chunk_scores, queries).reshape(num_chunks * chunk_size, num_classes)
+    scores = scores[:n_test]
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
+
+
+def weighted_knn_predict(train_features, train_labels, test_features, *, num_classes: int,
+                         k: int = 200, temperature: float = 0.1, chunk_size: int = 256):
+    """Weighted kNN classification of `test_features` against a memory of labelled features.
+
+    Args:
+      train_features: [N, D] memory features (numpy or jax; L2-normalised inside).
+      train_labels: [N] integer labels in [0, num_classes).
+      test_features: [Nt, D] query features (L2-normalised inside).
+      num_classes: number of classes C.
+      k: number of neighbours. If k > N it is clamped to N (every memory item votes).
+      temperature: T in the neighbour weight exp(cos / T). Weights are not shifted, so in
+        float32 T below ~0.012 can overflow; the protocol uses T in [0.05, 0.1].
+      chunk_size: queries per chunk; peak memory is O(chunk_size * N). The last chunk is
+        zero-padded to this size so the computation compiles once.
+
+    Returns:
+      (predictions [Nt] int32, class scores [Nt, C] float32) where score[i, c] is the sum of
+      exp(s/T) over the k nearest neighbours of query i that have label c, and predictions is
+      its argmax (ties go to the lowest class index).
+    """
+    train_features = jnp.asarray(train_features)
+    train_labels = jnp.asarray(train_labels)
+    test_features = jnp.asarray(test_features)
+    if train_features.ndim != 2 or test_features.ndim != 2:
+        raise ValueError("weighted_knn_predict: features must be 2-D [N, D]; got train "
+                         f"{train_features.shape} and test {test_features.shape}.")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError("weighted_knn_predict: train and test feature dimensions differ: "
+                         f"{train_features.shape[1]} vs {test_features.shape[1]}.")
+    if train_labels.shape != (train_features.shape[0],):
+        raise ValueError(f"weighted_knn_predict: train_labels shape {train_labels.shape} does "
+                         f"not match {train_features.shape[0]} train features.")
+    if k < 1 or chunk_size < 1:
+        raise ValueError(f"weighted_knn_predict: k and chunk_size must be >= 1; got k={k}, "
+                         f"chunk_size={chunk_size}.")
+    n_train, n_test = train_features.shape[0], test_features.shape[0]
+    if n_train == 0:
+        raise ValueError("weighted_knn_predict: the memory (train_features) is empty.")
+    if n_test == 0:
+        return jnp.zeros((0,), jnp.int32), jnp.zeros((0, num_classes), jnp.float32)
+    return _knn_scores(train_features, train_labels, test_features, jnp.float32(temperature),
+                       num_classes=int(num_classes), k=int(min(k, n_train)),
+                       chunk_size=int(min(chunk_size, n_test)))
+
+
+def topk_hits(scores, labels, topk: int) -> np.ndarray:
+    """Boolean [N]: label is among the top-`topk` classes by score.
+
+    A class counts only if it scored > 0 (received a vote, for kNN) and fewer than `topk`
+    classes scored strictly higher; so classes without any vote never fill the top-k by
+    arbitrary tie-breaking, and with fewer than `topk` classes the hit rate can be below 1.
+    """
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    true = scores[np.arange(len(labels)), labels]
+    rank = np.sum(scores > true[:, None], axis=1)
+    return (rank < topk) & (true > 0)
+
+
+def knn_accuracy(train_features, train_labels, test_features, test_labels, *, num_classes: int,
+                 k: int = 200, temperature: float = 0.1, chunk_size: int = 256) -> dict:
+    """Weighted kNN top-1 / top-5 accuracy (fractions in [0, 1]).
+
+    top1 compares the argmax prediction with the label. top5 counts a hit when the label is
+    among the 5 best-scoring classes that received at least one neighbour vote (see
+    `topk_hits`); with num_classes <= 5 that means "the label got a vote". top5 >= top1.
+    Accepts numpy or jax arrays; see `weighted_knn_predict` for the arguments.
+    """
+    preds, scores = weighted_knn_predict(train_features, train_labels, test_features,
+                                         num_classes=num_classes, k=k, temperature=temperature,
+                                         chunk_size=chunk_size)
+    test_labels = np.asarray(test_labels).astype(np.int64)
+    if test_labels.shape != (scores.shape[0],):
+        raise ValueError(f"knn_accuracy: test_labels shape {test_labels.shape} does not match "
+                         f"{scores.shape[0]} test features.")
+    if test_labels.size == 0:
+        return {"top1": float("nan"), "top5": float("nan")}
+    top1 = np.asarray(preds) == test_labels
+    top5 = topk_hits(scores, test_labels, 5) | top1
+    return {"top1": float(np.mean(top1)), "top5": float(np.mean(top5))}
