@@ -88,7 +88,7 @@ def get_config(preset: str = "imagenet") -> ml_collections.ConfigDict:
         c.global_batch_size = 256
         c.data.update(dict(dataset="cifar10", test_split="test", image_size=32, shuffle_buffer=50_000))
         for v in c.data.views:
-            v.blur_prob = 0.0
+            v["blur_prob"] = 0.0
         c.model.update(dict(name="resnet18", cifar_stem=True))
         c.byol.ema_tau_base = 0.99
         c.optimizer.update(dict(base_lr=1.0, weight_decay=1e-5, trust_coefficient=0.02))

@@ -1,0 +1,209 @@
+"""ResNet encoders (v1.5: stride in the 3x3 conv) in flax.linen, NHWC.
+
+Layout matches torchvision's ResNet without the final fc layer, so parameter
+counts can be checked against the published ones. BatchNorm uses BYOL's values
+(momentum 0.9, epsilon 1e-5). Under ``jax.jit`` with the batch sharded over a
+mesh axis the BatchNorm statistics are over the global batch: no ``axis_name``
+is needed (or wanted).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# He / Kaiming normal, fan-out (as torchvision's ResNet init).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+STAGE_SIZES = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+_PAD1 = ((1, 1), (1, 1))
+
+
+def _channels(base: int, width_multiplier: float) -> int:
+    return max(1, int(round(base * width_multiplier)))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34). ``filters`` is the block's output width."""
+
+    filters: int
+    strides: int = 1
+    zero_init_residual: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=conv_kernel_init)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                 dtype=self.dtype)
+        last_scale = (nn.initializers.zeros if self.zero_init_residual
+                      else nn.initializers.ones)
+        residual = x
+        y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.filters, (3, 3), padding=_PAD1, name="conv2")(y)
+        y = norm(scale_init=last_scale, name="bn2")(y)
+        if residual.shape != y.shape:
+            residual = conv(self.filters, (1, 1), (self.strides,) * 2, name="proj_conv")(residual)
+            residual = norm(name="proj_bn")(residual)
+        return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 (ResNet-50+). Output width ``4 * filters``."""
+
+    filters: int
+    strides: int = 1
+    zero_init_residual: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=conv_kernel_init)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                 dtype=self.dtype)
+        last_scale = (nn.initializers.zeros if self.zero_init_residual
+                      else nn.initializers.ones)
+        residual = x
+        y = conv(self.filters, (1, 1), name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv2")(y)
+        y = nn.relu(norm(name="bn2")(y))
+        y = conv(4 * self.filters, (1, 1), name="conv3")(y)
+        y = norm(scale_init=last_scale, name="bn3")(y)
+        if residual.shape != y.shape:
+            residual = conv(4 * self.filters, (1, 1), (self.strides,) * 2,
+                            name="proj_conv")(residual)
+            residual = norm(name="proj_bn")(residual)
+        return nn.relu(y + residual)
+
+
+def _global_pool(x):
+    # Reduce in float32 so pooled features (used by heads and probes) are float32
+    # whatever the compute dtype.
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+class ResNet(nn.Module):
+    """ResNet encoder returning globally average-pooled features.
+
+    Attributes:
+      depth: one of 18, 34, 50, 101, 152, 200.
+      width_multiplier: scales every channel count, stem included (base 64).
+      cifar_stem: 3x3 stride-1 conv and no max-pool (for 32 px inputs) instead of
+        the ImageNet 7x7/2 conv + 3x3/2 max-pool.
+      zero_init_residual: initialise the scale of the last BatchNorm of every
+        residual block to zero, so each block starts as the identity. Default
+        True, as in BYOL's reference ResNet and the flax ImageNet example, and
+        recommended for large-batch training (Goyal et al., 2017); torchvision's
+        default is False.
+      dtype: compute dtype (params are always float32).
+
+    Input is NHWC. Parameter names: ``stem_conv``, ``stem_bn``,
+    ``stage{s}_block{b}`` with ``conv{i}``/``bn{i}`` and ``proj_conv``/``proj_bn``.
+    """
+
+    depth: int = 50
+    width_multiplier: float = 1.0
+    cifar_stem: bool = False
+    zero_init_residual: bool = True
+    dtype: Any = jnp.float32
+
+    @property
+    def bottleneck(self) -> bool:
+        return self.depth >= 50
+
+    @property
+    def feature_dim(self) -> int:
+        """Size D of the pooled features: 512·w (18/34) or 2048·w (50+)."""
+        expansion = 4 if self.bottleneck else 1
+        return expansion * _channels(512, self.width_multiplier)
+
+    @nn.compact
+    def __call__(self, x, train: bool, return_stages: bool = False):
+        """Returns pooled features [B, D], or with ``return_stages`` a dict with
+        'stage1'..'stage4' (each stage's output, globally average-pooled) and
+        'pooled' (the final features)."""
+        if self.depth not in STAGE_SIZES:
+            raise ValueError(f"ResNet depth {self.depth} is not supported; "
+                             f"valid depths: {sorted(STAGE_SIZES)}.")
+        x = jnp.asarray(x, self.dtype)
+        stem = _channels(64, self.width_multiplier)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                 dtype=self.dtype)
+        if self.cifar_stem:
+            x = nn.Conv(stem, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype,
+                        kernel_init=conv_kernel_init, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+        else:
+            x = nn.Conv(stem, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                        dtype=self.dtype, kernel_init=conv_kernel_init,
+                        name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
+
+        block_cls = Bottleneck if self.bottleneck else BasicBlock
+        stages = {}
+        for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+            filters = _channels(64 * 2 ** i, self.width_multiplier)
+            for j in range(num_blocks):
+                strides = 2 if (i > 0 and j == 0) else 1
+                x = block_cls(filters, strides, self.zero_init_residual, self.dtype,
+                              name=f"stage{i + 1}_block{j + 1}")(x, train)
+            if return_stages:
+                stages[f"stage{i + 1}"] = _global_pool(x)
+        pooled = _global_pool(x)
+        if return_stages:
+            stages["pooled"] = pooled
+            return stages
+        return pooled
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ENCODER_NAMES = tuple(f"resnet{d}" for d in STAGE_SIZES)
+
+
+def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
+    # Works for dicts and ml_collections.ConfigDict alike.
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+
+def build_encoder(model_cfg: Any) -> ResNet:
+    """Builds an encoder from a config (dict or ml_collections.ConfigDict).
+
+    Keys: ``name`` ('resnet18', 'resnet34', 'resnet50', 'resnet101',
+    'resnet152', 'resnet200'), ``width`` (float, default 1.0), ``cifar_stem``
+    (bool, default False), ``dtype`` ('float32' | 'bfloat16', default
+    'float32'), ``zero_init_residual`` (bool, default True).
+    """
+    name = _cfg_get(model_cfg, "name", None)
+    if name not in ENCODER_NAMES:
+        raise ValueError(f"Unknown encoder name {name!r} in model config; "
+                         f"valid names: {', '.join(ENCODER_NAMES)}.")
+    dtype_name = _cfg_get(model_cfg, "dtype", "float32")
+    if dtype_name not in _DTYPES:
+        raise ValueError(f"Unknown model dtype {dtype_name!r}; valid: {', '.join(_DTYPES)}.")
+    return ResNet(
+        depth=int(name[len("resnet"):]),
+        width_multiplier=float(_cfg_get(model_cfg, "width", 1.0)),
+        cifar_stem=bool(_cfg_get(model_cfg, "cifar_stem", False)),
+        zero_init_residual=bool(_cfg_get(model_cfg, "zero_init_residual", True)),
+        dtype=_DTYPES[dtype_name],
+    )

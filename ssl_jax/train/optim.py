@@ -1,0 +1,217 @@
+"""Optimisers (LARS, SGD, AdamW) and schedules, all optax.
+
+Every schedule is a pure function of the integer step so it can be evaluated
+inside the jitted train step, which makes resuming from a checkpoint exact.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# (path, param) -> True when the param is excluded from weight decay and LARS
+# adaptation. `path` is a tuple of str keys, e.g. ('encoder', 'stem_bn', 'scale').
+ExcludeFn = Callable[[Tuple[str, ...], Any], bool]
+
+
+# ----------------------------------------------------------------------------
+# Schedules
+# ----------------------------------------------------------------------------
+
+def warmup_cosine_schedule(peak_lr: float, warmup_steps: int, total_steps: int,
+                           end_lr: float = 0.0) -> optax.Schedule:
+    """Linear warm-up from 0 (step 0) to ``peak_lr`` (step ``warmup_steps``),
+    then cosine decay to ``end_lr`` at ``total_steps``; flat at ``end_lr`` after.
+    """
+    if warmup_steps < 0 or total_steps < warmup_steps:
+        raise ValueError(f"Need 0 <= warmup_steps <= total_steps, got warmup_steps="
+                         f"{warmup_steps}, total_steps={total_steps}.")
+    peak_lr, end_lr = float(peak_lr), float(end_lr)
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak_lr * step / max(warmup_steps, 1)
+        progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = end_lr + (peak_lr - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(step < warmup_steps, warm, cosine)
+
+    return schedule
+
+
+def scaled_lr(base_lr: float, global_batch_size: int, scaling: str = "linear") -> float:
+    """Peak learning rate from a base one: ``base·B/256`` ('linear'),
+    ``base·sqrt(B)`` ('sqrt', SimCLR's 0.075·√B) or ``base`` ('none')."""
+    if scaling == "linear":
+        return base_lr * global_batch_size / 256.0
+    if scaling == "sqrt":
+        return base_lr * math.sqrt(global_batch_size)
+    if scaling == "none":
+        return float(base_lr)
+    raise ValueError(f"Unknown lr_scaling {scaling!r}; valid: 'linear', 'sqrt', 'none'.")
+
+
+def ema_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
+    """BYOL target EMA rate τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2.
+
+    τ_0 = τ_base, τ_K = 1 (and 1 after K).
+    """
+    total = max(int(total_steps), 1)
+
+    def schedule(step):
+        k = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, total)
+        return 1.0 - (1.0 - tau_base) * (jnp.cos(jnp.pi * k / total) + 1.0) / 2.0
+
+    return schedule
+
+
+# ----------------------------------------------------------------------------
+# Masks and LARS
+# ----------------------------------------------------------------------------
+
+def default_lars_exclude(path: Tuple[str, ...], param: Any) -> bool:
+    """Default exclusion rule: every parameter with ndim <= 1.
+
+    In the ResNets and MLP heads here those are exactly the biases and the
+    BatchNorm scales/offsets (BYOL excludes these from weight decay and LARS
+    adaptation). Kernels are >= 2-D. ``path`` is unused but available to
+    custom rules.
+    """
+    del path
+    return jnp.ndim(param) <= 1
+
+
+def _path_keys(path) -> Tuple[str, ...]:
+    keys = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                keys.append(str(getattr(k, attr)))
+                break
+        else:
+            keys.append(str(k))
+    return tuple(keys)
+
+
+def make_mask(exclude_fn: ExcludeFn | None) -> Callable[[Any], Any]:
+    """Returns ``params -> tree of bools``, True where the parameter is *not*
+    excluded (i.e. gets weight decay / LARS adaptation). ``None`` excludes nothing.
+
+    optax calls the mask on the updates tree at update time; that has the same
+    structure and shapes as the params, so path/shape rules work unchanged.
+    """
+    def mask(tree):
+        if exclude_fn is None:
+            return jax.tree.map(lambda _: True, tree)
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: not bool(exclude_fn(_path_keys(p), x)), tree)
+
+    return mask
+
+
+def lars(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
+         momentum: float = 0.9, trust_coefficient: float = 1e-3, eps: float = 0.0,
+         nesterov: bool = False,
+         exclude_fn: ExcludeFn | None = default_lars_exclude
+         ) -> optax.GradientTransformation:
+    """LARS as in BYOL (You et al., 2017; BYOL's reference implementation).
+
+    Per parameter p with gradient g:
+      if not excluded: g ← g + wd·p;  g ← g·η‖p‖/(‖g‖ + eps)  (ratio 1 if a norm is 0)
+      v ← m·v + g;  update = −lr·v
+    Excluded parameters (``exclude_fn``; default ndim <= 1: biases and BN
+    scale/offset) get neither weight decay nor the trust ratio. The learning
+    rate multiplies the momentum buffer (not the gradient inside it), as in
+    BYOL. ``nesterov`` uses g + m·v instead of v.
+
+    optax.scale_by_trust_ratio implements exactly the trust-ratio line above.
+    """
+    mask = make_mask(exclude_fn)
+    return optax.chain(
+        optax.masked(optax.add_decayed_weights(weight_decay), mask),
+        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient,
+                                                eps=eps), mask),
+        optax.trace(decay=momentum, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgd(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
+        momentum: float = 0.9, nesterov: bool = False,
+        exclude_fn: ExcludeFn | None = default_lars_exclude
+        ) -> optax.GradientTransformation:
+    """SGD with coupled weight decay, as PyTorch's SGD (dampening 0):
+    g ← g + wd·p (not for excluded params);  v ← m·v + g;  update = −lr·v."""
+    return optax.chain(
+        optax.masked(optax.add_decayed_weights(weight_decay), make_mask(exclude_fn)),
+        optax.trace(decay=momentum, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+# ----------------------------------------------------------------------------
+# From config
+# ----------------------------------------------------------------------------
+
+OPTIMIZER_NAMES = ("lars", "sgd", "adamw")
+_MISSING = object()
+
+
+def _get(cfg: Any, key: str, default: Any = _MISSING) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    if value is _MISSING:
+        raise ValueError(f"Optimizer config is missing required key {key!r}; add "
+                         f"config.optimizer.{key}.")
+    return value
+
+
+def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: int,
+                    num_epochs: float) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+    """Builds ``(optimizer, lr_schedule)`` from a config (dict or ConfigDict).
+
+    Keys: ``name`` ('lars' | 'sgd' | 'adamw'), ``base_lr``, ``lr_scaling``
+    ('linear' | 'sqrt' | 'none', default 'linear'), ``weight_decay`` (default 0),
+    ``momentum`` (sgd/lars, default 0.9), ``nesterov`` (sgd/lars, default False),
+    ``trust_coefficient`` (lars, default 1e-3), ``b1``/``b2`` (adamw, defaults
+    0.9/0.999), ``warmup_epochs`` (float, default 0), ``end_lr`` (default 0),
+    ``exclude_bias_and_bn_from_wd`` (default True: params with ndim <= 1 get no
+    weight decay and, for LARS, no trust-ratio adaptation).
+
+    The schedule is linear warm-up over round(warmup_epochs·steps_per_epoch)
+    steps to scaled_lr(base_lr, global_batch_size, lr_scaling), then cosine to
+    end_lr at round(steps_per_epoch·num_epochs) (num_epochs may be fractional).
+    """
+    name = _get(opt_cfg, "name")
+    if name not in OPTIMIZER_NAMES:
+        raise ValueError(f"Unknown optimizer name {name!r}; valid names: "
+                         f"{', '.join(OPTIMIZER_NAMES)}.")
+    peak = scaled_lr(float(_get(opt_cfg, "base_lr")), global_batch_size,
+                     _get(opt_cfg, "lr_scaling", "linear"))
+    # num_epochs may be fractional (a run given in steps passes num_steps / steps_per_epoch).
+    total_steps = int(round(steps_per_epoch * num_epochs))
+    warmup_steps = int(round(float(_get(opt_cfg, "warmup_epochs", 0.0)) * steps_per_epoch))
+    if warmup_steps > total_steps:
+        raise ValueError(f"optimizer.warmup_epochs={_get(opt_cfg, 'warmup_epochs')} gives "
+                         f"{warmup_steps} warm-up steps, more than the {total_steps} "
+                         f"training steps ({num_epochs} epochs x {steps_per_epoch}); "
+                         f"lower warmup_epochs or train longer.")
+    schedule = warmup_cosine_schedule(peak, warmup_steps, total_steps,
+                                      float(_get(opt_cfg, "end_lr", 0.0)))
+    wd = float(_get(opt_cfg, "weight_decay", 0.0))
+    exclude = default_lars_exclude if _get(opt_cfg, "exclude_bias_and_bn_from_wd", True) else None
+
+    if name == "lars":
+        tx = lars(schedule, wd, momentum=float(_get(opt_cfg, "momentum", 0.9)),
+                  trust_coefficient=float(_get(opt_cfg, "trust_coefficient", 1e-3)),
+                  nesterov=bool(_get(opt_cfg, "nesterov", False)), exclude_fn=exclude)
+    elif name == "sgd":
+        tx = sgd(schedule, wd, momentum=float(_get(opt_cfg, "momentum", 0.9)),
+                 nesterov=bool(_get(opt_cfg, "nesterov", False)), exclude_fn=exclude)
+    else:
+        tx = optax.adamw(schedule, b1=float(_get(opt_cfg, "b1", 0.9)),
+                         b2=float(_get(opt_cfg, "b2", 0.999)), weight_decay=wd,
+                         mask=make_mask(exclude))
+    return tx, schedule

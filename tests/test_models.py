@@ -1,0 +1,114 @@
+"""Tests for ssl_jax.models: ResNet encoders and MLP heads."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.models import BasicBlock, Bottleneck, MLPHead, ResNet, build_encoder
+
+
+def _num_params(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name,cifar_stem,expected", [
+    ("resnet18", True, 64), ("resnet18", False, 64),
+    ("resnet50", True, 256), ("resnet50", False, 256),
+])
+def test_feature_dims(name, cifar_stem, expected):
+    model = build_encoder({"name": name, "width": 0.125, "cifar_stem": cifar_stem})
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    assert out.shape == (2, expected) == (2, model.feature_dim)
+    assert out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("depth,expected", [(18, 11_176_512), (50, 23_508_032)])
+def test_param_counts_match_torchvision_without_fc(depth, expected):
+    model = ResNet(depth=depth)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+    assert _num_params(variables["params"]) == expected
+
+
+def test_return_stages_keys_and_shapes():
+    model = ResNet(depth=18, width_multiplier=0.25, cifar_stem=True)
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    out = jax.eval_shape(lambda v: model.apply(v, x, train=False, return_stages=True),
+                         variables)
+    assert {k: v.shape for k, v in out.items()} == {
+        "stage1": (2, 16), "stage2": (2, 32), "stage3": (2, 64), "stage4": (2, 128),
+        "pooled": (2, 128)}
+
+
+def test_bfloat16_compute_float32_params():
+    model = build_encoder({"name": "resnet18", "width": 0.125, "cifar_stem": True,
+                           "dtype": "bfloat16"})
+    x = jnp.zeros((2, 8, 8, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+
+
+def _numpy_variables(model, x):
+    """Variables with the model's shapes but cheap NumPy values: eager flax init
+    compiles one random op per parameter shape, which is slow on CPU."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: (0.3 * rng.normal(size=s.shape) + (s.ndim == 1)).astype(np.float32),
+        shapes["params"])
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, s: np.full(s.shape, float(path[-1].key == "var"), np.float32),
+        shapes["batch_stats"])
+    return {"params": params, "batch_stats": stats}
+
+
+def test_batch_stats_update_only_in_train_mode():
+    model = ResNet(depth=18, width_multiplier=0.0625, cifar_stem=True)
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    variables = _numpy_variables(model, x)
+
+    _, train_state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    _, eval_state = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                           variables["batch_stats"], train_state["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    jax.tree.map(np.testing.assert_array_equal, variables["batch_stats"],
+                 eval_state["batch_stats"])
+
+
+@pytest.mark.parametrize("block,last_bn", [(BasicBlock, "bn2"), (Bottleneck, "bn3")])
+def test_zero_init_residual(block, last_bn):
+    x = jnp.zeros((1, 4, 4, 4))
+    for zero, fill in [(True, 0.0), (False, 1.0)]:
+        params = block(filters=4, strides=2, zero_init_residual=zero).init(
+            jax.random.key(0), x, train=False)["params"]
+        np.testing.assert_array_equal(params[last_bn]["scale"], fill)
+        np.testing.assert_array_equal(params["bn1"]["scale"], 1.0)
+        assert "proj_conv" in params
+
+
+@pytest.mark.parametrize("num_layers,bn_on_output", [(2, False), (3, True), (1, False)])
+def test_mlp_head(num_layers, bn_on_output):
+    head = MLPHead(hidden_dim=16, output_dim=8, num_layers=num_layers,
+                   bn_on_output=bn_on_output)
+    x = jax.random.normal(jax.random.key(0), (6, 12))
+    variables = head.init(jax.random.key(1), x, train=False)
+    out, _ = head.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert out.shape == (6, 8)
+    dense = sorted(k for k in variables["params"] if k.startswith("dense"))
+    bns = sorted(k for k in variables["params"] if k.startswith("bn"))
+    assert len(dense) == num_layers
+    assert len(bns) == num_layers - 1 + int(bn_on_output)
+    assert all("bias" in variables["params"][k] for k in dense)
+    if bn_on_output:
+        # Training-mode BN with scale 1, offset 0: zero mean, unit variance per dim.
+        np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(out.var(0), 1.0, rtol=1e-3)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match=r"resnet13.*resnet18.*resnet50"):
+        build_encoder({"name": "resnet13"})

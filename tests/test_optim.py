@@ -1,0 +1,161 @@
+"""Tests for ssl_jax.train.optim: LARS, SGD and schedules against NumPy."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssl_jax.train.optim import (build_optimizer, ema_tau_schedule, lars, scaled_lr,
+                                 warmup_cosine_schedule)
+
+
+def _params_and_grads():
+    rng = np.random.default_rng(0)
+    params = {
+        "conv": {"kernel": rng.normal(size=(3, 3, 2, 4)).astype(np.float32)},
+        "dense": {"kernel": rng.normal(size=(5, 3)).astype(np.float32),
+                  "bias": rng.normal(size=(3,)).astype(np.float32)},
+        "bn": {"scale": rng.normal(size=(4,)).astype(np.float32)},
+    }
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+             for _ in range(3)]
+    return params, grads
+
+
+def _run(tx, params, grads):
+    params = jax.tree.map(jnp.asarray, params)
+    state = tx.init(params)
+    history = []
+    for g in grads:
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(params)
+    return history
+
+
+def _numpy_lars(params, grads, lr_fn, wd, momentum, eta):
+    params = jax.tree.map(lambda p: p.astype(np.float64), params)
+    flat, treedef = jax.tree.flatten(params)
+    bufs = [np.zeros_like(p) for p in flat]
+    history = []
+    for step, g_tree in enumerate(grads):
+        new = []
+        for i, (p, g) in enumerate(zip(flat, jax.tree.leaves(g_tree))):
+            g = g.astype(np.float64)
+            if p.ndim > 1:
+                g = g + wd * p
+                pn, gn = np.linalg.norm(p), np.linalg.norm(g)
+                g = g * (eta * pn / gn if pn > 0 and gn > 0 else 1.0)
+            bufs[i] = momentum * bufs[i] + g
+            new.append(p - lr_fn(step) * bufs[i])
+        flat = new
+        history.append(jax.tree.unflatten(treedef, flat))
+    return history
+
+
+def test_lars_matches_numpy():
+    params, grads = _params_and_grads()
+    lr_fn = lambda step: 0.5 * (step + 1)  # a schedule: checks the step count too
+    wd, momentum, eta = 1e-2, 0.9, 1e-3
+    got = _run(lars(lr_fn, wd, momentum=momentum, trust_coefficient=eta), params, grads)
+    want = _numpy_lars(params, grads, lr_fn, wd, momentum, eta)
+    for g, w in zip(got, want):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), g, w)
+    # Excluded params moved by exactly -lr*v of the raw gradients (no decay, no ratio).
+    np.testing.assert_allclose(got[0]["bn"]["scale"],
+                               params["bn"]["scale"] - 0.5 * grads[0]["bn"]["scale"],
+                               rtol=1e-6)
+
+
+def test_lars_zero_param_norm_gives_unit_ratio():
+    params = {"k": jnp.zeros((2, 2))}
+    grads = {"k": jnp.ones((2, 2))}
+    tx = lars(1.0, 0.0, momentum=0.0)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["k"], -1.0)
+
+
+def test_sgd_coupled_weight_decay_matches_numpy():
+    params, grads = _params_and_grads()
+    grads = grads[:2]
+    cfg = {"name": "sgd", "base_lr": 0.1, "lr_scaling": "none", "weight_decay": 5e-4,
+           "momentum": 0.9, "nesterov": False}
+    tx, sched = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10,
+                                num_epochs=1)
+    got = _run(tx, params, grads)
+
+    flat, treedef = jax.tree.flatten(jax.tree.map(lambda p: p.astype(np.float64), params))
+    bufs = [np.zeros_like(p) for p in flat]
+    for step, g_tree in enumerate(grads):
+        lr = 0.1 * 0.5 * (1 + math.cos(math.pi * step / 10))
+        for i, g in enumerate(jax.tree.leaves(g_tree)):
+            g = g + (5e-4 * flat[i] if flat[i].ndim > 1 else 0.0)
+            bufs[i] = 0.9 * bufs[i] + g
+            flat[i] = flat[i] - lr * bufs[i]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                     got[step], jax.tree.unflatten(treedef, flat))
+        np.testing.assert_allclose(sched(step), lr, rtol=1e-6)
+
+
+def test_adamw_and_lars_build():
+    for name in ("adamw", "lars"):
+        tx, _ = build_optimizer({"name": name, "base_lr": 1e-3, "weight_decay": 0.05},
+                                global_batch_size=64, steps_per_epoch=4, num_epochs=2)
+        params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+        updates, _ = tx.update(params, tx.init(params), params)
+        assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
+def test_warmup_cosine_endpoints():
+    peak, end = 2.0, 0.1
+    sched = warmup_cosine_schedule(peak, warmup_steps=10, total_steps=110, end_lr=end)
+    np.testing.assert_allclose(sched(0), 0.0)
+    np.testing.assert_allclose(sched(5), peak / 2, rtol=1e-6)
+    np.testing.assert_allclose(sched(10), peak, rtol=1e-6)
+    np.testing.assert_allclose(sched(60), (peak + end) / 2, rtol=1e-6)
+    np.testing.assert_allclose(sched(110), end, rtol=1e-6)
+    np.testing.assert_allclose(sched(500), end, rtol=1e-6)
+    # Pure function of the step, usable under jit.
+    np.testing.assert_allclose(jax.jit(sched)(jnp.int32(60)), (peak + end) / 2, rtol=1e-6)
+
+
+def test_build_optimizer_warmup_steps_and_scaling():
+    _, sched = build_optimizer(
+        {"name": "lars", "base_lr": 0.2, "lr_scaling": "linear", "warmup_epochs": 1.5},
+        global_batch_size=512, steps_per_epoch=10, num_epochs=10)
+    np.testing.assert_allclose(sched(15), 0.4, rtol=1e-6)
+    np.testing.assert_allclose(sched(100), 0.0, atol=1e-7)
+    # Fractional epochs (runs given in steps): 25 total steps, not 20.
+    _, sched = build_optimizer({"name": "sgd", "base_lr": 0.1, "lr_scaling": "none"},
+                               global_batch_size=256, steps_per_epoch=10, num_epochs=2.5)
+    assert float(sched(24)) > 0.0
+    np.testing.assert_allclose(sched(25), 0.0, atol=1e-7)
+
+
+def test_ema_tau_schedule():
+    tau = ema_tau_schedule(0.996, total_steps=100)
+    np.testing.assert_allclose(tau(0), 0.996, rtol=1e-7)
+    np.testing.assert_allclose(tau(50), 1 - 0.004 / 2, rtol=1e-7)
+    np.testing.assert_allclose(tau(100), 1.0, rtol=1e-7)
+
+
+def test_scaled_lr():
+    assert scaled_lr(0.2, 4096, "linear") == pytest.approx(3.2)
+    assert scaled_lr(0.075, 4096, "sqrt") == pytest.approx(4.8)
+    assert scaled_lr(0.3, 4096, "none") == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scaled_lr(0.1, 256, "cubic")
+
+
+def test_build_optimizer_unknown_name():
+    with pytest.raises(ValueError, match=r"adam'.*lars, sgd, adamw"):
+        build_optimizer({"name": "adam", "base_lr": 0.1}, global_batch_size=256,
+                        steps_per_epoch=1, num_epochs=1)
+
+
+def test_build_optimizer_warmup_longer_than_training():
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        build_optimizer({"name": "sgd", "base_lr": 0.1, "warmup_epochs": 3},
+                        global_batch_size=256, steps_per_epoch=10, num_epochs=2)
