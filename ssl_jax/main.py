@@ -13,21 +13,63 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results "
                                "(a rerun of the same command resumes from it).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (Cloud "
+                                "TPU pod slices, SLURM or multi-node GPU clusters; one process per host).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _unknown_override(argv) -> str | None:
+    """The first --config.a.b=... override whose path is not a field of the loaded config."""
+    config = flags.FLAGS["config"].value
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        node, path = config, arg[len("--config."):].split("=", 1)[0]
+        for key in path.split("."):
+            if config is None or not hasattr(node, "keys") or key not in node.keys():
+                return path
+            node = node[key]
+    return None
+
+
+def parse_flags(argv):
+    """absl flag parsing; a bad flag or an unknown config field is one message, no traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+        if "Traceback" in message:  # an error raised by the config file itself: keep its last line
+            message = f"{argv_config(argv)}: " + message.strip().splitlines()[-1]
+        _fail(f"{message}\nPass --helpshort for the flags.", code=2)
+    except (AttributeError, KeyError) as e:
+        path = _unknown_override(argv)
+        _fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
+              f"{argv_config(argv)}. Check the spelling (the config file lists the fields).", code=2)
+
+
+def _fail(message: str, code: int = 1):
+    print(f"ssl_jax: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def argv_config(argv) -> str:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "the config")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MULTIHOST.value:
+        import jax
+        jax.distributed.initialize()  # coordinator, process count and id from the cluster environment
     from ssl_jax.train import loop  # after flag parsing: importing JAX/TF is slow
     try:
         loop.run(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
         # Errors a user can cause: one message naming the cause and the fix, no traceback.
-        print(f"ssl_jax: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(e))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
