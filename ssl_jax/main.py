@@ -6,7 +6,7 @@ Every config field can be overridden from the command line, e.g.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/byol.py:cifar10.",
@@ -59,6 +59,10 @@ def argv_config(argv) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Library INFO logs (orbax writes several lines per checkpoint) would drown the progress
+    # line; pass --verbosity=0 to see them.
+    if flags.FLAGS["verbosity"].value == 0 and "--verbosity" not in " ".join(sys.argv):
+        logging.set_verbosity(logging.WARNING)
     if _MULTIHOST.value:
         import jax
         jax.distributed.initialize()  # coordinator, process count and id from the cluster environment

@@ -14,20 +14,21 @@ import orbax.checkpoint as ocp
 from ssl_jax.train.state import TrainState
 
 
-def make_manager(workdir: str, every_steps: int, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+    """The run's checkpoint manager; the loop decides when to save (every N steps and at the end)."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps, max_to_keep=keep, enable_async_checkpointing=async_save,
+        max_to_keep=keep, enable_async_checkpointing=async_save,
         # Leftover temporaries of a killed run are removed at start; whole checkpoints stay.
         cleanup_tmp_directories=True)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                  options=options, item_names=("state", "meta"))
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, meta: dict, force: bool = False) -> bool:
-    """Save `state` (and JSON `meta`, e.g. the input position) if the interval says so."""
+def save(manager: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
+    """Start saving `state` and JSON `meta` (e.g. the input position) at state.step."""
     step = int(jax.device_get(state.step))
-    return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      meta=ocp.args.JsonSave(meta)), force=force)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[TrainState, dict] | None:

@@ -29,8 +29,8 @@ class MetricWriter:
                 kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
-        import tensorflow as tf  # TensorBoard events; TF is already a dependency for tf.data.
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        from tensorboardX import SummaryWriter  # event files without the tensorboard package
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -38,11 +38,9 @@ class MetricWriter:
         record = {"step": int(step), **{k: _to_python(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        import tensorflow as tf
-        with self._tb.as_default(step=int(step)):
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    tf.summary.scalar(k, v)
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self._tb.add_scalar(k, v, global_step=int(step))
         self._tb.flush()
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import numpy as np
-from absl import logging
 
 from ssl_jax import parallel
 from ssl_jax.data import pipeline, sources
@@ -112,12 +111,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     state, state_sh = init_state(config, method, optimizer, info, mesh)
     ckpt = config.checkpoint
-    manager = checkpoint.make_manager(workdir, ckpt.every_steps, ckpt.keep, ckpt.async_save)
+    manager = checkpoint.make_manager(workdir, ckpt.keep, ckpt.async_save)
     restored = checkpoint.restore_latest(manager, jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh))
     if restored is not None:
         state, meta = restored
-        logging.info("Resumed from step %d (input position: %s)", int(state.step), meta)
+        print(f"Resumed from {manager.directory} (input position: {meta}).", flush=True)
     start = int(jax.device_get(state.step))
     print(f"{config.method}: {n_steps} steps ({spe} per epoch), global batch {config.global_batch_size} "
           f"on {mesh.devices.size} device(s); starting at step {start}.", flush=True)
@@ -137,7 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if progress is None:  # start timing after the first (compiling) step
             jax.block_until_ready(metrics)
             progress = Progress(n_steps, config.global_batch_size, done)
-        will_save = manager.should_save(done) or done == n_steps
+        will_save = done % ckpt.every_steps == 0 or done == n_steps
         if done % config.log_every_steps == 0 or will_save:
             metrics = jax.device_get(metrics)
             _check_finite(done, metrics)
@@ -147,7 +146,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     print(progress.line(done, metrics), flush=True)
         if will_save:
             checkpoint.save(manager, state, {"step": done, "examples_seen": done * config.global_batch_size,
-                                             "epoch": done / spe}, force=done == n_steps)
+                                             "epoch": done / spe})
     manager.wait_until_finished()
     train_seconds = time.perf_counter() - t0
 

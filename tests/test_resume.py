@@ -1,0 +1,70 @@
+"""A run killed with SIGKILL mid-training and restarted ends exactly like an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from tests.conftest import REPO_ROOT
+
+STEPS = 12
+ARGS = ["--config=configs/byol.py:demo", f"--config.num_steps={STEPS}", "--config.global_batch_size=32",
+        "--config.checkpoint.every_steps=4", "--config.log_every_steps=2",
+        "--config.eval.linear_probe=False", "--config.eval.compare_random_init=False"]
+
+
+def _cmd(workdir):
+    return [sys.executable, "-m", "ssl_jax.main", *ARGS, f"--workdir={workdir}"]
+
+
+def _env():
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+
+
+def _final_state(workdir):
+    path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
+    state = ocp.StandardCheckpointer().restore(path)
+    return {jax_key: np.asarray(v) for jax_key, v in _flatten(state)}
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, f"{prefix}/{k}")
+    else:
+        yield prefix, tree
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_cmd(ref), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
+                   stdout=subprocess.DEVNULL)
+
+    proc = subprocess.Popen(_cmd(killed), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 10/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not os.path.exists(killed / "results.json")
+
+    out = subprocess.run(_cmd(killed), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
+                         capture_output=True, text=True).stdout
+    assert "starting at step 8" in out or "starting at step 4" in out, out
+
+    a, b = _final_state(ref), _final_state(killed)
+    assert a.keys() == b.keys() and any("target" in k for k in a) and any("opt_state" in k for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    ma, mb = _metrics(ref), _metrics(killed)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] == list(range(2, STEPS + 1, 2))
+    assert ma == mb
