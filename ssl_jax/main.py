@@ -3,6 +3,7 @@
 Every config field can be overridden from the command line, e.g.
 --config.optimizer.base_lr=0.3 --config.global_batch_size=512.
 """
+import importlib.util
 import os
 import sys
 
@@ -18,15 +19,27 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _load_config(spec: str):
+    """The config of a --config=path.py[:preset] value, loaded the way config_flags loads it."""
+    path, _, preset = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_ssl_jax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+
+
 def _unknown_override(argv) -> str | None:
-    """The first --config.a.b=... override whose path is not a field of the loaded config."""
-    config = flags.FLAGS["config"].value
+    """The first --config.a.b=... override whose path is not a field of the config."""
+    try:
+        config = _load_config(argv_config(argv))
+    except Exception:  # the config itself is broken: flag parsing reports that
+        return None
     for arg in argv:
         if not arg.startswith("--config."):
             continue
         node, path = config, arg[len("--config."):].split("=", 1)[0]
         for key in path.split("."):
-            if config is None or not hasattr(node, "keys") or key not in node.keys():
+            if not hasattr(node, "keys") or key not in node.keys():
                 return path
             node = node[key]
     return None

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -12,7 +13,7 @@ from tests.conftest import REPO_ROOT
 
 STEPS = 12
 ARGS = ["--config=configs/byol.py:demo", f"--config.num_steps={STEPS}", "--config.global_batch_size=32",
-        "--config.checkpoint.every_steps=4", "--config.log_every_steps=2",
+        "--config.checkpoint.every_steps=4", "--config.log_every_steps=2", "--config.optimizer.warmup_epochs=0.1",
         "--config.eval.linear_probe=False", "--config.eval.compare_random_init=False"]
 
 
@@ -27,15 +28,7 @@ def _env():
 def _final_state(workdir):
     path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
     state = ocp.StandardCheckpointer().restore(path)
-    return {jax_key: np.asarray(v) for jax_key, v in _flatten(state)}
-
-
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten(v, f"{prefix}/{k}")
-    else:
-        yield prefix, tree
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
 
 
 def _metrics(workdir):

@@ -37,11 +37,11 @@ class BYOL:
     def init(self, rng: jax.Array, images: jax.Array) -> tuple[Any, Any, Any]:
         """(params, batch_stats, method_state) for a sample batch of images [N, H, W, C]."""
         k_enc, k_proj, k_pred = jax.random.split(rng, 3)
+        n = images.shape[0]
         enc = self.encoder.init(k_enc, images, train=False)
-        h = self.encoder.apply(enc, images, train=False)
-        proj = self.projector.init(k_proj, h, train=False)
-        z = self.projector.apply(proj, h, train=False)
-        pred = self.predictor.init(k_pred, z, train=False)
+        # The heads only need their input shapes (no extra forward pass to compile).
+        proj = self.projector.init(k_proj, jnp.zeros((n, self.encoder.feature_dim)), train=False)
+        pred = self.predictor.init(k_pred, jnp.zeros((n, self.projector.output_dim)), train=False)
         params = {"encoder": enc["params"], "projector": proj["params"], "predictor": pred["params"]}
         batch_stats = {"encoder": enc["batch_stats"], "projector": proj["batch_stats"],
                        "predictor": pred["batch_stats"]}

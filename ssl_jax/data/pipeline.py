@@ -1,0 +1,312 @@
+"""Host input pipelines: infinite, exactly resumable multi-view pretraining batches and padded eval passes.
+
+Determinism: epoch e of process p reads its slice in an order seeded by (seed, p, e), and the
+augmentation of the example at position i of that epoch, view v, is seeded by (seed, p, e, i, v).
+Batch k is therefore a pure function of (seed, k), so ``start_step=k`` resumes exactly.
+
+Two paths, chosen per dataset:
+* in memory (images of static shape, decoded slice <= ``_IN_MEMORY_MAX_BYTES``: digits, CIFAR,
+  MNIST): the slice is decoded once into a uint8 array; an epoch is a full permutation; a batch
+  is cropped and resized from the array in one ``crop_and_resize`` call.
+* streaming (ImageNet-sized): a ``shuffle_buffer``-sized shuffle of the TFDS stream per epoch,
+  with JPEGs decoded crop-only (``decode_and_crop_jpeg``) per example and view. Resuming replays
+  (reads, never decodes) the records of the current epoch before ``start_step``.
+In both, each example costs one stateless RNG call per view (``augment.view_uniforms``); the
+decisions, crop windows and every image op after the crop run per batch as vectorised tensor ops,
+XLA-compiled (``augment.make_view_ops_fn``).
+"""
+import functools
+import math
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ssl_jax.data import augment, sources
+
+_IN_MEMORY_MAX_BYTES = 2 << 30
+_MISSING = object()
+
+
+def _get(cfg: Mapping[str, Any], key: str, default=_MISSING):
+    if key in cfg:
+        return cfg[key]
+    if default is _MISSING:
+        raise ValueError(f"The data config has no key {key!r}; set --config.data.{key}=...")
+    return default
+
+
+def _processes(process_index, process_count):
+    if process_index is None or process_count is None:
+        import jax  # only for the defaults; the pipeline itself is TF
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    return int(process_index), int(process_count)
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
+                         f"{process_count} processes; make it a multiple of {process_count}.")
+    return global_batch_size // process_count
+
+
+def _options() -> tf.data.Options:
+    opts = tf.data.Options()
+    opts.deterministic = True
+    opts.autotune.enabled = True
+    opts.experimental_optimization.map_parallelization = True
+    opts.threading.max_intra_op_parallelism = 1  # parallelism comes from parallel map calls
+    return opts
+
+
+def steps_per_epoch(data_cfg: Mapping[str, Any], global_batch_size: int,
+                    process_count: Optional[int] = None) -> int:
+    """Steps per epoch of ``pretrain_iterator``: the smallest process slice // local batch (same on all)."""
+    _, process_count = _processes(0, process_count)
+    b = _local_batch(global_batch_size, process_count)
+    sizes = sources.slice_sizes(_get(data_cfg, "dataset"), _get(data_cfg, "train_split"),
+                                _get(data_cfg, "data_dir", None), process_count)
+    return min(sizes) // b
+
+
+def _view_cfgs(data_cfg, num_views: int) -> list:
+    views = list(_get(data_cfg, "views"))
+    if not views:
+        raise ValueError("config.data.views is empty; give one view config per view.")
+    for v in views:
+        augment.check_view_cfg(v)
+    # num_views > len(views) cycles through the given configs.
+    return [dict(views[i % len(views)]) for i in range(num_views)]
+
+
+@functools.lru_cache(maxsize=4)
+def _in_memory_slice(dataset, split, data_dir, process_index, process_count):
+    """The decoded slice as (uint8 [n, H, W, 3], int64 [n]), decoded once per process."""
+    ds, n, info = sources.load_split(dataset, split, data_dir, process_index, process_count)
+    decode = _decoder(info)
+    ds = ds.map(lambda ex: (decode(ex["image"]), ex["label"]), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True).batch(4096).prefetch(2)
+    images, labels = [], []
+    for x, y in ds.as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise ValueError(f"{dataset}:{split} is empty for process {process_index}/{process_count}.")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _decoder(info):
+    shape = tuple(info["image_shape"])
+
+    def decode(image):
+        if info["is_jpeg"]:
+            image = tf.io.decode_jpeg(image, channels=3, dct_method="INTEGER_ACCURATE")
+        return tf.ensure_shape(image, [d if d else None for d in shape])
+
+    return decode
+
+
+def _use_memory(info, n: int) -> bool:
+    shape = info["image_shape"]
+    return all(shape) and n * int(np.prod(shape)) <= _IN_MEMORY_MAX_BYTES
+
+
+def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, seed: int, start_step: int = 0,
+                      num_views: int = 2, process_index: Optional[int] = None,
+                      process_count: Optional[int] = None, jit_augment: bool = True) -> Iterator[dict]:
+    """Infinite iterator of ``{'views': (float32 [b, S, S, 3], ...), 'label': int32 [b]}`` (NumPy).
+
+    b = global_batch_size // process_count. Reads ``dataset, data_dir, train_split, image_size,
+    views, mean, std, shuffle_buffer`` from ``data_cfg``. View v uses ``views[v % len(views)]``.
+    Full batches only (drop remainder); ``steps_per_epoch`` gives their number per epoch. The first
+    batch is the one an uninterrupted iterator yields at step ``start_step``.
+    ``jit_augment`` compiles the per-batch ops with XLA (several times faster on CPU).
+    """
+    pi, pc = _processes(process_index, process_count)
+    b = _local_batch(global_batch_size, pc)
+    dataset, split = _get(data_cfg, "dataset"), _get(data_cfg, "train_split")
+    data_dir = _get(data_cfg, "data_dir", None)
+    spe = steps_per_epoch(data_cfg, global_batch_size, pc)
+    if spe < 1:
+        raise ValueError(f"The local batch {b} is larger than this process's slice of {dataset}:{split} "
+                         f"({min(sources.slice_sizes(dataset, split, data_dir, pc))} examples); "
+                         "lower --config.global_batch_size.")
+    ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
+    arrays = _in_memory_slice(dataset, split, data_dir, pi, pc) if _use_memory(info, n) else None
+    ds = pretrain_dataset(
+        ds_src, info, arrays=arrays, views=_view_cfgs(data_cfg, num_views),
+        image_size=int(_get(data_cfg, "image_size")), mean=tuple(_get(data_cfg, "mean")),
+        std=tuple(_get(data_cfg, "std")), local_batch=b, steps_per_epoch=spe, seed=seed,
+        process_index=pi, start_step=start_step, shuffle_buffer=int(_get(data_cfg, "shuffle_buffer")),
+        jit_augment=jit_augment)
+    return ds.as_numpy_iterator()
+
+
+def augmentation_seed(seed: int, process_index, epoch, position, view: int) -> tf.Tensor:
+    """The seed [2] of view ``view`` of the example at ``position`` of ``epoch`` (on one process).
+
+    (key, position) with key = a hash of (seed, process_index, epoch, view): the pipeline computes
+    key once per epoch and view, so each example costs one ``stack``.
+    """
+    return tf.stack([_view_key(seed, process_index, epoch, view), tf.cast(position, tf.int64)])
+
+
+def _view_key(seed: int, process_index, epoch, view: int) -> tf.Tensor:
+    root = augment.fold_in(tf.constant([int(seed), 0], tf.int64), process_index)
+    return augment.fold_in(augment.fold_in(root, epoch), view)[0]
+
+
+def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays, views: Sequence[Mapping],
+                     image_size: int, mean, std, local_batch: int, steps_per_epoch: int, seed: int,
+                     process_index: int = 0, start_step: int = 0, shuffle_buffer: int = 10_000,
+                     jit_augment: bool = True) -> tf.data.Dataset:
+    """The tf.data graph behind ``pretrain_iterator`` for a given source.
+
+    ``arrays=(uint8 [n, H, W, 3], labels [n])`` selects the in-memory path (``ds_src`` unused);
+    ``arrays=None`` streams ``ds_src`` (elements ``{'image': uint8 or JPEG string, 'label'}``).
+    """
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0.")
+    b, size, num_views = int(local_batch), int(image_size), len(views)
+    per_epoch = steps_per_epoch * b
+    start_epoch, offset = divmod(int(start_step) * b, per_epoch)
+    order_root = augment.fold_in(tf.constant([int(seed), 1], tf.int64), process_index)  # epoch orders
+
+    def view_keys(epoch):
+        """[V] int64: seed (key_v, position) drives view v of the example at that position."""
+        return tf.stack([_view_key(seed, process_index, epoch, v) for v in range(num_views)])
+
+    def view_uniforms(keys, pos):
+        return [augment.view_uniforms(tf.stack([keys[v], pos])) for v in range(num_views)]
+
+    appliers = [augment.make_view_ops_fn(cfg, mean, std, jit=jit_augment) for cfg in views]
+    epochs = tf.data.Dataset.range(start_epoch, 2 ** 62)
+
+    if arrays is not None:
+        images_np, labels_np = arrays
+        n = len(labels_np)
+        images, labels = tf.constant(images_np), tf.constant(labels_np)
+        hw = images_np.shape[1:3]
+
+        def epoch_positions(epoch):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=augment.fold_in(order_root, epoch))[:per_epoch]
+            keys = view_keys(epoch)
+            return tf.data.Dataset.from_tensor_slices(order).enumerate().map(
+                lambda pos, idx: (keys, pos, idx))
+
+        def sample(keys, pos, idx):
+            return {"index": idx, "u": tuple(view_uniforms(keys, pos))}
+
+        def assemble(batch):
+            out = []
+            for u, cfg, apply in zip(batch["u"], views, appliers):
+                params = augment.view_params_from_uniforms(u, cfg, hw)
+                crops = augment.crop_and_resize(images, params.pop("crop"), size, box_indices=batch["index"])
+                out.append(apply(tf.ensure_shape(crops, [b, size, size, 3]), params))
+            return {"views": tuple(out), "label": tf.cast(tf.gather(labels, batch["index"]), tf.int32)}
+
+        ds = epochs.flat_map(epoch_positions).skip(offset)
+    else:
+        is_jpeg = info["is_jpeg"]
+
+        def epoch_examples(epoch):
+            shuffle_seed = augment.fold_in(order_root, epoch)[0]
+            keys = view_keys(epoch)
+            return ds_src.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False).take(
+                per_epoch).enumerate().map(lambda pos, ex: (keys, pos, ex))
+
+        def sample(keys, pos, ex):
+            image = ex["image"]
+            shape = tf.image.extract_jpeg_shape(image)[:2] if is_jpeg else tf.shape(image)[:2]
+            us = view_uniforms(keys, pos)
+            crops = []
+            for u, cfg in zip(us, views):
+                window = augment.view_crop_window(u, cfg, shape)
+                if is_jpeg:
+                    crop = augment.resize_decoded_crop(augment.decode_jpeg_window(image, window), size)
+                else:
+                    crop = augment.crop_and_resize(image[None], window[None], size)[0]
+                crops.append(tf.ensure_shape(crop, [size, size, 3]))
+            return {"crops": tuple(crops), "u": tuple(us), "label": ex["label"]}
+
+        def assemble(batch):
+            out = [apply(x, augment.view_params_from_uniforms(u, cfg))
+                   for x, u, cfg, apply in zip(batch["crops"], batch["u"], views, appliers)]
+            return {"views": tuple(out), "label": tf.cast(batch["label"], tf.int32)}
+
+        ds = epochs.flat_map(epoch_examples).skip(offset)
+
+    ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(b, drop_remainder=True)
+    ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _eval_window(shape_hw, size: int) -> tf.Tensor:
+    """Centre square: 87.5% of the short side for images larger than ``size`` (ImageNet eval:
+    resize the short side to size / 0.875, centre crop), the whole short side otherwise."""
+    h, w = shape_hw[0], shape_hw[1]
+    short = tf.minimum(h, w)
+    side = tf.where(short > size, tf.cast(tf.round(0.875 * tf.cast(short, tf.float32)), tf.int32), short)
+    return tf.stack([(h - side) // 2, (w - side) // 2, side, side])
+
+
+def eval_preprocess(image, size: int, is_jpeg: bool, mean, std) -> tf.Tensor:
+    """Deterministic eval view float32 [S, S, 3], normalised: centre window resized (bilinear) to S.
+
+    An image already S x S passes through unchanged (then normalised).
+    """
+    if is_jpeg:
+        window = _eval_window(tf.image.extract_jpeg_shape(image), size)
+        out = augment.resize_decoded_crop(augment.decode_jpeg_window(image, window), size)
+    else:
+        window = _eval_window(tf.shape(image), size)
+        out = augment.crop_and_resize(image[None], window[None], size)[0]
+    return augment.normalize(tf.ensure_shape(out, [size, size, 3]), mean, std)
+
+
+def num_eval_examples(data_cfg: Mapping[str, Any], split: str) -> int:
+    """Examples of ``split`` over all processes (each counted once; padding excluded)."""
+    return int(sources.dataset_info(_get(data_cfg, "dataset"), split,
+                                    _get(data_cfg, "data_dir", None))["num_examples_total"])
+
+
+def num_eval_batches(data_cfg: Mapping[str, Any], split: str, global_batch_size: int,
+                     process_count: Optional[int] = None) -> int:
+    """Batches ``eval_iterator`` yields on every process: ceil(largest slice / local batch)."""
+    _, pc = _processes(0, process_count)
+    b = _local_batch(global_batch_size, pc)
+    sizes = sources.slice_sizes(_get(data_cfg, "dataset"), split, _get(data_cfg, "data_dir", None), pc)
+    return max(1, math.ceil(max(sizes) / b))
+
+
+def eval_iterator(data_cfg: Mapping[str, Any], split: str, *, global_batch_size: int,
+                  process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Iterator[dict]:
+    """One pass over this process's slice of ``split``, no augmentation.
+
+    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b], 'mask': bool [b]}``; padding
+    (mask False, zero image, label 0) fills the last batch, and every process yields the same
+    number of batches (``num_eval_batches``), so shapes and step counts are static.
+    """
+    pi, pc = _processes(process_index, process_count)
+    b = _local_batch(global_batch_size, pc)
+    size = int(_get(data_cfg, "image_size"))
+    mean, std = tuple(_get(data_cfg, "mean")), tuple(_get(data_cfg, "std"))
+    ds, n, info = sources.load_split(_get(data_cfg, "dataset"), split, _get(data_cfg, "data_dir", None), pi, pc)
+    total = num_eval_batches(data_cfg, split, global_batch_size, pc) * b
+    is_jpeg = info["is_jpeg"]
+
+    def prep(ex):
+        return {"image": eval_preprocess(ex["image"], size, is_jpeg, mean, std),
+                "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+
+    pad = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.float32),
+                                        "label": tf.constant(0, tf.int32),
+                                        "mask": tf.constant(False)}).repeat(total - n)
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).concatenate(pad)
+    ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
+    return ds.as_numpy_iterator()
