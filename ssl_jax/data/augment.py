@@ -68,8 +68,13 @@ def _as_seed(seed) -> tf.Tensor:
 
 
 def fold_in(seed, data) -> tf.Tensor:
-    """A new seed [2] from ``seed`` and an integer (an epoch, an example position, a view id)."""
-    return tf.random.experimental.stateless_fold_in(_as_seed(seed), tf.cast(data, tf.int64))
+    """A new seed [2] from ``seed`` and an integer (an epoch, an example position, a view id).
+
+    Both elements of the result depend on both inputs. (TF's ``stateless_fold_in`` alone returns
+    [hash(seed), data], whose first element ignores ``data``; so it is hashed once more.)
+    """
+    folded = tf.random.experimental.stateless_fold_in(_as_seed(seed), tf.cast(data, tf.int64))
+    return tf.random.stateless_uniform([2], folded, minval=None, maxval=None, dtype=tf.int64)
 
 
 def uniforms(seed, num: int) -> tf.Tensor:
