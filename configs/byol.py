@@ -97,7 +97,7 @@ def get_config(preset: str = "imagenet") -> ml_collections.ConfigDict:
         c.eval.update(dict(batch_size=1000, linear_probe=True))
     elif preset == "demo":
         c.global_batch_size = 128
-        c.num_epochs = 40
+        c.num_epochs = 32
         c.log_every_steps = 20
         c.data.update(dict(dataset="digits", test_split="test", image_size=16, shuffle_buffer=2_000))
         for v in c.data.views:
@@ -109,7 +109,9 @@ def get_config(preset: str = "imagenet") -> ml_collections.ConfigDict:
         c.optimizer.update(dict(name="lars", base_lr=1.0, weight_decay=1e-5, trust_coefficient=0.02,
                                 warmup_epochs=2.0))
         c.checkpoint.every_steps = 100
-        c.eval.update(dict(batch_size=360, linear_probe=True, compare_random_init=True))
+        # k=20 (DINO's other standard value): with ~144 training images per class, k=200
+        # neighbours would always reach into other classes.
+        c.eval.update(dict(batch_size=360, knn_k=20, linear_probe=True, compare_random_init=True))
     else:
         raise ValueError(f"Unknown preset {preset!r} for configs/byol.py; "
                          "use one of: imagenet, imagenet_300, cifar10, demo.")

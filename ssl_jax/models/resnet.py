@@ -35,6 +35,15 @@ def _channels(base: int, width_multiplier: float) -> int:
     return max(1, int(round(base * width_multiplier)))
 
 
+def _block_layers(dtype, train: bool, zero_init_residual: bool):
+    """(conv, norm, scale init of the block's last BN) shared by both residual blocks."""
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_kernel_init)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON, dtype=dtype)
+    last_scale = nn.initializers.zeros if zero_init_residual else nn.initializers.ones
+    return conv, norm, last_scale
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34). ``filters`` is the block's output width."""
 
@@ -45,13 +54,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 kernel_init=conv_kernel_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                 dtype=self.dtype)
-        last_scale = (nn.initializers.zeros if self.zero_init_residual
-                      else nn.initializers.ones)
+        conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual)
         residual = x
         y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -73,13 +76,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 kernel_init=conv_kernel_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                 dtype=self.dtype)
-        last_scale = (nn.initializers.zeros if self.zero_init_residual
-                      else nn.initializers.ones)
+        conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual)
         residual = x
         y = conv(self.filters, (1, 1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
