@@ -7,8 +7,8 @@ included) in steady state, total and per CPU core (total / cores), and images pe
 actually used by this process (the fairer per-core figure when other work shares the cores), at
   * 32 px: CIFAR-10 from TFDS in --data_dir (the digits upsampled to 32 px if it is absent),
     in-memory path;
-  * 224 px: 512 synthetic 400x300 JPEGs held as encoded bytes, streaming path with the fused
-    crop-only JPEG decode.
+  * 224 px: 512 synthetic 400x300 JPEGs held as encoded bytes, streaming path (each JPEG
+    decoded once for both views).
 Reference (a PyTorch peer measured on the same 2-core machine, per core, two views): 638 img/s
 at 32 px and 88 img/s at 224 px. Numbers are noisy when other work shares the cores.
 """

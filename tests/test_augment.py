@@ -248,3 +248,22 @@ def test_jitted_batch_ops_match_reference_ops():
         ref = A.apply_view_ops(x, params, cfg, (0.5,) * 3, (0.25,) * 3)
         fast = A.make_view_ops_fn(cfg, (0.5,) * 3, (0.25,) * 3, jit=True)(x, params)
         np.testing.assert_allclose(fast, ref, atol=5e-5)
+
+
+def test_per_example_pre_blur_matches_batch_ops_for_every_order():
+    # The streaming path runs flip/jitter/gray per example with branches; the batch path with
+    # vectorised selects. Both must agree for every jitter order, with and without each op.
+    n = len(A.JITTER_ORDERS)
+    x = tf.random.stateless_uniform([n, 20, 20, 3], [2, 3])
+    u = tf.random.stateless_uniform([n, A.NUM_VIEW_UNIFORMS], [4, 5])
+    for cfg in (V1, V2):
+        params = A.view_params_from_uniforms(u, cfg)
+        params["jitter_order"] = tf.range(n)
+        params["jitter"] = tf.range(n) % 5 != 0
+        ref = A._pre_blur(x, params, cfg).numpy()
+        for jit in (False, True):
+            fn = A.make_example_pre_blur_fn(cfg, jit=jit)
+            for i in range(n):
+                out = fn(x[i], {k: v[i] for k, v in params.items()})
+                np.testing.assert_allclose(out, ref[i], atol=2e-5, err_msg=f"jit={jit} order={A.JITTER_ORDERS[i]}")
+    assert params["flip"].numpy().any() and params["gray"].numpy().any()

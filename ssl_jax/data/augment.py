@@ -32,17 +32,22 @@ Choices where the papers leave room (BYOL, Grill et al. 2020; SimCLR, Chen et al
 * Brightness: additive delta ~ U[-b, b] (BYOL and SimCLR v1; SimCLR v2's code multiplies).
 * Contrast: per-channel mean, (x - mean_c) * f + mean_c, f ~ U[max(0, 1-c), 1+c]
   (``tf.image.adjust_contrast``, used by both papers' TF code).
-* Saturation and hue: in HSV as ``tf.image.adjust_saturation`` / ``adjust_hue`` (s *= f, clipped;
-  h += delta mod 1), f ~ U[max(0, 1-s), 1+s], delta ~ U[-h, h].
+* Saturation and hue: as ``tf.image.adjust_saturation`` / ``adjust_hue`` (s *= f, clipped;
+  h += delta mod 1), f ~ U[max(0, 1-s), 1+s], delta ~ U[-h, h]; computed without an HSV tensor
+  (``_saturation_hue_rgb``: v and the chroma from max/min, the hue rotated), equal to the tf.image
+  ops up to float rounding (tested against them).
 * Jitter order: a uniformly random permutation of the four ops per example, clip to [0, 1] after
   every op (SimCLR's ``color_jitter_rand``). Vectorised exactly: saturation and hue commute in HSV
   and each leaves the other's channel alone, so every one of the 24 orders fits the fixed slot
-  schedule HSV, RGB, HSV, RGB, HSV (``_JITTER_SLOTS``), unused slots being identities.
+  schedule HSV, RGB, HSV, RGB, HSV (``_JITTER_SLOTS``), unused slots being identities. Large
+  images (the streaming path) instead run flip/jitter/grayscale per example with branches
+  (``apply_pre_blur_example``): only the drawn ops, in cache; the same results.
 * Gaussian blur: kernel 2*floor(S/20)+1 px (~10% of the side: 23 at 224 as BYOL, 3 at 32, none
   below 20 px), sigma ~ U[0.1, 2.0] px, REFLECT padding (the papers' code pads with zeros, which
   darkens the borders of every blurred view; reflection does not).
 * Solarize: x if x < threshold else 1 - x (BYOL's definition).
 """
+import functools
 import itertools
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -271,34 +276,54 @@ def color_jitter_params_from_uniforms(u, brightness, contrast, saturation, hue, 
     }
 
 
-def _adjust_hsv(images, sat_factor, hue_delta):
-    """tf.image.adjust_saturation then adjust_hue with per-example factors [B]."""
-    h, s, v = tf.unstack(tf.image.rgb_to_hsv(images), axis=-1)
-    h = h + tf.reshape(hue_delta, [-1, 1, 1])
-    h = h - tf.floor(h)  # mod 1; floormod lowers to a scalar fmod call under XLA
-    s = tf.clip_by_value(s * tf.reshape(sat_factor, [-1, 1, 1]), 0.0, 1.0)
-    return tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1))
+def _saturation_hue_rgb(r, g, b, sat_factor, hue_delta):
+    """``tf.image.adjust_saturation`` then ``adjust_hue`` on channel planes, without leaving RGB.
 
-
-def _adjust_contrast_brightness(images, contrast_factor, brightness_delta):
-    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-    return (images - mean) * _bcast(contrast_factor, images) + mean + _bcast(brightness_delta, images)
+    In HSV, v = max(r, g, b), the chroma C = v - min(r, g, b) = v * s, and each channel is
+    v - C * (1 - k_c(h)) with k_c a fixed piecewise-linear function of the hue. Saturation
+    scales s (clipped to 1), i.e. C' = min(C * f, v), and leaves h and v alone; hue rotates h and
+    leaves C and v alone. So the pair is: h from (r, g, b) as ``rgb_to_hsv`` computes it, h' = h +
+    delta mod 1, then the channels from (v, C', h') as ``hsv_to_rgb`` does: equal to the two tf.image
+    ops up to float rounding, for a fraction of their cost (no s, no v / s round trip, no
+    [.., 3] stack/unstack). ``sat_factor`` 1 and ``hue_delta`` 0 reproduce the input (to rounding).
+    """
+    mx = tf.maximum(tf.maximum(r, g), b)
+    chroma = mx - tf.minimum(tf.minimum(r, g), b)
+    inv = 1.0 / tf.where(chroma > 0.0, chroma, 1.0)
+    h6 = tf.where(tf.equal(r, mx), (g - b) * inv,                      # 6 * hue, in [-1, 5)
+                  tf.where(tf.equal(g, mx), (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    h6 = h6 + 6.0 * hue_delta
+    h6 = h6 - 6.0 * tf.floor(h6 * (1.0 / 6.0))                         # mod 6 (floormod is slow under XLA)
+    c2 = tf.minimum(chroma * sat_factor, mx)
+    lo = mx - c2
+    return (lo + c2 * tf.clip_by_value(tf.abs(h6 - 3.0) - 1.0, 0.0, 1.0),
+            lo + c2 * tf.clip_by_value(2.0 - tf.abs(h6 - 2.0), 0.0, 1.0),
+            lo + c2 * tf.clip_by_value(2.0 - tf.abs(h6 - 4.0), 0.0, 1.0))
 
 
 def apply_color_jitter(images: tf.Tensor, params: Mapping[str, tf.Tensor]) -> tf.Tensor:
-    """Brightness, contrast, saturation, hue in each example's random order, clip after each op."""
+    """Brightness, contrast, saturation, hue in each example's random order, clip after each op.
+
+    Works on the three channel planes (no HSV tensor): saturation and hue through
+    ``_saturation_hue_rgb``, brightness and contrast as per-channel affine maps. A slot no op of
+    an example uses passes its input through unchanged (exactly).
+    """
     slots = tf.gather(tf.constant(_SLOT_TABLE), params["jitter_order"])  # [B, 4]
     b, c, s, h = tf.unstack(tf.cast(params["jitter_values"], tf.float32), axis=-1)
-    x = images
+    per = lambda v: tf.reshape(v, [-1, 1, 1])
+    planes = tf.unstack(tf.convert_to_tensor(images, tf.float32), axis=-1)
     for p, kind in enumerate(_JITTER_SLOTS):
         here = lambda op: tf.equal(slots[:, op], p)
         if kind == "rgb":  # at most one of the two is not an identity in this slot
-            x = _adjust_contrast_brightness(x, tf.where(here(_CONTRAST), c, 1.0),
-                                            tf.where(here(_BRIGHT), b, 0.0))
+            cf, bd = per(tf.where(here(_CONTRAST), c, 1.0)), per(tf.where(here(_BRIGHT), b, 0.0))
+            planes = [tf.clip_by_value((x - m) * cf + m + bd, 0.0, 1.0)
+                      for x, m in ((x, tf.reduce_mean(x, axis=[1, 2], keepdims=True)) for x in planes)]
         else:
-            x = _adjust_hsv(x, tf.where(here(_SAT), s, 1.0), tf.where(here(_HUE), h, 0.0))
-        x = tf.clip_by_value(x, 0.0, 1.0)
-    return tf.where(_bcast(params["jitter"], images), x, images)
+            used = per(here(_SAT) | here(_HUE))
+            new = _saturation_hue_rgb(*planes, per(tf.where(here(_SAT), s, 1.0)),
+                                      per(tf.where(here(_HUE), h, 0.0)))
+            planes = [tf.where(used, tf.clip_by_value(n, 0.0, 1.0), x) for n, x in zip(new, planes)]
+    return tf.where(_bcast(params["jitter"], images), tf.stack(planes, axis=-1), images)
 
 
 def color_jitter(image, seed, brightness, contrast, saturation, hue, prob=1.0) -> tf.Tensor:
@@ -509,26 +534,109 @@ def apply_view_ops(images: tf.Tensor, params: Mapping[str, tf.Tensor], view_cfg:
     return _post_blur(x, params, view_cfg, mean, std)
 
 
+def _blur_and_post(images, params, c, mean, std):
+    x = images
+    if c["blur_prob"] > 0:
+        x = apply_gaussian_blur(x, params)
+    return _post_blur(x, params, c, mean, std)
+
+
+def make_view_post_fn(view_cfg: Mapping[str, Any], mean=None, std=None, jit: bool = True):
+    """Blur -> solarize -> normalize of ``apply_view_ops`` as a batch function ``(images, params)``.
+
+    With ``jit``, XLA-compiled. A view that always blurs is one compiled function (the blur's two
+    batched matmuls included); a view that blurs sometimes blurs the selected examples only, then
+    runs the compiled rest.
+    """
+    c = dict(view_cfg)
+    check_view_cfg(c)
+    if not jit:
+        return lambda x, p: _blur_and_post(x, p, c, mean, std)
+    if c["blur_prob"] >= 1 or c["blur_prob"] <= 0:
+        return tf.function(lambda x, p: _blur_and_post(x, p, c, mean, std), jit_compile=True)
+    post = tf.function(lambda x, p: _post_blur(x, p, c, mean, std), jit_compile=True)
+
+    def fn(x, p):
+        if blur_kernel_size(x.shape[1]) > 1:
+            x = apply_gaussian_blur_subset(x, p)
+        return post(x, p)
+
+    return fn
+
+
 def make_view_ops_fn(view_cfg: Mapping[str, Any], mean=None, std=None, jit: bool = True):
     """``apply_view_ops`` for one view config as a fast batch function ``(images, params) -> images``.
 
-    With ``jit``, the elementwise ops before and after the blur are XLA-compiled (fusing their many
-    passes); the blur itself is two batched matmuls, run on the selected examples only.
+    With ``jit``, the ops are XLA-compiled, fusing their many elementwise passes (see
+    ``make_view_post_fn`` for the blur).
     """
     c = dict(view_cfg)
     check_view_cfg(c)
     if not jit:
         return lambda x, p: apply_view_ops(x, p, c, mean, std)
+    if c["blur_prob"] >= 1 or c["blur_prob"] <= 0:
+        return tf.function(lambda x, p: apply_view_ops(x, p, c, mean, std), jit_compile=True)
     pre = tf.function(lambda x, p: _pre_blur(x, p, c), jit_compile=True)
-    post = tf.function(lambda x, p: _post_blur(x, p, c, mean, std), jit_compile=True)
+    post = make_view_post_fn(c, mean, std, jit=True)
+    return lambda x, p: post(pre(x, p), p)
 
-    def fn(x, p):
-        x = pre(x, p)
-        if c["blur_prob"] > 0 and blur_kernel_size(x.shape[1]) > 1:
-            x = apply_gaussian_blur(x, p) if c["blur_prob"] >= 1 else apply_gaussian_blur_subset(x, p)
-        return post(x, p)
 
-    return fn
+# ------------------------------------------------------------------ per-example ops (large images)
+
+_ORDER_TABLE = np.asarray(JITTER_ORDERS, np.int32)  # [24, 4]: the op at each position
+
+
+def _jitter_op_planes(op: int, planes, values):
+    """One colour-jitter op on channel planes of one image, clipped; ``values`` = (b, c, s, h)."""
+    b, c, s, h = values
+    clip = lambda q: tf.clip_by_value(q, 0.0, 1.0)
+    if op == _BRIGHT:
+        return [clip(q + b) for q in planes]
+    if op == _CONTRAST:
+        return [clip((q - m) * c + m) for q, m in ((q, tf.reduce_mean(q)) for q in planes)]
+    sat, hue = (s, 0.0) if op == _SAT else (1.0, h)
+    return [clip(q) for q in _saturation_hue_rgb(*planes, sat, hue)]
+
+
+def apply_pre_blur_example(image: tf.Tensor, params: Mapping[str, tf.Tensor],
+                           view_cfg: Mapping[str, Any]) -> tf.Tensor:
+    """Flip -> colour jitter -> grayscale of ONE image [S, S, 3] with scalar params.
+
+    The same ops as the batch path (``apply_view_ops``), but with branches instead of selects:
+    an example computes only the ops it draws (its four jitter ops in its order, one
+    ``switch_case`` per position), on an image small enough to stay in cache. For large images
+    this is about twice as fast as the vectorised batch, which computes every slot for everyone.
+    """
+    c = view_cfg
+    x = tf.convert_to_tensor(image, tf.float32)
+    if c["flip_prob"] > 0:
+        x = tf.cond(params["flip"], lambda: tf.reverse(x, axis=[1]), lambda: x)
+    if c["color_jitter_prob"] > 0:
+        def jitter():
+            values = tf.unstack(tf.cast(params["jitter_values"], tf.float32))
+            order = tf.gather(tf.constant(_ORDER_TABLE), params["jitter_order"])
+            planes = tf.unstack(x, axis=-1)
+            for k in range(4):
+                planes = tf.switch_case(order[k], [functools.partial(_jitter_op_planes, op, planes, values)
+                                                   for op in range(4)])
+            return tf.stack(planes, axis=-1)
+
+        x = tf.cond(params["jitter"], jitter, lambda: x)
+    if c["grayscale_prob"] > 0:
+        def gray():
+            luma = tf.reduce_sum(x * tf.constant(_GRAY_WEIGHTS, x.dtype), axis=-1, keepdims=True)
+            return tf.broadcast_to(luma, tf.shape(x))
+
+        x = tf.cond(params["gray"], gray, lambda: x)
+    return x
+
+
+def make_example_pre_blur_fn(view_cfg: Mapping[str, Any], jit: bool = True):
+    """``apply_pre_blur_example`` for one view config, XLA-compiled with ``jit``: ``(image, params)``."""
+    c = dict(view_cfg)
+    check_view_cfg(c)
+    fn = lambda x, p: apply_pre_blur_example(x, p, c)
+    return tf.function(fn, jit_compile=True) if jit else fn
 
 
 def augment_view(image_or_bytes, seed, view_cfg: Mapping[str, Any], image_size: int,

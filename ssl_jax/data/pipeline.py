@@ -8,12 +8,16 @@ Two paths, chosen per dataset:
 * in memory (images of static shape, decoded slice <= ``_IN_MEMORY_MAX_BYTES``: digits, CIFAR,
   MNIST): the slice is decoded once into a uint8 array; an epoch is a full permutation; a batch
   is cropped and resized from the array in one ``crop_and_resize`` call.
-* streaming (ImageNet-sized): a ``shuffle_buffer``-sized shuffle of the TFDS stream per epoch,
-  with JPEGs decoded crop-only (``decode_and_crop_jpeg``) per example and view. Resuming replays
-  (reads, never decodes) the records of the current epoch before ``start_step``.
-In both, each example costs one stateless RNG call per view (``augment.view_uniforms``); the
-decisions, crop windows and every image op after the crop run per batch as vectorised tensor ops,
-XLA-compiled (``augment.make_view_ops_fn``).
+* streaming (ImageNet-sized): a ``shuffle_buffer``-sized shuffle of the TFDS stream per epoch;
+  each JPEG is decoded once (whole; accurate IDCT, the pixels ``decode_and_crop_jpeg`` of each
+  window gives, at half the cost of decoding two windows), both views are cut and resized from
+  it, then flip, colour jitter and grayscale run per example (``augment.make_example_pre_blur_fn``,
+  XLA with branches), and blur, solarize and normalize per batch
+  (``augment.make_view_post_fn``). Resuming replays (reads, never decodes) the records of the
+  current epoch before ``start_step``.
+In both, each example costs one stateless RNG call per view (``augment.view_uniforms``); in
+memory, the decisions, crop windows and every image op after the crop run per batch as
+vectorised tensor ops, XLA-compiled (``augment.make_view_ops_fn``).
 """
 import functools
 import math
@@ -181,7 +185,6 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
     def view_uniforms(keys, pos):
         return [augment.view_uniforms(tf.stack([keys[v], pos])) for v in range(num_views)]
 
-    appliers = [augment.make_view_ops_fn(cfg, mean, std, jit=jit_augment) for cfg in views]
     epochs = tf.data.Dataset.range(start_epoch, 2 ** 62)
 
     if arrays is not None:
@@ -200,6 +203,8 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
         def sample(keys, pos, idx):
             return {"index": idx, "u": tuple(view_uniforms(keys, pos))}
 
+        appliers = [augment.make_view_ops_fn(cfg, mean, std, jit=jit_augment) for cfg in views]
+
         def assemble(batch):
             out = []
             for u, cfg, apply in zip(batch["u"], views, appliers):
@@ -211,6 +216,10 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
         ds = epochs.flat_map(epoch_positions).skip(offset)
     else:
         is_jpeg = info["is_jpeg"]
+        # Large images: flip, jitter and grayscale per example (branching, cache-resident), then
+        # blur, solarize and normalize per batch (the blur is batched matmuls).
+        pre_blur = [augment.make_example_pre_blur_fn(cfg, jit=jit_augment) for cfg in views]
+        post_blur = [augment.make_view_post_fn(cfg, mean, std, jit=jit_augment) for cfg in views]
 
         def epoch_examples(epoch):
             shuffle_seed = augment.fold_in(order_root, epoch)[0]
@@ -222,19 +231,20 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
             image = ex["image"]
             shape = tf.image.extract_jpeg_shape(image)[:2] if is_jpeg else tf.shape(image)[:2]
             us = view_uniforms(keys, pos)
+            windows = [augment.view_crop_window(u, cfg, shape) for u, cfg in zip(us, views)]
+            if is_jpeg:  # decoded once for all views: the same pixels as decoding each window
+                image = tf.io.decode_jpeg(image, channels=3, dct_method="INTEGER_ACCURATE")
             crops = []
-            for u, cfg in zip(us, views):
-                window = augment.view_crop_window(u, cfg, shape)
-                if is_jpeg:
-                    crop = augment.resize_decoded_crop(augment.decode_jpeg_window(image, window), size)
-                else:
-                    crop = augment.crop_and_resize(image[None], window[None], size)[0]
+            for window, u, cfg, pre in zip(windows, us, views, pre_blur):
+                y, x, h, w = tf.unstack(window)
+                crop = augment.resize_decoded_crop(image[y:y + h, x:x + w], size)
+                crop = pre(tf.ensure_shape(crop, [size, size, 3]), augment.view_params_from_uniforms(u, cfg))
                 crops.append(tf.ensure_shape(crop, [size, size, 3]))
             return {"crops": tuple(crops), "u": tuple(us), "label": ex["label"]}
 
         def assemble(batch):
-            out = [apply(x, augment.view_params_from_uniforms(u, cfg))
-                   for x, u, cfg, apply in zip(batch["crops"], batch["u"], views, appliers)]
+            out = [post(x, augment.view_params_from_uniforms(u, cfg))
+                   for x, u, cfg, post in zip(batch["crops"], batch["u"], views, post_blur)]
             return {"views": tuple(out), "label": tf.cast(batch["label"], tf.int32)}
 
         ds = epochs.flat_map(epoch_examples).skip(offset)
