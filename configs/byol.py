@@ -27,9 +27,10 @@ Presets (the argument after the colon):
   demo                Runs anywhere with no network in under 3 minutes on 2 CPU cores: scikit-learn's
                       handwritten digits (1,437 train / 360 test 8x8 images, shipped inside the
                       package) upsampled to 16 px, a ResNet-18 at width 1/8 with the CIFAR stem,
-                      heads 256 -> 64. Ends by printing kNN and linear-probe accuracy of the
-                      pretrained network next to the same network at random initialisation.
-                      Measured on this 2-core machine: see README (Results).
+                      heads 256 -> 64, 32 epochs. Ends by printing kNN and linear-probe accuracy
+                      of the pretrained network next to the same network at random initialisation.
+                      Measured on a 2-core CPU (README, Results): 2 min 41 s; kNN top-1 0.775 vs
+                      0.644 at random init, linear probe 0.933 vs 0.761.
 """
 import ml_collections
 

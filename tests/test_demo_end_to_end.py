@@ -24,7 +24,7 @@ def test_demo_preset_end_to_end(tmp_path):
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     rand = results["random_init"]
-    assert results["knn_top1"] > rand["knn_top1"] + 0.1, results
+    assert results["knn_top1"] > rand["knn_top1"] + 0.05, results
     assert results["linear_top1"] > rand["linear_top1"], results
     assert results["online_probe_top1"] > 0.5, results
     assert os.listdir(tmp_path / "tensorboard")
