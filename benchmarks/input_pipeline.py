@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ssl_jax.data import augment, pipeline, sources  # noqa: E402
+from ssl_jax.data import augment, pipeline  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_PER_CORE = {"32": 638.0, "224": 88.0}

@@ -7,8 +7,8 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 import numpy as np
+import optax
 
 from ssl_jax import parallel
 from ssl_jax.data import pipeline, sources
@@ -94,8 +94,8 @@ def evaluate(config, method, state, mesh, num_classes: int) -> dict:
     results = scores(params["encoder"], stats["encoder"], params["probe"])
     if ev.compare_random_init:
         # The same network at its initialisation (same seed): what pretraining bought.
-        init_state_, _ = init_state(config, method, optax.identity(), {"num_classes": num_classes}, mesh)
-        results["random_init"] = scores(init_state_.params["encoder"], init_state_.batch_stats["encoder"])
+        fresh, _ = init_state(config, method, optax.identity(), {"num_classes": num_classes}, mesh)
+        results["random_init"] = scores(fresh.params["encoder"], fresh.batch_stats["encoder"])
     return results
 
 
