@@ -44,6 +44,14 @@ def _block_layers(dtype, train: bool, zero_init_residual: bool):
     return conv, norm, last_scale
 
 
+def _add_residual(x, y, strides: int, conv, norm):
+    """relu(y + shortcut(x)); the shortcut is a strided 1x1 conv + BN where the shape changes."""
+    if x.shape != y.shape:
+        x = conv(y.shape[-1], (1, 1), (strides,) * 2, name="proj_conv")(x)
+        x = norm(name="proj_bn")(x)
+    return nn.relu(y + x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34). ``filters`` is the block's output width."""
 
@@ -55,15 +63,11 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual)
-        residual = x
         y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.filters, (3, 3), padding=_PAD1, name="conv2")(y)
         y = norm(scale_init=last_scale, name="bn2")(y)
-        if residual.shape != y.shape:
-            residual = conv(self.filters, (1, 1), (self.strides,) * 2, name="proj_conv")(residual)
-            residual = norm(name="proj_bn")(residual)
-        return nn.relu(y + residual)
+        return _add_residual(x, y, self.strides, conv, norm)
 
 
 class Bottleneck(nn.Module):
@@ -77,18 +81,13 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual)
-        residual = x
         y = conv(self.filters, (1, 1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv2")(y)
         y = nn.relu(norm(name="bn2")(y))
         y = conv(4 * self.filters, (1, 1), name="conv3")(y)
         y = norm(scale_init=last_scale, name="bn3")(y)
-        if residual.shape != y.shape:
-            residual = conv(4 * self.filters, (1, 1), (self.strides,) * 2,
-                            name="proj_conv")(residual)
-            residual = norm(name="proj_bn")(residual)
-        return nn.relu(y + residual)
+        return _add_residual(x, y, self.strides, conv, norm)
 
 
 def _global_pool(x):
