@@ -541,6 +541,21 @@ def _blur_and_post(images, params, c, mean, std):
     return _post_blur(x, params, c, mean, std)
 
 
+def _checked(view_cfg: Mapping[str, Any]) -> dict:
+    c = dict(view_cfg)
+    check_view_cfg(c)
+    return c
+
+
+def _blurs_sometimes(c: Mapping[str, Any]) -> bool:
+    """0 < blur_prob < 1: only then is the blur split out to run on the selected examples only."""
+    return 0 < c["blur_prob"] < 1
+
+
+def _maybe_jit(fn, jit: bool):
+    return tf.function(fn, jit_compile=True) if jit else fn
+
+
 def make_view_post_fn(view_cfg: Mapping[str, Any], mean=None, std=None, jit: bool = True):
     """Blur -> solarize -> normalize of ``apply_view_ops`` as a batch function ``(images, params)``.
 
@@ -548,12 +563,9 @@ def make_view_post_fn(view_cfg: Mapping[str, Any], mean=None, std=None, jit: boo
     batched matmuls included); a view that blurs sometimes blurs the selected examples only, then
     runs the compiled rest.
     """
-    c = dict(view_cfg)
-    check_view_cfg(c)
-    if not jit:
-        return lambda x, p: _blur_and_post(x, p, c, mean, std)
-    if c["blur_prob"] >= 1 or c["blur_prob"] <= 0:
-        return tf.function(lambda x, p: _blur_and_post(x, p, c, mean, std), jit_compile=True)
+    c = _checked(view_cfg)
+    if not (jit and _blurs_sometimes(c)):
+        return _maybe_jit(lambda x, p: _blur_and_post(x, p, c, mean, std), jit)
     post = tf.function(lambda x, p: _post_blur(x, p, c, mean, std), jit_compile=True)
 
     def fn(x, p):
@@ -570,12 +582,9 @@ def make_view_ops_fn(view_cfg: Mapping[str, Any], mean=None, std=None, jit: bool
     With ``jit``, the ops are XLA-compiled, fusing their many elementwise passes (see
     ``make_view_post_fn`` for the blur).
     """
-    c = dict(view_cfg)
-    check_view_cfg(c)
-    if not jit:
-        return lambda x, p: apply_view_ops(x, p, c, mean, std)
-    if c["blur_prob"] >= 1 or c["blur_prob"] <= 0:
-        return tf.function(lambda x, p: apply_view_ops(x, p, c, mean, std), jit_compile=True)
+    c = _checked(view_cfg)
+    if not (jit and _blurs_sometimes(c)):
+        return _maybe_jit(lambda x, p: apply_view_ops(x, p, c, mean, std), jit)
     pre = tf.function(lambda x, p: _pre_blur(x, p, c), jit_compile=True)
     post = make_view_post_fn(c, mean, std, jit=True)
     return lambda x, p: post(pre(x, p), p)
