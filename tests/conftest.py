@@ -13,3 +13,8 @@ def shared_tfds_dir():
     if not os.path.isdir(os.path.join(SHARED_TFDS, "cifar10")):
         pytest.skip(f"offline TFDS data not found at {SHARED_TFDS} (../shared/tfds beside the repo)")
     return SHARED_TFDS
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: minutes rather than seconds; CI runs them too (deselect with -m 'not slow')")

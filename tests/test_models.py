@@ -90,20 +90,26 @@ def test_zero_init_residual(block, last_bn):
         assert "proj_conv" in params
 
 
-@pytest.mark.parametrize("num_layers,bn_on_output", [(2, False), (3, True), (1, False)])
-def test_mlp_head(num_layers, bn_on_output):
-    head = MLPHead(hidden_dim=16, output_dim=8, num_layers=num_layers,
-                   bn_on_output=bn_on_output)
+@pytest.mark.parametrize("num_layers,output_bn,hidden_bn,output_bias", [
+    (2, "none", True, True), (3, "affine", True, True), (1, "none", True, True),
+    (3, "plain", True, True), (3, "scale", True, False), (2, "none", False, True)])
+def test_mlp_head(num_layers, output_bn, hidden_bn, output_bias):
+    head = MLPHead(hidden_dim=16, output_dim=8, num_layers=num_layers, output_bn=output_bn,
+                   hidden_bn=hidden_bn, output_bias=output_bias)
     x = jax.random.normal(jax.random.key(0), (6, 12))
     variables = head.init(jax.random.key(1), x, train=False)
     out, _ = head.apply(variables, x, train=True, mutable=["batch_stats"])
     assert out.shape == (6, 8)
-    dense = sorted(k for k in variables["params"] if k.startswith("dense"))
-    bns = sorted(k for k in variables["params"] if k.startswith("bn"))
+    params = variables["params"]
+    dense = sorted(k for k in params if k.startswith("dense"))
+    bns = sorted(k for k in variables["batch_stats"]) if "batch_stats" in variables else []
     assert len(dense) == num_layers
-    assert len(bns) == num_layers - 1 + int(bn_on_output)
-    assert all("bias" in variables["params"][k] for k in dense)
-    if bn_on_output:
+    assert len(bns) == (num_layers - 1) * int(hidden_bn) + int(output_bn != "none")
+    assert ("bias" in params[f"dense{num_layers}"]) == output_bias
+    out_bn = params.get(f"bn{num_layers}", {})
+    assert ("scale" in out_bn) == (output_bn in ("affine", "scale"))
+    assert ("bias" in out_bn) == (output_bn == "affine")
+    if output_bn != "none":
         # Training-mode BN with scale 1, offset 0: zero mean, unit variance per dim.
         np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
         np.testing.assert_allclose(out.var(0), 1.0, rtol=1e-3)

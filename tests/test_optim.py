@@ -100,7 +100,7 @@ def test_sgd_coupled_weight_decay_matches_numpy():
 
 
 def test_adamw_and_lars_build():
-    for name in ("adamw", "lars"):
+    for name in ("adam", "adamw", "lars"):
         tx, _ = build_optimizer({"name": name, "base_lr": 1e-3, "weight_decay": 0.05},
                                 global_batch_size=64, steps_per_epoch=4, num_epochs=2)
         params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
@@ -150,8 +150,8 @@ def test_scaled_lr():
 
 
 def test_build_optimizer_unknown_name():
-    with pytest.raises(ValueError, match=r"adam'.*lars, sgd, adamw"):
-        build_optimizer({"name": "adam", "base_lr": 0.1}, global_batch_size=256,
+    with pytest.raises(ValueError, match=r"rmsprop'.*lars, sgd, adam, adamw"):
+        build_optimizer({"name": "rmsprop", "base_lr": 0.1}, global_batch_size=256,
                         steps_per_epoch=1, num_epochs=1)
 
 
@@ -159,3 +159,54 @@ def test_build_optimizer_warmup_longer_than_training():
     with pytest.raises(ValueError, match="warmup_epochs"):
         build_optimizer({"name": "sgd", "base_lr": 0.1, "warmup_epochs": 3},
                         global_batch_size=256, steps_per_epoch=10, num_epochs=2)
+
+
+def test_per_parameter_learning_rates_match_numpy():
+    """SimSiam's constant-LR predictor and Barlow Twins' bias/BN LR factor, plain SGD."""
+    params = {"encoder": {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))},
+              "predictor": {"w": jnp.ones((2, 2))}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    cfg = {"name": "sgd", "base_lr": 0.4, "lr_scaling": "none", "momentum": 0.0,
+           "warmup_epochs": 0, "constant_lr_modules": ("predictor",),
+           "bias_and_bn_lr_factor": 0.024}
+    tx, sched = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=1)
+    state = tx.init(params)
+    for step in range(3):
+        updates, state = tx.update(grads, state, params)
+        lr = 0.4 * 0.5 * (1 + math.cos(math.pi * step / 10))
+        np.testing.assert_allclose(updates["encoder"]["w"], -lr, rtol=1e-6)
+        np.testing.assert_allclose(updates["encoder"]["b"], -lr * 0.024, rtol=1e-6)
+        np.testing.assert_allclose(updates["predictor"]["w"], -0.4, rtol=1e-6)  # never decays
+        np.testing.assert_allclose(sched(step), lr, rtol=1e-6)
+
+
+def test_adam_coupled_l2_matches_numpy():
+    """'adam' adds wd*p to the gradient before the moments (PyTorch Adam, used by W-MSE)."""
+    p0 = np.array([[1.0, -2.0], [0.5, 3.0]])
+    g = np.array([[0.1, 0.2], [-0.3, 0.4]])
+    cfg = {"name": "adam", "base_lr": 1e-2, "lr_scaling": "none", "weight_decay": 0.1}
+    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=100, num_epochs=1)
+    params = {"w": jnp.asarray(p0, jnp.float32)}
+    state = tx.init(params)
+    m = v = np.zeros_like(p0)
+    p = p0.copy()
+    for step in range(1, 4):
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = optax.apply_updates(params, updates)
+        gg = g + 0.1 * p
+        m, v = 0.9 * m + 0.1 * gg, 0.999 * v + 0.001 * gg ** 2
+        lr = 1e-2 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 100))
+        p = p - lr * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+        np.testing.assert_allclose(params["w"], p, rtol=1e-5)
+
+
+def test_step_decay_schedule_from_config():
+    """decay='steps': x0.2 at 50 and 25 epochs before the end (W-MSE), after warm-up."""
+    cfg = {"name": "sgd", "base_lr": 1.0, "lr_scaling": "none", "warmup_epochs": 1,
+           "decay": "steps", "decay_epochs": (-50, -25), "decay_factor": 0.2}
+    _, sched = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=2, num_epochs=100)
+    np.testing.assert_allclose(sched(1), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(sched(99), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(sched(100), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(sched(149), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(sched(150), 0.04, rtol=1e-6)

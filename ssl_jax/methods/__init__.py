@@ -1,9 +1,15 @@
 """Self-supervised methods; `build_method` picks one by `config.method`."""
 import ml_collections
 
+from ssl_jax.methods.barlow_twins import BarlowTwins
 from ssl_jax.methods.byol import BYOL
+from ssl_jax.methods.moco import MoCoV2, MoCoV3
+from ssl_jax.methods.simclr import SimCLR
+from ssl_jax.methods.simsiam import SimSiam
+from ssl_jax.methods.vicreg import VICReg
+from ssl_jax.methods.wmse import WMSE
 
-METHODS = {"byol": BYOL}
+METHODS = {m.name: m for m in (BYOL, SimCLR, MoCoV2, MoCoV3, SimSiam, BarlowTwins, VICReg, WMSE)}
 
 
 def build_method(config: ml_collections.ConfigDict, total_steps: int):

@@ -1,16 +1,18 @@
-"""Small pieces every method uses: applying a BN network, EMA of parameters, views."""
+"""Small pieces every method uses: applying a BN network to views, EMA, the key queue."""
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax import losses
+
 
 def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -> tuple[jax.Array, Any]:
     """Apply `module` in training mode (batch statistics); returns (output, new batch_stats)."""
     out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                 mutable=["batch_stats"])
-    return out, updates["batch_stats"]
+    return out, updates.get("batch_stats", {})
 
 
 def apply_eval(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
@@ -22,12 +24,28 @@ def apply_train_per_view(module: nn.Module, params: Any, batch_stats: Any, views
     """Apply `module` to each view of `views` [V, N, ...] in training mode, in one call.
 
     BatchNorm statistics are per view (as when each view is forwarded on its own, which is
-    what the BYOL and SimSiam reference implementations do), but vmap lets XLA run the V
-    views as one batch of V*N. The running statistics are updated with the mean of the
-    per-view updates, i.e. once per step with the views' average batch statistics.
+    what the BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg reference implementations do),
+    but vmap lets XLA run the V views as one batch of V*N. The running statistics are
+    updated with the mean of the per-view updates, i.e. once per step with the views'
+    average batch statistics.
     """
     out, stats = jax.vmap(lambda v: apply_train(module, params, batch_stats, v))(views)
     return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+
+
+def apply_train_joint(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array) -> tuple[jax.Array, Any]:
+    """Apply `module` to `views` [V, N, ...] as one batch of V*N: BatchNorm statistics are
+    over all views together (SimCLR concatenates its views along the batch)."""
+    v, n = views.shape[:2]
+    out, stats = apply_train(module, params, batch_stats, views.reshape((v * n,) + views.shape[2:]))
+    return out.reshape((v, n) + out.shape[1:]), stats
+
+
+def apply_views(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
+                per_view_bn: bool) -> tuple[jax.Array, Any]:
+    """apply_train_per_view or apply_train_joint."""
+    fn = apply_train_per_view if per_view_bn else apply_train_joint
+    return fn(module, params, batch_stats, views)
 
 
 def ema(target: Any, online: Any, tau: jax.Array) -> Any:
@@ -38,3 +56,22 @@ def ema(target: Any, online: Any, tau: jax.Array) -> Any:
 def stack_views(views: tuple[jax.Array, ...]) -> jax.Array:
     """(view_0, ..., view_{V-1}) each [N, H, W, C] -> [V, N, H, W, C]."""
     return jnp.stack(views, axis=0)
+
+
+def init_queue(rng: jax.Array, size: int, dim: int) -> dict:
+    """A queue of `size` L2-normalised random keys [size, dim] and its write position
+    (MoCo initialises its queue with normalised Gaussian noise)."""
+    keys = losses.l2_normalize(jax.random.normal(rng, (size, dim), jnp.float32))
+    return {"keys": keys, "ptr": jnp.zeros((), jnp.int32)}
+
+
+def enqueue(queue: dict, new_keys: jax.Array) -> dict:
+    """Write the (global) batch of keys [N, D], L2-normalised, over the oldest N entries.
+
+    A ring buffer: the write position advances by N modulo the size, which the method
+    checks is a multiple of N, so a batch never wraps around.
+    """
+    new_keys = jax.lax.stop_gradient(losses.l2_normalize(new_keys)).astype(queue["keys"].dtype)
+    size = queue["keys"].shape[0]
+    keys = jax.lax.dynamic_update_slice_in_dim(queue["keys"], new_keys, queue["ptr"], axis=0)
+    return {"keys": keys, "ptr": (queue["ptr"] + new_keys.shape[0]) % size}

@@ -1,5 +1,5 @@
 """Encoders and heads."""
-from ssl_jax.models.heads import MLPHead
+from ssl_jax.models.heads import MLPHead, build_head
 from ssl_jax.models.resnet import (
     ENCODER_NAMES,
     BasicBlock,
@@ -8,4 +8,4 @@ from ssl_jax.models.resnet import (
     build_encoder,
 )
 
-__all__ = ["ENCODER_NAMES", "BasicBlock", "Bottleneck", "MLPHead", "ResNet", "build_encoder"]
+__all__ = ["ENCODER_NAMES", "BasicBlock", "Bottleneck", "MLPHead", "ResNet", "build_encoder", "build_head"]

@@ -123,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     writer = MetricWriter(workdir, resume_step=start, enabled=is_main)
     batches = pipeline.pretrain_iterator(config.data, global_batch_size=config.global_batch_size,
-                                         seed=config.seed, start_step=start)
+                                         seed=config.seed, start_step=start, num_views=method.num_views)
     train_step = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
     compiled, progress = None, None
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ inside the jitted train step, which makes resuming from a checkpoint exact.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,16 @@ def ema_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
     return schedule
 
 
+def momentum_schedule(base: float, total_steps: int, schedule: str = "cosine") -> optax.Schedule:
+    """EMA rate of a momentum target: 'cosine' (BYOL, MoCo v3: base -> 1, see
+    ema_tau_schedule) or 'constant' (MoCo v2: m = base throughout)."""
+    if schedule == "cosine":
+        return ema_tau_schedule(base, total_steps)
+    if schedule == "constant":
+        return lambda step: jnp.asarray(base, jnp.float32)
+    raise ValueError(f"Unknown momentum schedule {schedule!r}; valid: 'cosine', 'constant'.")
+
+
 # ----------------------------------------------------------------------------
 # Masks and LARS
 # ----------------------------------------------------------------------------
@@ -115,7 +125,8 @@ def make_mask(exclude_fn: ExcludeFn | None) -> Callable[[Any], Any]:
 def lars(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
          momentum: float = 0.9, trust_coefficient: float = 1e-3, eps: float = 0.0,
          nesterov: bool = False,
-         exclude_fn: ExcludeFn | None = default_lars_exclude
+         exclude_fn: ExcludeFn | None = default_lars_exclude,
+         lr_transform: optax.GradientTransformation | None = None
          ) -> optax.GradientTransformation:
     """LARS as in BYOL (You et al., 2017; BYOL's reference implementation).
 
@@ -125,7 +136,8 @@ def lars(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
     Excluded parameters (``exclude_fn``; default ndim <= 1: biases and BN
     scale/offset) get neither weight decay nor the trust ratio. The learning
     rate multiplies the momentum buffer (not the gradient inside it), as in
-    BYOL. ``nesterov`` uses g + m·v instead of v.
+    BYOL. ``nesterov`` uses g + m·v instead of v. ``lr_transform`` replaces the
+    final −lr scaling (per-parameter learning rates, see ``scale_by_param_lr``).
 
     optax.scale_by_trust_ratio implements exactly the trust-ratio line above.
     """
@@ -135,28 +147,99 @@ def lars(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
         optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient,
                                                 eps=eps), mask),
         optax.trace(decay=momentum, nesterov=nesterov),
-        optax.scale_by_learning_rate(learning_rate),
+        lr_transform or optax.scale_by_learning_rate(learning_rate),
     )
 
 
 def sgd(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
         momentum: float = 0.9, nesterov: bool = False,
-        exclude_fn: ExcludeFn | None = default_lars_exclude
+        exclude_fn: ExcludeFn | None = default_lars_exclude,
+        lr_transform: optax.GradientTransformation | None = None
         ) -> optax.GradientTransformation:
     """SGD with coupled weight decay, as PyTorch's SGD (dampening 0):
     g ← g + wd·p (not for excluded params);  v ← m·v + g;  update = −lr·v."""
     return optax.chain(
         optax.masked(optax.add_decayed_weights(weight_decay), make_mask(exclude_fn)),
         optax.trace(decay=momentum, nesterov=nesterov),
-        optax.scale_by_learning_rate(learning_rate),
+        lr_transform or optax.scale_by_learning_rate(learning_rate),
     )
+
+
+def adam(learning_rate: optax.ScalarOrSchedule, weight_decay: float, b1: float = 0.9,
+         b2: float = 0.999, eps: float = 1e-8,
+         exclude_fn: ExcludeFn | None = default_lars_exclude,
+         lr_transform: optax.GradientTransformation | None = None
+         ) -> optax.GradientTransformation:
+    """Adam with *coupled* L2 regularisation, as PyTorch's Adam(weight_decay=wd) that W-MSE
+    uses: g ← g + wd·p before the moment estimates (AdamW decouples it instead)."""
+    return optax.chain(
+        optax.masked(optax.add_decayed_weights(weight_decay), make_mask(exclude_fn)),
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        lr_transform or optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+class ParamLRState(NamedTuple):
+    count: jax.Array
+
+
+def scale_by_param_lr(schedule: optax.Schedule, peak_lr: float,
+                      constant_lr_modules: Tuple[str, ...] = (),
+                      bias_and_bn_lr_factor: float = 1.0) -> optax.GradientTransformation:
+    """update ← −lr·update with a per-parameter learning rate:
+
+    * parameters under a top-level key in ``constant_lr_modules`` use ``peak_lr`` at every
+      step (SimSiam trains its predictor at a fixed LR, Chen & He 2021, Sec. 4.4);
+    * 1-D parameters (biases, BN scale/offset) are multiplied by ``bias_and_bn_lr_factor``
+      (Barlow Twins: 0.0048 for them against 0.2 for the weights);
+    * every other parameter uses ``schedule(step)``.
+    With the defaults this is optax.scale_by_learning_rate(schedule).
+    """
+    constant = tuple(constant_lr_modules)
+
+    def init_fn(params):
+        del params
+        return ParamLRState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        lr = schedule(state.count)
+
+        def scale(path, u):
+            keys = _path_keys(path)
+            rate = peak_lr if keys and keys[0] in constant else lr
+            if jnp.ndim(u) <= 1:
+                rate = rate * bias_and_bn_lr_factor
+            return (-rate * u).astype(u.dtype)
+
+        return (jax.tree_util.tree_map_with_path(scale, updates),
+                ParamLRState(count=optax.safe_increment(state.count)))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def step_decay_schedule(peak_lr: float, warmup_steps: int, boundaries: Sequence[int],
+                        factor: float) -> optax.Schedule:
+    """Linear warm-up to ``peak_lr`` then ×``factor`` at each step in ``boundaries``
+    (MoCo's linear evaluation: ×0.1 at epochs 60 and 80; W-MSE: ×0.2 50 and 25 epochs
+    before the end)."""
+    peak_lr = float(peak_lr)
+    bounds = jnp.asarray(sorted(int(b) for b in boundaries) or [2 ** 30], jnp.float32)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak_lr * step / max(warmup_steps, 1)
+        decayed = peak_lr * factor ** jnp.sum(step >= bounds)
+        return jnp.where(step < warmup_steps, warm, decayed)
+
+    return schedule
 
 
 # ----------------------------------------------------------------------------
 # From config
 # ----------------------------------------------------------------------------
 
-OPTIMIZER_NAMES = ("lars", "sgd", "adamw")
+OPTIMIZER_NAMES = ("lars", "sgd", "adam", "adamw")
 _MISSING = object()
 
 
@@ -172,17 +255,22 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
                     num_epochs: float) -> Tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds ``(optimizer, lr_schedule)`` from a config (dict or ConfigDict).
 
-    Keys: ``name`` ('lars' | 'sgd' | 'adamw'), ``base_lr``, ``lr_scaling``
+    Keys: ``name`` ('lars' | 'sgd' | 'adam' | 'adamw'), ``base_lr``, ``lr_scaling``
     ('linear' | 'sqrt' | 'none', default 'linear'), ``weight_decay`` (default 0),
     ``momentum`` (sgd/lars, default 0.9), ``nesterov`` (sgd/lars, default False),
-    ``trust_coefficient`` (lars, default 1e-3), ``b1``/``b2`` (adamw, defaults
-    0.9/0.999), ``warmup_epochs`` (float, default 0), ``end_lr`` (default 0),
-    ``exclude_bias_and_bn_from_wd`` (default True: params with ndim <= 1 get no
-    weight decay and, for LARS, no trust-ratio adaptation).
+    ``trust_coefficient`` (lars, default 1e-3), ``b1``/``b2`` (adam/adamw, defaults
+    0.9/0.999), ``warmup_epochs`` (float, default 0), ``exclude_bias_and_bn_from_wd``
+    (default True: params with ndim <= 1 get no weight decay and, for LARS, no
+    trust-ratio adaptation), ``decay`` ('cosine' | 'steps', default 'cosine'),
+    ``end_lr_factor`` (cosine: final LR as a fraction of the peak, default 0),
+    ``decay_epochs`` / ``decay_factor`` (steps: LR ×factor at each of these epochs;
+    a negative epoch counts from the end), ``constant_lr_modules`` (top-level param
+    names trained at the peak LR throughout, default none) and
+    ``bias_and_bn_lr_factor`` (LR multiplier of 1-D params, default 1).
 
-    The schedule is linear warm-up over round(warmup_epochs·steps_per_epoch)
-    steps to scaled_lr(base_lr, global_batch_size, lr_scaling), then cosine to
-    end_lr at round(steps_per_epoch·num_epochs) (num_epochs may be fractional).
+    Warm-up is linear over round(warmup_epochs·steps_per_epoch) steps to
+    scaled_lr(base_lr, global_batch_size, lr_scaling); training lasts
+    round(steps_per_epoch·num_epochs) steps (num_epochs may be fractional).
     """
     name = _get(opt_cfg, "name")
     if name not in OPTIMIZER_NAMES:
@@ -198,20 +286,36 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
                          f"{warmup_steps} warm-up steps, more than the {total_steps} "
                          f"training steps ({num_epochs} epochs x {steps_per_epoch}); "
                          f"lower warmup_epochs or train longer.")
-    schedule = warmup_cosine_schedule(peak, warmup_steps, total_steps,
-                                      float(_get(opt_cfg, "end_lr", 0.0)))
+    decay = _get(opt_cfg, "decay", "cosine")
+    if decay == "cosine":
+        schedule = warmup_cosine_schedule(peak, warmup_steps, total_steps,
+                                          peak * float(_get(opt_cfg, "end_lr_factor", 0.0)))
+    elif decay == "steps":
+        bounds = [round((e if e >= 0 else num_epochs + e) * steps_per_epoch)
+                  for e in _get(opt_cfg, "decay_epochs")]
+        schedule = step_decay_schedule(peak, warmup_steps, bounds, float(_get(opt_cfg, "decay_factor")))
+    else:
+        raise ValueError(f"Unknown optimizer.decay {decay!r}; valid: 'cosine', 'steps'.")
+    lr_transform = scale_by_param_lr(
+        schedule, peak, tuple(_get(opt_cfg, "constant_lr_modules", ())),
+        float(_get(opt_cfg, "bias_and_bn_lr_factor", 1.0)))
     wd = float(_get(opt_cfg, "weight_decay", 0.0))
     exclude = default_lars_exclude if _get(opt_cfg, "exclude_bias_and_bn_from_wd", True) else None
+    momentum = float(_get(opt_cfg, "momentum", 0.9))
+    nesterov = bool(_get(opt_cfg, "nesterov", False))
+    b1, b2 = float(_get(opt_cfg, "b1", 0.9)), float(_get(opt_cfg, "b2", 0.999))
 
     if name == "lars":
-        tx = lars(schedule, wd, momentum=float(_get(opt_cfg, "momentum", 0.9)),
+        tx = lars(schedule, wd, momentum=momentum, nesterov=nesterov, exclude_fn=exclude,
                   trust_coefficient=float(_get(opt_cfg, "trust_coefficient", 1e-3)),
-                  nesterov=bool(_get(opt_cfg, "nesterov", False)), exclude_fn=exclude)
+                  lr_transform=lr_transform)
     elif name == "sgd":
-        tx = sgd(schedule, wd, momentum=float(_get(opt_cfg, "momentum", 0.9)),
-                 nesterov=bool(_get(opt_cfg, "nesterov", False)), exclude_fn=exclude)
-    else:
-        tx = optax.adamw(schedule, b1=float(_get(opt_cfg, "b1", 0.9)),
-                         b2=float(_get(opt_cfg, "b2", 0.999)), weight_decay=wd,
-                         mask=make_mask(exclude))
+        tx = sgd(schedule, wd, momentum=momentum, nesterov=nesterov, exclude_fn=exclude,
+                 lr_transform=lr_transform)
+    elif name == "adam":
+        tx = adam(schedule, wd, b1=b1, b2=b2, exclude_fn=exclude, lr_transform=lr_transform)
+    else:  # adamw: decoupled decay, scaled by the LR like optax.adamw
+        tx = optax.chain(optax.scale_by_adam(b1=b1, b2=b2),
+                         optax.masked(optax.add_decayed_weights(wd), make_mask(exclude)),
+                         lr_transform)
     return tx, schedule

@@ -1,0 +1,125 @@
+"""Building blocks of the configs in configs/: one base config, dataset presets, view recipes.
+
+Every config file starts from `base_config(method)` and changes only what its paper
+changes, so a field has one meaning and one default everywhere.
+"""
+import ml_collections
+
+# ImageNet channel statistics, used for every dataset as the reference implementations do.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DATASET_PRESETS = ("imagenet", "cifar10", "demo")
+
+
+def head(hidden_dim: int, output_dim: int, num_layers: int = 2, hidden_bn: bool = True,
+         output_bn: str = "none", output_bias: bool = True) -> ml_collections.ConfigDict:
+    """A projector / predictor config (see ssl_jax.models.MLPHead)."""
+    return ml_collections.ConfigDict(dict(hidden_dim=hidden_dim, output_dim=output_dim,
+                                          num_layers=num_layers, hidden_bn=hidden_bn,
+                                          output_bn=output_bn, output_bias=output_bias))
+
+
+def momentum(base: float, schedule: str = "cosine") -> ml_collections.ConfigDict:
+    """A momentum-target config: EMA rate `base`, 'cosine' (-> 1) or 'constant'."""
+    return ml_collections.ConfigDict(dict(base=base, schedule=schedule))
+
+
+def byol_views(crop_min: float = 0.08) -> list:
+    """The two asymmetric views of BYOL (Grill et al., 2020, Table 6); also Barlow Twins',
+    VICReg's and MoCo v3's."""
+    common = dict(crop_scale=(crop_min, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
+                  color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+                  grayscale_prob=0.2, blur_sigma=(0.1, 2.0), solarize_threshold=0.5)
+    return [dict(common, blur_prob=1.0, solarize_prob=0.0),
+            dict(common, blur_prob=0.1, solarize_prob=0.2)]
+
+
+def simclr_views(strength: float = 1.0, blur_prob: float = 0.5, crop_min: float = 0.08) -> list:
+    """SimCLR's symmetric views (Chen et al., 2020, App. A): colour jitter of strength s
+    (brightness, contrast, saturation 0.8·s, hue 0.2·s) with p=0.8, grayscale p=0.2, blur
+    p=0.5. MoCo v2 / SimSiam use strength 0.5 with hue 0.1 (`moco_v2_views`)."""
+    view = dict(crop_scale=(crop_min, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
+                color_jitter_prob=0.8, brightness=0.8 * strength, contrast=0.8 * strength,
+                saturation=0.8 * strength, hue=0.2 * strength, grayscale_prob=0.2,
+                blur_prob=blur_prob, blur_sigma=(0.1, 2.0), solarize_prob=0.0,
+                solarize_threshold=0.5)
+    return [dict(view), dict(view)]
+
+
+def moco_v2_views(crop_min: float = 0.2) -> list:
+    """MoCo v2's symmetric views (also SimSiam's): jitter (0.4, 0.4, 0.4, 0.1) p=0.8,
+    grayscale p=0.2, blur p=0.5, crop scale (0.2, 1)."""
+    views = simclr_views(strength=0.5, blur_prob=0.5, crop_min=crop_min)
+    for v in views:
+        v["hue"] = 0.1
+    return views
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+    """The ImageNet / ResNet-50 skeleton shared by every method; `method` names the method
+    and its config section (added by the method's config file)."""
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 0
+    c.global_batch_size = 4096
+    c.num_epochs = 1000
+    c.num_steps = -1  # > 0 overrides num_epochs
+    c.log_every_steps = 100
+
+    c.data = ml_collections.ConfigDict(dict(
+        dataset="imagenet2012", data_dir=ml_collections.FieldReference(None, field_type=str),
+        train_split="train", eval_train_split="train", test_split="validation",
+        image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, shuffle_buffer=50_000,
+        views=byol_views()))
+    c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="float32"))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
+        trust_coefficient=1e-3, nesterov=False, b1=0.9, b2=0.999, warmup_epochs=10.0,
+        decay="cosine", end_lr_factor=0.0, decay_epochs=(), decay_factor=0.1,
+        constant_lr_modules=(), bias_and_bn_lr_factor=1.0, exclude_bias_and_bn_from_wd=True))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.mesh = ml_collections.ConfigDict(dict(num_devices=-1))  # -1: every visible device
+    c.eval = ml_collections.ConfigDict(dict(
+        batch_size=1024, knn_k=200, knn_temperature=0.1, linear_probe=False, compare_random_init=False))
+    return c
+
+
+def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
+    """Switch the data, backbone, logging and evaluation of `c` to a dataset preset:
+    'imagenet' (as base_config), 'cifar10' (ResNet-18 with the CIFAR stem, 32 px, batch 256,
+    no blur: a 23-px-class blur wipes out a 32-px image) or 'demo' (scikit-learn digits at
+    16 px, ResNet-18 at width 1/8, batch 128, 32 epochs; runs offline in ~3 min on 2 cores)."""
+    if preset == "imagenet":
+        return
+    if preset == "cifar10":
+        c.global_batch_size = 256
+        c.data.update(dict(dataset="cifar10", test_split="test", image_size=32, shuffle_buffer=50_000))
+        for v in c.data.views:
+            v["blur_prob"] = 0.0
+        c.model.update(dict(name="resnet18", cifar_stem=True))
+        c.checkpoint.every_steps = 1950  # every 10 epochs
+        c.log_every_steps = 50
+        c.eval.update(dict(batch_size=1000, linear_probe=True))
+    elif preset == "demo":
+        c.global_batch_size = 128
+        c.num_epochs = 32
+        c.log_every_steps = 20
+        c.data.update(dict(dataset="digits", test_split="test", image_size=16, shuffle_buffer=2_000))
+        for v in c.data.views:
+            # 8x8 digits: a crop below 40% of the area or a mirror image changes the digit.
+            v.update(dict(crop_scale=(0.4, 1.0), flip_prob=0.0, blur_prob=0.0))
+        c.model.update(dict(name="resnet18", width=0.125, cifar_stem=True))
+        c.optimizer.update(dict(warmup_epochs=2.0))
+        c.checkpoint.every_steps = 100
+        # k=20 (DINO's other standard value): with ~144 training images per class, k=200
+        # neighbours would always reach into other classes.
+        c.eval.update(dict(batch_size=360, knn_k=20, linear_probe=True, compare_random_init=True))
+    else:
+        raise ValueError(f"Unknown dataset preset {preset!r}; valid: {DATASET_PRESETS}.")
+
+
+def unknown_preset(config_file: str, preset: str, presets) -> ValueError:
+    """The error for a preset a config file does not have."""
+    return ValueError(f"Unknown preset {preset!r} for configs/{config_file}; use one of: "
+                      f"{', '.join(presets)}.")
