@@ -1,13 +1,16 @@
-"""Steady-state throughput, FLOPs and memory of the compiled BYOL train step.
+"""Steady-state throughput, FLOPs and memory of a method's compiled train step.
 
-    python benchmarks/train_step.py [--preset cifar10] [--batch 64] [--steps 10] [--dtype float32]
+    python benchmarks/train_step.py [--config byol] [--preset cifar10] [--batch 64] [--steps 10]
+                                    [--dtype float32]
+    python benchmarks/train_step.py --all [--preset cifar10] [--batch 32]   # one line per method
 
-Prints one JSON line: images/s (an image = one example with its two views), XLA's FLOPs
-per image from the compiled cost analysis next to the analytic count (online forward +
-backward on 2 views, target forward on 2 views), and peak memory from the compiled
-memory analysis. Extra XLA flags can be passed through the XLA_FLAGS environment variable.
+Prints one JSON line per run: images/s (an image = one example with all its views), XLA's
+FLOPs per image from the compiled cost analysis next to the analytic count (see
+`analytic_step_flops`), and peak memory from the compiled memory analysis. Extra XLA
+flags can be passed through the XLA_FLAGS environment variable.
 """
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -17,9 +20,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import byol as byol_config  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
-from ssl_jax.methods import build_method  # noqa: E402
+from ssl_jax.methods import METHODS, build_method  # noqa: E402
 from ssl_jax.models.resnet import STAGE_SIZES, _channels  # noqa: E402
 from ssl_jax.train import step as step_lib  # noqa: E402
 from ssl_jax.train.optim import build_optimizer  # noqa: E402
@@ -69,43 +71,74 @@ def resnet_forward_flops(depth: int, width: float, cifar_stem: bool, size: int) 
     return total, first
 
 
-def analytic_step_flops(config) -> float:
-    """FLOPs per image of one BYOL step: 2 views x (online fwd + bwd, target fwd)."""
-    m, b = config.model, config.byol
-    enc, first = resnet_forward_flops(int(m.name[len("resnet"):]), m.width, m.cifar_stem, config.data.image_size)
-    d = (512 if int(m.name[6:]) < 50 else 2048) * m.width
-    mlp = lambda i, h, o: 2.0 * (i * h + h * o)
-    proj = mlp(d, b.projector_hidden_dim, b.projection_dim)
-    pred = mlp(b.projection_dim, b.predictor_hidden_dim, b.projection_dim)
+def head_flops(cfg, in_dim: int) -> float:
+    """Forward FLOPs of an MLP head (its Dense layers) for one input vector."""
+    dims = [in_dim] + [cfg.hidden_dim] * (cfg.get("num_layers", 2) - 1) + [cfg.output_dim]
+    return sum(2.0 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def loss_flops(config, method) -> float:
+    """FLOPs per image of the loss's matrix products, forward + backward (backward ~2x
+    forward where both operands get gradients, ~1x where one is a stop-gradient key)."""
+    cfg, n = method.cfg, config.global_batch_size
+    d = cfg.projector.output_dim
+    name = config.method
+    if name == "simclr":        # 4 blocks [N, N] x D per 2 views -> 8 N D per image
+        return 3 * 8.0 * n * d
+    if name == "moco_v2":       # q . queue^T, no gradient to the queue
+        return 2 * 2.0 * cfg.queue_size * d
+    if name == "moco_v3":       # 2 terms of q . k^T
+        return 2 * 4.0 * n * d
+    if name == "barlow_twins":  # C = z1^T z2
+        return 3 * 2.0 * d * d
+    if name == "vicreg":        # two covariances
+        return 3 * 4.0 * d * d
+    if name == "wmse":          # per view and iteration: covariance + whitening product
+        return 3 * 4.0 * method.num_views * cfg.w_iter * d * d
+    return 0.0                  # byol, simsiam: row-wise cosines only
+
+
+def analytic_step_flops(config, method) -> float:
+    """FLOPs per image of one step: the online network's forward and backward on the views
+    it sees, the momentum target's forward on its views, and the loss's matrix products."""
+    m, cfg = config.model, method.cfg
+    depth = int(m.name[len("resnet"):])
+    enc, first = resnet_forward_flops(depth, m.width, m.cifar_stem, config.data.image_size)
+    d = method.encoder.feature_dim
+    proj = head_flops(cfg.projector, d)
+    pred = head_flops(cfg.predictor, cfg.projector.output_dim) if cfg.get("predictor") else 0.0
     online_fwd = enc + proj + pred
     # Backward = input gradients + weight gradients (2x forward), except that no gradient
     # w.r.t. the input image is needed.
     online_bwd = 2 * online_fwd - first
-    target_fwd = enc + proj
-    return 2 * (online_fwd + online_bwd + target_fwd)
+    views = method.num_views
+    online_views = len(method.online_views or range(views))
+    target_views = len(method.target_views or range(views)) if method.momentum is not None else 0
+    return online_views * (online_fwd + online_bwd) + target_views * (enc + proj) + loss_flops(config, method)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="cifar10")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--dtype", default="float32")
-    args = ap.parse_args()
-    config = byol_config.get_config(args.preset)
-    config.global_batch_size = args.batch
-    config.model.dtype = args.dtype
+def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype: str) -> dict:
+    """Compile the step of configs/<config_name>.py:<preset> at `batch_size` and time it."""
+    config = importlib.import_module(f"configs.{config_name}").get_config(preset)
+    config.global_batch_size = batch_size
+    config.model.dtype = dtype
+    if config.method == "wmse":
+        config.wmse.w_size = min(config.wmse.w_size, batch_size)
+    if config.method == "moco_v2":
+        config.moco_v2.queue_size -= config.moco_v2.queue_size % batch_size
     size = config.data.image_size
     mesh = parallel.make_mesh()
     method = build_method(config, total_steps=1000)
-    optimizer, lr = build_optimizer(config.optimizer, global_batch_size=args.batch,
+    optimizer, lr = build_optimizer(config.optimizer, global_batch_size=batch_size,
                                     steps_per_epoch=100, num_epochs=10)
-    state = step_lib.create_state(method, optimizer, jax.random.PRNGKey(0),
-                                  np.zeros((2, size, size, 3), np.float32), num_classes=10)
+    sample = np.zeros((2, size, size, 3), np.float32)
+    state = jax.jit(lambda r: step_lib.create_state(method, optimizer, r, sample, num_classes=10))(
+        jax.random.PRNGKey(0))
     state = jax.device_put(state, parallel.state_sharding(state, mesh))
     rng = np.random.default_rng(0)
-    host = {"views": tuple(rng.normal(size=(args.batch, size, size, 3)).astype(np.float32) for _ in range(2)),
-            "label": rng.integers(0, 10, size=args.batch).astype(np.int32)}
+    host = {"views": tuple(rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
+                           for _ in range(method.num_views)),
+            "label": rng.integers(0, 10, size=batch_size).astype(np.int32)}
     batch = parallel.shard_batch(host, mesh)
     train_step = step_lib.make_train_step(method, optimizer, lr, num_classes=10)
     jitted = step_lib.compile_step(train_step, state, batch, mesh)
@@ -119,30 +152,46 @@ def main():
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     times = []
-    for _ in range(args.steps):
+    for _ in range(steps):
         t = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
-    xla_flops = float(cost.get("flops", float("nan"))) / args.batch
-    analytic = analytic_step_flops(config)
+    xla_flops = float(cost.get("flops", float("nan"))) / batch_size
+    analytic = analytic_step_flops(config, method)
     peak = None
     if mem is not None:
         peak = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
                    - mem.alias_size_in_bytes)
-    print(json.dumps({
-        "benchmark": "train_step", "method": "byol", "preset": args.preset, "model": config.model.name,
-        "width": config.model.width, "image_size": size, "global_batch": args.batch, "dtype": args.dtype,
+    return {
+        "benchmark": "train_step", "method": config.method, "preset": preset, "model": config.model.name,
+        "width": config.model.width, "image_size": size, "views": method.num_views,
+        "global_batch": batch_size, "dtype": dtype,
         "devices": mesh.devices.size, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 1),
-        "step_s_median": round(step_s, 4), "images_per_s": round(args.batch / step_s, 2),
+        "step_s_median": round(step_s, 4), "images_per_s": round(batch_size / step_s, 2),
         "xla_gflops_per_image": round(xla_flops / 1e9, 4),
         "analytic_gflops_per_image": round(analytic / 1e9, 4),
         "xla_over_analytic": round(xla_flops / analytic, 4),
-        "achieved_gflops_per_s": round(xla_flops * args.batch / step_s / 1e9, 1),
+        "achieved_gflops_per_s": round(xla_flops * batch_size / step_s / 1e9, 1),
         "peak_memory_mb": None if peak is None else round(peak / 2**20, 1),
-    }))
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="byol", help="a config file name in configs/")
+    ap.add_argument("--all", action="store_true", help="every method, one JSON line each")
+    ap.add_argument("--preset", default="cifar10")
+    ap.add_argument("--batch", type=int, default=None, help="default 64, or 32 with --all")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args()
+    names = sorted(METHODS) if args.all else [args.config]
+    batch = args.batch or (32 if args.all else 64)
+    for name in names:
+        print(json.dumps(benchmark(name, args.preset, batch, args.steps, args.dtype)), flush=True)
 
 
 if __name__ == "__main__":

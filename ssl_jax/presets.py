@@ -77,7 +77,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
         trust_coefficient=1e-3, nesterov=False, b1=0.9, b2=0.999, warmup_epochs=10.0,
         decay="cosine", end_lr_factor=0.0, decay_epochs=(), decay_factor=0.1,
-        constant_lr_modules=(), bias_and_bn_lr_factor=1.0, exclude_bias_and_bn_from_wd=True))
+        constant_lr_modules=(), bias_and_bn_lr_factor=1.0, frozen_params=(),
+        exclude_bias_and_bn_from_wd=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(num_devices=-1))  # -1: every visible device
     c.eval = ml_collections.ConfigDict(dict(

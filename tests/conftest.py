@@ -15,6 +15,19 @@ def shared_tfds_dir():
     return SHARED_TFDS
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow")
+
+
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: minutes rather than seconds; CI runs them too (deselect with -m 'not slow')")
+        "markers", "slow: many minutes on 2 cores, beyond the CI budget; run with --run-slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow (beyond the CI budget); run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

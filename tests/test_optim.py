@@ -210,3 +210,18 @@ def test_step_decay_schedule_from_config():
     np.testing.assert_allclose(sched(100), 0.2, rtol=1e-6)
     np.testing.assert_allclose(sched(149), 0.2, rtol=1e-6)
     np.testing.assert_allclose(sched(150), 0.04, rtol=1e-6)
+
+
+def test_frozen_params_never_change():
+    """frozen_params: no step and no weight decay for the named subtree (MoCo v3's patch projection)."""
+    params = {"encoder": {"patch_embed": {"kernel": jnp.ones((2, 2))}, "block": {"kernel": jnp.ones((2, 2))}}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    cfg = {"name": "adamw", "base_lr": 0.1, "lr_scaling": "none", "weight_decay": 0.1,
+           "frozen_params": ("encoder/patch_embed",)}
+    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=1)
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(params["encoder"]["patch_embed"]["kernel"], 1.0)
+    assert np.all(np.asarray(params["encoder"]["block"]["kernel"]) < 1.0)

@@ -173,7 +173,7 @@ class ResNet(nn.Module):
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ENCODER_NAMES = tuple(f"resnet{d}" for d in STAGE_SIZES)
+RESNET_NAMES = tuple(f"resnet{d}" for d in STAGE_SIZES)
 
 
 def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
@@ -181,8 +181,16 @@ def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
-def build_encoder(model_cfg: Any) -> ResNet:
-    """Builds an encoder from a config (dict or ml_collections.ConfigDict).
+def model_dtype(model_cfg: Any):
+    """The compute dtype named by ``model_cfg.dtype`` ('float32' | 'bfloat16')."""
+    dtype_name = _cfg_get(model_cfg, "dtype", "float32")
+    if dtype_name not in _DTYPES:
+        raise ValueError(f"Unknown model dtype {dtype_name!r}; valid: {', '.join(_DTYPES)}.")
+    return _DTYPES[dtype_name]
+
+
+def build_resnet(model_cfg: Any) -> ResNet:
+    """Builds a ResNet encoder from a config (dict or ml_collections.ConfigDict).
 
     Keys: ``name`` ('resnet18', 'resnet34', 'resnet50', 'resnet101',
     'resnet152', 'resnet200'), ``width`` (float, default 1.0), ``cifar_stem``
@@ -190,16 +198,13 @@ def build_encoder(model_cfg: Any) -> ResNet:
     'float32'), ``zero_init_residual`` (bool, default True).
     """
     name = _cfg_get(model_cfg, "name", None)
-    if name not in ENCODER_NAMES:
-        raise ValueError(f"Unknown encoder name {name!r} in model config; "
-                         f"valid names: {', '.join(ENCODER_NAMES)}.")
-    dtype_name = _cfg_get(model_cfg, "dtype", "float32")
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"Unknown model dtype {dtype_name!r}; valid: {', '.join(_DTYPES)}.")
+    if name not in RESNET_NAMES:
+        raise ValueError(f"Unknown ResNet name {name!r} in model config; "
+                         f"valid names: {', '.join(RESNET_NAMES)}.")
     return ResNet(
         depth=int(name[len("resnet"):]),
         width_multiplier=float(_cfg_get(model_cfg, "width", 1.0)),
         cifar_stem=bool(_cfg_get(model_cfg, "cifar_stem", False)),
         zero_init_residual=bool(_cfg_get(model_cfg, "zero_init_residual", True)),
-        dtype=_DTYPES[dtype_name],
+        dtype=model_dtype(model_cfg),
     )

@@ -266,7 +266,10 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
     ``decay_epochs`` / ``decay_factor`` (steps: LR ×factor at each of these epochs;
     a negative epoch counts from the end), ``constant_lr_modules`` (top-level param
     names trained at the peak LR throughout, default none) and
-    ``bias_and_bn_lr_factor`` (LR multiplier of 1-D params, default 1).
+    ``bias_and_bn_lr_factor`` (LR multiplier of 1-D params, default 1) and
+    ``frozen_params`` ('/'-joined path prefixes, e.g. 'encoder/patch_embed', whose
+    parameters are never updated: no gradient step, no weight decay; MoCo v3's frozen
+    random patch projection).
 
     Warm-up is linear over round(warmup_epochs·steps_per_epoch) steps to
     scaled_lr(base_lr, global_batch_size, lr_scaling); training lasts
@@ -318,4 +321,19 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
         tx = optax.chain(optax.scale_by_adam(b1=b1, b2=b2),
                          optax.masked(optax.add_decayed_weights(wd), make_mask(exclude)),
                          lr_transform)
-    return tx, schedule
+    return freeze(tx, tuple(_get(opt_cfg, "frozen_params", ()))), schedule
+
+
+def freeze(tx: optax.GradientTransformation, prefixes: Tuple[str, ...]) -> optax.GradientTransformation:
+    """`tx` for every parameter except those whose '/'-joined path starts with one of
+    `prefixes`, which get a zero update (and no optimizer state)."""
+    if not prefixes:
+        return tx
+
+    def labels(tree):
+        def label(path, _):
+            name = "/".join(_path_keys(path))
+            return "frozen" if any(name == p or name.startswith(p + "/") for p in prefixes) else "train"
+        return jax.tree_util.tree_map_with_path(label, tree)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
