@@ -1,10 +1,19 @@
 """Shared test fixtures: paths of the repository and of the offline TFDS data."""
 import os
+import tempfile
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_TFDS = os.path.abspath(os.path.join(REPO_ROOT, "..", "shared", "tfds"))
+
+# One persistent XLA compilation cache for the test session and every subprocess it starts
+# (they inherit the environment): several tests compile the same train step and evaluation
+# programs, and on 2 CPU cores compilation is most of their time. Set before JAX is
+# imported; a user's own setting wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"ssl_jax_tests_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 @pytest.fixture

@@ -7,18 +7,17 @@ MoCo v2: query = projector output of view 1, key = momentum projection of view 2
 negatives from a queue of K past keys held in the method state (so it is checkpointed
 and survives resume); after each step the global batch of keys replaces the oldest
 entries (K must be a multiple of the global batch). m = 0.999 constant, T = 0.2.
-Choice: no shuffling BN. MoCo shuffles the key batch across GPUs so that a key's BN
-statistics are not computed with its own query's; here BN statistics are over the global
-batch (one replica in JAX's view) and the query and key networks see different views in
-different forward passes, so the per-GPU leak shuffling BN addresses does not arise in the
-same form; solo-learn also trains without it.
+Choice: no shuffling BN. MoCo shuffles the key batch across GPUs because per-GPU BN
+statistics let a query and its positive key share information through their common
+sub-batch. Here BN statistics are over the global batch (the step is one SPMD program),
+which SimCLR (Sec. 2.3) gives as the alternative fix for the same leak; solo-learn also
+trains MoCo v2 without shuffling.
 
 MoCo v3: symmetric info_nce(q1, k2) + info_nce(q2, k1) with in-batch keys of the global
 batch (no queue), predictor on the query side, m cosine 0.99 -> 1. The authors multiply
 each term by 2T (their loss is "2T · cross-entropy"); the factor is applied here, not in
 info_nce.
 """
-import jax
 
 from ssl_jax import losses
 from ssl_jax.methods import common
