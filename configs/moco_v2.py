@@ -16,7 +16,9 @@ Presets:
                       weight decay 5e-4, queue 4096, m = 0.99, T = 0.1: the CIFAR-10 setting of the
                       MoCo authors' CIFAR demo (the paper has no CIFAR recipe), no blur. One GPU.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, offline,
-                      ~3 min on 2 CPU cores; queue 1024.
+                      ~3 min on 2 CPU cores; queue 1024, SGD 0.5 x B/256, and BN in the head's hidden
+                      layer (as MoCo v3 and SimCLR): with the paper's BN-free head the loss stays at
+                      log(K+1) for the demo's 352 steps (measured: kNN 0.70 without, 0.87 with).
 """
 from ssl_jax import presets as P
 
@@ -44,8 +46,8 @@ def get_config(preset: str = "imagenet"):
         c.moco_v2.momentum.base = 0.99
         c.optimizer.update(dict(base_lr=0.06, weight_decay=5e-4))
     elif preset == "demo":
-        c.moco_v2.update(dict(projector=P.head(256, 64, num_layers=2, hidden_bn=False),
+        c.moco_v2.update(dict(projector=P.head(256, 64, num_layers=2, hidden_bn=True),
                               queue_size=1024, temperature=0.2))
         c.moco_v2.momentum.base = 0.99
-        c.optimizer.update(dict(base_lr=0.06, weight_decay=5e-4, warmup_epochs=0.0))
+        c.optimizer.update(dict(base_lr=0.5, weight_decay=5e-4, warmup_epochs=0.0))
     return c

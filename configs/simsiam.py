@@ -15,7 +15,8 @@ Presets:
                       batch 512, 800 epochs, SGD 0.03 x B/256, weight decay 5e-4, 2-layer projector,
                       no blur. One GPU. Paper: 91.8% linear top-1.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, offline,
-                      ~3 min on 2 CPU cores.
+                      ~3 min on 2 CPU cores; SGD 0.5 x B/256 (at the CIFAR LR the loss barely moves
+                      in the demo's 352 steps: measured kNN 0.70 at 0.06, 0.87 at 0.5).
 """
 from ssl_jax import presets as P
 
@@ -43,5 +44,5 @@ def get_config(preset: str = "imagenet"):
     elif preset == "demo":
         c.simsiam.update(dict(projector=P.head(256, 256, num_layers=2, output_bn="plain", output_bias=False),
                               predictor=P.head(64, 256, num_layers=2)))
-        c.optimizer.update(dict(base_lr=0.06, weight_decay=5e-4, warmup_epochs=0.0))
+        c.optimizer.update(dict(base_lr=0.5, weight_decay=5e-4, warmup_epochs=0.0))
     return c
