@@ -120,10 +120,11 @@ def analytic_step_flops(config, method) -> float:
 def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype: str) -> dict:
     """Compile the step of configs/<config_name>.py:<preset> at `batch_size` and time it."""
     config = importlib.import_module(f"configs.{config_name}").get_config(preset)
+    if config.method == "wmse":
+        # Whitening needs sub-batches larger than the embedding: keep the preset's w_size.
+        batch_size = max(batch_size, config.wmse.w_size)
     config.global_batch_size = batch_size
     config.model.dtype = dtype
-    if config.method == "wmse":
-        config.wmse.w_size = min(config.wmse.w_size, batch_size)
     if config.method == "moco_v2":
         config.moco_v2.queue_size -= config.moco_v2.queue_size % batch_size
     size = config.data.image_size
