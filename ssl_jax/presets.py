@@ -35,6 +35,16 @@ def byol_views(crop_min: float = 0.08) -> list:
             dict(common, blur_prob=0.1, solarize_prob=0.2)]
 
 
+def multi_crop_views(global_view: dict, local_view: dict, num_global: int, num_local: int,
+                     global_size: int, local_size: int, global_scale: tuple, local_scale: tuple) -> list:
+    """Multi-crop (SwAV, DINO): `num_global` crops of `global_size` px then `num_local` of
+    `local_size` px, each from its own random-resized crop; global_view / local_view give the
+    other augmentations (global_view may be a list, one dict per global crop)."""
+    globals_ = global_view if isinstance(global_view, list) else [global_view] * num_global
+    return ([dict(g, size=global_size, crop_scale=tuple(global_scale)) for g in globals_[:num_global]] +
+            [dict(local_view, size=local_size, crop_scale=tuple(local_scale)) for _ in range(num_local)])
+
+
 def simclr_views(strength: float = 1.0, blur_prob: float = 0.5, crop_min: float = 0.08) -> list:
     """SimCLR's symmetric views (Chen et al., 2020, App. A): colour jitter of strength s
     (brightness, contrast, saturation 0.8·s, hue 0.2·s) with p=0.8, grayscale p=0.2, blur
@@ -77,7 +87,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
         trust_coefficient=1e-3, nesterov=False, b1=0.9, b2=0.999, warmup_epochs=10.0,
         decay="cosine", end_lr_factor=0.0, decay_epochs=(), decay_factor=0.1,
-        constant_lr_modules=(), bias_and_bn_lr_factor=1.0, frozen_params=(),
+        constant_lr_modules=(), bias_and_bn_lr_factor=1.0, frozen_params=(), freeze_epochs={},
+        weight_decay_end=ml_collections.FieldReference(None, field_type=float), clip_grad_per_param=0.0,
         exclude_bias_and_bn_from_wd=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(num_devices=-1))  # -1: every visible device

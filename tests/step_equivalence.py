@@ -18,7 +18,8 @@ GLOBAL_BATCH, SIZE, STEPS = 16, 16, 2
 
 
 def tiny_config(method: str):
-    """The method's demo preset at a global batch of 16 (W-MSE: whitening over all 16)."""
+    """The method's demo preset at a global batch of 16 (W-MSE: whitening over all 16; SwAV:
+    a queue of one batch, in use from the second step)."""
     config = importlib.import_module(f"configs.{method}").get_config("demo")
     config.global_batch_size = GLOBAL_BATCH
     config.num_epochs = 2
@@ -29,6 +30,8 @@ def tiny_config(method: str):
         config.optimizer.decay_epochs = (-1.5, -1)
     if method == "moco_v2":
         config.moco_v2.queue_size = 4 * GLOBAL_BATCH
+    if method == "swav":  # the queue joins the Sinkhorn normalisation from the second step
+        config.swav.update(dict(queue_length=GLOBAL_BATCH, queue_start_epoch=0.0))
     return config
 
 

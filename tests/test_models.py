@@ -118,3 +118,32 @@ def test_mlp_head(num_layers, output_bn, hidden_bn, output_bias):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match=r"resnet13.*resnet18.*resnet50"):
         build_encoder({"name": "resnet13"})
+
+
+def test_dino_head_last_layer_is_weight_normalised():
+    from ssl_jax.models import DINOHead
+    head = DINOHead(hidden_dim=16, bottleneck_dim=8, output_dim=32, num_layers=3)
+    x = jax.random.normal(jax.random.key(0), (5, 12))
+    variables = head.init(jax.random.key(1), x, train=False)
+    assert "batch_stats" not in variables and "last_layer_gain" not in variables["params"]
+    out = head.apply(variables, x, train=False)
+    assert out.shape == (5, 32) and out.dtype == jnp.float32
+    # The bottleneck is L2-normalised and the last layer's columns are unit vectors, so every
+    # logit is a cosine: |logit| <= 1, and scaling the raw last layer changes nothing.
+    assert np.all(np.abs(out) <= 1.0 + 1e-5)
+    scaled = jax.tree.map(lambda a: a, variables)
+    scaled["params"]["last_layer"] = 7.0 * variables["params"]["last_layer"]
+    np.testing.assert_allclose(head.apply(scaled, x, train=False), out, rtol=1e-5, atol=1e-6)
+    free = DINOHead(hidden_dim=16, bottleneck_dim=8, output_dim=32, norm_last_layer=False, use_bn=True)
+    fv = free.init(jax.random.key(1), x, train=False)
+    assert fv["params"]["last_layer_gain"].shape == (32,) and "batch_stats" in fv
+
+
+def test_prototypes_normalisation():
+    from ssl_jax.models import Prototypes, normalize_prototypes
+    protos = Prototypes(num_prototypes=6)
+    x = jax.random.normal(jax.random.key(0), (4, 3))
+    params = normalize_prototypes(protos.init(jax.random.key(1), x, train=False)["params"])
+    np.testing.assert_allclose(np.linalg.norm(params["kernel_layer"]["kernel"], axis=0), 1.0, rtol=1e-6)
+    scores = protos.apply({"params": params}, x, train=False)
+    assert scores.shape == (4, 6) and np.all(np.abs(scores) <= 1.0 + 1e-5)  # cosines

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from ssl_jax.train import optim as optim_lib
 from ssl_jax.train.optim import (build_optimizer, ema_tau_schedule, lars, scaled_lr,
                                  warmup_cosine_schedule)
 
@@ -225,3 +226,42 @@ def test_frozen_params_never_change():
         params = optax.apply_updates(params, updates)
     np.testing.assert_array_equal(params["encoder"]["patch_embed"]["kernel"], 1.0)
     assert np.all(np.asarray(params["encoder"]["block"]["kernel"]) < 1.0)
+
+
+def test_dino_style_adamw_weight_decay_schedule_and_per_param_clipping():
+    """weight_decay_end: cosine 0.04 -> 0.4; clip_grad_per_param: each tensor's gradient
+    clipped to norm 3 on its own. One AdamW step vs NumPy."""
+    cfg = {"name": "adamw", "base_lr": 0.1, "lr_scaling": "none", "weight_decay": 0.04,
+           "weight_decay_end": 0.4, "clip_grad_per_param": 3.0}
+    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=1)
+    p = {"w": jnp.full((2, 2), 2.0), "v": jnp.full((3, 3), -1.0)}
+    g = {"w": jnp.full((2, 2), 10.0), "v": jnp.full((3, 3), 0.1)}  # norms 20 (clipped), 0.3
+    state = tx.init(p)
+    for step in range(3):
+        updates, state = tx.update(g, state, p)
+        wd = 0.4 + (0.04 - 0.4) * 0.5 * (1 + math.cos(math.pi * step / 10))
+        lr = 0.1 * 0.5 * (1 + math.cos(math.pi * step / 10))
+        # Constant gradients: Adam's bias-corrected m/sqrt(v) is sign(g) at every step.
+        np.testing.assert_allclose(updates["w"], -lr * (1.0 + wd * 2.0), rtol=1e-4)
+        np.testing.assert_allclose(updates["v"], -lr * (1.0 + wd * -1.0), rtol=1e-4)
+    clip = optim_lib.clip_by_param_norm(3.0)
+    clipped, _ = clip.update(g, clip.init(p))
+    np.testing.assert_allclose(np.linalg.norm(clipped["w"]), 3.0, rtol=1e-5)
+    np.testing.assert_allclose(clipped["v"], g["v"], rtol=1e-6)
+
+
+def test_freeze_epochs_holds_a_subtree_for_its_first_steps():
+    """freeze_epochs={'prototypes': 1}: no update (nor momentum) for 1 epoch, then SGD as usual."""
+    params = {"prototypes": {"kernel": jnp.ones((2, 2))}, "encoder": {"kernel": jnp.ones((2, 2))}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    cfg = {"name": "sgd", "base_lr": 0.1, "lr_scaling": "none", "momentum": 0.9,
+           "decay": "steps", "decay_epochs": (), "decay_factor": 1.0, "freeze_epochs": {"prototypes": 1}}
+    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=3, num_epochs=3)
+    state = tx.init(params)
+    seen = []
+    for _ in range(5):
+        updates, state = tx.update(grads, state, params)
+        seen.append((float(updates["prototypes"]["kernel"][0, 0]), float(updates["encoder"]["kernel"][0, 0])))
+    assert [s[0] for s in seen[:3]] == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose([s[0] for s in seen[3:]], [-0.1, -0.19], rtol=1e-6)  # fresh momentum
+    np.testing.assert_allclose([s[1] for s in seen], [-0.1, -0.19, -0.271, -0.3439, -0.40951], rtol=1e-5)

@@ -40,9 +40,9 @@ def test_one_device_equals_eight_devices(results, method):
     keys = [k for k in one.files if k not in ("loss", "num_devices")]
     assert keys == [k for k in eight.files if k not in ("loss", "num_devices")]
     assert any("probe" in k for k in keys)
-    if METHODS[method].name in ("byol", "moco_v2", "moco_v3"):
-        assert any("target" in k for k in keys)
-    if method == "moco_v2":
-        assert any("queue" in k for k in keys)
+    state_keys = {"byol": ["target"], "moco_v2": ["target", "queue"], "moco_v3": ["target"],
+                  "dino": ["target", "center"], "swav": ["queue", "prototypes"]}
+    for needle in state_keys.get(method, []):
+        assert any(needle in k for k in keys), needle
     for k in keys:
         np.testing.assert_allclose(one[k], eight[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -14,26 +14,54 @@ from ssl_jax.train import step as step_lib  # noqa: E402
 from ssl_jax.train.optim import build_optimizer  # noqa: E402
 
 
-def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 10):
-    """(final state, per-step losses) of `steps` steps of config.method at
-    config.global_batch_size on seeded random views of image_size px, 10 classes."""
+def view_sizes(config, image_size: int, num_views: int) -> list:
+    """Tiny stand-ins for the config's view sizes: `image_size` for full-size views, half of
+    it for smaller (multi-crop local) views."""
+    views = list(config.data.views)
+    full = config.data.image_size
+    return [image_size if views[v % len(views)].get("size", full) >= full else image_size // 2
+            for v in range(num_views)]
+
+
+def _setup(config, image_size: int, steps_per_epoch: int):
     batch_size = config.global_batch_size
-    mesh = parallel.make_mesh()
-    parallel.check_batch_divisible(batch_size, mesh)
     total = int(steps_per_epoch * config.num_epochs)
-    method = build_method(config, total_steps=total)
+    method = build_method(config, total_steps=total, steps_per_epoch=steps_per_epoch)
     optimizer, lr = build_optimizer(config.optimizer, global_batch_size=batch_size,
                                     steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
     sample = np.zeros((2, image_size, image_size, 3), np.float32)
-    # Initialised as one compiled program (op-by-op init of a ResNet-50 is 2x slower).
-    state = jax.jit(lambda rng: step_lib.create_state(method, optimizer, rng, sample, num_classes=10),
-                    out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+    init = lambda rng: step_lib.create_state(method, optimizer, rng, sample, num_classes=10)
     train_step = step_lib.make_train_step(method, optimizer, lr, num_classes=10)
+    return method, init, train_step
+
+
+def trace_step(config, *, image_size: int, steps_per_epoch: int = 10):
+    """The abstract (shape, dtype) metrics of one train step, traced without compiling:
+    builds every module, the optimizer and the method state of `config`."""
+    method, init, train_step = _setup(config, image_size, steps_per_epoch)
+    state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    b = config.global_batch_size
+    batch = {"views": tuple(jax.ShapeDtypeStruct((b, s, s, 3), np.float32)
+                            for s in view_sizes(config, image_size, method.num_views)),
+             "label": jax.ShapeDtypeStruct((b,), np.int32)}
+    return jax.eval_shape(train_step, state, batch)[1]
+
+
+def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 10):
+    """(final state, per-step losses) of `steps` steps of config.method at
+    config.global_batch_size on seeded random views of image_size px (multi-crop local views:
+    half that), 10 classes."""
+    batch_size = config.global_batch_size
+    mesh = parallel.make_mesh()
+    parallel.check_batch_divisible(batch_size, mesh)
+    method, init, train_step = _setup(config, image_size, steps_per_epoch)
+    # Initialised as one compiled program (op-by-op init of a ResNet-50 is 2x slower).
+    state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     compiled, losses = None, []
+    sizes = view_sizes(config, image_size, method.num_views)
     for _ in range(steps):
-        host = {"views": tuple(rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32)
-                               for _ in range(method.num_views)),
+        host = {"views": tuple(rng.normal(size=(batch_size, s, s, 3)).astype(np.float32) for s in sizes),
                 "label": rng.integers(0, 10, size=batch_size).astype(np.int32)}
         batch = parallel.shard_batch(host, mesh)
         compiled = compiled or step_lib.compile_step(train_step, state, batch, mesh)

@@ -1,4 +1,5 @@
-"""Stateless tf.data augmentation ops for two-view (BYOL/SimCLR-style) pretraining.
+"""Stateless tf.data augmentation ops for multi-view pretraining: two views (BYOL/SimCLR-style)
+or multi-crop (SwAV/DINO: G global crops and L smaller local crops per image).
 
 Every random op is a pure function of ``(image, seed)``; ``seed`` is an int32/int64 tensor of
 shape [2] and all randomness is ``tf.random.stateless_uniform`` of that seed, so a pipeline is
@@ -43,9 +44,15 @@ Choices where the papers leave room (BYOL, Grill et al. 2020; SimCLR, Chen et al
   images (the streaming path) instead run flip/jitter/grayscale per example with branches
   (``apply_pre_blur_example``): only the drawn ops, in cache; the same results.
 * Gaussian blur: kernel 2*floor(S/20)+1 px (~10% of the side: 23 at 224 as BYOL, 3 at 32, none
-  below 20 px), sigma ~ U[0.1, 2.0] px, REFLECT padding (the papers' code pads with zeros, which
-  darkens the borders of every blurred view; reflection does not).
+  below 20 px), S being the side of the view itself (from the static shape of the batch it blurs:
+  a 96-px local crop gets 9, a 224-px global crop 23), sigma ~ U[0.1, 2.0] px, REFLECT padding
+  (the papers' code pads with zeros, which darkens the borders of every blurred view; reflection
+  does not).
 * Solarize: x if x < threshold else 1 - x (BYOL's definition).
+
+View configs: a dict per view with exactly the keys ``VIEW_KEYS``, plus optionally ``size`` (int
+pixels, ``OPTIONAL_VIEW_KEYS``): the output side of that view's random-resized crop, for
+multi-crop's smaller local crops. Without it a view is ``data.image_size`` px (``view_size``).
 """
 import functools
 import itertools
@@ -62,6 +69,7 @@ except (RuntimeError, ValueError):  # devices already initialised, or no GPU sup
 VIEW_KEYS = ("crop_scale", "crop_ratio", "flip_prob", "color_jitter_prob", "brightness",
              "contrast", "saturation", "hue", "grayscale_prob", "blur_prob", "blur_sigma",
              "solarize_prob", "solarize_threshold")
+OPTIONAL_VIEW_KEYS = ("size",)  # absent (or None): the view is data.image_size px
 
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's luma weights
 
@@ -455,13 +463,26 @@ NUM_VIEW_UNIFORMS = max(end for _, end in _VIEW_LAYOUT.values())
 
 
 def check_view_cfg(view_cfg: Mapping[str, Any]) -> None:
-    """Raise ValueError naming missing or unknown keys of one view's config."""
+    """Raise ValueError naming missing or unknown keys of one view's config, or a bad ``size``."""
     keys = set(view_cfg.keys())
-    missing, unknown = set(VIEW_KEYS) - keys, keys - set(VIEW_KEYS)
+    missing, unknown = set(VIEW_KEYS) - keys, keys - set(VIEW_KEYS) - set(OPTIONAL_VIEW_KEYS)
     if missing or unknown:
-        raise ValueError(f"view config must have exactly the keys {list(VIEW_KEYS)}; "
+        raise ValueError(f"view config must have exactly the keys {list(VIEW_KEYS)} "
+                         f"(and optionally {list(OPTIONAL_VIEW_KEYS)}); "
                          f"missing {sorted(missing)}, unknown {sorted(unknown)} "
                          "(see ssl_jax.data.augment.byol_view_configs()).")
+    size = view_cfg.get("size")
+    if size is not None and (isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer))
+                             or size < 1):
+        raise ValueError(f"view config key 'size' must be a positive int (the side in pixels of the "
+                         f"view's crop, e.g. size=96 for a multi-crop local view), got {size!r}; "
+                         "fix it in config.data.views, or remove 'size' to use data.image_size.")
+
+
+def view_size(view_cfg: Mapping[str, Any], image_size: int) -> int:
+    """The output side of a view: its config's ``size`` if set, else ``image_size`` (data.image_size)."""
+    size = view_cfg.get("size")
+    return int(image_size) if size is None else int(size)
 
 
 def view_uniforms(seed) -> tf.Tensor:
@@ -654,8 +675,10 @@ def augment_view(image_or_bytes, seed, view_cfg: Mapping[str, Any], image_size: 
 
     ``image_or_bytes``: uint8 [H, W, 3] (or float in [0, 1]), or a JPEG string when
     ``is_jpeg_bytes`` (then only the crop window is decoded). Normalised iff ``mean``/``std`` given.
+    S = ``view_size(view_cfg, image_size)``: the view's own ``size`` if it has one, as in the pipeline.
     """
     check_view_cfg(view_cfg)
+    image_size = view_size(view_cfg, image_size)
     if is_jpeg_bytes:
         params = sample_view_params(seed, view_cfg, tf.image.extract_jpeg_shape(image_or_bytes))
         image = resize_decoded_crop(decode_jpeg_window(image_or_bytes, params["crop"]), image_size)

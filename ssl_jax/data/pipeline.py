@@ -7,10 +7,10 @@ Batch k is therefore a pure function of (seed, k), so ``start_step=k`` resumes e
 Two paths, chosen per dataset:
 * in memory (images of static shape, decoded slice <= ``_IN_MEMORY_MAX_BYTES``: digits, CIFAR,
   MNIST): the slice is decoded once into a uint8 array; an epoch is a full permutation; a batch
-  is cropped and resized from the array in one ``crop_and_resize`` call.
+  is cropped and resized from the array in one ``crop_and_resize`` call per view.
 * streaming (ImageNet-sized): a ``shuffle_buffer``-sized shuffle of the TFDS stream per epoch;
   each JPEG is decoded once (whole; accurate IDCT, the pixels ``decode_and_crop_jpeg`` of each
-  window gives, at half the cost of decoding two windows), both views are cut and resized from
+  window gives, at half the cost of decoding two windows), all its views are cut and resized from
   it, then flip, colour jitter and grayscale run per example (``augment.make_example_pre_blur_fn``,
   XLA with branches), and blur, solarize and normalize per batch
   (``augment.make_view_post_fn``). Resuming replays (reads, never decodes) the records of the
@@ -18,6 +18,10 @@ Two paths, chosen per dataset:
 In both, each example costs one stateless RNG call per view (``augment.view_uniforms``); in
 memory, the decisions, crop windows and every image op after the crop run per batch as
 vectorised tensor ops, XLA-compiled (``augment.make_view_ops_fn``).
+
+Multi-crop (SwAV, DINO): a view config may set ``size`` (pixels; default ``data.image_size``), e.g.
+2 global views of 224 px and 10 local views of 96 px. Each view is its own array in ``views``, in
+view order, with its own static shape [b, size_v, size_v, 3]; its blur kernel follows size_v.
 """
 import functools
 import math
@@ -120,10 +124,11 @@ def _use_memory(info, n: int) -> bool:
 def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, seed: int, start_step: int = 0,
                       num_views: int = 2, process_index: Optional[int] = None,
                       process_count: Optional[int] = None, jit_augment: bool = True) -> Iterator[dict]:
-    """Infinite iterator of ``{'views': (float32 [b, S, S, 3], ...), 'label': int32 [b]}`` (NumPy).
+    """Infinite iterator of ``{'views': (float32 [b, S_v, S_v, 3], ...), 'label': int32 [b]}`` (NumPy).
 
     b = global_batch_size // process_count. Reads ``dataset, data_dir, train_split, image_size,
-    views, mean, std, shuffle_buffer`` from ``data_cfg``. View v uses ``views[v % len(views)]``.
+    views, mean, std, shuffle_buffer`` from ``data_cfg``. View v uses ``views[v % len(views)]`` and
+    is S_v = that config's ``size`` px if it sets one (multi-crop local crops), else ``image_size``.
     Full batches only (drop remainder); ``steps_per_epoch`` gives their number per epoch. The first
     batch is the one an uninterrupted iterator yields at step ``start_step``.
     ``jit_augment`` compiles the per-batch ops with XLA (several times faster on CPU).
@@ -162,6 +167,22 @@ def _view_key(seed: int, process_index, epoch, view: int) -> tf.Tensor:
     return augment.fold_in(augment.fold_in(root, epoch), view)[0]
 
 
+def _per_view(make_fn, views: Sequence[Mapping]) -> list:
+    """``make_fn(cfg)`` for each view, one function shared by views with equal configs.
+
+    Multi-crop repeats one config for its local views (DINO: 10); sharing the function means one
+    XLA compilation for all of them instead of one each. ``size`` is left out of the key: it is
+    in the input's static shape, for which a compiled function specialises anyway.
+    """
+    made, out = {}, []
+    for cfg in views:
+        key = repr(sorted((k, v) for k, v in cfg.items() if k != "size"))
+        if key not in made:
+            made[key] = make_fn(cfg)
+        out.append(made[key])
+    return out
+
+
 def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays, views: Sequence[Mapping],
                      image_size: int, mean, std, local_batch: int, steps_per_epoch: int, seed: int,
                      process_index: int = 0, start_step: int = 0, shuffle_buffer: int = 10_000,
@@ -170,10 +191,14 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
 
     ``arrays=(uint8 [n, H, W, 3], labels [n])`` selects the in-memory path (``ds_src`` unused);
     ``arrays=None`` streams ``ds_src`` (elements ``{'image': uint8 or JPEG string, 'label'}``).
+    View v comes out ``augment.view_size(views[v], image_size)`` px.
     """
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
-    b, size, num_views = int(local_batch), int(image_size), len(views)
+    for cfg in views:
+        augment.check_view_cfg(cfg)
+    b, num_views = int(local_batch), len(views)
+    sizes = [augment.view_size(cfg, image_size) for cfg in views]  # static, per view
     per_epoch = steps_per_epoch * b
     start_epoch, offset = divmod(int(start_step) * b, per_epoch)
     order_root = augment.fold_in(tf.constant([int(seed), 1], tf.int64), process_index)  # epoch orders
@@ -203,11 +228,11 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
         def sample(keys, pos, idx):
             return {"index": idx, "u": tuple(view_uniforms(keys, pos))}
 
-        appliers = [augment.make_view_ops_fn(cfg, mean, std, jit=jit_augment) for cfg in views]
+        appliers = _per_view(lambda cfg: augment.make_view_ops_fn(cfg, mean, std, jit=jit_augment), views)
 
         def assemble(batch):
             out = []
-            for u, cfg, apply in zip(batch["u"], views, appliers):
+            for u, cfg, apply, size in zip(batch["u"], views, appliers, sizes):
                 params = augment.view_params_from_uniforms(u, cfg, hw)
                 crops = augment.crop_and_resize(images, params.pop("crop"), size, box_indices=batch["index"])
                 out.append(apply(tf.ensure_shape(crops, [b, size, size, 3]), params))
@@ -218,8 +243,8 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
         is_jpeg = info["is_jpeg"]
         # Large images: flip, jitter and grayscale per example (branching, cache-resident), then
         # blur, solarize and normalize per batch (the blur is batched matmuls).
-        pre_blur = [augment.make_example_pre_blur_fn(cfg, jit=jit_augment) for cfg in views]
-        post_blur = [augment.make_view_post_fn(cfg, mean, std, jit=jit_augment) for cfg in views]
+        pre_blur = _per_view(lambda cfg: augment.make_example_pre_blur_fn(cfg, jit=jit_augment), views)
+        post_blur = _per_view(lambda cfg: augment.make_view_post_fn(cfg, mean, std, jit=jit_augment), views)
 
         def epoch_examples(epoch):
             shuffle_seed = augment.fold_in(order_root, epoch)[0]
@@ -235,7 +260,7 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
             if is_jpeg:  # decoded once for all views: the same pixels as decoding each window
                 image = tf.io.decode_jpeg(image, channels=3, dct_method="INTEGER_ACCURATE")
             crops = []
-            for window, u, cfg, pre in zip(windows, us, views, pre_blur):
+            for window, u, cfg, pre, size in zip(windows, us, views, pre_blur, sizes):
                 y, x, h, w = tf.unstack(window)
                 crop = augment.resize_decoded_crop(image[y:y + h, x:x + w], size)
                 crop = pre(tf.ensure_shape(crop, [size, size, 3]), augment.view_params_from_uniforms(u, cfg))

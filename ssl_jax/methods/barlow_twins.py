@@ -16,6 +16,6 @@ class BarlowTwins(JointEmbeddingMethod):
 
     name = "barlow_twins"
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         z = out["z"]
         return losses.barlow_twins(z[0], z[1], lambd=self.cfg.lambd), {}, {}

@@ -10,7 +10,7 @@ Method interface used by the train step (ssl_jax/train/step.py):
   init(rng, images) -> (params, batch_stats, method_state)
   loss(params, batch_stats, method_state, batch, rng, step) -> (loss, aux) with aux keys
       batch_stats, method_state, metrics, features (encoder output of view 0, for the probe)
-  after_update(params, method_state, step) -> (method_state, metrics)
+  after_update(params, method_state, step) -> (params, method_state, metrics)
 """
 from typing import Any, Optional, Sequence
 
@@ -23,7 +23,18 @@ from ssl_jax.methods import common
 from ssl_jax.models import build_encoder, build_head
 from ssl_jax.train.optim import momentum_schedule
 
-TARGET_MODULES = ("encoder", "projector")  # what the momentum target copies
+
+
+def group_by_shape(views: Sequence[jax.Array]) -> list:
+    """Consecutive views of equal shape stacked: [[V_g, N, H_g, W_g, C], ...]. Multi-crop
+    batches hold global crops then local crops; each group is one encoder call."""
+    groups: list = []
+    for v in views:
+        if groups and groups[-1][0].shape == v.shape:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return [jnp.stack(g) for g in groups]
 
 
 class JointEmbeddingMethod:
@@ -32,6 +43,10 @@ class JointEmbeddingMethod:
     Config section keys read here: projector (head config), predictor (head config or
     None), momentum (None, or dict(base=tau_0, schedule='cosine'|'constant')),
     per_view_bn (BatchNorm statistics per view, default True), num_views (default 2).
+
+    Views of different resolutions (multi-crop) are encoded one resolution group at a
+    time (BN statistics joint within a group, as the SwAV/DINO multi-crop wrapper; the
+    running statistics are averaged over the groups); the heads then see all views.
     """
 
     name: str = ""
@@ -39,14 +54,19 @@ class JointEmbeddingMethod:
     # forwards only the query view online and only the key view through the target.
     online_views: Optional[Sequence[int]] = None
     target_views: Optional[Sequence[int]] = None
+    # The momentum target's copy of the online modules, and each head's output key.
+    target_modules: Sequence[str] = ("encoder", "projector")
+    head_outputs: Sequence[tuple[str, str]] = (("projector", "z"), ("predictor", "p"))
 
-    def __init__(self, config: ml_collections.ConfigDict, total_steps: int):
+    def __init__(self, config: ml_collections.ConfigDict, total_steps: int,
+                 steps_per_epoch: Optional[int] = None):
         self.config = config
         self.cfg = config[self.name]
+        self.total_steps = int(total_steps)
+        # Epoch-based settings (queue start, frozen layers, temperature warm-up) use this.
+        self.steps_per_epoch = int(steps_per_epoch or max(total_steps // max(int(config.num_epochs), 1), 1))
         self.encoder = build_encoder(config.model)
-        self.projector = build_head(self.cfg.projector)
-        predictor_cfg = self.cfg.get("predictor")
-        self.predictor = build_head(predictor_cfg) if predictor_cfg else None
+        self.heads = self.build_heads()
         momentum_cfg = self.cfg.get("momentum")
         self.momentum = (momentum_schedule(momentum_cfg["base"], total_steps, momentum_cfg["schedule"])
                          if momentum_cfg else None)
@@ -54,10 +74,18 @@ class JointEmbeddingMethod:
         self.num_views = int(self.cfg.get("num_views", 2))
 
     # ------------------------------------------------------------------ hooks
+    def build_heads(self) -> dict:
+        """name -> module for each head in `head_outputs` (absent heads are skipped)."""
+        heads = {"projector": build_head(self.cfg.projector)}
+        if self.cfg.get("predictor"):
+            heads["predictor"] = build_head(self.cfg.predictor)
+        return heads
+
     def objective(self, out: dict, target: Optional[jax.Array], method_state: dict,
-                  rng: jax.Array, step: jax.Array) -> tuple[jax.Array, dict, dict]:
+                  rng: jax.Array, step: jax.Array, params: Any) -> tuple[jax.Array, dict, dict]:
         """(loss, metrics, method_state updates) from the online outputs `out`
-        ({'h', 'z'[, 'p']}, each [V, N, D]) and the target projections [V_t, N, D]."""
+        ({'h', 'z'[, 'p']}, each [V, N, D]) and the target's output [V_t, N, D]; `params`
+        (the online parameters) for methods whose loss reads a layer directly."""
         raise NotImplementedError
 
     def init_extra_state(self, rng: jax.Array) -> dict:
@@ -67,8 +95,12 @@ class JointEmbeddingMethod:
 
     # ------------------------------------------------------------------ shared
     def _modules(self):
-        mods = [("encoder", self.encoder), ("projector", self.projector)]
-        return mods + ([("predictor", self.predictor)] if self.predictor is not None else [])
+        """[(name, module, output key)] in forward order."""
+        return [("encoder", self.encoder, "h")] + [
+            (name, self.heads[name], key) for name, key in self.head_outputs if name in self.heads]
+
+    def _module(self, name):
+        return self.encoder if name == "encoder" else self.heads[name]
 
     def init(self, rng: jax.Array, images: jax.Array) -> tuple[Any, Any, Any]:
         """(params, batch_stats, method_state) for a sample batch of images [N, H, W, C]."""
@@ -76,7 +108,7 @@ class JointEmbeddingMethod:
         n = images.shape[0]
         params, batch_stats = {}, {}
         x = images
-        for key, (name, module) in zip(keys, self._modules()):
+        for key, (name, module, _) in zip(keys, self._modules()):
             # The heads only need their input shapes (no extra forward pass to compile).
             variables = module.init(key, x, train=False)
             params[name], batch_stats[name] = variables["params"], variables.get("batch_stats", {})
@@ -86,37 +118,49 @@ class JointEmbeddingMethod:
         if self.momentum is not None:
             # An exact copy with its own buffers (the train state is donated to the step).
             state["target"] = jax.tree.map(jnp.copy, {
-                "params": {k: params[k] for k in TARGET_MODULES},
-                "batch_stats": {k: batch_stats[k] for k in TARGET_MODULES}})
+                "params": {k: params[k] for k in self.target_modules},
+                "batch_stats": {k: batch_stats[k] for k in self.target_modules}})
         return params, batch_stats, state
 
     @staticmethod
-    def _select(views: jax.Array, which: Optional[Sequence[int]]) -> jax.Array:
-        return views if which is None else jnp.stack([views[i] for i in which])
+    def _select(views: Sequence[jax.Array], which: Optional[Sequence[int]]) -> tuple:
+        return tuple(views) if which is None else tuple(views[i] for i in which)
+
+    def _encode(self, params, batch_stats, views):
+        """Encoder on every view, one call per resolution group -> ([V, N, D], new stats)."""
+        outs, stats = [], []
+        for group in group_by_shape(views):
+            h, s = common.apply_views(self.encoder, params, batch_stats, group, self.per_view_bn)
+            outs.append(h)
+            stats.append(s)
+        mean_stats = jax.tree.map(lambda *xs: sum(xs) / len(xs), *stats)
+        return jnp.concatenate(outs, axis=0), mean_stats
 
     def forward_online(self, params, batch_stats, views):
-        """Online encoder/projector/predictor on views [V, N, H, W, C] (training mode)."""
+        """Online encoder and heads on the views (training mode): ({'h', 'z', ...}, stats)."""
         out, stats = {}, {}
-        x = views
-        for (name, module), key in zip(self._modules(), ("h", "z", "p")):
+        x, stats["encoder"] = self._encode(params["encoder"], batch_stats["encoder"], views)
+        out["h"] = x
+        for name, module, key in self._modules()[1:]:
             x, stats[name] = common.apply_views(module, params[name], batch_stats[name], x,
                                                 self.per_view_bn)
             out[key] = x
         return out, stats
 
     def forward_target(self, target, views):
-        """Momentum target encoder + projector (training mode, as the authors' code);
-        its outputs carry no gradient. Returns (projections, new target batch_stats)."""
-        x, stats = views, {}
-        for name in TARGET_MODULES:
-            module = getattr(self, name)
-            x, stats[name] = common.apply_views(module, target["params"][name],
-                                                target["batch_stats"][name], x, self.per_view_bn)
+        """Momentum target (training mode, as the authors' code) on the views; its output
+        carries no gradient. Returns (last module's output [V_t, N, ...], new target stats)."""
+        p, bs = target["params"], target["batch_stats"]
+        stats = {}
+        x, stats["encoder"] = self._encode(p["encoder"], bs["encoder"], views)
+        for name in self.target_modules[1:]:
+            x, stats[name] = common.apply_views(self._module(name), p[name], bs[name], x,
+                                                self.per_view_bn)
         return jax.lax.stop_gradient(x), stats
 
     def loss(self, params, batch_stats, method_state, batch, rng, step):
         """The method's loss of one batch; aux carries new BN stats, state, metrics, features."""
-        views = common.stack_views(batch["views"][:self.num_views])
+        views = tuple(batch["views"][:self.num_views])
         out, new_stats = self.forward_online(params, batch_stats, self._select(views, self.online_views))
         new_state = dict(method_state)
         target_z = None
@@ -124,7 +168,7 @@ class JointEmbeddingMethod:
             target = method_state["target"]
             target_z, target_stats = self.forward_target(target, self._select(views, self.target_views))
             new_state["target"] = {"params": target["params"], "batch_stats": target_stats}
-        loss, metrics, updates = self.objective(out, target_z, method_state, rng, step)
+        loss, metrics, updates = self.objective(out, target_z, method_state, rng, step, params)
         new_state.update(updates)
         # Per-dimension std of the normalised online projections: ~1/sqrt(D) when
         # healthy, -> 0 under collapse.
@@ -133,12 +177,13 @@ class JointEmbeddingMethod:
                       "features": out["h"][0]}
 
     def after_update(self, params, method_state, step):
-        """EMA of the momentum target towards the freshly updated online network."""
+        """After the optimizer step: EMA of the momentum target towards the freshly updated
+        online network. Returns (params, method_state, metrics)."""
         if self.momentum is None:
-            return method_state, {}
+            return params, method_state, {}
         tau = self.momentum(step)
         target = method_state["target"]
-        online = {k: params[k] for k in TARGET_MODULES}
+        online = {k: params[k] for k in self.target_modules}
         new_target = {"params": common.ema(target["params"], online, tau),
                       "batch_stats": target["batch_stats"]}
-        return dict(method_state, target=new_target), {"ema_tau": tau}
+        return params, dict(method_state, target=new_target), {"ema_tau": tau}

@@ -19,6 +19,6 @@ class BYOL(JointEmbeddingMethod):
 
     name = "byol"
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         p = out["p"]
         return losses.byol(p[0], target[1]) + losses.byol(p[1], target[0]), {}, {}

@@ -53,11 +53,6 @@ def ema(target: Any, online: Any, tau: jax.Array) -> Any:
     return jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, target, online)
 
 
-def stack_views(views: tuple[jax.Array, ...]) -> jax.Array:
-    """(view_0, ..., view_{V-1}) each [N, H, W, C] -> [V, N, H, W, C]."""
-    return jnp.stack(views, axis=0)
-
-
 def init_queue(rng: jax.Array, size: int, dim: int) -> dict:
     """A queue of `size` L2-normalised random keys [size, dim] and its write position
     (MoCo initialises its queue with normalised Gaussian noise)."""

@@ -31,8 +31,8 @@ class MoCoV2(JointEmbeddingMethod):
     online_views = (0,)   # queries
     target_views = (1,)   # keys
 
-    def __init__(self, config, total_steps):
-        super().__init__(config, total_steps)
+    def __init__(self, config, total_steps, steps_per_epoch=None):
+        super().__init__(config, total_steps, steps_per_epoch)
         k, b = self.cfg.queue_size, config.global_batch_size
         if k % b:
             raise ValueError(f"moco_v2.queue_size={k} is not a multiple of global_batch_size={b}; "
@@ -42,7 +42,7 @@ class MoCoV2(JointEmbeddingMethod):
     def init_extra_state(self, rng):
         return {"queue": common.init_queue(rng, self.cfg.queue_size, self.cfg.projector.output_dim)}
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         queue = method_state["queue"]
         q, k = out["z"][0], target[0]
         loss = losses.info_nce(q, k, queue=queue["keys"], temperature=self.cfg.temperature)
@@ -54,7 +54,7 @@ class MoCoV3(JointEmbeddingMethod):
 
     name = "moco_v3"
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         t = self.cfg.temperature
         p = out["p"]
         loss = losses.info_nce(p[0], target[1], temperature=t) + losses.info_nce(p[1], target[0], temperature=t)

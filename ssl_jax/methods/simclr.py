@@ -17,6 +17,6 @@ class SimCLR(JointEmbeddingMethod):
 
     name = "simclr"
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         z = out["z"]
         return losses.nt_xent(z[0], z[1], temperature=self.cfg.temperature), {}, {}

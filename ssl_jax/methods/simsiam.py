@@ -14,6 +14,6 @@ class SimSiam(JointEmbeddingMethod):
 
     name = "simsiam"
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         z, p = out["z"], out["p"]
         return 0.5 * (losses.simsiam(p[0], z[1]) + losses.simsiam(p[1], z[0])), {}, {}

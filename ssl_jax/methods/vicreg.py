@@ -13,7 +13,7 @@ class VICReg(JointEmbeddingMethod):
 
     name = "vicreg"
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         z = out["z"]
         loss = losses.vicreg(z[0], z[1], sim_weight=self.cfg.sim_weight,
                              var_weight=self.cfg.var_weight, cov_weight=self.cfg.cov_weight)

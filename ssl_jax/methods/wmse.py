@@ -18,8 +18,8 @@ class WMSE(JointEmbeddingMethod):
 
     name = "wmse"
 
-    def __init__(self, config, total_steps):
-        super().__init__(config, total_steps)
+    def __init__(self, config, total_steps, steps_per_epoch=None):
+        super().__init__(config, total_steps, steps_per_epoch)
         b, w, d = config.global_batch_size, self.cfg.w_size, self.cfg.projector.output_dim
         if b % w or w <= d:
             raise ValueError(
@@ -27,7 +27,7 @@ class WMSE(JointEmbeddingMethod):
                 f"size {d} (a smaller sub-batch has a singular covariance); set "
                 "--config.wmse.w_size accordingly.")
 
-    def objective(self, out, target, method_state, rng, step):
+    def objective(self, out, target, method_state, rng, step, params):
         loss = losses.wmse(out["z"], rng, w_size=self.cfg.w_size, w_iter=self.cfg.w_iter,
                            eps=self.cfg.w_eps)
         return loss, {}, {}

@@ -1,7 +1,7 @@
 """Encoders and heads; `build_encoder` makes any backbone from `config.model`."""
 from typing import Any
 
-from ssl_jax.models.heads import MLPHead, build_head
+from ssl_jax.models.heads import DINOHead, MLPHead, Prototypes, build_head, normalize_prototypes
 from ssl_jax.models.resnet import RESNET_NAMES, BasicBlock, Bottleneck, ResNet, build_resnet, model_dtype
 from ssl_jax.models.vit import VIT_VARIANTS, VisionTransformer, build_vit
 
@@ -23,5 +23,5 @@ def build_encoder(model_cfg: Any):
                      f"{', '.join(ENCODER_NAMES)}.")
 
 
-__all__ = ["ENCODER_NAMES", "BasicBlock", "Bottleneck", "MLPHead", "ResNet", "VisionTransformer",
+__all__ = ["ENCODER_NAMES", "BasicBlock", "Bottleneck", "DINOHead", "MLPHead", "Prototypes", "normalize_prototypes", "ResNet", "VisionTransformer",
            "build_encoder", "build_head"]

@@ -1,9 +1,10 @@
-"""Projection / prediction heads."""
+"""Projection / prediction heads, DINO's head and SwAV's prototypes."""
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ssl_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
@@ -65,3 +66,65 @@ def build_head(cfg: Any, dtype: Any = jnp.float32) -> MLPHead:
     if unknown:
         raise ValueError(f"Unknown head config keys {sorted(unknown)}; valid: {list(keys)}.")
     return MLPHead(dtype=dtype, **{k: cfg[k] for k in keys if k in cfg})
+
+
+class DINOHead(nn.Module):
+    """DINO's head (Caron et al., 2021, Sec. 3.1 and App.): an MLP of ``num_layers`` Dense
+    layers (GELU, BN optional) down to a ``bottleneck_dim`` embedding, L2-normalisation, and
+    a weight-normalised Dense without bias to ``output_dim`` logits. With
+    ``norm_last_layer`` (DINO's default) the weight-norm gain is fixed at 1, so the last
+    layer's columns are unit vectors; otherwise the gain is a parameter initialised at 1.
+    Dense kernels: truncated normal std 0.02 and zero biases, as the authors' code.
+    """
+
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    output_dim: int = 65536
+    num_layers: int = 3
+    use_bn: bool = False
+    norm_last_layer: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        init = nn.initializers.truncated_normal(0.02)
+        x = jnp.asarray(x, self.dtype)
+        for i in range(self.num_layers - 1):
+            x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=init, name=f"dense{i + 1}")(x)
+            if self.use_bn:
+                x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                 dtype=self.dtype, name=f"bn{i + 1}")(x)
+            x = nn.gelu(x, approximate=False)
+        x = nn.Dense(self.bottleneck_dim, dtype=self.dtype, kernel_init=init, name=f"dense{self.num_layers}")(x)
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+        v = self.param("last_layer", nn.initializers.lecun_normal(), (self.bottleneck_dim, self.output_dim))
+        w = v * jax.lax.rsqrt(jnp.sum(v * v, axis=0, keepdims=True) + 1e-12)
+        if not self.norm_last_layer:
+            w = w * self.param("last_layer_gain", nn.initializers.ones, (self.output_dim,))
+        return jnp.dot(x.astype(self.dtype), w.astype(self.dtype)).astype(jnp.float32)
+
+
+class Prototypes(nn.Module):
+    """SwAV's prototypes (Caron et al., 2020): scores of the L2-normalised embedding against
+    ``num_prototypes`` vectors, a Dense without bias whose kernel columns the method keeps
+    at unit norm (``normalize_prototypes`` after every update)."""
+
+    num_prototypes: int
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_prototypes
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        del train
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+        return nn.Dense(self.num_prototypes, use_bias=False, name="kernel_layer")(x)
+
+
+def normalize_prototypes(params: Any) -> Any:
+    """Prototypes params with unit-norm columns (SwAV normalises them after each step)."""
+    k = params["kernel_layer"]["kernel"]
+    return {"kernel_layer": {"kernel": k * jax.lax.rsqrt(jnp.sum(k * k, axis=0, keepdims=True) + 1e-12)}}

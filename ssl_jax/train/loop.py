@@ -52,7 +52,7 @@ def build(config: ml_collections.ConfigDict, mesh):
             f"{info['num_examples_total']} examples of {data_cfg.dataset}:{data_cfg.train_split}; "
             "lower --config.global_batch_size.")
     n_steps = total_steps(config, spe)
-    method = build_method(config, n_steps)
+    method = build_method(config, n_steps, spe)
     optimizer, lr_schedule = build_optimizer(config.optimizer, global_batch_size=config.global_batch_size,
                                              steps_per_epoch=spe, num_epochs=n_steps / spe)
     return info, spe, n_steps, method, optimizer, lr_schedule

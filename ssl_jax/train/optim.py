@@ -59,13 +59,7 @@ def ema_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
 
     τ_0 = τ_base, τ_K = 1 (and 1 after K).
     """
-    total = max(int(total_steps), 1)
-
-    def schedule(step):
-        k = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, total)
-        return 1.0 - (1.0 - tau_base) * (jnp.cos(jnp.pi * k / total) + 1.0) / 2.0
-
-    return schedule
+    return _cosine_between(tau_base, 1.0, total_steps)
 
 
 def momentum_schedule(base: float, total_steps: int, schedule: str = "cosine") -> optax.Schedule:
@@ -235,6 +229,69 @@ def step_decay_schedule(peak_lr: float, warmup_steps: int, boundaries: Sequence[
     return schedule
 
 
+class CountState(NamedTuple):
+    count: jax.Array
+
+
+def add_scheduled_weight_decay(schedule: optax.Schedule, mask: Callable[[Any], Any]
+                               ) -> optax.GradientTransformation:
+    """updates + wd(step)·params for the params selected by `mask` (DINO's weight decay
+    rising 0.04 -> 0.4 on a cosine)."""
+
+    def init_fn(params):
+        del params
+        return CountState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params):
+        wd = schedule(state.count)
+        keep = mask(updates)
+        updates = jax.tree.map(lambda u, p, k: u + wd * p if k else u, updates, params, keep)
+        return updates, CountState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_param_norm(max_norm: float) -> optax.GradientTransformation:
+    """Each parameter's gradient g ← g·min(1, max_norm/(‖g‖ + 1e-6)), tensor by tensor (DINO's
+    `clip_gradients`, not optax's global-norm clipping)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def clip(g):
+            norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+            return (g * jnp.minimum(1.0, max_norm / (norm + 1e-6))).astype(g.dtype)
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def zero_until(steps: dict, label: Callable[[Tuple[str, ...]], Any]) -> optax.GradientTransformation:
+    """Zero the updates of the parameters whose path `label` maps to a key of `steps`
+    while the step count is below steps[key] (SwAV's prototypes and DINO's last layer are
+    frozen for the first epoch). Used around an optimizer: zeroing its input gradient keeps
+    momentum buffers empty, zeroing its output also skips weight decay."""
+
+    def init_fn(params):
+        del params
+        return CountState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def gate(path, u):
+            key = label(_path_keys(path))
+            if key is None:
+                return u
+            return jnp.where(state.count < steps[key], jnp.zeros_like(u), u)
+
+        return (jax.tree_util.tree_map_with_path(gate, updates),
+                CountState(count=optax.safe_increment(state.count)))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 # ----------------------------------------------------------------------------
 # From config
 # ----------------------------------------------------------------------------
@@ -269,7 +326,15 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
     ``bias_and_bn_lr_factor`` (LR multiplier of 1-D params, default 1) and
     ``frozen_params`` ('/'-joined path prefixes, e.g. 'encoder/patch_embed', whose
     parameters are never updated: no gradient step, no weight decay; MoCo v3's frozen
-    random patch projection).
+    random patch projection), ``freeze_epochs`` (dict path prefix -> epochs during which
+    that subtree is not updated: SwAV's prototypes, DINO's last layer),
+    ``weight_decay_end`` (cosine from weight_decay to this over training; default: constant)
+    and ``clip_grad_per_param`` (> 0: DINO's per-tensor gradient-norm clipping).
+
+    Note on ``freeze_epochs`` with Adam(W): the gradient is zeroed while frozen, so the
+    moment estimates stay 0 and the first updates after unfreezing use the global step's
+    bias correction (PyTorch starts a per-parameter step count instead): up to
+    1/sqrt(1 - b2^t)-scaled larger for a few steps. Exact for SGD and LARS.
 
     Warm-up is linear over round(warmup_epochs·steps_per_epoch) steps to
     scaled_lr(base_lr, global_batch_size, lr_scaling); training lasts
@@ -307,6 +372,10 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
     momentum = float(_get(opt_cfg, "momentum", 0.9))
     nesterov = bool(_get(opt_cfg, "nesterov", False))
     b1, b2 = float(_get(opt_cfg, "b1", 0.9)), float(_get(opt_cfg, "b2", 0.999))
+    wd_end = _get(opt_cfg, "weight_decay_end", None)
+    if wd_end is not None and name != "adamw":
+        raise ValueError("optimizer.weight_decay_end (a weight-decay schedule) is supported with "
+                         f"name='adamw' only, not {name!r}; remove it or switch optimizer.")
 
     if name == "lars":
         tx = lars(schedule, wd, momentum=momentum, nesterov=nesterov, exclude_fn=exclude,
@@ -318,10 +387,36 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
     elif name == "adam":
         tx = adam(schedule, wd, b1=b1, b2=b2, exclude_fn=exclude, lr_transform=lr_transform)
     else:  # adamw: decoupled decay, scaled by the LR like optax.adamw
-        tx = optax.chain(optax.scale_by_adam(b1=b1, b2=b2),
-                         optax.masked(optax.add_decayed_weights(wd), make_mask(exclude)),
-                         lr_transform)
+        decay = (optax.add_decayed_weights(wd, make_mask(exclude)) if wd_end is None else
+                 add_scheduled_weight_decay(_cosine_between(wd, float(wd_end), total_steps),
+                                            make_mask(exclude)))
+        tx = optax.chain(optax.scale_by_adam(b1=b1, b2=b2), decay, lr_transform)
+
+    clip = float(_get(opt_cfg, "clip_grad_per_param", 0.0))
+    if clip > 0:
+        tx = optax.chain(clip_by_param_norm(clip), tx)
+    freeze_epochs = _get(opt_cfg, "freeze_epochs", None) or {}
+    freeze_epochs = freeze_epochs.to_dict() if hasattr(freeze_epochs, "to_dict") else dict(freeze_epochs)
+    if freeze_epochs:
+        steps = {k: int(round(float(e) * steps_per_epoch)) for k, e in freeze_epochs.items()}
+
+        def label(keys):
+            name_ = "/".join(keys)
+            return next((p for p in steps if name_ == p or name_.startswith(p + "/")), None)
+
+        tx = optax.chain(zero_until(steps, label), tx, zero_until(steps, label))
     return freeze(tx, tuple(_get(opt_cfg, "frozen_params", ()))), schedule
+
+
+def _cosine_between(start: float, end: float, total_steps: int) -> optax.Schedule:
+    """start -> end on a half cosine over total_steps (DINO's weight-decay schedule)."""
+    total = max(int(total_steps), 1)
+
+    def schedule(step):
+        t = jnp.clip(jnp.asarray(step, jnp.float32) / total, 0.0, 1.0)
+        return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+
+    return schedule
 
 
 def freeze(tx: optax.GradientTransformation, prefixes: Tuple[str, ...]) -> optax.GradientTransformation:

@@ -67,9 +67,9 @@ def make_train_step(method, optimizer: optax.GradientTransformation,
         grads, (aux, metrics) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        method_state, post_metrics = method.after_update(params, aux["method_state"], state.step)
+        params, method_state, post_metrics = method.after_update(params, aux["method_state"], state.step)
         metrics = dict(metrics, **post_metrics, lr=lr_schedule(state.step),
-                       grad_norm=optax.global_norm(grads))
+                       grad_norm=optax.tree.norm(grads))
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=aux["batch_stats"],
                                   opt_state=opt_state, method_state=method_state)
         return new_state, metrics

@@ -1,0 +1,92 @@
+"""SwAV: Swapping Assignments between Views (Caron et al., NeurIPS 2020), with multi-crop.
+
+encoder -> projector (2048 -> 128) -> L2-normalised embedding -> prototypes (K unit vectors,
+re-normalised after every update). Codes: sinkhorn (ε = 0.05, 3 iterations) of the global
+crops' prototype scores over the global batch, stop-gradient; loss: swav, every crop predicts
+the codes of every other global crop (T = 0.1).
+
+Queue (optional, `queue_length` > 0): from `queue_start_epoch` on, the embeddings of the
+global crops of each step are pushed into a per-crop FIFO of `queue_length` rows held in
+the method state (so it is checkpointed and survives resume); once it is full its scores
+join the batch's in the Sinkhorn normalisation, and only the batch rows' codes are used, as
+in the authors' code. The prototypes are frozen for the first epoch(s) with
+optimizer.freeze_epochs = {'prototypes': 1}.
+Choice: the encoder runs once per resolution with BN statistics joint over the crops of that
+resolution, the heads once over all crops (the authors' multi-crop wrapper).
+"""
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import losses
+from ssl_jax.methods.base import JointEmbeddingMethod
+from ssl_jax.models import Prototypes, build_head, normalize_prototypes
+
+
+class SwAV(JointEmbeddingMethod):
+    """Config section `swav`: projector, num_prototypes, num_views, num_global_crops,
+    temperature, sinkhorn_epsilon, sinkhorn_iters, queue_length, queue_start_epoch."""
+
+    name = "swav"
+    head_outputs = (("projector", "z"), ("prototypes", "p"))
+
+    def __init__(self, config, total_steps, steps_per_epoch=None):
+        super().__init__(config, total_steps, steps_per_epoch)
+        q, b = self.cfg.queue_length, config.global_batch_size
+        if q and q % b:
+            raise ValueError(f"swav.queue_length={q} is not a multiple of global_batch_size={b}; "
+                             f"set --config.swav.queue_length to a multiple of {b} (or 0: no queue).")
+        self.queue_start_step = int(round(self.cfg.queue_start_epoch * self.steps_per_epoch))
+
+    def build_heads(self):
+        return {"projector": build_head(self.cfg.projector), "prototypes": Prototypes(self.cfg.num_prototypes)}
+
+    def init(self, rng, images):
+        params, batch_stats, state = super().init(rng, images)
+        params["prototypes"] = normalize_prototypes(params["prototypes"])
+        return params, batch_stats, state
+
+    def init_extra_state(self, rng):
+        if not self.cfg.queue_length:
+            return {}
+        shape = (self.cfg.num_global_crops, self.cfg.queue_length, self.cfg.projector.output_dim)
+        return {"queue": {"embeddings": jnp.zeros(shape, jnp.float32), "count": jnp.zeros((), jnp.int32)}}
+
+    def _codes(self, scores, queue_scores, use_queue):
+        """Sinkhorn codes of one crop's batch scores [N, K], with the queue's scores [Q, K]
+        prepended when `use_queue` (the queue is full)."""
+        eps, iters = self.cfg.sinkhorn_epsilon, self.cfg.sinkhorn_iters
+        without = losses.sinkhorn(scores, epsilon=eps, num_iters=iters)
+        if queue_scores is None:
+            return without
+        n = scores.shape[0]
+        with_queue = losses.sinkhorn(jnp.concatenate([queue_scores, scores]), epsilon=eps, num_iters=iters)[-n:]
+        return jnp.where(use_queue, with_queue, without)
+
+    def objective(self, out, target, method_state, rng, step, params):
+        scores = out["p"]                                   # [V, N, K]
+        emb = jax.lax.stop_gradient(losses.l2_normalize(out["z"]))
+        a = self.cfg.num_global_crops
+        kernel = jax.lax.stop_gradient(params["prototypes"]["kernel_layer"]["kernel"])
+        queue = method_state.get("queue")
+        codes = []
+        for i in range(a):
+            q_scores, use = None, None
+            if queue is not None:
+                q_scores = queue["embeddings"][i] @ kernel
+                use = queue["count"] >= self.cfg.queue_length
+            codes.append(self._codes(jax.lax.stop_gradient(scores[i]), q_scores, use))
+        loss = losses.swav(scores, jnp.stack(codes), temperature=self.cfg.temperature)
+        updates = {}
+        if queue is not None:
+            active = step >= self.queue_start_step
+            n = scores.shape[1]
+            pushed = jnp.concatenate([emb[:a], queue["embeddings"][:, :-n]], axis=1)
+            updates["queue"] = {
+                "embeddings": jnp.where(active, pushed, queue["embeddings"]),
+                "count": jnp.where(active, jnp.minimum(queue["count"] + n, self.cfg.queue_length),
+                                   queue["count"])}
+        return loss, {}, updates
+
+    def after_update(self, params, method_state, step):
+        params = dict(params, prototypes=normalize_prototypes(params["prototypes"]))
+        return super().after_update(params, method_state, step)

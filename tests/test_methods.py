@@ -1,0 +1,36 @@
+"""Method-level pieces that are not losses: schedules, state updates, multi-crop grouping."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax.methods.base import group_by_shape
+from ssl_jax.methods.common import enqueue, init_queue
+from ssl_jax.methods.dino import teacher_temperature_schedule
+
+
+def test_teacher_temperature_schedule_endpoints():
+    sched = teacher_temperature_schedule(0.04, 0.07, warmup_steps=30)
+    np.testing.assert_allclose(sched(0), 0.04, rtol=1e-6)
+    np.testing.assert_allclose(sched(15), 0.055, rtol=1e-6)
+    np.testing.assert_allclose(sched(30), 0.07, rtol=1e-6)
+    np.testing.assert_allclose(sched(10_000), 0.07, rtol=1e-6)
+    np.testing.assert_allclose(teacher_temperature_schedule(0.04, 0.04, 0)(5), 0.04, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(sched)(jnp.int32(15)), 0.055, rtol=1e-6)
+
+
+def test_queue_is_a_ring_buffer_of_normalised_keys():
+    q = init_queue(jax.random.key(0), size=6, dim=4)
+    np.testing.assert_allclose(np.linalg.norm(q["keys"], axis=1), 1.0, rtol=1e-5)
+    for i in range(4):  # batch i: two keys along axis i, of length i + 1 (normalised on entry)
+        q = enqueue(q, jnp.tile(jnp.eye(4)[i] * (i + 1), (2, 1)))
+    # 4 batches of 2 into 6 slots: batch 3 overwrote batch 0; the write position is back at 2.
+    expected = np.eye(4)[[3, 3, 1, 1, 2, 2]]
+    np.testing.assert_allclose(q["keys"], expected, atol=1e-6)
+    assert int(q["ptr"]) == 2
+
+
+def test_group_by_shape_keeps_view_order():
+    views = [jnp.zeros((2, 8, 8, 3)), jnp.ones((2, 8, 8, 3)), jnp.zeros((2, 4, 4, 3)), jnp.ones((2, 4, 4, 3))]
+    groups = group_by_shape(views)
+    assert [g.shape for g in groups] == [(2, 2, 8, 8, 3), (2, 2, 4, 4, 3)]
+    assert float(groups[0][1].mean()) == 1.0 and float(groups[1][0].mean()) == 0.0
