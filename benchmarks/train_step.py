@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.methods import METHODS, build_method  # noqa: E402
+from ssl_jax.models import DINOHead, Prototypes  # noqa: E402
 from ssl_jax.models.resnet import STAGE_SIZES, _channels  # noqa: E402
 from ssl_jax.train import step as step_lib  # noqa: E402
 from ssl_jax.train.optim import build_optimizer  # noqa: E402
@@ -71,18 +72,37 @@ def resnet_forward_flops(depth: int, width: float, cifar_stem: bool, size: int) 
     return total, first
 
 
-def head_flops(cfg, in_dim: int) -> float:
-    """Forward FLOPs of an MLP head (its Dense layers) for one input vector."""
-    dims = [in_dim] + [cfg.hidden_dim] * (cfg.get("num_layers", 2) - 1) + [cfg.output_dim]
+def head_flops(module, in_dim: int) -> float:
+    """Forward FLOPs of one head (its Dense layers) for one input vector."""
+    if isinstance(module, Prototypes):
+        return 2.0 * in_dim * module.num_prototypes
+    if isinstance(module, DINOHead):
+        dims = [in_dim] + [module.hidden_dim] * (module.num_layers - 1) + [module.bottleneck_dim, module.output_dim]
+    else:  # MLPHead
+        dims = [in_dim] + [module.hidden_dim] * (module.num_layers - 1) + [module.output_dim]
     return sum(2.0 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def heads_flops(method, names) -> float:
+    """Forward FLOPs of the named heads applied in order to one encoder output."""
+    total, dim = 0.0, method.encoder.feature_dim
+    for name in names:
+        module = method.heads[name]
+        total += head_flops(module, dim)
+        dim = module.output_dim
+    return total
 
 
 def loss_flops(config, method) -> float:
     """FLOPs per image of the loss's matrix products, forward + backward (backward ~2x
     forward where both operands get gradients, ~1x where one is a stop-gradient key)."""
     cfg, n = method.cfg, config.global_batch_size
-    d = cfg.projector.output_dim
     name = config.method
+    if name == "swav":          # the queue's prototype scores (no gradient), per global crop
+        return cfg.num_global_crops * 2.0 * cfg.queue_length * cfg.projector.output_dim * cfg.num_prototypes / n
+    if name in ("byol", "simsiam", "dino", "carl", "carp"):
+        return 0.0              # row-wise cosines / per-sample cross-entropies only
+    d = cfg.projector.output_dim
     if name == "simclr":        # 4 blocks [N, N] x D per 2 views -> 8 N D per image
         return 3 * 8.0 * n * d
     if name == "moco_v2":       # q . queue^T, no gradient to the queue
@@ -93,28 +113,33 @@ def loss_flops(config, method) -> float:
         return 3 * 2.0 * d * d
     if name == "vicreg":        # two covariances
         return 3 * 4.0 * d * d
-    if name == "wmse":          # per view and iteration: covariance + whitening product
-        return 3 * 4.0 * method.num_views * cfg.w_iter * d * d
-    return 0.0                  # byol, simsiam: row-wise cosines only
+    return 3 * 4.0 * method.num_views * cfg.w_iter * d * d  # wmse: covariance + whitening per view
 
 
 def analytic_step_flops(config, method) -> float:
     """FLOPs per image of one step: the online network's forward and backward on the views
-    it sees, the momentum target's forward on its views, and the loss's matrix products."""
-    m, cfg = config.model, method.cfg
+    it sees, the momentum target's forward on its views, and the loss's matrix products.
+    Multi-crop views are counted at their own sizes. ResNet encoders only (NaN otherwise)."""
+    m = config.model
+    if not m.name.startswith("resnet"):
+        return float("nan")
     depth = int(m.name[len("resnet"):])
-    enc, first = resnet_forward_flops(depth, m.width, m.cifar_stem, config.data.image_size)
-    d = method.encoder.feature_dim
-    proj = head_flops(cfg.projector, d)
-    pred = head_flops(cfg.predictor, cfg.projector.output_dim) if cfg.get("predictor") else 0.0
-    online_fwd = enc + proj + pred
-    # Backward = input gradients + weight gradients (2x forward), except that no gradient
-    # w.r.t. the input image is needed.
-    online_bwd = 2 * online_fwd - first
-    views = method.num_views
-    online_views = len(method.online_views or range(views))
-    target_views = len(method.target_views or range(views)) if method.momentum is not None else 0
-    return online_views * (online_fwd + online_bwd) + target_views * (enc + proj) + loss_flops(config, method)
+    views = list(config.data.views)
+    sizes = [views[v % len(views)].get("size") or config.data.image_size for v in range(method.num_views)]
+    online_heads = [name for name, _ in method.head_outputs if name in method.heads]
+    online_views = method.online_views or range(method.num_views)
+    target_views = (method.target_views or range(method.num_views)) if method.momentum is not None else []
+    total = 0.0
+    for v in online_views:
+        enc, first = resnet_forward_flops(depth, m.width, m.cifar_stem, sizes[v])
+        fwd = enc + heads_flops(method, online_heads)
+        # Backward = input gradients + weight gradients (2x forward), except that no gradient
+        # w.r.t. the input image is needed.
+        total += fwd + 2 * fwd - first
+    for v in target_views:
+        enc, _ = resnet_forward_flops(depth, m.width, m.cifar_stem, sizes[v])
+        total += enc + heads_flops(method, method.target_modules[1:])
+    return total + loss_flops(config, method)
 
 
 def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype: str) -> dict:
@@ -137,8 +162,9 @@ def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype:
         jax.random.PRNGKey(0))
     state = jax.device_put(state, parallel.state_sharding(state, mesh))
     rng = np.random.default_rng(0)
-    host = {"views": tuple(rng.normal(size=(batch_size, size, size, 3)).astype(np.float32)
-                           for _ in range(method.num_views)),
+    views = list(config.data.views)
+    sizes = [views[v % len(views)].get("size") or size for v in range(method.num_views)]
+    host = {"views": tuple(rng.normal(size=(batch_size, s, s, 3)).astype(np.float32) for s in sizes),
             "label": rng.integers(0, 10, size=batch_size).astype(np.int32)}
     batch = parallel.shard_batch(host, mesh)
     train_step = step_lib.make_train_step(method, optimizer, lr, num_classes=10)
