@@ -23,10 +23,7 @@ PRESETS = ("imagenet", "cifar10", "demo")
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("barlow_twins.py", preset, PRESETS)
-    c = P.base_config("barlow_twins")
+    preset, c = P.start("barlow_twins.py", preset, PRESETS)
     c.global_batch_size = 2048
     c.barlow_twins = dict(projector=P.head(8192, 8192, num_layers=3, output_bias=False), lambd=0.0051)
     c.optimizer.update(dict(name="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10.0,

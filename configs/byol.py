@@ -38,10 +38,7 @@ PRESETS = ("imagenet", "imagenet_300", "cifar10", "demo")
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("byol.py", preset, PRESETS)
-    c = P.base_config("byol")
+    preset, c = P.start("byol.py", preset, PRESETS)
     c.byol = dict(projector=P.head(4096, 256), predictor=P.head(4096, 256),
                   momentum=P.momentum(0.996, "cosine"))
     # The paper's optimizer (base_config): LARS 0.2 x B/256, wd 1.5e-6, 10 warm-up epochs.

@@ -27,10 +27,7 @@ def carl_views(size_crop_min: float = 0.08) -> list:
 
 
 def get_config(preset: str = "cifar10"):
-    preset = preset or "cifar10"
-    if preset not in PRESETS:
-        raise P.unknown_preset("carl.py", preset, PRESETS)
-    c = P.base_config("carl")
+    preset, c = P.start("carl.py", preset, PRESETS)
     c.global_batch_size = 256
     c.num_epochs = 200
     c.data.views = carl_views()

@@ -33,10 +33,7 @@ def carp_views() -> list:
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("carp.py", preset, PRESETS)
-    c = P.base_config("carp")
+    preset, c = P.start("carp.py", preset, PRESETS)
     c.global_batch_size = 256
     c.num_epochs = 200
     c.data.views = carp_views()

@@ -44,10 +44,7 @@ def dino_views(global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), num_local=10, g
 
 
 def get_config(preset: str = "vit_small"):
-    preset = preset or "vit_small"
-    if preset not in PRESETS:
-        raise P.unknown_preset("dino.py", preset, PRESETS)
-    c = P.base_config("dino")
+    preset, c = P.start("dino.py", preset, PRESETS)
     c.global_batch_size = 1024
     c.num_epochs = 100
     c.model = ml_collections.ConfigDict(dict(name="vit_small", patch_size=16, pos_embedding="learned",

@@ -26,10 +26,7 @@ PRESETS = ("imagenet", "imagenet_800", "cifar10", "demo")
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("moco_v2.py", preset, PRESETS)
-    c = P.base_config("moco_v2")
+    preset, c = P.start("moco_v2.py", preset, PRESETS)
     c.global_batch_size = 256
     c.num_epochs = 200
     c.moco_v2 = dict(projector=P.head(2048, 128, num_layers=2, hidden_bn=False),

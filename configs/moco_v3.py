@@ -36,10 +36,7 @@ PRESETS = ("imagenet", "imagenet_1000", "cifar10", "demo", "vit_small", "vit_bas
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("moco_v3.py", preset, PRESETS)
-    c = P.base_config("moco_v3")
+    preset, c = P.start("moco_v3.py", preset, PRESETS)
     c.num_epochs = 300
     c.moco_v3 = dict(projector=P.head(4096, 256, num_layers=3, output_bn="plain"),
                      predictor=P.head(4096, 256, num_layers=2),

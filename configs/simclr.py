@@ -27,10 +27,7 @@ PRESETS = ("imagenet", "imagenet_v2", "cifar10", "demo")
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("simclr.py", preset, PRESETS)
-    c = P.base_config("simclr")
+    preset, c = P.start("simclr.py", preset, PRESETS)
     # SimCLR's head: BN after every layer, the last one without offset (its code: center=False).
     c.simclr = dict(projector=P.head(2048, 128, num_layers=2, output_bn="scale", output_bias=False),
                     temperature=0.1, per_view_bn=False)

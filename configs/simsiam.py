@@ -24,10 +24,7 @@ PRESETS = ("imagenet", "cifar10", "demo")
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("simsiam.py", preset, PRESETS)
-    c = P.base_config("simsiam")
+    preset, c = P.start("simsiam.py", preset, PRESETS)
     c.global_batch_size = 512
     c.num_epochs = 100
     c.simsiam = dict(projector=P.head(2048, 2048, num_layers=3, output_bn="plain", output_bias=False),

@@ -28,10 +28,7 @@ PRESETS = ("imagenet", "imagenet_256", "cifar10", "demo")
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("swav.py", preset, PRESETS)
-    c = P.base_config("swav")
+    preset, c = P.start("swav.py", preset, PRESETS)
     c.num_epochs = 800
     view = P.simclr_views(strength=1.0, blur_prob=0.5)[0]
     c.data.views = P.multi_crop_views(view, view, 2, 6, 224, 96, (0.14, 1.0), (0.05, 0.14))

@@ -24,10 +24,7 @@ PRESETS = ("imagenet", "cifar10", "demo")
 
 
 def get_config(preset: str = "imagenet"):
-    preset = preset or "imagenet"
-    if preset not in PRESETS:
-        raise P.unknown_preset("vicreg.py", preset, PRESETS)
-    c = P.base_config("vicreg")
+    preset, c = P.start("vicreg.py", preset, PRESETS)
     c.global_batch_size = 2048
     c.vicreg = dict(projector=P.head(8192, 8192, num_layers=3), sim_weight=25.0, var_weight=25.0,
                     cov_weight=1.0)

@@ -3,6 +3,8 @@
 Every config file starts from `base_config(method)` and changes only what its paper
 changes, so a field has one meaning and one default everywhere.
 """
+import os
+
 import ml_collections
 
 # ImageNet channel statistics, used for every dataset as the reference implementations do.
@@ -131,7 +133,12 @@ def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         raise ValueError(f"Unknown dataset preset {preset!r}; valid: {DATASET_PRESETS}.")
 
 
-def unknown_preset(config_file: str, preset: str, presets) -> ValueError:
-    """The error for a preset a config file does not have."""
-    return ValueError(f"Unknown preset {preset!r} for configs/{config_file}; use one of: "
-                      f"{', '.join(presets)}.")
+def start(config_file: str, preset: str, presets) -> tuple:
+    """(preset, base config) for configs/<config_file>: an empty preset means the file's
+    default (presets[0]); an unknown one is an error listing the valid ones. The method is
+    the file's name (configs/byol.py -> 'byol')."""
+    preset = preset or presets[0]
+    if preset not in presets:
+        raise ValueError(f"Unknown preset {preset!r} for configs/{config_file}; use one of: "
+                         f"{', '.join(presets)}.")
+    return preset, base_config(os.path.splitext(config_file)[0])
