@@ -12,6 +12,7 @@ Method interface used by the train step (ssl_jax/train/step.py):
       batch_stats, method_state, metrics, features (encoder output of view 0, for the probe)
   after_update(params, method_state, step) -> (params, method_state, metrics)
 """
+import abc
 from typing import Any, Optional, Sequence
 
 import jax
@@ -37,7 +38,7 @@ def group_by_shape(views: Sequence[jax.Array]) -> list:
     return [jnp.stack(g) for g in groups]
 
 
-class JointEmbeddingMethod:
+class JointEmbeddingMethod(abc.ABC):
     """Base class; subclasses set `name` (= their config section) and `objective`.
 
     Config section keys read here: projector (head config), predictor (head config or
@@ -81,12 +82,13 @@ class JointEmbeddingMethod:
             heads["predictor"] = build_head(self.cfg.predictor)
         return heads
 
+    @abc.abstractmethod
     def objective(self, out: dict, target: Optional[jax.Array], method_state: dict,
                   rng: jax.Array, step: jax.Array, params: Any) -> tuple[jax.Array, dict, dict]:
         """(loss, metrics, method_state updates) from the online outputs `out`
         ({'h', 'z'[, 'p']}, each [V, N, D]) and the target's output [V_t, N, D]; `params`
-        (the online parameters) for methods whose loss reads a layer directly."""
-        raise NotImplementedError
+        (the online parameters) for methods whose loss reads a layer directly. Every method
+        defines it (abstract: the base class cannot be instantiated)."""
 
     def init_extra_state(self, rng: jax.Array) -> dict:
         """Method state beyond the momentum target (e.g. MoCo's queue)."""

@@ -55,12 +55,14 @@ class SwAV(JointEmbeddingMethod):
         """Sinkhorn codes of one crop's batch scores [N, K], with the queue's scores [Q, K]
         prepended when `use_queue` (the queue is full)."""
         eps, iters = self.cfg.sinkhorn_epsilon, self.cfg.sinkhorn_iters
-        without = losses.sinkhorn(scores, epsilon=eps, num_iters=iters)
         if queue_scores is None:
-            return without
+            return losses.sinkhorn(scores, epsilon=eps, num_iters=iters)
         n = scores.shape[0]
-        with_queue = losses.sinkhorn(jnp.concatenate([queue_scores, scores]), epsilon=eps, num_iters=iters)[-n:]
-        return jnp.where(use_queue, with_queue, without)
+        # One Sinkhorn per step: over queue + batch once the queue is full, else the batch.
+        return jax.lax.cond(
+            use_queue,
+            lambda: losses.sinkhorn(jnp.concatenate([queue_scores, scores]), epsilon=eps, num_iters=iters)[-n:],
+            lambda: losses.sinkhorn(scores, epsilon=eps, num_iters=iters))
 
     def objective(self, out, target, method_state, rng, step, params):
         scores = out["p"]                                   # [V, N, K]
