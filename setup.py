@@ -25,6 +25,9 @@ setup(
         "numpy>=2.0,<3",
         "scikit-learn>=1.5,<2",  # ships the `demo` preset's dataset (handwritten digits)
         "tensorboardX>=2.6,<3",  # TensorBoard event files without a TF summary writer
+        "scipy>=1.13,<2",  # Hungarian matching of the clustering accuracy
+        "safetensors>=0.4,<1",  # params export (safetensors.numpy; no PyTorch)
+        "matplotlib>=3.8,<4",  # ssl_jax.report plots
     ],
     extras_require={"test": ["pytest>=8"]},
 )

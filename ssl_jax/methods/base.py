@@ -58,6 +58,9 @@ class JointEmbeddingMethod(abc.ABC):
     # The momentum target's copy of the online modules, and each head's output key.
     target_modules: Sequence[str] = ("encoder", "projector")
     head_outputs: Sequence[tuple[str, str]] = (("projector", "z"), ("predictor", "p"))
+    # The weights the method's paper evaluates and exports: 'online' (BYOL, SimCLR, MoCo's
+    # query encoder, ...) or 'target' (the momentum copy; DINO evaluates its teacher).
+    evaluated_network: str = "online"
 
     def __init__(self, config: ml_collections.ConfigDict, total_steps: int,
                  steps_per_epoch: Optional[int] = None):

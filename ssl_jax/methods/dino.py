@@ -35,6 +35,7 @@ class DINO(JointEmbeddingMethod):
     name = "dino"
     head_outputs = (("head", "z"),)
     target_modules = ("encoder", "head")
+    evaluated_network = "target"  # DINO reports and releases the teacher
 
     def __init__(self, config, total_steps, steps_per_epoch=None):
         super().__init__(config, total_steps, steps_per_epoch)

@@ -1,0 +1,175 @@
+"""Pretrained weights: read them from a run's workdir or from an exported Flax file.
+
+`load(source)` is the one entry point evaluation and export use:
+  * a workdir of `ssl_jax.main` (DIR/config.json + DIR/checkpoints/<step>/): the latest (or a
+    given) checkpoint is restored without rebuilding the run (no dataset or optimizer needed),
+    and the online or the target (EMA / teacher) network is picked;
+  * a `.msgpack` file written by `save_flax` (`python -m ssl_jax.export --format=flax`): the
+    encoder config and variables, so `ssl_jax.models` rebuilds the network in one call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Any
+
+import flax.serialization
+import jax
+import ml_collections
+import numpy as np
+
+from ssl_jax import results as results_lib
+from ssl_jax.models import build_encoder
+
+NETWORKS = ("default", "online", "target")
+FLAX_FORMAT = "ssl_jax.pretrained/1"
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """An encoder with its weights and where they came from.
+
+    encoder:     the flax module (`ssl_jax.models.build_encoder(model_config)`).
+    variables:   {'params': ..., 'batch_stats': ...} of the encoder (NumPy arrays).
+    heads:       {head name: {'params', 'batch_stats'}} of the same network (may be empty).
+    model_config: the encoder config (name, width, cifar_stem, ...).
+    run:         results fields of the source run (method, dataset, backbone, epochs, step).
+    network:     'online' or 'target'.
+    config:      the full pretraining config when loaded from a workdir (None from a file).
+    """
+
+    encoder: Any
+    variables: dict
+    heads: dict
+    model_config: ml_collections.ConfigDict
+    run: dict
+    network: str
+    config: ml_collections.ConfigDict | None = None
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run wrote to DIR/config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} has no config.json: it is not the workdir of an "
+                                "ssl_jax.main run. Pass the directory given as --workdir to training, "
+                                "or an exported .msgpack file.")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict, int, dict]:
+    """(state as nested dicts of NumPy arrays, step, checkpoint meta) of the latest or given
+    checkpoint, restored as saved: no abstract state, so no model or dataset is needed."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: the run saved no "
+                                "checkpoint yet (it saves every config.checkpoint.every_steps and "
+                                "at the end).")
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager, warnings.catch_warnings():
+        # Restoring as NumPy needs no sharding; orbax still warns that none was given.
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        steps = manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
+        step = max(steps) if step is None else int(step)
+        if step not in steps:
+            raise ValueError(f"No checkpoint at step {step} in {directory}; saved steps: {sorted(steps)}.")
+        # Restore every array on the host as NumPy: the source run's sharding is irrelevant here.
+        meta_tree = manager.item_metadata(step)["state"]
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
+    return restored["state"], step, dict(restored["meta"] or {})
+
+
+def _network_trees(state: dict, network: str) -> tuple[dict, dict]:
+    """(params, batch_stats) of the online network or of the momentum target."""
+    if network == "online":
+        return state["params"], state["batch_stats"]
+    target = (state.get("method_state") or {}).get("target")
+    if target is None:
+        raise ValueError("network='target' asked, but this run has no momentum target (its "
+                         "method trains a single network); use network='online'.")
+    return target["params"], target["batch_stats"]
+
+
+def default_network(method: str) -> str:
+    """The network the method's paper evaluates: 'target' for DINO's teacher, else 'online'."""
+    from ssl_jax.methods import METHODS
+
+    cls = METHODS.get(method)
+    return cls.evaluated_network if cls is not None else "online"
+
+
+def load_workdir(workdir: str, network: str = "default", step: int | None = None) -> Pretrained:
+    """The encoder (+ heads) of a training run's checkpoint."""
+    if network not in NETWORKS:
+        raise ValueError(f"network={network!r}; choose one of {NETWORKS}.")
+    config = load_run_config(workdir)
+    state, step, meta = restore_raw_state(workdir, step)
+    if network == "default":
+        network = default_network(config.method)
+    params, stats = _network_trees(state, network)
+    heads = {name: {"params": params[name], "batch_stats": stats.get(name, {})}
+             for name in params if name not in ("encoder", "probe")}
+    epochs = meta.get("epoch")
+    run = results_lib.run_fields(config, step, None)
+    if epochs is not None:
+        run["epochs"] = round(float(epochs), 3)
+    return Pretrained(encoder=build_encoder(config.model),
+                      variables={"params": params["encoder"], "batch_stats": stats.get("encoder", {})},
+                      heads=heads, model_config=config.model, run=run, network=network, config=config)
+
+
+def save_flax(path: str, pretrained: Pretrained, include_heads: bool = False) -> None:
+    """Write encoder config + variables (and optionally heads) as one msgpack file."""
+    payload = {
+        "format": FLAX_FORMAT,
+        "model_config": pretrained.model_config.to_json(),
+        "run": json.dumps(pretrained.run),
+        "network": pretrained.network,
+        "variables": jax.device_get(pretrained.variables),
+        "heads": jax.device_get(pretrained.heads) if include_heads else {},
+    }
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(payload))
+    os.replace(tmp, path)  # never leave a half-written file under the final name
+
+
+def load_flax(path: str) -> Pretrained:
+    """An encoder and its variables from a `save_flax` file:
+
+        pre = ssl_jax.pretrained.load_flax('byol_r50.msgpack')
+        features = pre.encoder.apply(pre.variables, images, train=False)
+    """
+    with open(path, "rb") as f:
+        payload = flax.serialization.msgpack_restore(f.read())
+    if payload.get("format") != FLAX_FORMAT:
+        raise ValueError(f"{path} is not an ssl_jax Flax export (format {payload.get('format')!r}, "
+                         f"expected {FLAX_FORMAT!r}); write it with python -m ssl_jax.export --format=flax.")
+    model_config = ml_collections.ConfigDict(json.loads(payload["model_config"]))
+    return Pretrained(encoder=build_encoder(model_config), variables=payload["variables"],
+                      heads=payload.get("heads") or {}, model_config=model_config,
+                      run=json.loads(payload["run"]), network=payload["network"])
+
+
+def load(source: str, network: str = "default", step: int | None = None) -> Pretrained:
+    """A workdir (latest or `step` checkpoint, `network` online/target/default) or a Flax file."""
+    if os.path.isfile(source):
+        if network not in ("default", None) or step is not None:
+            pre = load_flax(source)
+            if network not in ("default", pre.network) or step is not None:
+                raise ValueError(f"{source} is an exported file of the {pre.network} network at step "
+                                 f"{pre.run.get('step')}; network and step can only be chosen for a workdir.")
+            return pre
+        return load_flax(source)
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"{source} is neither a training workdir nor an exported .msgpack file.")
+    return load_workdir(source, network, step)

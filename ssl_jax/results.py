@@ -1,0 +1,105 @@
+"""DIR/results.json: one flat schema for every number training and evaluation report.
+
+The file is ``{"schema_version": 1, "records": [record, ...]}``; a record is one number with
+everything needed to put it in a table, and only scalar fields:
+
+| field          | meaning                                                                        |
+|----------------|--------------------------------------------------------------------------------|
+| method         | pretraining method (config.method), e.g. 'byol'                               |
+| dataset        | pretraining dataset, e.g. 'cifar10'                                            |
+| backbone       | encoder name (+ '_w2' for width 2), e.g. 'resnet18', 'vit_small'                 |
+| epochs         | pretraining epochs done at the evaluated checkpoint (float)                     |
+| step           | pretraining step of the evaluated checkpoint                                   |
+| protocol       | 'knn', 'linear', 'linear_cached', 'online_probe', 'finetune', 'clustering',     |
+|                | 'layer_probe', 'monitor', 'pretrain' (the training run itself)                  |
+| eval_dataset   | dataset the protocol ran on ('cifar100' for a cifar10 -> cifar100 transfer)     |
+| network        | evaluated weights: 'online', 'target' (EMA / teacher) or 'random_init'          |
+| setting        | protocol settings that distinguish records, e.g. 'k=20,T=0.07', 'labels=1%',   |
+|                | 'layer=stage3'; '' if none                                                     |
+| metric         | 'top1', 'top5', 'nmi', 'ari', 'acc', 'train_seconds', 'effective_rank', ...     |
+| value          | the number (accuracies are fractions in [0, 1])                                |
+| wall_seconds   | wall time of the protocol run that produced the record                         |
+| time           | when it was written, ISO 8601 UTC                                              |
+
+A new record replaces an older one with the same key (every field but value, wall_seconds
+and time), so re-running an evaluation updates its numbers and keeps everything else. The file
+is replaced atomically: a run that dies mid-write leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Iterable
+
+SCHEMA_VERSION = 1
+FIELDS = ("method", "dataset", "backbone", "epochs", "step", "protocol", "eval_dataset", "network",
+          "setting", "metric", "value", "wall_seconds", "time")
+_NOT_KEY = ("value", "wall_seconds", "time")
+KEY_FIELDS = tuple(f for f in FIELDS if f not in _NOT_KEY)
+FILENAME = "results.json"
+
+
+def run_fields(config, step: int, steps_per_epoch: int | None) -> dict:
+    """The fields a pretraining run fixes (method, dataset, backbone, epochs, step) from its config."""
+    model = config.model
+    backbone = str(model.name)
+    width = float(model.get("width", 1.0))
+    if width != 1.0:
+        backbone += f"_w{width:g}"
+    return {"method": str(config.method), "dataset": str(config.data.dataset), "backbone": backbone,
+            "epochs": round(step / steps_per_epoch, 3) if steps_per_epoch else float("nan"),
+            "step": int(step)}
+
+
+def make_records(run: dict, *, protocol: str, eval_dataset: str, network: str, metrics: dict,
+                 setting: str = "", wall_seconds: float = float("nan")) -> list[dict]:
+    """One record per entry of `metrics` ({metric name: number}) with the shared fields."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    records = []
+    for metric, value in metrics.items():
+        rec = dict(run, protocol=protocol, eval_dataset=eval_dataset, network=network,
+                   setting=setting, metric=metric, value=float(value),
+                   wall_seconds=round(float(wall_seconds), 2), time=now)
+        records.append({f: rec[f] for f in FIELDS})
+    return records
+
+
+def path_of(run_dir: str) -> str:
+    return os.path.join(run_dir, FILENAME)
+
+
+def read_records(run_dir: str) -> list[dict]:
+    """The records of DIR/results.json ([] if there is none)."""
+    path = path_of(run_dir)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path} is not a results file of schema version {SCHEMA_VERSION} "
+                         "(written by an older ssl_jax?). Move it away; the next run writes a new one.")
+    return list(data["records"])
+
+
+def write_records(run_dir: str, records: Iterable[dict]) -> list[dict]:
+    """Merge `records` into DIR/results.json (same key: the new one wins); returns all records."""
+    new = list(records)
+    for rec in new:
+        missing = [f for f in FIELDS if f not in rec]
+        if missing:
+            raise ValueError(f"results record lacks fields {missing}: {rec}")
+    new_keys = {tuple(r[f] for f in KEY_FIELDS) for r in new}
+    kept = [r for r in read_records(run_dir) if tuple(r.get(f) for f in KEY_FIELDS) not in new_keys]
+    merged = kept + new
+    path = path_of(run_dir)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"schema_version": SCHEMA_VERSION, "records": merged}, f, indent=1)
+    os.replace(tmp, path)
+    return merged
+
+
+def select(records: Iterable[dict], **match) -> list[dict]:
+    """The records whose fields equal every `match` item (e.g. protocol='knn', metric='top1')."""
+    return [r for r in records if all(r.get(k) == v for k, v in match.items())]
