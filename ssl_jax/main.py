@@ -10,9 +10,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/byol.py:cifar10.",
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/byol.py:cifar10.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results "
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results "
                                "(a rerun of the same command resumes from it).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (Cloud "
                                 "TPU pod slices, SLURM or multi-node GPU clusters; one process per host).")
@@ -53,14 +53,14 @@ def parse_flags(argv):
         message = str(e)
         if "Traceback" in message:  # an error raised by the config file itself: keep its last line
             message = f"{argv_config(argv)}: " + message.strip().splitlines()[-1]
-        _fail(f"{message}\nPass --helpshort for the flags.", code=2)
+        fail(f"{message}\nPass --helpshort for the flags.", code=2)
     except (AttributeError, KeyError) as e:
         path = _unknown_override(argv)
-        _fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
+        fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
               f"{argv_config(argv)}. Check the spelling (the config file lists the fields).", code=2)
 
 
-def _fail(message: str, code: int = 1):
+def fail(message: str, code: int = 1):
     print(f"ssl_jax: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -69,22 +69,30 @@ def argv_config(argv) -> str:
     return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "the config")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # Library INFO logs (orbax writes several lines per checkpoint) would drown the progress
-    # line; pass --verbosity=0 to see them.
+def quiet_library_logs():
+    """Library INFO logs (orbax writes several lines per checkpoint) would drown the progress
+    line; pass --verbosity=0 to see them."""
     if flags.FLAGS["verbosity"].value == 0 and "--verbosity" not in " ".join(sys.argv):
         logging.set_verbosity(logging.WARNING)
+
+
+def maybe_initialize_distributed():
     if _MULTIHOST.value:
         import jax
         jax.distributed.initialize()  # coordinator, process count and id from the cluster environment
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    maybe_initialize_distributed()
     from ssl_jax.train import loop  # after flag parsing: importing JAX/TF is slow
     try:
-        loop.run(_CONFIG.value, _WORKDIR.value)
+        loop.run(CONFIG.value, WORKDIR.value)
     except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
         # Errors a user can cause: one message naming the cause and the fix, no traceback.
-        _fail(str(e))
+        fail(str(e))
 
 
 if __name__ == "__main__":

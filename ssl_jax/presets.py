@@ -95,7 +95,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(num_devices=-1))  # -1: every visible device
     c.eval = ml_collections.ConfigDict(dict(
-        batch_size=1024, knn_k=200, knn_temperature=0.1, linear_probe=False, compare_random_init=False))
+        batch_size=1024, knn_k=200, knn_temperature=0.1, linear_probe=False, compare_random_init=False,
+        every_steps=0))  # > 0: also kNN top-1 into metrics.jsonl every that many steps (a multiple of log_every_steps)
     return c
 
 
@@ -114,7 +115,7 @@ def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.model.update(dict(name="resnet18", cifar_stem=True))
         c.checkpoint.every_steps = 1950  # every 10 epochs
         c.log_every_steps = 50
-        c.eval.update(dict(batch_size=1000, linear_probe=True))
+        c.eval.update(dict(batch_size=1000, linear_probe=True, every_steps=1950))
     elif preset == "demo":
         c.global_batch_size = 128
         c.num_epochs = 32
@@ -128,7 +129,8 @@ def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.checkpoint.every_steps = 100
         # k=20 (DINO's other standard value): with ~144 training images per class, k=200
         # neighbours would always reach into other classes.
-        c.eval.update(dict(batch_size=360, knn_k=20, linear_probe=True, compare_random_init=True))
+        c.eval.update(dict(batch_size=360, knn_k=20, linear_probe=True, compare_random_init=True,
+                           every_steps=100))
     else:
         raise ValueError(f"Unknown dataset preset {preset!r}; valid: {DATASET_PRESETS}.")
 
@@ -137,8 +139,85 @@ def start(config_file: str, preset: str, presets) -> tuple:
     """(preset, base config) for configs/<config_file>: an empty preset means the file's
     default (presets[0]); an unknown one is an error listing the valid ones. The method is
     the file's name (configs/byol.py -> 'byol')."""
+    preset = _check_preset(f"configs/{config_file}", preset, presets)
+    return preset, base_config(os.path.splitext(config_file)[0])
+
+
+def _check_preset(path: str, preset: str, presets) -> str:
+    """`preset`, or the default presets[0] if empty; an unknown one is an error naming the valid ones."""
     preset = preset or presets[0]
     if preset not in presets:
-        raise ValueError(f"Unknown preset {preset!r} for configs/{config_file}; use one of: "
-                         f"{', '.join(presets)}.")
-    return preset, base_config(os.path.splitext(config_file)[0])
+        raise ValueError(f"Unknown preset {preset!r} for {path}; use one of: {', '.join(presets)}.")
+    return preset
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+EVAL_PROTOCOLS = ("knn", "linear", "linear_cached", "finetune", "clustering", "layer_probe", "monitor")
+
+
+def eval_train_view(crop_min: float = 0.08, flip_prob: float = 0.5) -> dict:
+    """The augmentation of supervised evaluation training (linear, fine-tuning): random
+    resized crop + horizontal flip only, as in the SimCLR / BYOL / MoCo protocols."""
+    return dict(crop_scale=(crop_min, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=flip_prob,
+                color_jitter_prob=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                grayscale_prob=0.0, blur_prob=0.0, blur_sigma=(0.1, 2.0), solarize_prob=0.0,
+                solarize_threshold=0.5)
+
+
+def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
+    """The skeleton of configs/eval/<protocol>.py. Data fields left empty ('', -1, ()) are taken
+    from the pretraining run (its config.json, or the export's data fields): set
+    data.dataset for a transfer evaluation on another dataset."""
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"Unknown evaluation protocol {protocol!r}; valid: {EVAL_PROTOCOLS}.")
+    c = ml_collections.ConfigDict()
+    c.protocol = protocol
+    c.source = ""  # a training workdir or an exported .msgpack; '' = --workdir
+    c.network = "default"  # 'default' (the method paper's choice) | 'online' | 'target' | 'random_init'
+    c.step = -1  # checkpoint step; -1 = latest
+    c.seed = 0
+    c.batch_size = 1024  # global batch of feature extraction
+    c.mesh = ml_collections.ConfigDict(dict(num_devices=-1))
+    c.data = ml_collections.ConfigDict(dict(
+        dataset="", data_dir=ml_collections.FieldReference(None, field_type=str), train_split="",
+        test_split="", image_size=-1, mean=(), std=(), views=[], shuffle_buffer=10_000))
+    if protocol == "knn":
+        c.knn = ml_collections.ConfigDict(dict(ks=(10, 20, 100, 200), temperatures=(0.07, 0.1),
+                                               chunk_size=256))
+    elif protocol == "linear_cached":
+        c.linear_cached = ml_collections.ConfigDict(dict(
+            l2_grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), holdout_fraction=0.2, max_steps=1000))
+    elif protocol in ("linear", "finetune"):
+        c.data.views = [eval_train_view()]
+        opt = base_config("eval").optimizer
+        opt.update(dict(name="sgd", nesterov=True, momentum=0.9, weight_decay=0.0, warmup_epochs=0.0))
+        c.train = ml_collections.ConfigDict(dict(epochs=90.0, batch_size=1024, finetune=protocol == "finetune",
+                                                 label_fraction=1.0, head_batchnorm=False, optimizer=opt))
+    elif protocol == "clustering":
+        c.clustering = ml_collections.ConfigDict(dict(num_clusters=-1, split="test", num_restarts=3,
+                                                      num_iters=300, l2_normalize=True))
+    elif protocol == "layer_probe":
+        c.layer_probe = ml_collections.ConfigDict(dict(k=20, temperature=0.07,
+                                                       l2_grid=(1e-4, 1e-3, 1e-2, 1e-1)))
+    elif protocol == "monitor":
+        c.monitor = ml_collections.ConfigDict(dict(num_examples=2048))
+    return c
+
+
+def eval_demo(c: ml_collections.ConfigDict) -> None:
+    """Settings every evaluation protocol changes for a `demo` pretraining run (scikit-learn
+    digits at 16 px): small batches; crops and no mirror images (a mirrored digit is another digit)."""
+    c.batch_size = 360
+    if c.data.views:
+        c.data.views = [eval_train_view(crop_min=0.4, flip_prob=0.0)]
+    if "train" in c:
+        # The demo's tiny network has features of std ~0.03 per dimension: a BatchNorm without
+        # affine parameters before the classifier (MAE's linear probe) makes the LR scale-free.
+        c.train.head_batchnorm = True
+
+
+def eval_start(config_file: str, preset: str, presets) -> tuple:
+    """(preset, base config) of configs/eval/<config_file> (the protocol is the file name)."""
+    preset = _check_preset(f"configs/eval/{config_file}", preset, presets)
+    return preset, eval_base_config(os.path.splitext(config_file)[0])

@@ -23,7 +23,7 @@ import numpy as np
 from ssl_jax import results as results_lib
 from ssl_jax.models import build_encoder
 
-NETWORKS = ("default", "online", "target")
+NETWORKS = ("default", "online", "target", "random_init")
 FLAX_FORMAT = "ssl_jax.pretrained/1"
 
 
@@ -36,7 +36,9 @@ class Pretrained:
     heads:       {head name: {'params', 'batch_stats'}} of the same network (may be empty).
     model_config: the encoder config (name, width, cifar_stem, ...).
     run:         results fields of the source run (method, dataset, backbone, epochs, step).
-    network:     'online' or 'target'.
+    network:     'online', 'target' or 'random_init'.
+    data:        the pretraining data fields evaluation defaults to (dataset, data_dir,
+                 train_split, test_split, image_size, mean, std, views); {} if unknown.
     config:      the full pretraining config when loaded from a workdir (None from a file).
     """
 
@@ -46,7 +48,26 @@ class Pretrained:
     model_config: ml_collections.ConfigDict
     run: dict
     network: str
+    data: dict = dataclasses.field(default_factory=dict)
     config: ml_collections.ConfigDict | None = None
+
+
+DATA_FIELDS = ("dataset", "data_dir", "train_split", "test_split", "image_size", "mean", "std", "views")
+
+
+def _data_fields(config) -> dict:
+    data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+    return {k: data[k] for k in DATA_FIELDS if k in data}
+
+
+def random_init(pretrained: Pretrained, seed: int = 0) -> Pretrained:
+    """The same encoder at a seeded random initialisation (the 'what did pretraining buy' baseline)."""
+    import jax.numpy as jnp
+
+    size = int(pretrained.data.get("image_size") or 32)
+    variables = pretrained.encoder.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)), train=False)
+    return dataclasses.replace(pretrained, variables=jax.device_get(dict(variables)), heads={},
+                               network="random_init")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -115,16 +136,18 @@ def load_workdir(workdir: str, network: str = "default", step: int | None = None
     state, step, meta = restore_raw_state(workdir, step)
     if network == "default":
         network = default_network(config.method)
-    params, stats = _network_trees(state, network)
+    params, stats = _network_trees(state, "online" if network == "random_init" else network)
     heads = {name: {"params": params[name], "batch_stats": stats.get(name, {})}
              for name in params if name not in ("encoder", "probe")}
     epochs = meta.get("epoch")
     run = results_lib.run_fields(config, step, None)
     if epochs is not None:
         run["epochs"] = round(float(epochs), 3)
-    return Pretrained(encoder=build_encoder(config.model),
-                      variables={"params": params["encoder"], "batch_stats": stats.get("encoder", {})},
-                      heads=heads, model_config=config.model, run=run, network=network, config=config)
+    pre = Pretrained(encoder=build_encoder(config.model),
+                     variables={"params": params["encoder"], "batch_stats": stats.get("encoder", {})},
+                     heads=heads, model_config=config.model, run=run, network=network,
+                     data=_data_fields(config), config=config)
+    return random_init(pre, int(config.seed)) if network == "random_init" else pre
 
 
 def save_flax(path: str, pretrained: Pretrained, include_heads: bool = False) -> None:
@@ -134,6 +157,7 @@ def save_flax(path: str, pretrained: Pretrained, include_heads: bool = False) ->
         "model_config": pretrained.model_config.to_json(),
         "run": json.dumps(pretrained.run),
         "network": pretrained.network,
+        "data": json.dumps(pretrained.data),
         "variables": jax.device_get(pretrained.variables),
         "heads": jax.device_get(pretrained.heads) if include_heads else {},
     }
@@ -157,19 +181,21 @@ def load_flax(path: str) -> Pretrained:
     model_config = ml_collections.ConfigDict(json.loads(payload["model_config"]))
     return Pretrained(encoder=build_encoder(model_config), variables=payload["variables"],
                       heads=payload.get("heads") or {}, model_config=model_config,
-                      run=json.loads(payload["run"]), network=payload["network"])
+                      run=json.loads(payload["run"]), network=payload["network"],
+                      data=json.loads(payload.get("data") or "{}"))
 
 
 def load(source: str, network: str = "default", step: int | None = None) -> Pretrained:
-    """A workdir (latest or `step` checkpoint, `network` online/target/default) or a Flax file."""
+    """A workdir (latest or `step` checkpoint; `network` 'default' (the method paper's choice),
+    'online', 'target' or 'random_init') or a Flax file (network 'default' or 'random_init')."""
     if os.path.isfile(source):
-        if network not in ("default", None) or step is not None:
-            pre = load_flax(source)
-            if network not in ("default", pre.network) or step is not None:
-                raise ValueError(f"{source} is an exported file of the {pre.network} network at step "
-                                 f"{pre.run.get('step')}; network and step can only be chosen for a workdir.")
-            return pre
-        return load_flax(source)
+        pre = load_flax(source)
+        if network == "random_init":
+            return random_init(pre)
+        if network not in ("default", pre.network) or step is not None:
+            raise ValueError(f"{source} is an exported file of the {pre.network} network at step "
+                             f"{pre.run.get('step')}; network and step can only be chosen for a workdir.")
+        return pre
     if not os.path.isdir(source):
         raise FileNotFoundError(f"{source} is neither a training workdir nor an exported .msgpack file.")
     return load_workdir(source, network, step)

@@ -40,3 +40,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The README's first command, run once per test session: (workdir, completed process).
+
+    Tests of the demo's outcome, of evaluation protocols and of export all read this run."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("byol_demo")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    proc = subprocess.run([sys.executable, "-m", "ssl_jax.main", "--config=configs/byol.py:demo",
+                           f"--workdir={workdir}"], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc

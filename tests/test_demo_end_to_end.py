@@ -1,30 +1,28 @@
 """The README's first command: the demo preset trains, its loss falls, and it beats random init."""
 import json
 import os
-import subprocess
-import sys
 
-from tests.conftest import REPO_ROOT
+from ssl_jax import results
 
 
-def test_demo_preset_end_to_end(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
-    proc = subprocess.run([sys.executable, "-m", "ssl_jax.main", "--config=configs/byol.py:demo",
-                           f"--workdir={tmp_path}"], env=env, cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_demo_preset_end_to_end(demo_run):
+    workdir, proc = demo_run
     assert "random init" in proc.stdout and "kNN top-1" in proc.stdout
 
-    with open(tmp_path / "metrics.jsonl") as f:
+    with open(workdir / "metrics.jsonl") as f:
         metrics = [json.loads(line) for line in f]
     losses = [m["loss"] for m in metrics]
     n = max(len(losses) // 4, 1)
     assert sum(losses[-n:]) / n < 0.6 * sum(losses[:n]) / n, losses
+    # The collapse monitor every log step, the periodic kNN every eval.every_steps.
+    assert all(0.0 <= m["collapse_std"] <= m["collapse_std_reference"] * 1.5 for m in metrics)
+    assert [m["step"] for m in metrics if "knn_top1" in m] == [100, 200, 300, 352]
 
-    with open(tmp_path / "results.json") as f:
-        results = json.load(f)
-    rand = results["random_init"]
-    assert results["knn_top1"] > rand["knn_top1"] + 0.05, results
-    assert results["linear_top1"] > rand["linear_top1"], results
-    assert results["online_probe_top1"] > 0.5, results
-    assert os.listdir(tmp_path / "tensorboard")
+    records = results.read_records(str(workdir))
+    top1 = {(r["protocol"], r["network"]): r["value"] for r in records if r["metric"] == "top1"}
+    assert top1[("knn", "online")] > top1[("knn", "random_init")] + 0.05, top1
+    assert top1[("linear_cached", "online")] > top1[("linear_cached", "random_init")], top1
+    assert top1[("online_probe", "online")] > 0.5, top1
+    (train,) = results.select(records, protocol="pretrain", metric="train_seconds")
+    assert train["step"] == 352 and train["epochs"] == 32.0 and train["backbone"] == "resnet18_w0.125"
+    assert os.listdir(workdir / "tensorboard")

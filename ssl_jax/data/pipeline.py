@@ -153,6 +153,59 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     return ds.as_numpy_iterator()
 
 
+def class_balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-balanced `fraction` of `labels`: from each class
+    round(fraction * its size) examples (at least one), chosen by a seeded permutation."""
+    labels = np.asarray(labels)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction {fraction} must be in (0, 1]; e.g. 0.01 for 1% of the labels.")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(chosen))
+
+
+def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: int, seed: int,
+                    process_index: Optional[int] = None, process_count: Optional[int] = None,
+                    jit_augment: bool = True) -> tuple[Iterator[dict], int]:
+    """(infinite iterator, steps per epoch) of augmented batches of ``data.views[0]`` over the
+    examples ``indices`` of this process's slice of the train split (label-fraction
+    fine-tuning). In-memory datasets only: for ImageNet use a TFDS subset dataset
+    (``imagenet2012_subset/1pct``) with the plain iterator."""
+    pi, pc = _processes(process_index, process_count)
+    b = _local_batch(global_batch_size, pc)
+    dataset, split = _get(data_cfg, "dataset"), _get(data_cfg, "train_split")
+    data_dir = _get(data_cfg, "data_dir", None)
+    ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
+    if not _use_memory(info, n):
+        raise ValueError(f"A label subset of {dataset} needs the in-memory path (small images); "
+                         "for ImageNet use --config.data.dataset=imagenet2012_subset/1pct (or /10pct), "
+                         "the SimCLR subsets, with label_fraction=1.")
+    images, labels = _in_memory_slice(dataset, split, data_dir, pi, pc)
+    indices = np.asarray(indices)
+    spe = len(indices) // b
+    if spe < 1:
+        raise ValueError(f"The label subset has {len(indices)} examples on this process, fewer than the "
+                         f"local batch {b}; lower the batch size.")
+    ds = pretrain_dataset(
+        ds_src, info, arrays=(images[indices], labels[indices]), views=_view_cfgs(data_cfg, 1),
+        image_size=int(_get(data_cfg, "image_size")), mean=tuple(_get(data_cfg, "mean")),
+        std=tuple(_get(data_cfg, "std")), local_batch=b, steps_per_epoch=spe, seed=seed,
+        process_index=pi, jit_augment=jit_augment)
+    return ds.as_numpy_iterator(), spe
+
+
+def train_labels(data_cfg: Mapping[str, Any], process_index: Optional[int] = None,
+                 process_count: Optional[int] = None) -> np.ndarray:
+    """Labels of this process's slice of the train split (in-memory datasets)."""
+    pi, pc = _processes(process_index, process_count)
+    dataset, split = _get(data_cfg, "dataset"), _get(data_cfg, "train_split")
+    return _in_memory_slice(dataset, split, _get(data_cfg, "data_dir", None), pi, pc)[1]
+
+
 def augmentation_seed(seed: int, process_index, epoch, position, view: int) -> tf.Tensor:
     """The seed [2] of view ``view`` of the example at ``position`` of ``epoch`` (on one process).
 

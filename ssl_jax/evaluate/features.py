@@ -4,19 +4,26 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ssl_jax import parallel
-from ssl_jax.methods.common import apply_eval
 
 
-def make_encode_fn(encoder, mesh):
-    """jit of encoder(images) in inference mode; images sharded over `data`, params replicated."""
-    return jax.jit(lambda params, stats, images: apply_eval(encoder, params, stats, images),
-                   in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
-                                 parallel.batch_sharding(mesh)),
+def make_encode_fn(encoder, mesh, stages: bool = False):
+    """jit of encoder(images) in inference mode; images sharded over `data`, params replicated.
+
+    With `stages` (ResNets) the output is {'stage1', ..., 'stage4', 'pooled'}: every stage's
+    output, globally average-pooled (the per-layer probes)."""
+    kwargs = {"return_stages": True} if stages else {}
+
+    def encode(params, stats, images):
+        return encoder.apply({"params": params, "batch_stats": stats}, images, train=False, **kwargs)
+
+    return jax.jit(encode, in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
+                                         parallel.batch_sharding(mesh)),
                    out_shardings=parallel.batch_sharding(mesh))
 
 
-def extract_features(encode_fn, params, batch_stats, batches, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, D] float32, labels [N]) over an eval iterator (padding rows dropped)."""
+def extract_features(encode_fn, params, batch_stats, batches, mesh):
+    """(features, labels [N]) over an eval iterator (padding rows dropped); features is a
+    float32 [N, D] array, or a dict of them when `encode_fn` returns a dict."""
     feats, labels = [], []
     for batch in batches:
         images = parallel.shard_batch(batch["image"], mesh)
@@ -24,7 +31,8 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh) -> tuple[np.
         # Every process gets the whole split's features (kNN memory needs all of them).
         out = multihost_utils.process_allgather(out, tiled=True)
         lab = multihost_utils.process_allgather(parallel.shard_batch(batch["label"], mesh), tiled=True)
-        mask = multihost_utils.process_allgather(parallel.shard_batch(batch["mask"], mesh), tiled=True)
-        feats.append(np.asarray(out, np.float32)[np.asarray(mask)])
-        labels.append(np.asarray(lab)[np.asarray(mask)])
-    return np.concatenate(feats), np.concatenate(labels)
+        mask = np.asarray(multihost_utils.process_allgather(
+            parallel.shard_batch(batch["mask"], mesh), tiled=True))
+        feats.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[mask], out))
+        labels.append(np.asarray(lab)[mask])
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *feats), np.concatenate(labels)

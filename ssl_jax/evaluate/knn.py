@@ -29,8 +29,8 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk_size"))
-def _knn_scores(train_features, train_labels, test_features, temperature, *, num_classes, k,
-                chunk_size):
+def _knn_scores(train_features, train_labels, train_valid, test_features, temperature, *,
+                num_classes, k, chunk_size):
     memory = _l2_normalize(train_features)
     labels = train_labels.astype(jnp.int32)
     queries = _l2_normalize(test_features)
@@ -44,6 +44,8 @@ def _knn_scores(train_features, train_labels, test_features, temperature, *, num
         # HIGHEST precision: on TPU/GPU the default may use bf16/tf32 passes, which reorders
         # near-tied neighbours.
         sims = jnp.dot(q, memory.T, precision=jax.lax.Precision.HIGHEST)  # [chunk, N]
+        # Padding rows of a sharded memory can never be neighbours (weight exp(-inf) = 0).
+        sims = jnp.where(train_valid[None, :], sims, -jnp.inf)
         top_sims, top_idx = jax.lax.top_k(sims, k)  # [chunk, k]
         weights = jnp.exp(top_sims / temperature)
         neighbour_labels = labels[top_idx]
@@ -58,7 +60,8 @@ def _knn_scores(train_features, train_labels, test_features, temperature, *, num
 
 
 def weighted_knn_predict(train_features, train_labels, test_features, *, num_classes: int,
-                         k: int = 200, temperature: float = 0.1, chunk_size: int = 256):
+                         k: int = 200, temperature: float = 0.1, chunk_size: int = 256,
+                         train_valid=None):
     """Weighted kNN classification of `test_features` against a memory of labelled features.
 
     Args:
@@ -71,6 +74,8 @@ def weighted_knn_predict(train_features, train_labels, test_features, *, num_cla
         float32 T below ~0.012 can overflow; the protocol uses T in [0.05, 0.1].
       chunk_size: queries per chunk; peak memory is O(chunk_size * N). The last chunk is
         zero-padded to this size so the computation compiles once.
+      train_valid: optional bool [N]; False marks padding rows of the memory (e.g. added to
+        shard it evenly over devices, see `shard_memory`), which never vote.
 
     Returns:
       (predictions [Nt] int32, class scores [Nt, C] float32) where score[i, c] is the sum of
@@ -93,11 +98,15 @@ def weighted_knn_predict(train_features, train_labels, test_features, *, num_cla
         raise ValueError(f"weighted_knn_predict: k and chunk_size must be >= 1; got k={k}, "
                          f"chunk_size={chunk_size}.")
     n_train, n_test = train_features.shape[0], test_features.shape[0]
+    if train_valid is None:
+        train_valid = jnp.ones((n_train,), bool)
+    else:
+        n_train = int(np.sum(np.asarray(train_valid)))
     if n_train == 0:
         raise ValueError("weighted_knn_predict: the memory (train_features) is empty.")
     if n_test == 0:
         return jnp.zeros((0,), jnp.int32), jnp.zeros((0, num_classes), jnp.float32)
-    return _knn_scores(train_features, train_labels, test_features, jnp.float32(temperature),
+    return _knn_scores(train_features, train_labels, train_valid, test_features, jnp.float32(temperature),
                        num_classes=int(num_classes), k=int(min(k, n_train)),
                        chunk_size=int(min(chunk_size, n_test)))
 
@@ -117,7 +126,8 @@ def topk_hits(scores, labels, topk: int) -> np.ndarray:
 
 
 def knn_accuracy(train_features, train_labels, test_features, test_labels, *, num_classes: int,
-                 k: int = 200, temperature: float = 0.1, chunk_size: int = 256) -> dict:
+                 k: int = 200, temperature: float = 0.1, chunk_size: int = 256,
+                 train_valid=None) -> dict:
     """Weighted kNN top-1 / top-5 accuracy (fractions in [0, 1]).
 
     top1 compares the argmax prediction with the label. top5 counts a hit when the label is
@@ -127,7 +137,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *, nu
     """
     preds, scores = weighted_knn_predict(train_features, train_labels, test_features,
                                          num_classes=num_classes, k=k, temperature=temperature,
-                                         chunk_size=chunk_size)
+                                         chunk_size=chunk_size, train_valid=train_valid)
     test_labels = np.asarray(test_labels).astype(np.int64)
     if test_labels.shape != (scores.shape[0],):
         raise ValueError(f"knn_accuracy: test_labels shape {test_labels.shape} does not match "
@@ -137,3 +147,23 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *, nu
     top1 = np.asarray(preds) == test_labels
     top5 = topk_hits(scores, test_labels, 5) | top1
     return {"top1": float(np.mean(top1)), "top5": float(np.mean(top5))}
+
+
+def shard_memory(features, labels, mesh):
+    """(features, labels, valid) of a kNN memory placed on `mesh`, rows split over `data`.
+
+    Rows are zero-padded to a multiple of the axis size; `valid` marks the real ones. Each device
+    then holds 1/n of the memory, and the [chunk, N] similarities are computed where it lives.
+    """
+    from ssl_jax import parallel
+
+    features, labels = np.asarray(features, np.float32), np.asarray(labels, np.int32)
+    n, devices = features.shape[0], mesh.shape[parallel.DATA_AXIS]
+    pad = -n % devices
+    valid = np.arange(n + pad) < n
+    features = np.pad(features, ((0, pad), (0, 0)))
+    labels = np.pad(labels, (0, pad))
+    sharding = parallel.batch_sharding(mesh)
+    # Every process holds the whole memory; each device takes its rows (works across hosts).
+    return tuple(jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: x[idx])
+                 for x in (features, labels, valid))

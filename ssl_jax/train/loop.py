@@ -1,5 +1,4 @@
 """The training loop: build everything from the config, resume, train, evaluate, report."""
-import json
 import math
 import os
 import time
@@ -11,9 +10,10 @@ import numpy as np
 import optax
 
 from ssl_jax import parallel
+from ssl_jax import results as results_lib
 from ssl_jax.data import pipeline, sources
 from ssl_jax.evaluate import features as features_lib
-from ssl_jax.evaluate.knn import knn_accuracy
+from ssl_jax.evaluate import knn as knn_lib
 from ssl_jax.evaluate.linear import linear_probe_accuracy
 from ssl_jax.methods import build_method
 from ssl_jax.train import checkpoint
@@ -69,34 +69,56 @@ def init_state(config, method, optimizer, info, mesh):
     return state, sharding
 
 
-def evaluate(config, method, state, mesh, num_classes: int) -> dict:
-    """kNN and online-probe accuracy on the test split; optional offline linear probe."""
+def evaluate(config, method, state, mesh, num_classes: int, spe: int) -> list[dict]:
+    """End-of-training records (ssl_jax.results schema): kNN and online-probe accuracy on the
+    test split; optionally the cached-feature linear probe and the random-init baseline."""
     data_cfg, ev = config.data, config.eval
     encode = features_lib.make_encode_fn(method.encoder, mesh)
     batches = lambda split: pipeline.eval_iterator(data_cfg, split, global_batch_size=ev.batch_size)
+    run = results_lib.run_fields(config, int(jax.device_get(state.step)), spe)
 
-    def scores(params, stats, probe_params=None):
+    def records(network, params, stats, probe_params=None):
+        t0 = time.perf_counter()
         tr_x, tr_y = features_lib.extract_features(encode, params, stats, batches(data_cfg.eval_train_split), mesh)
         te_x, te_y = features_lib.extract_features(encode, params, stats, batches(data_cfg.test_split), mesh)
-        out = {f"knn_{k}": v for k, v in knn_accuracy(
-            tr_x, tr_y, te_x, te_y, num_classes=num_classes, k=ev.knn_k,
-            temperature=ev.knn_temperature).items()}
+        memory = knn_lib.shard_memory(tr_x, tr_y, mesh)
+        out = [("knn", f"k={ev.knn_k},T={ev.knn_temperature:g}", knn_lib.knn_accuracy(
+            memory[0], memory[1], te_x, te_y, num_classes=num_classes, k=ev.knn_k,
+            temperature=ev.knn_temperature, train_valid=memory[2]))]
         if probe_params is not None:
             logits = step_lib.PROBE(num_classes).apply({"params": probe_params}, te_x)
-            out["online_probe_top1"] = float(np.mean(np.argmax(logits, -1) == te_y))
+            out.append(("online_probe", "", {"top1": float(np.mean(np.argmax(logits, -1) == te_y))}))
         if ev.linear_probe:
             lin = linear_probe_accuracy(tr_x, tr_y, te_x, te_y, num_classes=num_classes)
-            out.update(linear_top1=lin["top1"], linear_top5=lin["top5"], linear_l2=lin["l2"])
-        return out
+            out.append(("linear_cached", "", {"top1": lin["top1"], "top5": lin["top5"], "l2": lin["l2"]}))
+        seconds = time.perf_counter() - t0
+        return [r for protocol, setting, metrics in out for r in results_lib.make_records(
+            run, protocol=protocol, eval_dataset=data_cfg.dataset, network=network, metrics=metrics,
+            setting=setting, wall_seconds=seconds)]
 
     params = jax.device_get(state.params)
     stats = jax.device_get(state.batch_stats)
-    results = scores(params["encoder"], stats["encoder"], params["probe"])
+    out = records("online", params["encoder"], stats["encoder"], params["probe"])
     if ev.compare_random_init:
         # The same network at its initialisation (same seed): what pretraining bought.
         fresh, _ = init_state(config, method, optax.identity(), {"num_classes": num_classes}, mesh)
-        results["random_init"] = scores(fresh.params["encoder"], fresh.batch_stats["encoder"])
-    return results
+        out += records("random_init", fresh.params["encoder"], fresh.batch_stats["encoder"])
+    return out
+
+
+def periodic_knn(config, method, state, mesh, num_classes: int) -> dict:
+    """kNN top-1 of the online encoder during training (config.eval.every_steps), for the
+    accuracy-against-step curve in metrics.jsonl."""
+    ev = config.eval
+    encode = features_lib.make_encode_fn(method.encoder, mesh)
+    params, stats = state.params["encoder"], state.batch_stats["encoder"]
+    feats = [features_lib.extract_features(encode, params, stats, pipeline.eval_iterator(
+        config.data, split, global_batch_size=ev.batch_size), mesh)
+        for split in (config.data.eval_train_split, config.data.test_split)]
+    memory = knn_lib.shard_memory(*feats[0], mesh)
+    acc = knn_lib.knn_accuracy(memory[0], memory[1], *feats[1], num_classes=num_classes, k=ev.knn_k,
+                               temperature=ev.knn_temperature, train_valid=memory[2])
+    return {"knn_top1": acc["top1"]}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -140,6 +162,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if done % config.log_every_steps == 0 or will_save:
             metrics = jax.device_get(metrics)
             _check_finite(done, metrics)
+            every = config.eval.get("every_steps", 0)
+            if every > 0 and (done % every == 0 or done == n_steps):
+                metrics = dict(metrics, **periodic_knn(config, method, state, mesh, info["num_classes"]))
             if done % config.log_every_steps == 0 or done == n_steps:
                 writer.write(done, metrics)
                 if is_main:
@@ -150,28 +175,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager.wait_until_finished()
     train_seconds = time.perf_counter() - t0
 
-    results = {"method": config.method, "dataset": config.data.dataset, "step": int(state.step),
-               "train_seconds_this_run": round(train_seconds, 1)}
-    results.update(evaluate(config, method, state, mesh, info["num_classes"]))
+    records = results_lib.make_records(
+        results_lib.run_fields(config, int(jax.device_get(state.step)), spe), protocol="pretrain",
+        eval_dataset=config.data.dataset, network="online", wall_seconds=train_seconds,
+        metrics={"train_seconds": train_seconds})
+    records += evaluate(config, method, state, mesh, info["num_classes"], spe)
     if is_main:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        print(format_results(results), flush=True)
+        results_lib.write_records(workdir, records)
+        print(format_results(records), flush=True)
     writer.close()
     manager.close()
-    return results
+    return records
 
 
-def format_results(results: dict) -> str:
-    """The end-of-run summary: pretrained vs random-init accuracies side by side."""
-    rows = [("kNN top-1", "knn_top1"), ("linear probe top-1", "linear_top1")]
-    rand = results.get("random_init", {})
-    lines = [f"Results after {results['step']} steps of {results['method']} on {results['dataset']}:",
+def format_results(records: list[dict]) -> str:
+    """The end-of-run summary: pretrained vs random-init top-1 side by side."""
+    rows = [("kNN top-1", "knn"), ("linear probe top-1", "linear_cached"), ("online probe top-1", "online_probe")]
+    first = records[0]
+    lines = [f"Results after {first['step']} steps of {first['method']} on {first['dataset']}:",
              f"  {'':22s} {'pretrained':>10s} {'random init':>12s}"]
-    for name, key in rows:
-        if key in results:
-            r = f"{rand[key]:12.4f}" if key in rand else f"{'':>12s}"
-            lines.append(f"  {name:22s} {results[key]:10.4f} {r}")
-    if "online_probe_top1" in results:
-        lines.append(f"  {'online probe top-1':22s} {results['online_probe_top1']:10.4f}")
+    for name, protocol in rows:
+        value = {r["network"]: r["value"] for r in results_lib.select(records, protocol=protocol, metric="top1")}
+        if "online" in value:
+            rand = f"{value['random_init']:12.4f}" if "random_init" in value else f"{'':>12s}"
+            lines.append(f"  {name:22s} {value['online']:10.4f} {rand}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from ssl_jax import parallel
+from ssl_jax.evaluate.monitors import collapse_std
 from ssl_jax.train.state import TrainState
 
 PROBE = nn.Dense  # the online linear probe: one Dense layer on the frozen representation
@@ -59,7 +60,12 @@ def make_train_step(method, optimizer: optax.GradientTransformation,
     def loss_fn(params, state: TrainState, batch, rng):
         loss, aux = method.loss(params, state.batch_stats, state.method_state, batch, rng, state.step)
         p_loss, p_top1 = probe_loss(params["probe"], aux["features"], batch["label"], num_classes)
-        metrics = dict(aux["metrics"], loss=loss, probe_loss=p_loss, probe_top1=p_top1)
+        feats = jax.lax.stop_gradient(aux["features"])
+        # The collapse monitor (SimSiam §4.1) of the encoder features, against its 1/sqrt(D)
+        # reference: logged every step, so a collapse shows in metrics.jsonl as it happens.
+        metrics = dict(aux["metrics"], loss=loss, probe_loss=p_loss, probe_top1=p_top1,
+                       collapse_std=collapse_std(feats),
+                       collapse_std_reference=1.0 / jnp.sqrt(jnp.float32(feats.shape[-1])))
         return loss + p_loss, (aux, metrics)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:

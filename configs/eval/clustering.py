@@ -1,0 +1,29 @@
+"""Clustering of frozen features: k-means, then NMI, ARI and Hungarian-matched accuracy.
+
+Command:
+    python -m ssl_jax.evaluate --config=configs/eval/clustering.py[:PRESET] --workdir=RUN_DIR
+
+Features of the test split (centre crops, inference mode), L2-normalised, are clustered by
+k-means (k-means++ init, the best of several restarts, in JAX on the mesh) into as many
+clusters as classes (or clustering.num_clusters); the clusters are scored against the labels
+with normalised mutual information, adjusted Rand index, the Hungarian (one-to-one) matched
+accuracy and, for more clusters than classes, the many-to-one accuracy.
+
+Presets:
+  kmeans (default)  k = number of classes, 3 restarts, up to 300 Lloyd iterations: the
+                    protocol of DeepCluster / IIC / SeLa-style clustering tables.
+  overcluster       k = 5 x the classes: reports the many-to-one accuracy (IIC's over-clustering).
+  demo              a `demo` run (digits).
+"""
+from ssl_jax import presets as P
+
+PRESETS = ("kmeans", "overcluster", "demo")
+
+
+def get_config(preset: str = "kmeans"):
+    preset, c = P.eval_start("clustering.py", preset, PRESETS)
+    if preset == "overcluster":
+        c.clustering.num_clusters = -5  # negative: that many clusters per class
+    elif preset == "demo":
+        P.eval_demo(c)
+    return c

@@ -1,0 +1,224 @@
+"""One evaluation protocol on one pretrained encoder: `run(eval_config, workdir)`.
+
+Loads the encoder (ssl_jax.pretrained: a training workdir's checkpoint or an exported file),
+fills the data fields the eval config leaves empty from the pretraining run, runs the protocol
+on the mesh and merges its records into WORKDIR/results.json (ssl_jax.results schema).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib
+from ssl_jax.data import pipeline, sources
+from ssl_jax.evaluate import features as features_lib
+from ssl_jax.evaluate import supervised
+from ssl_jax.evaluate.knn import knn_accuracy, shard_memory
+from ssl_jax.evaluate.linear import linear_probe_accuracy
+
+_INHERITED = ("dataset", "data_dir", "train_split", "test_split", "image_size", "mean", "std", "views")
+
+
+def resolve_data(eval_cfg, pre) -> ml_collections.ConfigDict:
+    """The eval data config: the eval config's fields where set, else the pretraining run's.
+
+    Splits, views and data_dir are inherited only when the dataset is the run's own; another
+    dataset (transfer) gets 'train' / 'test' splits unless the eval config names them."""
+    d, run = eval_cfg.data, dict(pre.data)
+    dataset = d.dataset or run.get("dataset")
+    if not dataset:
+        raise ValueError("The encoder's source carries no data config (an export without it?): set "
+                         "--config.data.dataset, image_size, mean and std.")
+    same = dataset == run.get("dataset")
+    out = {
+        "dataset": dataset,
+        "data_dir": d.data_dir if d.data_dir is not None else run.get("data_dir"),
+        "train_split": d.train_split or (run.get("train_split") if same else None) or "train",
+        "test_split": d.test_split or (run.get("test_split") if same else None) or "test",
+        "image_size": d.image_size if d.image_size > 0 else run.get("image_size"),
+        "mean": tuple(d.mean) or tuple(run.get("mean") or ()),
+        "std": tuple(d.std) or tuple(run.get("std") or ()),
+        "views": list(d.views) or (list(run.get("views") or []) if same else []),
+        "shuffle_buffer": d.shuffle_buffer,
+    }
+    missing = [k for k in ("image_size", "mean", "std") if not out[k]]
+    if missing:
+        raise ValueError(f"Evaluation data fields {missing} are unknown (not in the eval config nor "
+                         f"the source run); set --config.data.<field>.")
+    return ml_collections.ConfigDict(out)
+
+
+class Context:
+    """What every protocol needs: the encoder, the data config, the mesh and a batch iterator."""
+
+    def __init__(self, eval_cfg, pre, data_cfg, mesh, num_classes, workdir, log):
+        self.cfg, self.pre, self.data, self.mesh = eval_cfg, pre, data_cfg, mesh
+        self.num_classes, self.workdir, self.log = num_classes, workdir, log
+
+    def batches(self, split):
+        return pipeline.eval_iterator(self.data, split, global_batch_size=self.cfg.batch_size)
+
+    def features(self, split, stages=False):
+        encode = features_lib.make_encode_fn(self.pre.encoder, self.mesh, stages=stages)
+        v = self.pre.variables
+        return features_lib.extract_features(encode, v["params"], v["batch_stats"], self.batches(split), self.mesh)
+
+    def train_test_features(self, stages=False):
+        train = self.features(self.data.train_split, stages)
+        test = self.features(self.data.test_split, stages)
+        return train, test
+
+
+def knn_records(ctx, train, test, ks, temperatures, protocol="knn", setting_prefix=""):
+    """[(protocol, setting, metrics)] of weighted kNN for every (k, T) on one memory."""
+    (tr_x, tr_y), (te_x, te_y) = train, test
+    memory, labels, valid = shard_memory(tr_x, tr_y, ctx.mesh)
+    out = []
+    for k in ks:
+        for t in temperatures:
+            acc = knn_accuracy(memory, labels, te_x, te_y, num_classes=ctx.num_classes, k=int(k),
+                               temperature=float(t), train_valid=valid,
+                               chunk_size=int(ctx.cfg.get("knn", {}).get("chunk_size", 256)))
+            out.append((protocol, f"{setting_prefix}k={k},T={t:g}", acc))
+    return out
+
+
+def protocol_knn(ctx):
+    train, test = ctx.train_test_features()
+    return knn_records(ctx, train, test, ctx.cfg.knn.ks, ctx.cfg.knn.temperatures)
+
+
+def protocol_linear_cached(ctx):
+    (tr_x, tr_y), (te_x, te_y) = ctx.train_test_features()
+    lc = ctx.cfg.linear_cached
+    res = linear_probe_accuracy(tr_x, tr_y, te_x, te_y, num_classes=ctx.num_classes,
+                                l2_grid=tuple(lc.l2_grid), holdout_fraction=lc.holdout_fraction,
+                                seed=ctx.cfg.seed, num_steps=lc.max_steps)
+    return [("linear_cached", "", {"top1": res["top1"], "top5": res["top5"], "l2": res["l2"]})]
+
+
+def protocol_trained(ctx):
+    """Linear evaluation or fine-tuning, on all labels or a class-balanced fraction."""
+    t, cfg = ctx.cfg.train, ctx.cfg
+    if not ctx.data.views:
+        raise ValueError("config.data.views is empty: the linear / fine-tuning protocols need their "
+                         "training augmentation (see presets.eval_train_view).")
+    data = ml_collections.ConfigDict(ctx.data.to_dict())
+    data.views = [ctx.data.views[0]]
+    fraction = float(t.label_fraction)
+    if fraction < 1.0:
+        indices = pipeline.class_balanced_subset(pipeline.train_labels(data), fraction, cfg.seed)
+        batches, spe = pipeline.subset_iterator(data, indices, global_batch_size=t.batch_size, seed=cfg.seed)
+        if jax.process_index() == 0:
+            path = os.path.join(ctx.workdir, f"label_subset_{fraction:g}_seed{cfg.seed}.json")
+            with open(path, "w") as f:
+                json.dump({"dataset": data.dataset, "split": data.train_split, "fraction": fraction,
+                           "seed": cfg.seed, "process_count": jax.process_count(),
+                           "indices_of_process_0": indices.tolist()}, f)
+        setting = f"labels={fraction * 100:g}%"
+    else:
+        batches = pipeline.pretrain_iterator(data, global_batch_size=t.batch_size, seed=cfg.seed, num_views=1)
+        spe = pipeline.steps_per_epoch(data, t.batch_size)
+        setting = ""
+    parallel.check_batch_divisible(t.batch_size, ctx.mesh)
+    trained = supervised.train_classifier(ctx.pre, batches, steps_per_epoch=spe, train_cfg=t,
+                                          num_classes=ctx.num_classes, mesh=ctx.mesh, seed=cfg.seed,
+                                          log=ctx.log)
+    acc = supervised.classifier_accuracy(ctx.pre.encoder, trained["encoder"], trained["head"],
+                                         trained["head_variables"], ctx.batches(data.test_split), ctx.mesh)
+    return [("finetune" if t.finetune else "linear", setting, acc)]
+
+
+def protocol_clustering(ctx):
+    from ssl_jax.evaluate.clustering import clustering_scores
+
+    c = ctx.cfg.clustering
+    x, y = ctx.features(c.split or ctx.data.test_split)
+    k = c.num_clusters if c.num_clusters > 0 else abs(c.num_clusters or -1) * ctx.num_classes
+    x = jax.device_put(np.asarray(x), parallel.replicated(ctx.mesh))
+    scores = clustering_scores(x, y, num_clusters=k, seed=ctx.cfg.seed, num_restarts=c.num_restarts,
+                               num_iters=c.num_iters, l2_normalize=c.l2_normalize)
+    return [("clustering", f"k={k}", scores)]
+
+
+def protocol_layer_probe(ctx):
+    from ssl_jax.models import ResNet
+
+    if not isinstance(ctx.pre.encoder, ResNet):
+        raise ValueError("The per-layer probe reads ResNet stages; this encoder is "
+                         f"{type(ctx.pre.encoder).__name__}.")
+    lp = ctx.cfg.layer_probe
+    (tr, tr_y), (te, te_y) = ctx.train_test_features(stages=True)
+    out = []
+    for layer in sorted(tr, key=lambda name: (name == "pooled", name)):  # stage1..4, then pooled
+        knn = knn_records(ctx, (tr[layer], tr_y), (te[layer], te_y), [lp.k], [lp.temperature])[0][2]
+        lin = linear_probe_accuracy(tr[layer], tr_y, te[layer], te_y, num_classes=ctx.num_classes,
+                                    l2_grid=tuple(lp.l2_grid), seed=ctx.cfg.seed)
+        out.append(("layer_probe", f"layer={layer},k={lp.k},T={lp.temperature:g}",
+                    {"knn_top1": knn["top1"], "linear_top1": lin["top1"]}))
+    return out
+
+
+def protocol_monitor(ctx):
+    from ssl_jax.evaluate.monitors import representation_monitors
+
+    if not ctx.data.views:
+        raise ValueError("config.data.views is empty and the source run has none: the monitors need "
+                         "two augmented views; set config.data.views.")
+    m = ctx.cfg.monitor
+    b = ctx.cfg.batch_size
+    batches = pipeline.pretrain_iterator(ctx.data, global_batch_size=b, seed=ctx.cfg.seed, num_views=2)
+    encode = features_lib.make_encode_fn(ctx.pre.encoder, ctx.mesh)
+    v = ctx.pre.variables
+    z1, z2 = [], []
+    while sum(len(z) for z in z1) < m.num_examples:
+        views = next(batches)["views"]
+        for view, acc in zip(views, (z1, z2)):
+            out = encode(v["params"], v["batch_stats"], parallel.shard_batch(view, ctx.mesh))
+            acc.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+    z1 = np.concatenate(z1)[:m.num_examples]
+    z2 = np.concatenate(z2)[:m.num_examples]
+    metrics = {k: float(val) for k, val in representation_monitors(z1, z2).items()}
+    metrics["collapse_std_reference"] = 1.0 / np.sqrt(z1.shape[1])
+    return [("monitor", f"n={len(z1)}", metrics)]
+
+
+PROTOCOLS = {"knn": protocol_knn, "linear_cached": protocol_linear_cached, "linear": protocol_trained,
+             "finetune": protocol_trained, "clustering": protocol_clustering,
+             "layer_probe": protocol_layer_probe, "monitor": protocol_monitor}
+
+
+def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
+    """Evaluate, merge the records into WORKDIR/results.json (process 0) and return them."""
+    if eval_cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {eval_cfg.protocol!r}; valid: {sorted(PROTOCOLS)}.")
+    source = eval_cfg.source or workdir
+    pre = pretrained_lib.load(source, eval_cfg.network, None if eval_cfg.step < 0 else eval_cfg.step)
+    os.makedirs(workdir, exist_ok=True)
+    results_lib.read_records(workdir)  # an unreadable results.json stops us now, not after the work
+    data = resolve_data(eval_cfg, pre)
+    info = sources.dataset_info(data.dataset, data.train_split, data.data_dir)
+    mesh = parallel.make_mesh(eval_cfg.mesh.num_devices)
+    parallel.check_batch_divisible(eval_cfg.batch_size, mesh)
+    ctx = Context(eval_cfg, pre, data, mesh, info["num_classes"], workdir, log)
+    log(f"{eval_cfg.protocol}: {pre.run.get('method')} {pre.network} network at step {pre.run.get('step')} "
+        f"on {data.dataset} ({mesh.devices.size} device(s)).")
+    t0 = time.perf_counter()
+    outputs = PROTOCOLS[eval_cfg.protocol](ctx)
+    seconds = time.perf_counter() - t0
+    records = []
+    for protocol, setting, metrics in outputs:
+        records += results_lib.make_records(pre.run, protocol=protocol, eval_dataset=data.dataset,
+                                            network=pre.network, metrics=metrics, setting=setting,
+                                            wall_seconds=seconds)
+    if jax.process_index() == 0:
+        results_lib.write_records(workdir, records)
+        for r in records:
+            log(f"  {r['protocol']:13s} {r['setting']:24s} {r['metric']:14s} {r['value']:.4f}")
+    return records

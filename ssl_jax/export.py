@@ -1,0 +1,346 @@
+"""Export a pretrained encoder for fine-tuning: python -m ssl_jax.export.
+
+    python -m ssl_jax.export --workdir=DIR --format=flax|safetensors|torchvision --output=FILE \
+        [--network=default|online|target] [--step=N] [--include_heads] [--overwrite]
+
+`--workdir` is the directory of an `ssl_jax.main` run (the latest checkpoint, or `--step`) or a
+`.msgpack` file written by `--format=flax` (to convert it to the other formats).
+
+Formats:
+  flax         One msgpack file (`ssl_jax.pretrained.save_flax`): the encoder config, the run
+               it came from and the encoder's {'params', 'batch_stats'} (with --include_heads
+               also the projector / predictor / prototype heads). Rebuild the network in one
+               call: `pre = ssl_jax.pretrained.load_flax(FILE)`;
+               `pre.encoder.apply(pre.variables, x_nhwc, train=False)`.
+  safetensors  A framework-neutral safetensors file of the same arrays in Flax layout, keys
+               '/'-joined paths: 'params/stage1_block1/conv1/kernel' (HWIO),
+               'batch_stats/stem_bn/mean', heads under 'heads/<name>/params/...'. The metadata
+               holds the model config as JSON and the source run (method, dataset, backbone,
+               step, network). `unflatten_variables` rebuilds the trees.
+  torchvision  ResNets only: a safetensors file whose keys, shapes and layouts are those of
+               torchvision's resnet18/34/50/101/152 `state_dict()` without `fc` (conv weights
+               OIHW; BatchNorm weight/bias/running_mean/running_var/num_batches_tracked), so
+                   m = torchvision.models.resnet50(); m.fc = torch.nn.Identity()
+                   m.load_state_dict(safetensors.torch.load_file(FILE), strict=True)
+               gives the same pooled features as the Flax encoder. With the CIFAR stem
+               (metadata cifar_stem=true) the keys are the same but the torch model needs
+               `m.conv1 = nn.Conv2d(3, 64*w, 3, 1, 1, bias=False); m.maxpool = nn.Identity()`.
+               A width multiplier w != 1 scales every channel count (stem included), which is
+               NOT torchvision's wide_resnet (that widens only the bottleneck's inner convs):
+               build the torch model with the widths of the metadata. ResNet-200 has the
+               torchvision naming but no constructor:
+               `torchvision.models.resnet.ResNet(Bottleneck, [3, 24, 36, 3])`.
+
+Padding. Flax's 'SAME' pads a stride-2 3x3 conv asymmetrically, (0, 1), on even inputs while
+PyTorch pads (1, 1); ssl_jax's ResNet uses explicit symmetric padding everywhere (3x3 convs
+(1, 1), the 7x7 stem (3, 3), the 3x3/2 max-pool (1, 1) with -inf; its 1x1 strided projections
+need none), so the exported torchvision network computes the same function, at any input size
+(tests/test_export.py checks it against a NumPy torchvision forward pass at 33 and 64 px).
+BatchNorm epsilon is 1e-5 in both; momentum differs in meaning but does not matter at inference.
+
+Network. `--network=default` exports the network the method's paper evaluates
+(`ssl_jax.pretrained.default_network`): DINO's teacher (the momentum target), the online
+network for every other method; `online` / `target` choose explicitly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+FORMATS = ("flax", "safetensors", "torchvision")
+NETWORKS = ("default", "online", "target")
+SAFETENSORS_FORMAT = "ssl_jax.export.safetensors/1"
+TORCHVISION_FORMAT = "ssl_jax.export.torchvision/1"
+SEP = "/"
+TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
+
+
+# ----------------------------------------------------------------------------- flat arrays
+
+def _flatten(tree: Mapping, prefix: str, out: dict) -> None:
+    for key, value in tree.items():
+        key = str(key)
+        if SEP in key:
+            raise ValueError(f"Variable name {key!r} contains {SEP!r}; it cannot be flattened.")
+        path = f"{prefix}{SEP}{key}" if prefix else key
+        if isinstance(value, Mapping):
+            _flatten(value, path, out)
+        else:
+            out[path] = np.asarray(value)
+
+
+def flatten_variables(variables: Mapping, heads: Mapping | None = None) -> dict[str, np.ndarray]:
+    """{'/'-joined path: array} of the encoder's variables ('params/stem_conv/kernel',
+    'batch_stats/stem_bn/mean', ...) and of the heads ('heads/<name>/params/...')."""
+    out: dict[str, np.ndarray] = {}
+    _flatten(variables, "", out)
+    if heads:
+        _flatten(heads, "heads", out)
+    return out
+
+
+def unflatten_variables(flat: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Inverse of `flatten_variables`: (variables with 'params' and 'batch_stats', heads)."""
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(SEP)
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = np.asarray(value)
+    heads = tree.pop("heads", {})
+    tree.setdefault("params", {})
+    tree.setdefault("batch_stats", {})
+    return tree, heads
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+def _torch_conv(kernel) -> np.ndarray:
+    """Flax conv kernel [H, W, I, O] -> PyTorch weight [O, I, H, W]."""
+    return np.ascontiguousarray(np.transpose(np.asarray(kernel, np.float32), (3, 2, 0, 1)))
+
+
+def _torch_bn(prefix: str, params: Mapping, stats: Mapping, out: dict) -> None:
+    out[f"{prefix}.weight"] = np.asarray(params["scale"], np.float32)
+    out[f"{prefix}.bias"] = np.asarray(params["bias"], np.float32)
+    out[f"{prefix}.running_mean"] = np.asarray(stats["mean"], np.float32)
+    out[f"{prefix}.running_var"] = np.asarray(stats["var"], np.float32)
+    # torchvision's BatchNorm2d has this buffer too; strict loading needs the key. Its value only
+    # matters with momentum=None (cumulative averages), which nobody fine-tunes with.
+    out[f"{prefix}.num_batches_tracked"] = np.zeros((), np.int64)
+
+
+def to_torchvision(pretrained, fc=None) -> dict[str, np.ndarray]:
+    """The encoder's variables as torchvision's ResNet `state_dict()` (without `fc`).
+
+    `pretrained` is an `ssl_jax.pretrained.Pretrained` whose encoder is a ResNet. Flax stage s
+    block b -> `layer{s}.{b-1}`; stem_conv/stem_bn -> conv1/bn1; proj_conv/proj_bn ->
+    downsample.0/downsample.1; conv kernels HWIO -> OIHW; BN scale/bias/mean/var ->
+    weight/bias/running_mean/running_var, plus `num_batches_tracked` (int64 scalar, 0).
+
+    `fc`: optional linear classifier on the pooled features, (w [D, C], b [C]) or flax Dense
+    params {'kernel', 'bias'}; written as fc.weight [C, D] and fc.bias [C].
+
+    The CIFAR stem gives the same keys (conv1.weight is then [64w, 3, 3, 3]); width
+    multipliers != 1 scale every channel count (not torchvision's wide_resnet).
+    """
+    from ssl_jax.models.resnet import STAGE_SIZES, ResNet
+
+    encoder = pretrained.encoder
+    if not isinstance(encoder, ResNet):
+        name = pretrained.model_config.get("name", type(encoder).__name__)
+        raise ValueError(f"torchvision export is for ResNets; use --format=safetensors (or "
+                         f"--format=flax) for this {name} encoder.")
+    params = pretrained.variables["params"]
+    stats = pretrained.variables.get("batch_stats") or {}
+    out: dict[str, np.ndarray] = {"conv1.weight": _torch_conv(params["stem_conv"]["kernel"])}
+    _torch_bn("bn1", params["stem_bn"], stats["stem_bn"], out)
+    convs = 3 if encoder.bottleneck else 2
+    for s, num_blocks in enumerate(STAGE_SIZES[encoder.depth], start=1):
+        for b in range(num_blocks):
+            name, prefix = f"stage{s}_block{b + 1}", f"layer{s}.{b}"
+            p, st = params[name], stats[name]
+            for i in range(1, convs + 1):
+                out[f"{prefix}.conv{i}.weight"] = _torch_conv(p[f"conv{i}"]["kernel"])
+                _torch_bn(f"{prefix}.bn{i}", p[f"bn{i}"], st[f"bn{i}"], out)
+            # torchvision gives block 0 a downsample where the stride or the width changes:
+            # stages 2-4, and stage 1 of the bottleneck ResNets (64 -> 256 channels).
+            wants = b == 0 and (s > 1 or encoder.bottleneck)
+            if ("proj_conv" in p) != wants:
+                raise ValueError(f"{name} {'has' if 'proj_conv' in p else 'lacks'} a projection "
+                                 f"shortcut where torchvision's ResNet does not (width "
+                                 f"{encoder.width_multiplier:g} collapses channel counts); this "
+                                 "network has no torchvision layout: use --format=safetensors.")
+            if wants:
+                out[f"{prefix}.downsample.0.weight"] = _torch_conv(p["proj_conv"]["kernel"])
+                _torch_bn(f"{prefix}.downsample.1", p["proj_bn"], st["proj_bn"], out)
+    if fc is not None:
+        if isinstance(fc, Mapping):
+            w, bias = fc["kernel"], fc["bias"]
+        else:
+            w, bias = fc
+        w, bias = np.asarray(w, np.float32), np.asarray(bias, np.float32)
+        if w.ndim != 2 or w.shape[0] != encoder.feature_dim or bias.shape != (w.shape[1],):
+            raise ValueError(f"fc must be w [D, C], b [C] with D = {encoder.feature_dim} (the "
+                             f"pooled feature size); got w {w.shape}, b {bias.shape}.")
+        out["fc.weight"] = np.ascontiguousarray(w.T)
+        out["fc.bias"] = bias
+    return out
+
+
+def torchvision_metadata(pretrained) -> dict[str, str]:
+    """cifar_stem, width, depth and how to build the matching torch model."""
+    enc = pretrained.encoder
+    depth, width, cifar = int(enc.depth), float(enc.width_multiplier), bool(enc.cifar_stem)
+    stem = max(1, int(round(64 * width)))
+    build = (f"torchvision.models.resnet{depth}()" if depth in TORCHVISION_DEPTHS else
+             "torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [3, 24, 36, 3])")
+    build += "; model.fc = torch.nn.Identity()"
+    if cifar:
+        build += (f"; model.conv1 = torch.nn.Conv2d(3, {stem}, 3, 1, 1, bias=False)"
+                  "; model.maxpool = torch.nn.Identity()")
+    meta = {"cifar_stem": json.dumps(cifar), "width": f"{width:g}", "depth": str(depth),
+            "torch_model": build}
+    if width != 1.0:
+        meta["width_note"] = (f"every channel count (stem included) is scaled by {width:g}; this "
+                              "is not torchvision's wide_resnet, whose width_per_group widens only "
+                              "the bottleneck's inner convs: build the torch ResNet with these widths.")
+    return meta
+
+
+# ----------------------------------------------------------------------------- files
+
+def save_safetensors(path: str, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Write `arrays` with string `metadata` (safetensors.numpy; no torch needed)."""
+    from safetensors.numpy import save_file
+
+    bad = [k for k, v in metadata.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata values must be strings; not: {bad}.")
+    # order='C', not np.ascontiguousarray: that makes 0-d arrays (num_batches_tracked) 1-d.
+    save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, path, metadata=dict(metadata))
+
+
+def _run_metadata(pretrained, fmt: str) -> dict[str, str]:
+    run = pretrained.run or {}
+    meta = {"format": fmt, "network": str(pretrained.network),
+            "model_config": pretrained.model_config.to_json()
+            if hasattr(pretrained.model_config, "to_json") else json.dumps(dict(pretrained.model_config)),
+            "run": json.dumps(run)}
+    for key in ("method", "dataset", "backbone", "step"):
+        if key in run:
+            meta[key] = str(run[key])
+    return meta
+
+
+def _load(source: str, network: str, step: int | None):
+    from ssl_jax import pretrained as pretrained_lib
+
+    if os.path.isfile(source):
+        try:
+            return pretrained_lib.load(source, network, step)
+        except Exception as e:
+            if type(e) is ValueError:  # pretrained's own message (wrong format, network, step)
+                raise
+            # Not msgpack at all (msgpack's ValueError subclasses), or msgpack of another kind.
+            raise ValueError(f"{source} is not an ssl_jax Flax export ({type(e).__name__}: {e}); "
+                             "pass a training workdir or a file written by --format=flax.") from e
+    return pretrained_lib.load(source, network, step)
+
+
+def export(source: str, fmt: str, output: str, network: str = "default", step: int | None = None,
+           include_heads: bool = False, overwrite: bool = False) -> dict[str, str]:
+    """Write the encoder of `source` (workdir or Flax .msgpack) to `output` in format `fmt`.
+
+    Returns a summary (format, network, step, backbone, output). The file appears complete or
+    not at all (written to a temporary file in the same directory, then renamed).
+    """
+    from ssl_jax import pretrained as pretrained_lib
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if network not in NETWORKS:
+        raise ValueError(f"network={network!r}; choose one of {', '.join(NETWORKS)}.")
+    if fmt == "torchvision" and include_heads:
+        raise ValueError("--include_heads has no torchvision form (torchvision's ResNet has no "
+                         "projector/predictor): use --format=safetensors or --format=flax for heads.")
+    output = os.path.abspath(output)
+    if os.path.isdir(output):
+        raise ValueError(f"--output={output} is a directory; pass a file name, e.g. {output}/model.{fmt}.")
+    directory = os.path.dirname(output)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"the directory of --output={output} does not exist; create it first.")
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it or choose another --output.")
+
+    pre = _load(source, network, step)
+    if fmt == "torchvision":
+        arrays = to_torchvision(pre)  # before any file is created: a ViT fails here
+        meta = {**_run_metadata(pre, TORCHVISION_FORMAT), **torchvision_metadata(pre)}
+    elif fmt == "safetensors":
+        arrays = flatten_variables(pre.variables, pre.heads if include_heads else None)
+        meta = _run_metadata(pre, SAFETENSORS_FORMAT)
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        if fmt == "flax":
+            pretrained_lib.save_flax(tmp, pre, include_heads=include_heads)
+        else:
+            save_safetensors(tmp, arrays, meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, output)
+    finally:
+        for leftover in (tmp, tmp + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return {"format": fmt, "network": str(pre.network), "step": str((pre.run or {}).get("step")),
+            "backbone": str((pre.run or {}).get("backbone", pre.model_config.get("name"))),
+            "output": output}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _fail(message: str, code: int = 1):
+    print(f"ssl_jax: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Training workdir (latest or --step checkpoint) or an "
+                        "exported .msgpack file (--format=flax output) to convert.")
+    flags.DEFINE_enum("format", None, list(FORMATS), "Output format (see the module docstring).")
+    flags.DEFINE_string("output", None, "Output file (written atomically).")
+    flags.DEFINE_enum("network", "default", list(NETWORKS),
+                      "Which network: default = the one the method's paper evaluates (DINO: "
+                      "teacher; others: online).")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_bool("include_heads", False, "Also export the projector/predictor/prototype "
+                      "heads (flax and safetensors formats).")
+    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+    flags.mark_flags_as_required(["workdir", "format", "output"])
+    return flags.FLAGS
+
+
+def parse_flags(argv):
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(f"{e}. Pass --helpshort for the flags.", code=2)
+
+
+def main(argv):
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    try:
+        summary = export(f.workdir, f.format, f.output, network=f.network, step=f.step,
+                         include_heads=f.include_heads, overwrite=f.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        _fail(str(e))
+    print(f"Exported {summary['network']} network ({summary['backbone']}, step {summary['step']}) "
+          f"as {summary['format']} to {summary['output']}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import app
+
+    _define_flags()
+    app.run(main, flags_parser=parse_flags)
