@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from ssl_jax import cli
 
 FORMATS = ("flax", "safetensors", "torchvision")
 NETWORKS = ("default", "online", "target")
@@ -290,11 +291,6 @@ def export(source: str, fmt: str, output: str, network: str = "default", step: i
 
 # ----------------------------------------------------------------------------- CLI
 
-def _fail(message: str, code: int = 1):
-    print(f"ssl_jax: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def _define_flags():
     from absl import flags
 
@@ -313,15 +309,6 @@ def _define_flags():
     return flags.FLAGS
 
 
-def parse_flags(argv):
-    from absl import flags
-
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(f"{e}. Pass --helpshort for the flags.", code=2)
-
-
 def main(argv):
     from absl import app, flags, logging
 
@@ -333,7 +320,7 @@ def main(argv):
         summary = export(f.workdir, f.format, f.output, network=f.network, step=f.step,
                          include_heads=f.include_heads, overwrite=f.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        _fail(str(e))
+        cli.fail(str(e))
     print(f"Exported {summary['network']} network ({summary['backbone']}, step {summary['step']}) "
           f"as {summary['format']} to {summary['output']}")
 
@@ -343,4 +330,4 @@ if __name__ == "__main__":
     from absl import app
 
     _define_flags()
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -10,6 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ssl_jax.cli import fail
+
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/byol.py:cifar10.",
                                           lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results "
@@ -58,11 +60,6 @@ def parse_flags(argv):
         path = _unknown_override(argv)
         fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
               f"{argv_config(argv)}. Check the spelling (the config file lists the fields).", code=2)
-
-
-def fail(message: str, code: int = 1):
-    print(f"ssl_jax: error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def argv_config(argv) -> str:

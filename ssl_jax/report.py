@@ -35,6 +35,7 @@ import sys
 
 from absl import app, flags
 
+from ssl_jax import cli
 from ssl_jax import results as results_lib
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "report", "Directory the PNG plots are written to "
@@ -352,11 +353,6 @@ def _note(message: str) -> None:
     print(f"ssl_jax: note: {message}", file=sys.stderr)
 
 
-def _fail(message: str, code: int = 2):
-    print(f"ssl_jax: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def run_names(run_dirs: list[str]) -> list[str]:
     """Each directory's base name; the path as given where two base names are the same."""
     bases = [os.path.basename(os.path.abspath(d)) for d in run_dirs]
@@ -380,11 +376,11 @@ def load_runs(run_dirs: list[str]):
     records_by_run, metrics_by_run, labels = {}, {}, {}
     for run_dir, name in zip(run_dirs, run_names(run_dirs)):
         if not os.path.isdir(run_dir):
-            _fail(f"{run_dir} is not a directory: pass run directories (the --workdir of training).")
+            cli.fail(f"{run_dir} is not a directory: pass run directories (the --workdir of training).", code=2)
         has_results = os.path.exists(results_lib.path_of(run_dir))
         has_metrics = os.path.exists(os.path.join(run_dir, METRICS_FILENAME))
         if not has_results and not has_metrics:
-            _fail(f"{run_dir} has neither results.json nor metrics.jsonl: is it a run directory?")
+            cli.fail(f"{run_dir} has neither results.json nor metrics.jsonl: is it a run directory?", code=2)
         records = []
         if has_results:
             try:
@@ -398,19 +394,11 @@ def load_runs(run_dirs: list[str]):
     return records_by_run, metrics_by_run, labels
 
 
-def parse_flags(argv):
-    """absl flag parsing; a bad flag is one message and exit code 2, no traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(f"{e}\nPass --helpshort for the flags.", code=2)
-
-
 def main(argv):
     run_dirs = argv[1:]
     if not run_dirs:
-        _fail("pass one or more run directories: python -m ssl_jax.report RUN_DIR [RUN_DIR ...] "
-              "[--output_dir=DIR] [--no_plots] [--all_steps]")
+        cli.fail("pass one or more run directories: python -m ssl_jax.report RUN_DIR [RUN_DIR ...] "
+              "[--output_dir=DIR] [--no_plots] [--all_steps]", code=2)
     records_by_run, metrics_by_run, labels = load_runs(run_dirs)
     table = markdown_table(records_by_run, all_steps=_ALL_STEPS.value)
     if table:
@@ -423,4 +411,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)
