@@ -22,9 +22,6 @@ from ssl_jax.evaluate import supervised
 from ssl_jax.evaluate.knn import knn_accuracy, shard_memory
 from ssl_jax.evaluate.linear import linear_probe_accuracy
 
-_INHERITED = ("dataset", "data_dir", "train_split", "test_split", "image_size", "mean", "std", "views")
-
-
 def resolve_data(eval_cfg, pre) -> ml_collections.ConfigDict:
     """The eval data config: the eval config's fields where set, else the pretraining run's.
 

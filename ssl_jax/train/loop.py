@@ -73,18 +73,13 @@ def evaluate(config, method, state, mesh, num_classes: int, spe: int) -> list[di
     """End-of-training records (ssl_jax.results schema): kNN and online-probe accuracy on the
     test split; optionally the cached-feature linear probe and the random-init baseline."""
     data_cfg, ev = config.data, config.eval
-    encode = features_lib.make_encode_fn(method.encoder, mesh)
-    batches = lambda split: pipeline.eval_iterator(data_cfg, split, global_batch_size=ev.batch_size)
     run = results_lib.run_fields(config, int(jax.device_get(state.step)), spe)
 
     def records(network, params, stats, probe_params=None):
         t0 = time.perf_counter()
-        tr_x, tr_y = features_lib.extract_features(encode, params, stats, batches(data_cfg.eval_train_split), mesh)
-        te_x, te_y = features_lib.extract_features(encode, params, stats, batches(data_cfg.test_split), mesh)
-        memory = knn_lib.shard_memory(tr_x, tr_y, mesh)
-        out = [("knn", f"k={ev.knn_k},T={ev.knn_temperature:g}", knn_lib.knn_accuracy(
-            memory[0], memory[1], te_x, te_y, num_classes=num_classes, k=ev.knn_k,
-            temperature=ev.knn_temperature, train_valid=memory[2]))]
+        (tr_x, tr_y), (te_x, te_y) = _train_test_features(config, method, params, stats, mesh)
+        out = [("knn", f"k={ev.knn_k},T={ev.knn_temperature:g}",
+                _knn(config, (tr_x, tr_y), (te_x, te_y), mesh, num_classes))]
         if probe_params is not None:
             logits = step_lib.PROBE(num_classes).apply({"params": probe_params}, te_x)
             out.append(("online_probe", "", {"top1": float(np.mean(np.argmax(logits, -1) == te_y))}))
@@ -109,16 +104,25 @@ def evaluate(config, method, state, mesh, num_classes: int, spe: int) -> list[di
 def periodic_knn(config, method, state, mesh, num_classes: int) -> dict:
     """kNN top-1 of the online encoder during training (config.eval.every_steps), for the
     accuracy-against-step curve in metrics.jsonl."""
-    ev = config.eval
+    train, test = _train_test_features(config, method, state.params["encoder"],
+                                       state.batch_stats["encoder"], mesh)
+    return {"knn_top1": _knn(config, train, test, mesh, num_classes)["top1"]}
+
+
+def _train_test_features(config, method, params, stats, mesh):
+    """((features, labels) of data.eval_train_split, same of data.test_split), encoder in
+    inference mode."""
     encode = features_lib.make_encode_fn(method.encoder, mesh)
-    params, stats = state.params["encoder"], state.batch_stats["encoder"]
-    feats = [features_lib.extract_features(encode, params, stats, pipeline.eval_iterator(
-        config.data, split, global_batch_size=ev.batch_size), mesh)
-        for split in (config.data.eval_train_split, config.data.test_split)]
-    memory = knn_lib.shard_memory(*feats[0], mesh)
-    acc = knn_lib.knn_accuracy(memory[0], memory[1], *feats[1], num_classes=num_classes, k=ev.knn_k,
-                               temperature=ev.knn_temperature, train_valid=memory[2])
-    return {"knn_top1": acc["top1"]}
+    return tuple(features_lib.extract_features(encode, params, stats, pipeline.eval_iterator(
+        config.data, split, global_batch_size=config.eval.batch_size), mesh)
+        for split in (config.data.eval_train_split, config.data.test_split))
+
+
+def _knn(config, train, test, mesh, num_classes: int) -> dict:
+    """Weighted kNN top-1/top-5 at (eval.knn_k, eval.knn_temperature), memory sharded over `data`."""
+    memory, labels, valid = knn_lib.shard_memory(*train, mesh)
+    return knn_lib.knn_accuracy(memory, labels, *test, num_classes=num_classes, k=config.eval.knn_k,
+                                temperature=config.eval.knn_temperature, train_valid=valid)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
