@@ -17,7 +17,8 @@ Presets:
                       V100-class GPUs in the paper. Paper: 77.0% linear top-1 for ViT-S/16 trained 800
                       epochs (paper's number, not measured here); 100 epochs score lower.
   vit_base            The same settings with ViT-B/16 (the authors tuned ViT-B separately; see their
-                      repository for those values).
+                      repository for those values). Params and optimizer state split over 8 devices
+                      (mesh.fsdp=8; fsdp must divide the device count).
   resnet50            The authors' ResNet-50 command: SGD LR 0.03 x B/256, weight decay 1e-4 constant,
                       global crop scale (0.14, 1), local (0.05, 0.14); otherwise as vit_small.
   cifar10             ResNet-18 with the CIFAR stem, 32 px, batch 256, 1000 epochs, 2 crops, LARS 0.3 x
@@ -48,7 +49,7 @@ def get_config(preset: str = "vit_small"):
     c.global_batch_size = 1024
     c.num_epochs = 100
     c.model = ml_collections.ConfigDict(dict(name="vit_small", patch_size=16, pos_embedding="learned",
-                                             dtype="float32"))
+                                             dtype="bfloat16", remat=False))
     c.data.views = dino_views()
     c.dino = dict(head=dict(hidden_dim=2048, bottleneck_dim=256, output_dim=65536, num_layers=3,
                             use_bn=False, norm_last_layer=True),
@@ -61,13 +62,15 @@ def get_config(preset: str = "vit_small"):
     P.use_dataset(c, preset if preset in ("cifar10", "demo") else "imagenet")
     if preset == "vit_base":
         c.model.name = "vit_base"
+        c.mesh.fsdp = 8  # params and optimizer state split over 8 devices (ssl_jax.parallel)
     elif preset == "resnet50":
-        c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="float32"))
+        c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
+                                                 remat=False))
         c.data.views = dino_views(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14))
         c.optimizer.update(dict(name="sgd", base_lr=0.03, weight_decay=1e-4, weight_decay_end=None))
     elif preset in ("cifar10", "demo"):
         resnet = dict(name="resnet18", width=1.0 if preset == "cifar10" else 0.125, cifar_stem=True,
-                      dtype="float32")
+                      dtype="float32", remat=False)
         c.model = ml_collections.ConfigDict(resnet)
         c.optimizer.update(dict(name="lars", base_lr=0.3, trust_coefficient=0.02, weight_decay=1e-6,
                                 weight_decay_end=None, clip_grad_per_param=0.0, end_lr_factor=0.0))

@@ -26,13 +26,18 @@ Presets:
                       parameter (the authors' AdamW), 40 warm-up epochs then cosine, T = 0.2, momentum
                       0.99 -> 1, heads as for ResNet (hidden 4096, output 256), crop scale (0.08, 1).
                       Paper: 73.2% linear top-1 (paper's number, not measured here).
-  vit_base            As vit_small with ViT-B/16. Paper: 76.7%.
+  vit_base            As vit_small with ViT-B/16. Paper: 76.7%. Params and optimizer state split over 8
+                      devices (mesh.fsdp=8; fsdp must divide the device count).
+  vit_large           As vit_base with ViT-L/16 (FSDP over 8 devices; add --config.model.remat=True
+                      when activations do not fit).
+  ImageNet presets compute in bfloat16 (float32 params, optimizer state and loss math);
+  cifar10 and demo in float32.
 """
 import ml_collections
 
 from ssl_jax import presets as P
 
-PRESETS = ("imagenet", "imagenet_1000", "cifar10", "demo", "vit_small", "vit_base")
+PRESETS = ("imagenet", "imagenet_1000", "cifar10", "demo", "vit_small", "vit_base", "vit_large")
 
 
 def get_config(preset: str = "imagenet"):
@@ -57,9 +62,11 @@ def get_config(preset: str = "imagenet"):
         c.moco_v3.update(dict(projector=P.head(256, 64, num_layers=3, output_bn="plain"),
                               predictor=P.head(256, 64, num_layers=2), temperature=0.2))
         c.optimizer.update(dict(base_lr=1.0, weight_decay=1e-5, trust_coefficient=0.02))
-    elif preset in ("vit_small", "vit_base"):
+    elif preset in ("vit_small", "vit_base", "vit_large"):
         c.model = ml_collections.ConfigDict(dict(name=preset, patch_size=16, pos_embedding="sincos",
-                                                 dtype="float32"))
+                                                 dtype="bfloat16", remat=False))
+        if preset != "vit_small":
+            c.mesh.fsdp = 8  # params and optimizer state split over 8 devices (ssl_jax.parallel)
         c.moco_v3.temperature = 0.2
         c.data.views = P.byol_views(crop_min=0.08)
         c.optimizer.update(dict(name="adamw", base_lr=1.5e-4, weight_decay=0.1, warmup_epochs=40.0,

@@ -1,20 +1,37 @@
 """The one place where the device mesh is built and where arrays get their shardings.
 
-The global batch is sharded over the mesh axis `data`; the train state is replicated.
-Every sharding decision of the library goes through the functions here, so adding an
-`fsdp` or `model` axis means changing `state_sharding` (and the mesh shape), not the step.
+The mesh has two axes, `data` and `fsdp` (config.mesh: data=-1, fsdp=1 by default). The
+global batch is split over both (every device gets global_batch / #devices examples).
+The train state is replicated over `data`; over `fsdp` every large leaf (params, optimizer
+state, EMA target) is split along one of its dimensions (ZeRO-3 / FSDP): XLA all-gathers
+a weight where a layer needs it and reduce-scatters its gradient. fsdp=1 is pure data
+parallelism; data=1 is pure FSDP. Method code never names a mesh axis: it gets its sharding
+from jax.jit's in/out shardings, set here.
 """
+import math
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch is split over every device
+# Leaves smaller than this many elements (biases, BatchNorm scales, the step counter) stay
+# replicated under FSDP: gathering them would cost more in collective latency than the
+# memory they would save.
+FSDP_MIN_SIZE = 2 ** 12
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over all (or the first `num_devices`) devices, axis name `data`."""
+def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1) -> Mesh:
+    """A (data, fsdp) mesh over all (or the first `num_devices`) devices.
+
+    `data=-1` takes the devices `fsdp` leaves. Devices are laid out by
+    mesh_utils.create_device_mesh (the physical topology on TPU), with `fsdp` the inner axis,
+    so that the heavier FSDP collectives run between the closest devices.
+    """
     devices = jax.devices()
     if num_devices is not None and num_devices > 0:
         if num_devices > len(devices):
@@ -22,31 +39,69 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
                 f"config.mesh.num_devices={num_devices} but only {len(devices)} devices are "
                 "visible; lower it or set it to -1 to use every device.")
         devices = devices[:num_devices]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"config.mesh.fsdp={fsdp} does not divide the {n} devices; set it to a "
+                         f"divisor of {n} (1 = pure data parallelism).")
+    if data == -1:
+        data = n // fsdp
+    if data * fsdp != n:
+        raise ValueError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != {n} devices; set "
+                         "--config.mesh.data=-1 to use the devices fsdp leaves.")
+    return Mesh(mesh_utils.create_device_mesh((data, fsdp), devices=devices), BATCH_AXES)
+
+
+def mesh_from_config(mesh_cfg) -> Mesh:
+    """make_mesh from a config.mesh section (num_devices, data, fsdp; missing keys default)."""
+    get = lambda k, d: mesh_cfg.get(k, d) if mesh_cfg is not None else d
+    return make_mesh(get("num_devices", -1), get("data", -1), get("fsdp", 1))
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """Into how many pieces the batch axis is split (every device holds one)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
     """Fail with one clear message if the global batch cannot be split over the mesh."""
-    n = mesh.shape[DATA_AXIS]
+    n = batch_shards(mesh)
     if global_batch_size % n or global_batch_size % jax.process_count():
         raise ValueError(
             f"global_batch_size={global_batch_size} is not divisible by the {n} devices of "
-            f"the `data` axis ({jax.process_count()} processes). Set "
+            f"the mesh ({jax.process_count()} processes). Set "
             f"--config.global_batch_size to a multiple of {n}.")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over `data`, the rest replicated."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+    """Leading (batch) axis split over every device (`data` x `fsdp`), the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def fsdp_spec(shape: tuple, fsdp: int) -> P:
+    """The PartitionSpec of one state leaf under FSDP of size `fsdp`.
+
+    Split along the largest dimension that `fsdp` divides (the last one on ties: the output
+    channels of a conv or dense kernel); replicated if the leaf is small or no dimension is
+    divisible.
+    """
+    if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+        return P()
+    dims = [i for i, d in enumerate(shape) if d % fsdp == 0]
+    if not dims:
+        return P()
+    axis = max(dims, key=lambda i: (shape[i], i))
+    return P(*[FSDP_AXIS if i == axis else None for i in range(len(shape))])
+
+
 def state_sharding(state: Any, mesh: Mesh) -> Any:
-    """Sharding for every leaf of the train state: replicated (pure data parallelism)."""
-    return jax.tree.map(lambda _: replicated(mesh), state)
+    """Sharding for every leaf of the train state (arrays or ShapeDtypeStructs): replicated
+    over `data`, split by `fsdp_spec` over `fsdp`."""
+    fsdp = mesh.shape[FSDP_AXIS]
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp)), state)
 
 
 def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
@@ -54,3 +109,15 @@ def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
     sharding = batch_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of a pytree of jax.Arrays, whatever their sharding, on every process
+    (an FSDP-sharded or multi-host array is gathered first)."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(jax.device_get(x))
+    return jax.tree.map(get, tree)

@@ -84,7 +84,11 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         train_split="train", eval_train_split="train", test_split="validation",
         image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, shuffle_buffer=50_000,
         views=byol_views()))
-    c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="float32"))
+    # ImageNet-scale presets run on TPU/GPU: bfloat16 compute with float32 params, optimizer
+    # state and loss math (every loss upcasts). remat: recompute each block's activations in
+    # the backward pass (less memory, ~1/3 more compute).
+    c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
+                                             remat=False))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
         trust_coefficient=1e-3, nesterov=False, b1=0.9, b2=0.999, warmup_epochs=10.0,
@@ -93,7 +97,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         weight_decay_end=ml_collections.FieldReference(None, field_type=float), clip_grad_per_param=0.0,
         exclude_bias_and_bn_from_wd=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.mesh = ml_collections.ConfigDict(dict(num_devices=-1))  # -1: every visible device
+    # Devices used (-1: all) as a (data, fsdp) mesh; data=-1 takes what fsdp leaves. fsdp > 1
+    # shards params and optimizer state over that axis (ssl_jax.parallel); the batch is split
+    # over both axes either way.
+    c.mesh = ml_collections.ConfigDict(dict(num_devices=-1, data=-1, fsdp=1))
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=1024, knn_k=200, knn_temperature=0.1, linear_probe=False, compare_random_init=False,
         every_steps=0))  # > 0: also kNN top-1 into metrics.jsonl every that many steps (a multiple of log_every_steps)
@@ -112,7 +119,7 @@ def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.data.update(dict(dataset="cifar10", test_split="test", image_size=32, shuffle_buffer=50_000))
         for v in c.data.views:
             v["blur_prob"] = 0.0
-        c.model.update(dict(name="resnet18", cifar_stem=True))
+        c.model.update(dict(name="resnet18", cifar_stem=True, dtype="float32"))
         c.checkpoint.every_steps = 1950  # every 10 epochs
         c.log_every_steps = 50
         c.eval.update(dict(batch_size=1000, linear_probe=True, every_steps=1950))
@@ -124,7 +131,7 @@ def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
         for v in c.data.views:
             # 8x8 digits: a crop below 40% of the area or a mirror image changes the digit.
             v.update(dict(crop_scale=(0.4, 1.0), flip_prob=0.0, blur_prob=0.0))
-        c.model.update(dict(name="resnet18", width=0.125, cifar_stem=True))
+        c.model.update(dict(name="resnet18", width=0.125, cifar_stem=True, dtype="float32"))
         c.optimizer.update(dict(warmup_epochs=2.0))
         c.checkpoint.every_steps = 100
         # k=20 (DINO's other standard value): with ~144 training images per class, k=200
@@ -178,7 +185,7 @@ def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
     c.step = -1  # checkpoint step; -1 = latest
     c.seed = 0
     c.batch_size = 1024  # global batch of feature extraction
-    c.mesh = ml_collections.ConfigDict(dict(num_devices=-1))
+    c.mesh = ml_collections.ConfigDict(dict(num_devices=-1, data=-1, fsdp=1))
     c.data = ml_collections.ConfigDict(dict(
         dataset="", data_dir=ml_collections.FieldReference(None, field_type=str), train_split="",
         test_split="", image_size=-1, mean=(), std=(), views=[], shuffle_buffer=10_000))

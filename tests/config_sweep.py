@@ -22,6 +22,7 @@ def run(config_name: str, preset: str) -> dict:
     # 8 images, or the preset's own whitening sub-batch for W-MSE (it must exceed the
     # embedding size, which the preset fixes).
     config.global_batch_size = config.wmse.w_size if config.method == "wmse" else BATCH
+    config.mesh.fsdp = 1  # FSDP presets (fsdp=8) run here on however many devices there are
     state, losses = train_steps(config, image_size=IMAGE_SIZE, steps=2)
     return {"config": config_name, "preset": preset, "model": config.model.name, "losses": losses,
             "params": int(sum(x.size for x in jax.tree.leaves(state.params))), "step": int(state.step),

@@ -147,3 +147,31 @@ def test_prototypes_normalisation():
     np.testing.assert_allclose(np.linalg.norm(params["kernel_layer"]["kernel"], axis=0), 1.0, rtol=1e-6)
     scores = protos.apply({"params": params}, x, train=False)
     assert scores.shape == (4, 6) and np.all(np.abs(scores) <= 1.0 + 1e-5)  # cosines
+
+
+@pytest.mark.parametrize("cfg", [dict(name="resnet18", width=0.25, cifar_stem=True),
+                                 dict(name="vit_tiny", patch_size=8)])
+def test_remat_changes_memory_not_results(cfg):
+    """model.remat wraps every block in nn.remat: same params, loss, grads and BN statistics,
+    and the recomputation is really in the program (a checkpoint/remat primitive)."""
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    results = []
+    for remat in (False, True):
+        model = build_encoder(dict(cfg, remat=remat))
+        variables = model.init(jax.random.key(0), x, train=True)
+
+        def loss(params, model=model, variables=variables):
+            out, updates = model.apply({**variables, "params": params}, x, train=True,
+                                       mutable=["batch_stats"])
+            return jnp.sum(out ** 2), updates
+
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+        (value, updates), grads = grad_fn(variables["params"])
+        jaxpr = str(jax.make_jaxpr(grad_fn)(variables["params"]))
+        results.append((variables, value, updates, grads, "remat" in jaxpr or "checkpoint" in jaxpr))
+    (v0, l0, u0, g0, r0), (v1, l1, u1, g1, r1) = results
+    assert not r0 and r1
+    assert jax.tree.structure(v0) == jax.tree.structure(v1)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves((u0, g0)), jax.tree.leaves((u1, g1))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

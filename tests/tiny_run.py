@@ -52,11 +52,13 @@ def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 1
     config.global_batch_size on seeded random views of image_size px (multi-crop local views:
     half that), 10 classes."""
     batch_size = config.global_batch_size
-    mesh = parallel.make_mesh()
+    mesh = parallel.mesh_from_config(config.get("mesh"))
     parallel.check_batch_divisible(batch_size, mesh)
     method, init, train_step = _setup(config, image_size, steps_per_epoch)
-    # Initialised as one compiled program (op-by-op init of a ResNet-50 is 2x slower).
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+    # Initialised as one compiled program (op-by-op init of a ResNet-50 is 2x slower), directly
+    # with the state's shardings (replicated, or split over `fsdp`).
+    sharding = parallel.state_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
+    state = jax.jit(init, out_shardings=sharding)(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     compiled, losses = None, []
     sizes = view_sizes(config, image_size, method.num_views)

@@ -150,7 +150,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *, nu
 
 
 def shard_memory(features, labels, mesh):
-    """(features, labels, valid) of a kNN memory placed on `mesh`, rows split over `data`.
+    """(features, labels, valid) of a kNN memory placed on `mesh`, rows split over the batch axes.
 
     Rows are zero-padded to a multiple of the axis size; `valid` marks the real ones. Each device
     then holds 1/n of the memory, and the [chunk, N] similarities are computed where it lives.
@@ -158,7 +158,7 @@ def shard_memory(features, labels, mesh):
     from ssl_jax import parallel
 
     features, labels = np.asarray(features, np.float32), np.asarray(labels, np.int32)
-    n, devices = features.shape[0], mesh.shape[parallel.DATA_AXIS]
+    n, devices = features.shape[0], parallel.batch_shards(mesh)
     pad = -n % devices
     valid = np.arange(n + pad) < n
     features = np.pad(features, ((0, pad), (0, 0)))

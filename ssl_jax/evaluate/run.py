@@ -201,7 +201,7 @@ def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[di
     results_lib.read_records(workdir)  # an unreadable results.json stops us now, not after the work
     data = resolve_data(eval_cfg, pre)
     info = sources.dataset_info(data.dataset, data.train_split, data.data_dir)
-    mesh = parallel.make_mesh(eval_cfg.mesh.num_devices)
+    mesh = parallel.mesh_from_config(eval_cfg.mesh)
     parallel.check_batch_divisible(eval_cfg.batch_size, mesh)
     ctx = Context(eval_cfg, pre, data, mesh, info["num_classes"], workdir, log)
     log(f"{eval_cfg.protocol}: {pre.run.get('method')} {pre.network} network at step {pre.run.get('step')} "

@@ -110,6 +110,9 @@ class ResNet(nn.Module):
         recommended for large-batch training (Goyal et al., 2017); torchvision's
         default is False.
       dtype: compute dtype (params are always float32).
+      remat: recompute each residual block's activations in the backward pass instead of
+        storing them (nn.remat per block): less activation memory for ~1/3 more compute.
+        The parameters, their names and the results are unchanged.
 
     Input is NHWC. Parameter names: ``stem_conv``, ``stem_bn``,
     ``stage{s}_block{b}`` with ``conv{i}``/``bn{i}`` and ``proj_conv``/``proj_bn``.
@@ -120,6 +123,7 @@ class ResNet(nn.Module):
     cifar_stem: bool = False
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @property
     def bottleneck(self) -> bool:
@@ -156,6 +160,8 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
 
         block_cls = Bottleneck if self.bottleneck else BasicBlock
+        if self.remat:  # argument 2 (`train`, after self and x) is a Python bool
+            block_cls = nn.remat(block_cls, static_argnums=(2,))
         stages = {}
         for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
             filters = _channels(64 * 2 ** i, self.width_multiplier)
@@ -195,7 +201,7 @@ def build_resnet(model_cfg: Any) -> ResNet:
     Keys: ``name`` ('resnet18', 'resnet34', 'resnet50', 'resnet101',
     'resnet152', 'resnet200'), ``width`` (float, default 1.0), ``cifar_stem``
     (bool, default False), ``dtype`` ('float32' | 'bfloat16', default
-    'float32'), ``zero_init_residual`` (bool, default True).
+    'float32'), ``zero_init_residual`` (bool, default True), ``remat`` (bool, default False).
     """
     name = _cfg_get(model_cfg, "name", None)
     if name not in RESNET_NAMES:
@@ -207,4 +213,5 @@ def build_resnet(model_cfg: Any) -> ResNet:
         cifar_stem=bool(_cfg_get(model_cfg, "cifar_stem", False)),
         zero_init_residual=bool(_cfg_get(model_cfg, "zero_init_residual", True)),
         dtype=model_dtype(model_cfg),
+        remat=bool(_cfg_get(model_cfg, "remat", False)),
     )

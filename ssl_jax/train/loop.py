@@ -91,21 +91,22 @@ def evaluate(config, method, state, mesh, num_classes: int, spe: int) -> list[di
             run, protocol=protocol, eval_dataset=data_cfg.dataset, network=network, metrics=metrics,
             setting=setting, wall_seconds=seconds)]
 
-    params = jax.device_get(state.params)
-    stats = jax.device_get(state.batch_stats)
+    params = parallel.to_host(state.params)
+    stats = parallel.to_host(state.batch_stats)
     out = records("online", params["encoder"], stats["encoder"], params["probe"])
     if ev.compare_random_init:
         # The same network at its initialisation (same seed): what pretraining bought.
         fresh, _ = init_state(config, method, optax.identity(), {"num_classes": num_classes}, mesh)
-        out += records("random_init", fresh.params["encoder"], fresh.batch_stats["encoder"])
+        out += records("random_init", parallel.to_host(fresh.params["encoder"]),
+                       parallel.to_host(fresh.batch_stats["encoder"]))
     return out
 
 
 def periodic_knn(config, method, state, mesh, num_classes: int) -> dict:
     """kNN top-1 of the online encoder during training (config.eval.every_steps), for the
     accuracy-against-step curve in metrics.jsonl."""
-    train, test = _train_test_features(config, method, state.params["encoder"],
-                                       state.batch_stats["encoder"], mesh)
+    train, test = _train_test_features(config, method, parallel.to_host(state.params["encoder"]),
+                                       parallel.to_host(state.batch_stats["encoder"]), mesh)
     return {"knn_top1": _knn(config, train, test, mesh, num_classes)["top1"]}
 
 
@@ -128,7 +129,7 @@ def _knn(config, train, test, mesh, num_classes: int) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Pretrain with config.method, resuming from workdir if it holds a checkpoint; evaluate."""
     os.makedirs(workdir, exist_ok=True)
-    mesh = parallel.make_mesh(config.mesh.num_devices)
+    mesh = parallel.mesh_from_config(config.mesh)
     info, spe, n_steps, method, optimizer, lr_schedule = build(config, mesh)
     is_main = jax.process_index() == 0
     if is_main:
