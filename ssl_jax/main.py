@@ -16,8 +16,12 @@ CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. conf
                                           lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results "
                                "(a rerun of the same command resumes from it).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (Cloud "
-                                "TPU pod slices, SLURM or multi-node GPU clusters; one process per host).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with the coordinator, "
+                                "process count and id read from the cluster (Cloud TPU pod slices, SLURM).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for a multi-process "
+                                   "run without cluster detection (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of an explicit multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in an explicit multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -73,20 +77,20 @@ def quiet_library_logs():
         logging.set_verbosity(logging.WARNING)
 
 
-def maybe_initialize_distributed():
-    if _MULTIHOST.value:
-        import jax
-        jax.distributed.initialize()  # coordinator, process count and id from the cluster environment
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
-    maybe_initialize_distributed()
-    from ssl_jax.train import loop  # after flag parsing: importing JAX/TF is slow
+    from ssl_jax import parallel  # after flag parsing: importing JAX/TF is slow
+    from ssl_jax.train import loop, preemption
     try:
+        parallel.initialize_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
         loop.run(CONFIG.value, WORKDIR.value)
+    except preemption.Preempted as e:
+        # A checkpoint of the last step is written: rerunning the same command resumes.
+        print(f"ssl_jax: {e}", file=sys.stderr, flush=True)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
     except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
         # Errors a user can cause: one message naming the cause and the fix, no traceback.
         fail(str(e))

@@ -121,3 +121,27 @@ def to_host(tree: Any) -> Any:
             return np.asarray(x.addressable_data(0))
         return np.asarray(jax.device_get(x))
     return jax.tree.map(get, tree)
+
+
+def initialize_distributed(auto: bool = False, coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> None:
+    """jax.distributed.initialize() for a multi-process run; nothing for a single process.
+
+    `auto`: the coordinator, process count and id come from the cluster (Cloud TPU metadata,
+    SLURM, Open MPI). Otherwise all three are given explicitly (a local multi-process run,
+    launch/local_multiprocess.sh). CPU devices of different processes talk over gloo.
+    """
+    explicit = (coordinator_address, num_processes, process_id)
+    if not auto and all(v is None for v in explicit):
+        return
+    if not auto and any(v is None for v in explicit):
+        raise ValueError("--coordinator_address, --num_processes and --process_id go together: "
+                         "give all three, or --multihost to read them from the cluster.")
+    if not auto and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id={process_id} must be in [0, --num_processes={num_processes}).")
+    # Only the CPU client uses it; GPU and TPU have their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if auto:
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)

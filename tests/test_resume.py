@@ -11,6 +11,9 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
+
+from ssl_jax.train.preemption import PREEMPTED_EXIT_CODE
 
 from tests.conftest import REPO_ROOT
 
@@ -40,10 +43,28 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    ref = tmp_path_factory.mktemp("uninterrupted")
     subprocess.run(_cmd(ref), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
                    stdout=subprocess.DEVNULL)
+    return ref
+
+
+def _assert_same_run(ref, resumed):
+    a, b = _final_state(ref), _final_state(resumed)
+    assert a.keys() == b.keys() and any("opt_state" in k for k in a)
+    assert any("target" in k for k in a) and any("queue" in k for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    ma, mb = _metrics(ref), _metrics(resumed)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb] == list(range(2, STEPS + 1, 2))
+    assert ma == mb
+
+
+def test_sigkill_and_resume_matches_uninterrupted(reference, tmp_path):
+    ref, killed = reference, tmp_path / "killed"
 
     proc = subprocess.Popen(_cmd(killed), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
@@ -58,11 +79,26 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
                          capture_output=True, text=True).stdout
     assert "starting at step 8" in out or "starting at step 4" in out, out
 
-    a, b = _final_state(ref), _final_state(killed)
-    assert a.keys() == b.keys() and any("opt_state" in k for k in a)
-    assert any("target" in k for k in a) and any("queue" in k for k in a)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    ma, mb = _metrics(ref), _metrics(killed)
-    assert [m["step"] for m in ma] == [m["step"] for m in mb] == list(range(2, STEPS + 1, 2))
-    assert ma == mb
+    _assert_same_run(ref, killed)
+
+
+def test_sigterm_checkpoints_exits_75_and_resumes(reference, tmp_path):
+    """Preemption: SIGTERM mid-training -> the current step finishes, a checkpoint of it is
+    written (off the every-4-steps schedule), exit code 75; the rerun resumes from it."""
+    workdir = tmp_path / "preempted"
+    proc = subprocess.Popen(_cmd(workdir), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 6/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "preempted" in err and not os.path.exists(workdir / "results.json")
+    saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert 6 <= saved[-1] < STEPS, saved
+
+    out = subprocess.run(_cmd(workdir), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
+                         capture_output=True, text=True).stdout
+    assert f"starting at step {saved[-1]}" in out, out
+    _assert_same_run(reference, workdir)

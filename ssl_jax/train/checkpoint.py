@@ -8,9 +8,9 @@ previous step's arrays are written.
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
+from ssl_jax import parallel
 from ssl_jax.train.state import TrainState
 
 
@@ -26,7 +26,7 @@ def make_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.Checkp
 
 def save(manager: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
     """Start saving `state` and JSON `meta` (e.g. the input position) at state.step."""
-    step = int(jax.device_get(state.step))
+    step = int(parallel.to_host(state.step))
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)), force=True)
 

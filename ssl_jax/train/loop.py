@@ -16,7 +16,7 @@ from ssl_jax.evaluate import features as features_lib
 from ssl_jax.evaluate import knn as knn_lib
 from ssl_jax.evaluate.linear import linear_probe_accuracy
 from ssl_jax.methods import build_method
-from ssl_jax.train import checkpoint
+from ssl_jax.train import checkpoint, preemption
 from ssl_jax.train import step as step_lib
 from ssl_jax.train.logging import MetricWriter, Progress
 from ssl_jax.train.optim import build_optimizer
@@ -73,7 +73,7 @@ def evaluate(config, method, state, mesh, num_classes: int, spe: int) -> list[di
     """End-of-training records (ssl_jax.results schema): kNN and online-probe accuracy on the
     test split; optionally the cached-feature linear probe and the random-init baseline."""
     data_cfg, ev = config.data, config.eval
-    run = results_lib.run_fields(config, int(jax.device_get(state.step)), spe)
+    run = results_lib.run_fields(config, int(parallel.to_host(state.step)), spe)
 
     def records(network, params, stats, probe_params=None):
         t0 = time.perf_counter()
@@ -141,18 +141,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager = checkpoint.make_manager(workdir, ckpt.keep, ckpt.async_save)
     restored = checkpoint.restore_latest(manager, jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh))
+    log = print if is_main else (lambda *a, **k: None)  # process 0 speaks for the run
     if restored is not None:
         state, meta = restored
-        print(f"Resumed from {manager.directory} (input position: {meta}).", flush=True)
-    start = int(jax.device_get(state.step))
-    print(f"{config.method}: {n_steps} steps ({spe} per epoch), global batch {config.global_batch_size} "
-          f"on {mesh.devices.size} device(s); starting at step {start}.", flush=True)
+        log(f"Resumed from {manager.directory} (input position: {meta}).", flush=True)
+    start = int(parallel.to_host(state.step))
+    log(f"{config.method}: {n_steps} steps ({spe} per epoch), global batch {config.global_batch_size} "
+        f"on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh "
+        f"{dict(mesh.shape)}; starting at step {start}.", flush=True)
 
     writer = MetricWriter(workdir, resume_step=start, enabled=is_main)
     batches = pipeline.pretrain_iterator(config.data, global_batch_size=config.global_batch_size,
                                          seed=config.seed, start_step=start, num_views=method.num_views)
     train_step = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
     compiled, progress = None, None
+    watcher = preemption.PreemptionWatcher()
     t0 = time.perf_counter()
     for step in range(start, n_steps):
         batch = parallel.shard_batch(next(batches), mesh)
@@ -163,25 +166,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if progress is None:  # start timing after the first (compiling) step
             jax.block_until_ready(metrics)
             progress = Progress(n_steps, config.global_batch_size, done)
-        will_save = done % ckpt.every_steps == 0 or done == n_steps
+        preempted = watcher.should_stop(done)
+        will_save = done % ckpt.every_steps == 0 or done == n_steps or preempted
         if done % config.log_every_steps == 0 or will_save:
-            metrics = jax.device_get(metrics)
+            metrics = parallel.to_host(metrics)
             _check_finite(done, metrics)
             every = config.eval.get("every_steps", 0)
             if every > 0 and (done % every == 0 or done == n_steps):
                 metrics = dict(metrics, **periodic_knn(config, method, state, mesh, info["num_classes"]))
             if done % config.log_every_steps == 0 or done == n_steps:
                 writer.write(done, metrics)
-                if is_main:
-                    print(progress.line(done, metrics), flush=True)
+                log(progress.line(done, metrics), flush=True)
         if will_save:
             checkpoint.save(manager, state, {"step": done, "examples_seen": done * config.global_batch_size,
                                              "epoch": done / spe})
+        if preempted:
+            manager.wait_until_finished()
+            writer.close()
+            manager.close()
+            watcher.close()
+            raise preemption.Preempted(done)
+    watcher.close()
     manager.wait_until_finished()
     train_seconds = time.perf_counter() - t0
 
     records = results_lib.make_records(
-        results_lib.run_fields(config, int(jax.device_get(state.step)), spe), protocol="pretrain",
+        results_lib.run_fields(config, int(parallel.to_host(state.step)), spe), protocol="pretrain",
         eval_dataset=config.data.dataset, network="online", wall_seconds=train_seconds,
         metrics={"train_seconds": train_seconds})
     records += evaluate(config, method, state, mesh, info["num_classes"], spe)
