@@ -1,17 +1,27 @@
 """Steady-state throughput, FLOPs and memory of a method's compiled train step.
 
     python benchmarks/train_step.py [--config byol] [--preset cifar10] [--batch 64] [--steps 10]
-                                    [--dtype float32]
+                                    [--dtype float32] [--mesh data=D,fsdp=F] [--remat]
     python benchmarks/train_step.py --all [--preset cifar10] [--batch 32]   # one line per method
 
 Prints one JSON line per run: images/s (an image = one example with all its views), XLA's
 FLOPs per image from the compiled cost analysis next to the analytic count (see
-`analytic_step_flops`), and peak memory from the compiled memory analysis. Extra XLA
-flags can be passed through the XLA_FLAGS environment variable.
+`analytic_step_flops`), peak memory from the compiled memory analysis, and the bytes of
+the collectives in the compiled (SPMD-partitioned) step per kind, next to the least a
+data-parallel / FSDP step needs (`benchmarks/hlo_collectives.py` defines both, per device)
+and their ratio. Extra XLA flags can be passed through the XLA_FLAGS environment variable;
+simulate devices on a CPU with
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/train_step.py \
+        --mesh data=1,fsdp=8 --batch 16 --steps 2
+
+`--mesh` sets config.mesh (default data=-1,fsdp=1: every device data-parallel); `--remat`
+sets config.model.remat=True (per-block rematerialisation, where the model supports it).
 """
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -20,6 +30,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.hlo_collectives import collective_bytes, ideal_bytes, strategy_of  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.methods import METHODS, build_method  # noqa: E402
 from ssl_jax.models import DINOHead, Prototypes  # noqa: E402
@@ -142,9 +153,82 @@ def analytic_step_flops(config, method) -> float:
     return total + loss_flops(config, method)
 
 
-def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype: str) -> dict:
+def parse_mesh(text: str) -> dict:
+    """'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4} (keys of config.mesh; missing ones keep
+    their defaults)."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in ("data", "fsdp", "num_devices"):
+            raise argparse.ArgumentTypeError(f"--mesh expects data=D,fsdp=F, got {text!r}")
+        out[key.strip()] = int(value)
+    return out
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x)))
+                   for x in jax.tree.leaves(tree)))
+
+
+def split_bytes(tree, fsdp: int) -> tuple[int, int]:
+    """(bytes of the leaves split over `fsdp`, bytes of those kept whole), per fsdp_spec."""
+    split = whole = 0
+    for x in jax.tree.leaves(tree):
+        n = np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x)))
+        if parallel.fsdp_spec(tuple(np.shape(x)), fsdp) == parallel.P():
+            whole += n
+        else:
+            split += n
+    return split, whole
+
+
+def collective_report(hlo_text: str, state, mesh) -> dict:
+    """The collective bytes per kind of a compiled step's HLO, the ideal for its mesh and
+    the ratio (see benchmarks/hlo_collectives.py for the per-device buffer convention)."""
+    data, fsdp = mesh.shape[parallel.DATA_AXIS], mesh.shape[parallel.FSDP_AXIS]
+    strategy = strategy_of(data, fsdp)
+    measured = collective_bytes(hlo_text)
+    trained = state.params
+    # Weights that are read but not trained (a momentum target) are gathered under FSDP.
+    ms = state.method_state
+    target = ms.get("target", {}).get("params", {}) if hasattr(ms, "get") else {}
+    if strategy == "dp":
+        ideal = ideal_bytes(tree_bytes(trained), "dp")
+    else:
+        split, whole = split_bytes(trained, fsdp)
+        ideal = ideal_bytes(split, strategy, data=data, fsdp=fsdp, replicated_bytes=whole,
+                            forward_only_bytes=split_bytes(target, fsdp)[0])
+    if mesh.devices.size == 1:
+        ideal = {k: 0 for k in ideal}
+    total = measured["total"]["bytes"]
+    return {
+        "strategy": strategy,
+        "param_bytes": tree_bytes(trained),
+        "target_param_bytes": tree_bytes(target),
+        "collectives": {k: {"count": v["count"], "bytes": v["bytes"],
+                            "link_bytes": None if math.isnan(v["link_bytes"]) else int(v["link_bytes"])}
+                        for k, v in measured.items() if v["count"] or k == "total"},
+        "ideal_collective_bytes": ideal,
+        "collective_over_ideal": round(total / ideal["total"], 4) if ideal["total"] else None,
+    }
+
+
+def _num(x: float, digits: int):
+    """round(x, digits), or None for NaN (no timed steps): the output stays strict JSON."""
+    return None if math.isnan(x) else round(x, digits)
+
+
+def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype: str,
+              mesh_overrides: dict | None = None, remat: bool = False,
+              hlo_out: str | None = None) -> dict:
     """Compile the step of configs/<config_name>.py:<preset> at `batch_size` and time it."""
     config = importlib.import_module(f"configs.{config_name}").get_config(preset)
+    config.mesh.update(mesh_overrides or {})
+    if remat:
+        if "remat" not in config.model:
+            print("warning: config.model has no `remat` field in this version; --remat is "
+                  "passed to the model config but may have no effect", file=sys.stderr)
+        config.model.remat = True
     if config.method == "wmse":
         # Whitening needs sub-batches larger than the embedding: keep the preset's w_size.
         batch_size = max(batch_size, config.wmse.w_size)
@@ -153,7 +237,8 @@ def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype:
     if config.method == "moco_v2":
         config.moco_v2.queue_size -= config.moco_v2.queue_size % batch_size
     size = config.data.image_size
-    mesh = parallel.make_mesh()
+    mesh = parallel.mesh_from_config(config.mesh)
+    parallel.check_batch_divisible(batch_size, mesh)
     method = build_method(config, total_steps=1000)
     optimizer, lr = build_optimizer(config.optimizer, global_batch_size=batch_size,
                                     steps_per_epoch=100, num_epochs=10)
@@ -172,19 +257,24 @@ def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype:
     t = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
+    hlo_text = compiled.as_text()
+    if hlo_out:
+        with open(hlo_out, "w") as f:
+            f.write(hlo_text)
+    collectives = collective_report(hlo_text, state, mesh)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
-    for _ in range(2):  # warm-up
+    for _ in range(2 if steps > 0 else 0):  # warm-up (--steps 0: compile and analyse only)
         state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+        jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
-    step_s = float(np.median(times))
+    step_s = float(np.median(times)) if times else float("nan")
     xla_flops = float(cost.get("flops", float("nan"))) / batch_size
     analytic = analytic_step_flops(config, method)
     peak = None
@@ -194,15 +284,16 @@ def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype:
     return {
         "benchmark": "train_step", "method": config.method, "preset": preset, "model": config.model.name,
         "width": config.model.width, "image_size": size, "views": method.num_views,
-        "global_batch": batch_size, "dtype": dtype,
-        "devices": mesh.devices.size, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+        "global_batch": batch_size, "dtype": dtype, "remat": bool(config.model.get("remat", False)),
+        "mesh": dict(mesh.shape), "devices": mesh.devices.size, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 1),
-        "step_s_median": round(step_s, 4), "images_per_s": round(batch_size / step_s, 2),
+        "step_s_median": _num(step_s, 4), "images_per_s": _num(batch_size / step_s, 2),
         "xla_gflops_per_image": round(xla_flops / 1e9, 4),
         "analytic_gflops_per_image": round(analytic / 1e9, 4),
         "xla_over_analytic": round(xla_flops / analytic, 4),
-        "achieved_gflops_per_s": round(xla_flops * batch_size / step_s / 1e9, 1),
+        "achieved_gflops_per_s": _num(xla_flops * batch_size / step_s / 1e9, 1),
         "peak_memory_mb": None if peak is None else round(peak / 2**20, 1),
+        **collectives,
     }
 
 
@@ -212,13 +303,20 @@ def main():
     ap.add_argument("--all", action="store_true", help="every method, one JSON line each")
     ap.add_argument("--preset", default="cifar10")
     ap.add_argument("--batch", type=int, default=None, help="default 64, or 32 with --all")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10,
+                    help="timed steps after 2 warm-up steps; 0: compile and analyse only")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--mesh", type=parse_mesh, default={},
+                    help="config.mesh overrides, e.g. data=2,fsdp=4 (default: data-parallel over all devices)")
+    ap.add_argument("--remat", action="store_true", help="set config.model.remat=True")
+    ap.add_argument("--hlo-out", default=None,
+                    help="write the compiled step's HLO text here (not with --all)")
     args = ap.parse_args()
     names = sorted(METHODS) if args.all else [args.config]
     batch = args.batch or (32 if args.all else 64)
     for name in names:
-        print(json.dumps(benchmark(name, args.preset, batch, args.steps, args.dtype)), flush=True)
+        print(json.dumps(benchmark(name, args.preset, batch, args.steps, args.dtype, args.mesh, args.remat,
+                                   None if args.all else args.hlo_out)), flush=True)
 
 
 if __name__ == "__main__":
