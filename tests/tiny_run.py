@@ -65,8 +65,11 @@ def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 1
     for _ in range(steps):
         host = {"views": tuple(rng.normal(size=(batch_size, s, s, 3)).astype(np.float32) for s in sizes),
                 "label": rng.integers(0, 10, size=batch_size).astype(np.int32)}
-        batch = parallel.shard_batch(host, mesh)
+        # Each process feeds its own rows of the same global batch (all of it in one process).
+        local = slice(jax.process_index() * batch_size // jax.process_count(),
+                      (jax.process_index() + 1) * batch_size // jax.process_count())
+        batch = parallel.shard_batch(jax.tree.map(lambda x: x[local], host), mesh)
         compiled = compiled or step_lib.compile_step(train_step, state, batch, mesh)
         state, metrics = compiled(state, batch)
-        losses.append(float(metrics["loss"]))
+        losses.append(float(parallel.to_host(metrics["loss"])))
     return state, losses

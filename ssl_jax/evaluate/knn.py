@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax import parallel
+
 _EPS = 1e-12
 
 
@@ -101,7 +103,7 @@ def weighted_knn_predict(train_features, train_labels, test_features, *, num_cla
     if train_valid is None:
         train_valid = jnp.ones((n_train,), bool)
     else:
-        n_train = int(np.sum(np.asarray(train_valid)))
+        n_train = int(np.sum(parallel.to_host(train_valid)))  # may span processes
     if n_train == 0:
         raise ValueError("weighted_knn_predict: the memory (train_features) is empty.")
     if n_test == 0:
@@ -138,6 +140,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *, nu
     preds, scores = weighted_knn_predict(train_features, train_labels, test_features,
                                          num_classes=num_classes, k=k, temperature=temperature,
                                          chunk_size=chunk_size, train_valid=train_valid)
+    preds, scores = parallel.to_host((preds, scores))
     test_labels = np.asarray(test_labels).astype(np.int64)
     if test_labels.shape != (scores.shape[0],):
         raise ValueError(f"knn_accuracy: test_labels shape {test_labels.shape} does not match "
@@ -155,8 +158,6 @@ def shard_memory(features, labels, mesh):
     Rows are zero-padded to a multiple of the axis size; `valid` marks the real ones. Each device
     then holds 1/n of the memory, and the [chunk, N] similarities are computed where it lives.
     """
-    from ssl_jax import parallel
-
     features, labels = np.asarray(features, np.float32), np.asarray(labels, np.int32)
     n, devices = features.shape[0], parallel.batch_shards(mesh)
     pad = -n % devices
