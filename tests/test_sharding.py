@@ -45,4 +45,10 @@ def test_one_device_equals_eight_devices(results, method):
     for needle in state_keys.get(method, []):
         assert any(needle in k for k in keys), needle
     for k in keys:
-        np.testing.assert_allclose(one[k], eight[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        if method == "wmse" and "projector" in k and "dense" in k and "bias" in k:
+            # Zero true gradient (the bias is removed by the BN or the whitening after it):
+            # Adam turns the rounding noise of that zero, which depends on the order of the
+            # cross-device sums, into steps of size ~LR. Nothing to compare.
+            continue
+        # 8 devices sum gradients and statistics in another order than 1 device.
+        np.testing.assert_allclose(one[k], eight[k], rtol=1e-5, atol=2e-6, err_msg=k)

@@ -21,24 +21,34 @@ def apply_eval(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -
 
 
 def apply_train_per_view(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array) -> tuple[jax.Array, Any]:
-    """Apply `module` to each view of `views` [V, N, ...] in training mode, in one call.
+    """Apply `module` to each view of `views` [V, N, ...] in training mode.
 
     BatchNorm statistics are per view (as when each view is forwarded on its own, which is
-    what the BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg reference implementations do),
-    but vmap lets XLA run the V views as one batch of V*N. The running statistics are
-    updated with the mean of the per-view updates, i.e. once per step with the views'
-    average batch statistics.
+    what the BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg reference implementations do).
+    The running statistics are updated with the mean of the per-view updates, i.e. once per
+    step with the views' average batch statistics.
+
+    One call per view, not a jax.vmap over views: vmap folds the view axis into the batch
+    axis of a convolution as [V*N] with V outermost, and a batch split over devices cannot
+    stay split inside such a merged axis, so XLA gathered the whole batch on every device
+    (measured with benchmarks/train_step.py: each of 8 devices ran the full global batch).
     """
-    out, stats = jax.vmap(lambda v: apply_train(module, params, batch_stats, v))(views)
-    return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+    outs, stats = zip(*(apply_train(module, params, batch_stats, v) for v in views))
+    return jnp.stack(outs), jax.tree.map(lambda *s: sum(s) / len(s), *stats)
 
 
 def apply_train_joint(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array) -> tuple[jax.Array, Any]:
     """Apply `module` to `views` [V, N, ...] as one batch of V*N: BatchNorm statistics are
-    over all views together (SimCLR concatenates its views along the batch)."""
+    over all views together (SimCLR concatenates its views along the batch).
+
+    The batch is laid out example-major ([N, V] -> N*V): the device that holds examples i..j
+    holds all their views, so the data-parallel split of N survives the merge (view-major,
+    [V, N] -> V*N, would make XLA gather the batch). BN statistics do not depend on the order.
+    """
     v, n = views.shape[:2]
-    out, stats = apply_train(module, params, batch_stats, views.reshape((v * n,) + views.shape[2:]))
-    return out.reshape((v, n) + out.shape[1:]), stats
+    merged = jnp.swapaxes(views, 0, 1).reshape((n * v,) + views.shape[2:])
+    out, stats = apply_train(module, params, batch_stats, merged)
+    return jnp.swapaxes(out.reshape((n, v) + out.shape[1:]), 0, 1), stats
 
 
 def apply_views(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
