@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import warnings
 from typing import Any
 
@@ -21,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from ssl_jax import results as results_lib
+from ssl_jax import storage
 from ssl_jax.models import build_encoder
 
 NETWORKS = ("default", "online", "target", "random_init")
@@ -72,13 +72,12 @@ def random_init(pretrained: Pretrained, seed: int = 0) -> Pretrained:
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run wrote to DIR/config.json."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{workdir} has no config.json: it is not the workdir of an "
                                 "ssl_jax.main run. Pass the directory given as --workdir to training, "
                                 "or an exported .msgpack file.")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
 
 
 def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict, int, dict]:
@@ -86,8 +85,8 @@ def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict, int,
     checkpoint, restored as saved: no abstract state, so no model or dataset is needed."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not os.path.isdir(directory):
+    directory = storage.join(workdir, "checkpoints")
+    if not directory.is_dir():
         raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: the run saved no "
                                 "checkpoint yet (it saves every config.checkpoint.every_steps and "
                                 "at the end).")
@@ -161,10 +160,8 @@ def save_flax(path: str, pretrained: Pretrained, include_heads: bool = False) ->
         "variables": jax.device_get(pretrained.variables),
         "heads": jax.device_get(pretrained.heads) if include_heads else {},
     }
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(payload))
-    os.replace(tmp, path)  # never leave a half-written file under the final name
+    # Never a half-written file under the final name.
+    storage.write_file(path, flax.serialization.msgpack_serialize(payload))
 
 
 def load_flax(path: str) -> Pretrained:
@@ -173,8 +170,7 @@ def load_flax(path: str) -> Pretrained:
         pre = ssl_jax.pretrained.load_flax('byol_r50.msgpack')
         features = pre.encoder.apply(pre.variables, images, train=False)
     """
-    with open(path, "rb") as f:
-        payload = flax.serialization.msgpack_restore(f.read())
+    payload = flax.serialization.msgpack_restore(storage.read_bytes(path))
     if payload.get("format") != FLAX_FORMAT:
         raise ValueError(f"{path} is not an ssl_jax Flax export (format {payload.get('format')!r}, "
                          f"expected {FLAX_FORMAT!r}); write it with python -m ssl_jax.export --format=flax.")
@@ -188,7 +184,7 @@ def load_flax(path: str) -> Pretrained:
 def load(source: str, network: str = "default", step: int | None = None) -> Pretrained:
     """A workdir (latest or `step` checkpoint; `network` 'default' (the method paper's choice),
     'online', 'target' or 'random_init') or a Flax file (network 'default' or 'random_init')."""
-    if os.path.isfile(source):
+    if storage.resolve(source).is_file():
         pre = load_flax(source)
         if network == "random_init":
             return random_init(pre)
@@ -196,6 +192,6 @@ def load(source: str, network: str = "default", step: int | None = None) -> Pret
             raise ValueError(f"{source} is an exported file of the {pre.network} network at step "
                              f"{pre.run.get('step')}; network and step can only be chosen for a workdir.")
         return pre
-    if not os.path.isdir(source):
+    if not storage.resolve(source).is_dir():
         raise FileNotFoundError(f"{source} is neither a training workdir nor an exported .msgpack file.")
     return load_workdir(source, network, step)

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from typing import Iterable
+
+from ssl_jax import storage
 
 SCHEMA_VERSION = 1
 FIELDS = ("method", "dataset", "backbone", "epochs", "step", "protocol", "eval_dataset", "network",
@@ -66,16 +67,15 @@ def make_records(run: dict, *, protocol: str, eval_dataset: str, network: str, m
 
 
 def path_of(run_dir: str) -> str:
-    return os.path.join(run_dir, FILENAME)
+    return str(storage.join(run_dir, FILENAME))
 
 
 def read_records(run_dir: str) -> list[dict]:
     """The records of DIR/results.json ([] if there is none)."""
     path = path_of(run_dir)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return []
-    with open(path) as f:
-        data = json.load(f)
+    data = json.loads(storage.read_text(path))
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path} is not a results file of schema version {SCHEMA_VERSION} "
                          "(written by an older ssl_jax?). Move it away; the next run writes a new one.")
@@ -92,11 +92,8 @@ def write_records(run_dir: str, records: Iterable[dict]) -> list[dict]:
     new_keys = {tuple(r[f] for f in KEY_FIELDS) for r in new}
     kept = [r for r in read_records(run_dir) if tuple(r.get(f) for f in KEY_FIELDS) not in new_keys]
     merged = kept + new
-    path = path_of(run_dir)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"schema_version": SCHEMA_VERSION, "records": merged}, f, indent=1)
-    os.replace(tmp, path)
+    storage.write_file(path_of(run_dir), json.dumps({"schema_version": SCHEMA_VERSION, "records": merged},
+                                                    indent=1))
     return merged
 
 

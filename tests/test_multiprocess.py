@@ -51,3 +51,58 @@ def test_two_processes_equal_one_process(results, method):
     for k in one.files:
         if k != "processes":
             np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ------------------------------------------------------- the training command, end to end
+
+STEPS = 6
+MAIN_ARGS = ["--config=configs/byol.py:demo", f"--config.num_steps={STEPS}", "--config.global_batch_size=32",
+             "--config.checkpoint.every_steps=2", "--config.log_every_steps=1",
+             "--config.optimizer.warmup_epochs=0.1", "--config.eval.every_steps=0",
+             "--config.eval.linear_probe=False", "--config.eval.compare_random_init=False"]
+
+
+def _launch(workdir, **popen):
+    """python -m ssl_jax.main in 2 processes x 2 CPU devices, through the launcher."""
+    cmd = ["bash", os.path.join(REPO_ROOT, "launch", "local_multiprocess.sh"), "--num_processes=2",
+           "--devices_per_process=2", f"--python={sys.executable}", "--grace_period=5",
+           f"--log_dir={workdir}_logs", "--", *MAIN_ARGS, f"--workdir={workdir}"]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, text=True, **popen)
+
+
+def _final_state(workdir):
+    """The last checkpoint as NumPy (it was saved from 4 devices in 2 processes)."""
+    import jax
+    from ssl_jax.pretrained import restore_raw_state
+    state, step, _ = restore_raw_state(str(workdir))
+    assert step == STEPS
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
+
+
+@pytest.mark.slow
+def test_kill_one_process_and_resume_matches_uninterrupted(tmp_path):
+    """2-process training: SIGKILL process 1 mid-run; the launcher stops process 0; rerunning
+    restarts both from the last checkpoint and ends with the state of an uninterrupted run."""
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert _launch(ref, stdout=subprocess.DEVNULL).wait(timeout=600) == 0
+
+    proc = _launch(killed, stdout=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("step 4/"):
+            subprocess.run(["pkill", "-KILL", "-f", "--", f"--process_id=1 .*--workdir={killed}$"], check=True)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode not in (0, None), "the run finished before a process could be killed"
+    assert not os.path.exists(killed / "results.json")
+
+    resumed = _launch(killed, stdout=subprocess.PIPE)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0
+    assert "starting at step 4" in out or "starting at step 2" in out, out
+    assert "in 2 process(es)" in out
+    a, b = _final_state(ref), _final_state(killed)
+    assert a.keys() == b.keys() and any("target" in k for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

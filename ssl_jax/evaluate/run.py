@@ -7,7 +7,6 @@ on the mesh and merges its records into WORKDIR/results.json (ssl_jax.results sc
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
@@ -15,7 +14,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib
+from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib, storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.evaluate import features as features_lib
 from ssl_jax.evaluate import supervised
@@ -113,11 +112,10 @@ def protocol_trained(ctx):
         indices = pipeline.class_balanced_subset(pipeline.train_labels(data), fraction, cfg.seed)
         batches, spe = pipeline.subset_iterator(data, indices, global_batch_size=t.batch_size, seed=cfg.seed)
         if jax.process_index() == 0:
-            path = os.path.join(ctx.workdir, f"label_subset_{fraction:g}_seed{cfg.seed}.json")
-            with open(path, "w") as f:
-                json.dump({"dataset": data.dataset, "split": data.train_split, "fraction": fraction,
-                           "seed": cfg.seed, "process_count": jax.process_count(),
-                           "indices_of_process_0": indices.tolist()}, f)
+            path = storage.join(ctx.workdir, f"label_subset_{fraction:g}_seed{cfg.seed}.json")
+            storage.write_file(path, json.dumps({
+                "dataset": data.dataset, "split": data.train_split, "fraction": fraction, "seed": cfg.seed,
+                "process_count": jax.process_count(), "indices_of_process_0": indices.tolist()}))
         setting = f"labels={fraction * 100:g}%"
     else:
         batches = pipeline.pretrain_iterator(data, global_batch_size=t.batch_size, seed=cfg.seed, num_views=1)
@@ -197,7 +195,7 @@ def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[di
         raise ValueError(f"Unknown protocol {eval_cfg.protocol!r}; valid: {sorted(PROTOCOLS)}.")
     source = eval_cfg.source or workdir
     pre = pretrained_lib.load(source, eval_cfg.network, None if eval_cfg.step < 0 else eval_cfg.step)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     results_lib.read_records(workdir)  # an unreadable results.json stops us now, not after the work
     data = resolve_data(eval_cfg, pre)
     info = sources.dataset_info(data.dataset, data.train_split, data.data_dir)

@@ -5,12 +5,11 @@ a run killed at any moment (SIGKILL included) leaves only whole checkpoints behi
 next run restores the latest one. Saving is asynchronous: training continues while the
 previous step's arrays are written.
 """
-import os
 from typing import Any
 
 import orbax.checkpoint as ocp
 
-from ssl_jax import parallel
+from ssl_jax import parallel, storage
 from ssl_jax.train.state import TrainState
 
 
@@ -20,7 +19,7 @@ def make_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.Checkp
         max_to_keep=keep, enable_async_checkpointing=async_save,
         # Leftover temporaries of a killed run are removed at start; whole checkpoints stay.
         cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+    return ocp.CheckpointManager(storage.join(workdir, "checkpoints"),
                                  options=options, item_names=("state", "meta"))
 
 

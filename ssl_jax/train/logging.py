@@ -1,9 +1,10 @@
 """Metrics out of a run: DIR/metrics.jsonl, TensorBoard event files, a progress line."""
 import json
-import os
 import time
 
 import numpy as np
+
+from ssl_jax import storage
 
 
 def _to_python(value):
@@ -20,24 +21,25 @@ class MetricWriter:
 
     def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = storage.join(workdir, "metrics.jsonl")
         self._tb = None
+        self._lines = []  # the file's content (a gs:// file is rewritten whole on every write)
         if not enabled:
             return
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-            with open(self.path, "w") as f:
-                f.writelines(kept)
+        if storage.exists(self.path):
+            self._lines = [line + "\n" for line in storage.read_text(self.path).splitlines()
+                           if line.strip() and json.loads(line)["step"] <= resume_step]
+        storage.write_file(self.path, "".join(self._lines))
         from tensorboardX import SummaryWriter  # event files without the tensorboard package
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(str(storage.join(workdir, "tensorboard")))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _to_python(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        self._lines.append(line)
+        storage.append_text(self.path, line, "".join(self._lines))
         for k, v in record.items():
             if k != "step" and isinstance(v, (int, float)):
                 self._tb.add_scalar(k, v, global_step=int(step))

@@ -1,6 +1,5 @@
 """The training loop: build everything from the config, resume, train, evaluate, report."""
 import math
-import os
 import time
 
 import jax
@@ -11,6 +10,7 @@ import optax
 
 from ssl_jax import parallel
 from ssl_jax import results as results_lib
+from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.evaluate import features as features_lib
 from ssl_jax.evaluate import knn as knn_lib
@@ -128,13 +128,12 @@ def _knn(config, train, test, mesh, num_classes: int) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Pretrain with config.method, resuming from workdir if it holds a checkpoint; evaluate."""
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     mesh = parallel.mesh_from_config(config.mesh)
     info, spe, n_steps, method, optimizer, lr_schedule = build(config, mesh)
     is_main = jax.process_index() == 0
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        storage.write_file(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
     state, state_sh = init_state(config, method, optimizer, info, mesh)
     ckpt = config.checkpoint
