@@ -77,15 +77,20 @@ def quiet_library_logs():
         logging.set_verbosity(logging.WARNING)
 
 
+def initialize_distributed():
+    """jax.distributed.initialize() as the multi-process flags ask (nothing for one process)."""
+    from ssl_jax import parallel
+    parallel.initialize_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
-    from ssl_jax import parallel  # after flag parsing: importing JAX/TF is slow
-    from ssl_jax.train import loop, preemption
+    from ssl_jax.train import loop, preemption  # after flag parsing: importing JAX/TF is slow
     try:
-        parallel.initialize_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                                        _PROCESS_ID.value)
+        initialize_distributed()
         loop.run(CONFIG.value, WORKDIR.value)
     except preemption.Preempted as e:
         # A checkpoint of the last step is written: rerunning the same command resumes.

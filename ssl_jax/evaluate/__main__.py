@@ -16,9 +16,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_library_logs()
-    cli.maybe_initialize_distributed()
     from ssl_jax.evaluate import run  # after flag parsing: importing JAX/TF is slow
     try:
+        cli.initialize_distributed()
         run.run(cli.CONFIG.value, cli.WORKDIR.value)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         cli.fail(str(e))
