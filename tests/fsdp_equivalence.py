@@ -18,6 +18,7 @@ from tests.tiny_run import train_steps  # noqa: E402
 
 MESHES = {"dp": dict(data=8, fsdp=1), "fsdp": dict(data=1, fsdp=8), "dp2_fsdp4": dict(data=2, fsdp=4)}
 METHODS = ("byol", "simclr")
+SKIP = {("simclr", "dp2_fsdp4")}  # BYOL covers the mixed mesh; one compile less in CI
 
 
 def run(method: str, mesh: dict):
@@ -34,6 +35,8 @@ if __name__ == "__main__":
     shards = {}
     for method in METHODS:
         for name, mesh in MESHES.items():
+            if (method, name) in SKIP:
+                continue
             state, losses = run(method, mesh)
             tree = {"params": state.params, "batch_stats": state.batch_stats,
                     "opt_state": state.opt_state, "method_state": state.method_state}

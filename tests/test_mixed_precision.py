@@ -12,7 +12,7 @@ def _run(dtype: str):
     config = byol.get_config("demo")
     config.global_batch_size = 16
     config.model.dtype = dtype
-    return train_steps(config, image_size=16, steps=3, steps_per_epoch=5)
+    return train_steps(config, image_size=16, steps=2, steps_per_epoch=5)
 
 
 def test_bfloat16_compute_float32_state_and_loss():
