@@ -1,6 +1,8 @@
 """A real multi-process run on one machine: 2 processes x 4 simulated CPU devices (gloo
 collectives over 127.0.0.1) against 1 process x 8 devices on the same global batch."""
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -82,27 +84,41 @@ def _final_state(workdir):
 
 
 @pytest.mark.slow
-def test_kill_one_process_and_resume_matches_uninterrupted(tmp_path):
-    """2-process training: SIGKILL process 1 mid-run; the launcher stops process 0; rerunning
-    restarts both from the last checkpoint and ends with the state of an uninterrupted run."""
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
+def test_preempt_kill_and_resume_match_uninterrupted(tmp_path):
+    """2-process training through the launcher: SIGTERM (preemption) -> both processes stop
+    after the same step, checkpoint it and exit 75; the rerun resumes; SIGKILL of process 1
+    -> the launcher stops process 0; the next rerun resumes from the last checkpoint; the
+    final state equals the uninterrupted 2-process run exactly."""
+    from ssl_jax.train.preemption import PREEMPTED_EXIT_CODE
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
     assert _launch(ref, stdout=subprocess.DEVNULL).wait(timeout=600) == 0
 
-    proc = _launch(killed, stdout=subprocess.PIPE)
-    for line in proc.stdout:
-        if line.startswith("step 4/"):
-            subprocess.run(["pkill", "-KILL", "-f", "--", f"--process_id=1 .*--workdir={killed}$"], check=True)
-            break
-    proc.communicate(timeout=120)
-    assert proc.returncode not in (0, None), "the run finished before a process could be killed"
-    assert not os.path.exists(killed / "results.json")
+    def interrupt(at_line, signal_it):
+        proc = _launch(run, stdout=subprocess.PIPE)
+        for line in proc.stdout:
+            if line.startswith(at_line):
+                signal_it(proc)
+                break
+        proc.communicate(timeout=120)
+        return proc.returncode
 
-    resumed = _launch(killed, stdout=subprocess.PIPE)
+    code = interrupt("step 1/", lambda proc: proc.send_signal(signal.SIGTERM))
+    assert code == PREEMPTED_EXIT_CODE
+    saved = sorted(int(d) for d in os.listdir(run / "checkpoints") if d.isdigit())
+    assert 1 <= saved[-1] < STEPS, saved
+
+    kill_1 = ["pkill", "-KILL", "-f", "--", f"--process_id=1 .*--workdir={run}$"]
+    code = interrupt("step 4/", lambda proc: subprocess.run(kill_1, check=True))
+    assert code not in (0, PREEMPTED_EXIT_CODE), "the run finished before a process could be killed"
+    assert not os.path.exists(run / "results.json")
+
+    resumed = _launch(run, stdout=subprocess.PIPE)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0
-    assert "starting at step 4" in out or "starting at step 2" in out, out
-    assert "in 2 process(es)" in out
-    a, b = _final_state(ref), _final_state(killed)
+    start = int(re.search(r"starting at step (\d+)", out).group(1))
+    assert saved[-1] <= start <= 4 and "in 2 process(es)" in out, out
+    a, b = _final_state(ref), _final_state(run)
     assert a.keys() == b.keys() and any("target" in k for k in a)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
