@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL mid-training and restarted ends exactly like an uninterrupted run.
+"""A run preempted (SIGTERM) or killed (SIGKILL) mid-training and restarted ends exactly like an
+uninterrupted run.
 
 MoCo v2 is the method here because its state has everything a method can carry: the EMA
 key encoder and a queue (small, so its write position wraps around during the run)."""
@@ -11,7 +12,6 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 from ssl_jax.train.preemption import PREEMPTED_EXIT_CODE
 
@@ -43,62 +43,48 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run."""
-    ref = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(_cmd(ref), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
-                   stdout=subprocess.DEVNULL)
-    return ref
+def _interrupt(workdir, at_line: str, signum) -> tuple[int, str]:
+    """Start the run, send `signum` once it prints a line starting with `at_line`; (exit code, stderr)."""
+    proc = subprocess.Popen(_cmd(workdir), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith(at_line):
+            proc.send_signal(signum)
+            break
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
 
 
-def _assert_same_run(ref, resumed):
-    a, b = _final_state(ref), _final_state(resumed)
+def _start_step(workdir) -> int:
+    out = subprocess.run(_cmd(workdir), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
+                         capture_output=True, text=True).stdout
+    return int(out.split("starting at step ", 1)[1].split(".")[0])
+
+
+def test_preemption_and_sigkill_then_resume_match_uninterrupted(tmp_path):
+    """SIGTERM (preemption) mid-training: the current step finishes, a checkpoint of it is
+    written (off the every-4-steps schedule) and the exit code is 75. The rerun resumes there;
+    SIGKILL it later; the next rerun resumes from the last whole checkpoint. The final state
+    and metrics.jsonl equal those of an uninterrupted run, bit for bit."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(_cmd(ref), check=True, env=_env(), cwd=REPO_ROOT, timeout=600, stdout=subprocess.DEVNULL)
+
+    code, err = _interrupt(run, "step 2/", signal.SIGTERM)
+    assert code == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "preempted" in err and not os.path.exists(run / "results.json")
+    saved = sorted(int(d) for d in os.listdir(run / "checkpoints") if d.isdigit())
+    assert 2 <= saved[-1] < STEPS, saved
+
+    code, _ = _interrupt(run, "step 10/", signal.SIGKILL)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not os.path.exists(run / "results.json")
+
+    assert saved[-1] <= _start_step(run) <= 10
+    a, b = _final_state(ref), _final_state(run)
     assert a.keys() == b.keys() and any("opt_state" in k for k in a)
     assert any("target" in k for k in a) and any("queue" in k for k in a)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    ma, mb = _metrics(ref), _metrics(resumed)
+    ma, mb = _metrics(ref), _metrics(run)
     assert [m["step"] for m in ma] == [m["step"] for m in mb] == list(range(2, STEPS + 1, 2))
     assert ma == mb
-
-
-def test_sigkill_and_resume_matches_uninterrupted(reference, tmp_path):
-    ref, killed = reference, tmp_path / "killed"
-
-    proc = subprocess.Popen(_cmd(killed), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("step 10/"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not os.path.exists(killed / "results.json")
-
-    out = subprocess.run(_cmd(killed), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
-                         capture_output=True, text=True).stdout
-    assert "starting at step 8" in out or "starting at step 4" in out, out
-
-    _assert_same_run(ref, killed)
-
-
-def test_sigterm_checkpoints_exits_75_and_resumes(reference, tmp_path):
-    """Preemption: SIGTERM mid-training -> the current step finishes, a checkpoint of it is
-    written (off the every-4-steps schedule), exit code 75; the rerun resumes from it."""
-    workdir = tmp_path / "preempted"
-    proc = subprocess.Popen(_cmd(workdir), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("step 6/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
-    assert "preempted" in err and not os.path.exists(workdir / "results.json")
-    saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-    assert 6 <= saved[-1] < STEPS, saved
-
-    out = subprocess.run(_cmd(workdir), check=True, env=_env(), cwd=REPO_ROOT, timeout=600,
-                         capture_output=True, text=True).stdout
-    assert f"starting at step {saved[-1]}" in out, out
-    _assert_same_run(reference, workdir)
