@@ -47,19 +47,9 @@ succeed, 2 for bad arguments.
 EOF
 }
 
-die_usage() {
-  echo "$PROG: error: $*" >&2
-  exit 2
-}
-
-# shell-quote one word (the style of Python's shlex.quote)
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
+LAUNCH_DIR=.; [[ ${BASH_SOURCE[0]} == */* ]] && LAUNCH_DIR=${BASH_SOURCE[0]%/*}
+# shellcheck source=launch/common.sh
+. "$LAUNCH_DIR/common.sh"
 
 NUM_PROCESSES=2
 DEVICES_PER_PROCESS=4

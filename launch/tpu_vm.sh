@@ -5,7 +5,8 @@
 set -euo pipefail
 
 PROG=tpu_vm.sh
-ROOT=$(cd "${BASH_SOURCE[0]%/*}/.." && pwd)   # the checkout (builtins only: checked before gcloud)
+LAUNCH_DIR=.; [[ ${BASH_SOURCE[0]} == */* ]] && LAUNCH_DIR=${BASH_SOURCE[0]%/*}
+ROOT=$(cd "$LAUNCH_DIR/.." && pwd)   # the checkout (builtins only: checked before gcloud)
 
 usage() {
   cat <<'EOF'
@@ -75,19 +76,8 @@ resume), 2 for bad arguments, 1 when gcloud is missing or a gcloud command fails
 EOF
 }
 
-die_usage() {
-  echo "$PROG: error: $*" >&2
-  exit 2
-}
-
-# shell-quote one word (the style of Python's shlex.quote)
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
+# shellcheck source=launch/common.sh
+. "$LAUNCH_DIR/common.sh"
 
 SUBCOMMAND=""
 TPU=${TPU_NAME:-}
