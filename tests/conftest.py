@@ -16,6 +16,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
+def device_env(devices: int) -> dict:
+    """The environment of a test subprocess on `devices` simulated CPU devices (XLA_FLAGS must
+    be set before JAX is imported, hence a subprocess), importing this checkout."""
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+
+
 @pytest.fixture
 def shared_tfds_dir():
     """../shared/tfds, or skip: the offline CIFAR-10/MNIST copy is not shipped with the repo."""

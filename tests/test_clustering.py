@@ -16,7 +16,7 @@ from ssl_jax.evaluate.clustering import (adjusted_rand_index, clustering_scores,
                                          contingency_matrix, hungarian_accuracy, kmeans,
                                          many_to_one_accuracy, normalized_mutual_info)
 from tests.clustering_sharded import inputs as sharded_inputs
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 
 def _random_labels(seed, n, n_classes, n_clusters, relabel=False):
@@ -235,8 +235,7 @@ def test_clustering_scores_on_separated_blobs():
 
 def test_kmeans_sharded_over_8_devices_equals_one_device():
     n, d, k, seed = 256, 8, 5, 0
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    env = device_env(8)
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "clustering_sharded.py"),
                            str(n), str(d), str(k), str(seed)],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

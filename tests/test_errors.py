@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 DEMO = ["--config=configs/byol.py:demo", "--config.global_batch_size=16", "--config.log_every_steps=2",
         "--config.optimizer.warmup_epochs=0.05", "--config.eval.linear_probe=False",
@@ -13,8 +13,7 @@ DEMO = ["--config=configs/byol.py:demo", "--config.global_batch_size=16", "--con
 
 
 def _main(args, workdir, devices=1):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = device_env(devices)
     return subprocess.run([sys.executable, "-m", "ssl_jax.main", *args, f"--workdir={workdir}"],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 

@@ -15,7 +15,7 @@ from ssl_jax import parallel, presets, results
 from ssl_jax.data import pipeline
 from ssl_jax.evaluate import supervised
 from ssl_jax.pretrained import Pretrained
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 
 class _FlattenEncoder(nn.Module):
@@ -82,8 +82,7 @@ def test_topk_accuracy_matches_numpy_sort():
 
 
 def test_knn_memory_sharded_over_8_devices_matches_one_array():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO_ROOT)
+    env = device_env(8)
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "knn_sharded.py"),
                            "203", "50", "16", "5", "0"],  # 203 rows: 5 padding rows on 8 devices
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

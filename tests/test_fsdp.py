@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import parallel
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 METHODS = ("byol", "simclr")
 
@@ -18,8 +18,7 @@ METHODS = ("byol", "simclr")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO_ROOT)
+    env = device_env(8)
     subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "fsdp_equivalence.py"), str(out)],
                    env=env, cwd=REPO_ROOT, check=True, timeout=900)
     return out

@@ -3,7 +3,6 @@
 Hand-written HLO snippets with byte counts worked out by hand, and one real compile on 8
 simulated CPU devices (in a subprocess: the device count must be set before JAX starts)."""
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import pytest
 
 from benchmarks.hlo_collectives import (KINDS, collective_bytes, group_size, ideal_bytes,
                                         parse_collectives, shape_bytes, split_tuple, strategy_of)
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 
 def test_shape_bytes_dtypes_and_layouts():
@@ -165,8 +164,7 @@ REAL = textwrap.dedent("""\
 
 
 def test_real_compiled_collectives_on_8_simulated_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO_ROOT)
+    env = device_env(8)
     proc = subprocess.run([sys.executable, "-c", REAL], check=False, env=env, cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from ssl_jax import losses
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -305,8 +305,7 @@ def test_loss_decreases_over_20_optimizer_steps(name):
 
 def test_nt_xent_sharded_over_8_devices_keeps_rows_local():
     n, d, seed = 64, 32, 0
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO_ROOT)
+    env = device_env(8)
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "nt_xent_sharded.py"),
                            str(n), str(d), str(seed)],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

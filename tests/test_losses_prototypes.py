@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from ssl_jax import losses
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -369,8 +369,7 @@ def test_loss_decreases_over_20_optimizer_steps(name):
 
 def test_sinkhorn_and_carp_sharded_over_8_devices_equal_one_device():
     n, k, blocks, seed = 64, 24, 4, 0
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO_ROOT)
+    env = device_env(8)
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "prototypes_sharded.py"),
                            str(n), str(k), str(blocks), str(seed)],
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 METHODS = ("byol", "simclr")
 
@@ -22,8 +22,7 @@ def free_port() -> int:
 
 
 def _env(devices: int):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    return device_env(devices)
 
 
 @pytest.fixture(scope="module")

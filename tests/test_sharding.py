@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 
 from ssl_jax.methods import METHODS
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 ALL = sorted(METHODS)
 
 
 def _run(out_dir, devices: int):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    env = device_env(devices)
     os.makedirs(out_dir, exist_ok=True)
     return subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tests", "step_equivalence.py"),
                              str(out_dir), *ALL], env=env, cwd=REPO_ROOT)
