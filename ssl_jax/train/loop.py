@@ -155,50 +155,50 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
     compiled, progress = None, None
     watcher = preemption.PreemptionWatcher()
-    t0 = time.perf_counter()
-    for step in range(start, n_steps):
-        batch = parallel.shard_batch(next(batches), mesh)
-        if compiled is None:
-            compiled = step_lib.compile_step(train_step, state, batch, mesh)
-        state, metrics = compiled(state, batch)
-        done = step + 1
-        if progress is None:  # start timing after the first (compiling) step
-            jax.block_until_ready(metrics)
-            progress = Progress(n_steps, config.global_batch_size, done)
-        preempted = watcher.should_stop(done)
-        will_save = done % ckpt.every_steps == 0 or done == n_steps or preempted
-        if done % config.log_every_steps == 0 or will_save:
-            metrics = parallel.to_host(metrics)
-            _check_finite(done, metrics)
-            every = config.eval.get("every_steps", 0)
-            if every > 0 and (done % every == 0 or done == n_steps):
-                metrics = dict(metrics, **periodic_knn(config, method, state, mesh, info["num_classes"]))
-            if done % config.log_every_steps == 0 or done == n_steps:
-                writer.write(done, metrics)
-                log(progress.line(done, metrics), flush=True)
-        if will_save:
-            checkpoint.save(manager, state, {"step": done, "examples_seen": done * config.global_batch_size,
-                                             "epoch": done / spe})
-        if preempted:
-            manager.wait_until_finished()
-            writer.close()
-            manager.close()
-            watcher.close()
-            raise preemption.Preempted(done)
-    watcher.close()
-    manager.wait_until_finished()
-    train_seconds = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        for step in range(start, n_steps):
+            batch = parallel.shard_batch(next(batches), mesh)
+            if compiled is None:
+                compiled = step_lib.compile_step(train_step, state, batch, mesh)
+            state, metrics = compiled(state, batch)
+            done = step + 1
+            if progress is None:  # start timing after the first (compiling) step
+                jax.block_until_ready(metrics)
+                progress = Progress(n_steps, config.global_batch_size, done)
+            preempted = watcher.should_stop(done)
+            will_save = done % ckpt.every_steps == 0 or done == n_steps or preempted
+            if done % config.log_every_steps == 0 or will_save:
+                metrics = parallel.to_host(metrics)
+                _check_finite(done, metrics)
+                every = config.eval.get("every_steps", 0)
+                if every > 0 and (done % every == 0 or done == n_steps):
+                    metrics = dict(metrics, **periodic_knn(config, method, state, mesh, info["num_classes"]))
+                if done % config.log_every_steps == 0 or done == n_steps:
+                    writer.write(done, metrics)
+                    log(progress.line(done, metrics), flush=True)
+            if will_save:
+                checkpoint.save(manager, state, {"step": done, "examples_seen": done * config.global_batch_size,
+                                                 "epoch": done / spe})
+            if preempted:
+                manager.wait_until_finished()
+                raise preemption.Preempted(done)
+        watcher.close()  # a SIGTERM during the evaluation below stops the process as usual
+        manager.wait_until_finished()
+        train_seconds = time.perf_counter() - t0
 
-    records = results_lib.make_records(
-        results_lib.run_fields(config, int(parallel.to_host(state.step)), spe), protocol="pretrain",
-        eval_dataset=config.data.dataset, network="online", wall_seconds=train_seconds,
-        metrics={"train_seconds": train_seconds})
-    records += evaluate(config, method, state, mesh, info["num_classes"], spe)
-    if is_main:
-        results_lib.write_records(workdir, records)
-        print(format_results(records), flush=True)
-    writer.close()
-    manager.close()
+        records = results_lib.make_records(
+            results_lib.run_fields(config, int(parallel.to_host(state.step)), spe), protocol="pretrain",
+            eval_dataset=config.data.dataset, network="online", wall_seconds=train_seconds,
+            metrics={"train_seconds": train_seconds})
+        records += evaluate(config, method, state, mesh, info["num_classes"], spe)
+        if is_main:
+            results_lib.write_records(workdir, records)
+            print(format_results(records), flush=True)
+    finally:  # also on a preemption or an error: files flushed, checkpoint writes finished
+        watcher.close()
+        writer.close()
+        manager.close()
     return records
 
 
