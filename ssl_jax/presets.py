@@ -97,6 +97,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         weight_decay_end=ml_collections.FieldReference(None, field_type=float), clip_grad_per_param=0.0,
         exclude_bias_and_bn_from_wd=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    # Heavy augmentations and directional SSL (DSSL, Bai et al. 2022); mode 'none' leaves the
+    # method as its paper has it. See ssl_jax.methods.base.DirectionalSettings.
+    c.dssl = ml_collections.ConfigDict(dict(mode="none", heavy_policy="ra(2,5)+jigsaw(4)", alpha=1.0,
+                                            beta=0.0, gamma=1.0, delta=0.0, term_scale=0.25))
     # Devices used (-1: all) as a (data, fsdp) mesh; data=-1 takes what fsdp leaves. fsdp > 1
     # shards params and optimizer state over that axis (ssl_jax.parallel); the batch is split
     # over both axes either way.
@@ -228,3 +232,57 @@ def eval_start(config_file: str, preset: str, presets) -> tuple:
     """(preset, base config) of configs/eval/<config_file> (the protocol is the file name)."""
     preset = _check_preset(f"configs/eval/{config_file}", preset, presets)
     return preset, eval_base_config(os.path.splitext(config_file)[0])
+
+
+# ------------------------------------------------------------------------------------ DSSL
+
+# The heavy policies of the DSSL paper's CIFAR-10 rows: its default (Sec. 4.1) and Table 3's.
+DSSL_POLICIES = {"": "ra(2,5)+jigsaw(4)", "_ra4_10": "ra(4,10)", "_ra8_16": "ra(8,16)"}
+DSSL_PRESETS = tuple(f"cifar10{mode}{tag}" for tag in DSSL_POLICIES for mode in ("", "_heavy")) + (
+    "cifar10_repro", "demo")
+
+
+def method_config(config_dir: str, method: str, preset: str) -> ml_collections.ConfigDict:
+    """get_config(preset) of configs/<method>.py, loaded by path from `config_dir` (config files
+    are loaded by path, not imported as a package)."""
+    import importlib.util
+
+    path = os.path.join(config_dir, f"{method}.py")
+    spec = importlib.util.spec_from_file_location(f"_ssl_jax_config_{method}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def dssl_config(config_file: str, method: str, preset: str) -> ml_collections.ConfigDict:
+    """A preset of configs/dssl_<method>.py (`config_file` is that file's __file__): the method's
+    own config with the DSSL paper's CIFAR-10 setting (Bai et al. 2022, Sec. 4.1 and its code):
+    ResNet-18 with the CIFAR stem, batch 512, 800 epochs, SGD 0.03 x B/256, momentum 0.9, weight
+    decay 5e-4, 10 linear warm-up epochs (the released code; the paper names only the cosine),
+    cosine; standard views as SimSiam's CIFAR ones (crop (0.2, 1), flip, jitter (0.4, 0.4, 0.4,
+    0.1) p=0.8, grayscale 0.2, no blur). Preset names: cifar10[_heavy|_repro][_ra4_10|_ra8_16]
+    (DSSL, "w/ T̂", the equal-compute baseline; heavy policy default ra(2,5)+jigsaw(4)), and
+    demo (the method's demo with DSSL)."""
+    preset = _check_preset(f"configs/dssl_{method}.py", preset, DSSL_PRESETS)
+    here = os.path.dirname(os.path.abspath(config_file))
+    if preset == "demo":
+        c = method_config(here, method, "demo")
+        c.dssl.mode = "dssl"
+        return c
+    c = method_config(here, method, "cifar10")
+    c.global_batch_size = 512
+    c.num_epochs = 800
+    c.data.views = moco_v2_views(crop_min=0.2)
+    for v in c.data.views:
+        v["blur_prob"] = 0.0
+    c.optimizer.update(dict(name="sgd", base_lr=0.03, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                            warmup_epochs=10.0, decay="cosine", exclude_bias_and_bn_from_wd=False))
+    c.checkpoint.every_steps = 97 * 50  # every 50 epochs (97 steps per epoch), as the code
+    c.eval.every_steps = 97 * 10
+    rest = preset[len("cifar10"):]
+    c.dssl.mode = "dssl"
+    for mode in ("_heavy", "_repro"):
+        if rest.startswith(mode):
+            c.dssl.mode, rest = mode[1:], rest[len(mode):]
+    c.dssl.heavy_policy = DSSL_POLICIES[rest]
+    return c

@@ -5,7 +5,8 @@ everything needed to put it in a table, and only scalar fields:
 
 | field          | meaning                                                                        |
 |----------------|--------------------------------------------------------------------------------|
-| method         | pretraining method (config.method), e.g. 'byol'                               |
+| method         | pretraining method (config.method), e.g. 'byol'; with heavy augmentations     |
+|                | + the dssl mode and policy, e.g. 'simsiam+dssl:ra(2,5)+jigsaw(4)'              |
 | dataset        | pretraining dataset, e.g. 'cifar10'                                            |
 | backbone       | encoder name (+ '_w2' for width 2), e.g. 'resnet18', 'vit_small'                 |
 | epochs         | pretraining epochs done at the evaluated checkpoint (float)                     |
@@ -48,7 +49,11 @@ def run_fields(config, step: int, steps_per_epoch: int | None) -> dict:
     width = float(model.get("width", 1.0))
     if width != 1.0:
         backbone += f"_w{width:g}"
-    return {"method": str(config.method), "dataset": str(config.data.dataset), "backbone": backbone,
+    method = str(config.method)
+    dssl = config.get("dssl")
+    if dssl is not None and dssl.mode != "none":  # e.g. 'simsiam+dssl:ra(2,5)+jigsaw(4)', 'byol+repro'
+        method += f"+{dssl.mode}" + (f":{dssl.heavy_policy}" if dssl.mode != "repro" else "")
+    return {"method": method, "dataset": str(config.data.dataset), "backbone": backbone,
             "epochs": round(step / steps_per_epoch, 3) if steps_per_epoch else float("nan"),
             "step": int(step)}
 

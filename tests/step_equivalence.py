@@ -17,10 +17,14 @@ from tests.tiny_run import train_steps  # noqa: E402
 GLOBAL_BATCH, SIZE, STEPS = 16, 16, 2
 
 
-def tiny_config(method: str):
+def tiny_config(name: str):
     """The method's demo preset at a global batch of 16 (W-MSE: whitening over all 16; SwAV:
-    a queue of one batch, in use from the second step)."""
+    a queue of one batch, in use from the second step). 'METHOD+MODE' (e.g. 'byol+dssl'): with
+    config.dssl.mode = MODE (four views per image)."""
+    method, _, mode = name.partition("+")
     config = importlib.import_module(f"configs.{method}").get_config("demo")
+    if mode:
+        config.dssl.update(dict(mode=mode, beta=0.5, delta=0.5) if method != "moco_v2" else dict(mode=mode))
     config.global_batch_size = GLOBAL_BATCH
     config.num_epochs = 2
     config.optimizer.warmup_epochs = 0.5

@@ -19,6 +19,12 @@ In both, each example costs one stateless RNG call per view (``augment.view_unif
 memory, the decisions, crop windows and every image op after the crop run per batch as
 vectorised tensor ops, XLA-compiled (``augment.make_view_ops_fn``).
 
+Heavy augmentations (DSSL): ``view_plan`` lists, per output view, the standard view it is made
+from and a heavy policy (``ssl_jax.data.heavy``) applied on top of it, on the standard view's
+uint8 pixels after all its standard ops and before normalisation. Two output views may share a
+standard view: DSSL's harder views t̂(v), t̂'(v') are derived from v and v', not from the image.
+Each heavy view has its own seed (seed, p, e, i, HEAVY_SEED_OFFSET + output view).
+
 Multi-crop (SwAV, DINO): a view config may set ``size`` (pixels; default ``data.image_size``), e.g.
 2 global views of 224 px and 10 local views of 96 px. Each view is its own array in ``views``, in
 view order, with its own static shape [b, size_v, size_v, 3]; its blur kernel follows size_v.
@@ -30,9 +36,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ssl_jax.data import augment, sources
+from ssl_jax.data import augment, heavy, sources
 
 _IN_MEMORY_MAX_BYTES = 2 << 30
+HEAVY_SEED_OFFSET = 1 << 20  # view ids of the heavy ops' seeds: never those of standard views
 _MISSING = object()
 
 
@@ -122,8 +129,9 @@ def _use_memory(info, n: int) -> bool:
 
 
 def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, seed: int, start_step: int = 0,
-                      num_views: int = 2, process_index: Optional[int] = None,
-                      process_count: Optional[int] = None, jit_augment: bool = True) -> Iterator[dict]:
+                      num_views: int = 2, view_plan: Optional[Sequence[tuple]] = None,
+                      process_index: Optional[int] = None, process_count: Optional[int] = None,
+                      jit_augment: bool = True) -> Iterator[dict]:
     """Infinite iterator of ``{'views': (float32 [b, S_v, S_v, 3], ...), 'label': int32 [b]}`` (NumPy).
 
     b = global_batch_size // process_count. Reads ``dataset, data_dir, train_split, image_size,
@@ -132,7 +140,11 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     Full batches only (drop remainder); ``steps_per_epoch`` gives their number per epoch. The first
     batch is the one an uninterrupted iterator yields at step ``start_step``.
     ``jit_augment`` compiles the per-batch ops with XLA (several times faster on CPU).
+    ``view_plan``: per output view (standard view index, heavy policy spec or ''), replacing
+    ``num_views``; default ``num_views`` plain standard views (as made by
+    ``ssl_jax.methods.base.DirectionalSettings.view_plan``).
     """
+    plan = _checked_plan(view_plan, num_views)
     pi, pc = _processes(process_index, process_count)
     b = _local_batch(global_batch_size, pc)
     dataset, split = _get(data_cfg, "dataset"), _get(data_cfg, "train_split")
@@ -145,12 +157,26 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
     arrays = _in_memory_slice(dataset, split, data_dir, pi, pc) if _use_memory(info, n) else None
     ds = pretrain_dataset(
-        ds_src, info, arrays=arrays, views=_view_cfgs(data_cfg, num_views),
+        ds_src, info, arrays=arrays, views=_view_cfgs(data_cfg, 1 + max(k for k, _ in plan)),
         image_size=int(_get(data_cfg, "image_size")), mean=tuple(_get(data_cfg, "mean")),
         std=tuple(_get(data_cfg, "std")), local_batch=b, steps_per_epoch=spe, seed=seed,
         process_index=pi, start_step=start_step, shuffle_buffer=int(_get(data_cfg, "shuffle_buffer")),
-        jit_augment=jit_augment)
+        jit_augment=jit_augment, view_plan=plan)
     return ds.as_numpy_iterator()
+
+
+def _checked_plan(view_plan, num_views: int) -> tuple:
+    """The view plan as ((standard view, policy spec), ...), checked; default: plain views."""
+    if view_plan is None:
+        return tuple((v, "") for v in range(num_views))
+    plan = tuple((int(k), str(spec or "")) for k, spec in view_plan)
+    used = sorted({k for k, _ in plan})
+    if not plan or used != list(range(len(used))):
+        raise ValueError(f"view_plan {view_plan!r} must use the standard views 0..K-1, each at least once.")
+    for _, spec in plan:
+        if spec:
+            heavy.parse_policy(spec)  # a bad spec fails here, before any data is read
+    return plan
 
 
 def class_balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
@@ -239,29 +265,45 @@ def _per_view(make_fn, views: Sequence[Mapping]) -> list:
 def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays, views: Sequence[Mapping],
                      image_size: int, mean, std, local_batch: int, steps_per_epoch: int, seed: int,
                      process_index: int = 0, start_step: int = 0, shuffle_buffer: int = 10_000,
-                     jit_augment: bool = True) -> tf.data.Dataset:
+                     jit_augment: bool = True, view_plan: Optional[Sequence[tuple]] = None) -> tf.data.Dataset:
     """The tf.data graph behind ``pretrain_iterator`` for a given source.
 
     ``arrays=(uint8 [n, H, W, 3], labels [n])`` selects the in-memory path (``ds_src`` unused);
     ``arrays=None`` streams ``ds_src`` (elements ``{'image': uint8 or JPEG string, 'label'}``).
-    View v comes out ``augment.view_size(views[v], image_size)`` px.
+    View v comes out ``augment.view_size(views[v], image_size)`` px. ``view_plan`` (see
+    ``pretrain_iterator``) maps the standard views ``views`` to the output views.
     """
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
     for cfg in views:
         augment.check_view_cfg(cfg)
     b, num_views = int(local_batch), len(views)
+    plan = _checked_plan(view_plan, num_views)
+    finish = _heavy_finisher(plan, mean, std)
+    if finish is not None:  # the standard ops stop before normalisation; `finish` normalises
+        mean = std = None
     sizes = [augment.view_size(cfg, image_size) for cfg in views]  # static, per view
     per_epoch = steps_per_epoch * b
     start_epoch, offset = divmod(int(start_step) * b, per_epoch)
     order_root = augment.fold_in(tf.constant([int(seed), 1], tf.int64), process_index)  # epoch orders
 
     def view_keys(epoch):
-        """[V] int64: seed (key_v, position) drives view v of the example at that position."""
-        return tf.stack([_view_key(seed, process_index, epoch, v) for v in range(num_views)])
+        """[V + len(plan)] int64: seed (key_v, position) drives standard view v of the example at
+        that position; (key_{V+j}, position) the heavy ops of output view j."""
+        ids = list(range(num_views)) + ([HEAVY_SEED_OFFSET + j for j in range(len(plan))] if finish else [])
+        return tf.stack([_view_key(seed, process_index, epoch, v) for v in ids])
 
     def view_uniforms(keys, pos):
         return [augment.view_uniforms(tf.stack([keys[v], pos])) for v in range(num_views)]
+
+    def heavy_seeds(keys, pos):
+        """{'heavy_seed': [len(plan), 2]} for plans with heavy views, else {}."""
+        if finish is None:
+            return {}
+        return {"heavy_seed": tf.stack([tf.stack([keys[num_views + j], pos]) for j in range(len(plan))])}
+
+    def output_views(standard, batch):
+        return tuple(standard) if finish is None else finish(standard, batch["heavy_seed"])
 
     epochs = tf.data.Dataset.range(start_epoch, 2 ** 62)
 
@@ -279,7 +321,7 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
                 lambda pos, idx: (keys, pos, idx))
 
         def sample(keys, pos, idx):
-            return {"index": idx, "u": tuple(view_uniforms(keys, pos))}
+            return {"index": idx, "u": tuple(view_uniforms(keys, pos)), **heavy_seeds(keys, pos)}
 
         appliers = _per_view(lambda cfg: augment.make_view_ops_fn(cfg, mean, std, jit=jit_augment), views)
 
@@ -289,7 +331,7 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
                 params = augment.view_params_from_uniforms(u, cfg, hw)
                 crops = augment.crop_and_resize(images, params.pop("crop"), size, box_indices=batch["index"])
                 out.append(apply(tf.ensure_shape(crops, [b, size, size, 3]), params))
-            return {"views": tuple(out), "label": tf.cast(tf.gather(labels, batch["index"]), tf.int32)}
+            return {"views": output_views(out, batch), "label": tf.cast(tf.gather(labels, batch["index"]), tf.int32)}
 
         ds = epochs.flat_map(epoch_positions).skip(offset)
     else:
@@ -318,12 +360,12 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
                 crop = augment.resize_decoded_crop(image[y:y + h, x:x + w], size)
                 crop = pre(tf.ensure_shape(crop, [size, size, 3]), augment.view_params_from_uniforms(u, cfg))
                 crops.append(tf.ensure_shape(crop, [size, size, 3]))
-            return {"crops": tuple(crops), "u": tuple(us), "label": ex["label"]}
+            return {"crops": tuple(crops), "u": tuple(us), "label": ex["label"], **heavy_seeds(keys, pos)}
 
         def assemble(batch):
             out = [post(x, augment.view_params_from_uniforms(u, cfg))
                    for x, u, cfg, post in zip(batch["crops"], batch["u"], views, post_blur)]
-            return {"views": tuple(out), "label": tf.cast(batch["label"], tf.int32)}
+            return {"views": output_views(out, batch), "label": tf.cast(batch["label"], tf.int32)}
 
         ds = epochs.flat_map(epoch_examples).skip(offset)
 
@@ -331,6 +373,28 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
     ds = ds.batch(b, drop_remainder=True)
     ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _heavy_finisher(plan: Sequence[tuple], mean, std):
+    """None for a plan without heavy views (the standard ops normalise); else a batch function
+    (standard views in [0, 1], heavy seeds [b, len(plan), 2]) -> the plan's output views:
+    each heavy view is its standard view quantised to uint8 (the heavy ops are uint8 image ops,
+    as PIL's in the DSSL code), the policy applied, then every view normalised."""
+    if not any(spec for _, spec in plan):
+        return None
+    policies = {spec: heavy.parse_policy(spec) for _, spec in plan if spec}
+
+    def finish(standard, seeds):
+        out = []
+        for j, (k, spec) in enumerate(plan):
+            x = standard[k]
+            if spec:
+                x8 = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+                x = tf.cast(heavy.apply_policy_batch(policies[spec], x8, seeds[:, j]), tf.float32) / 255.0
+            out.append(augment.normalize(x, mean, std))
+        return tuple(out)
+
+    return finish
 
 
 def _eval_window(shape_hw, size: int) -> tf.Tensor:

@@ -108,3 +108,28 @@ def representation_monitors(z1, z2) -> dict:
         "alignment": alignment(z1, z2),
         "uniformity": (uniformity(z1) + uniformity(z2)) / 2.0,
     }
+
+
+# Collapse verdict on the training metrics (host floats). Complete collapse: every output the
+# same vector, the per-dimension std of the normalised outputs -> 0 (SimSiam §4.1, DSSL's
+# collapse detector); flagged below a tenth of its healthy value 1/sqrt(D). Dimensional
+# collapse: the batch spans ~1 direction, which a projector ending in BatchNorm (SimSiam) can
+# reach while its per-dimension std stays 1/sqrt(D); flagged at an effective rank below 2.
+COLLAPSE_STD_FRACTION = 0.1
+COLLAPSE_MIN_RANK = 2.0
+
+
+def collapse_reason(metrics: dict) -> str | None:
+    """Why the training metrics show a collapse (None if they do not): reads the encoder
+    monitor (collapse_std, collapse_std_reference) and the projector's (z_std,
+    z_std_reference, z_effective_rank) where present."""
+    reasons = []
+    for std, ref, what in (("collapse_std", "collapse_std_reference", "encoder features"),
+                           ("z_std", "z_std_reference", "projector outputs")):
+        if std in metrics and ref in metrics and float(metrics[std]) < COLLAPSE_STD_FRACTION * float(metrics[ref]):
+            reasons.append(f"{what}: per-dimension std {float(metrics[std]):.2e} < "
+                           f"{COLLAPSE_STD_FRACTION:g} x 1/sqrt(D) = {COLLAPSE_STD_FRACTION * float(metrics[ref]):.2e}")
+    if "z_effective_rank" in metrics and float(metrics["z_effective_rank"]) < COLLAPSE_MIN_RANK:
+        reasons.append(f"projector outputs: effective rank {float(metrics['z_effective_rank']):.2f} "
+                       f"< {COLLAPSE_MIN_RANK:g}")
+    return "; ".join(reasons) or None

@@ -14,6 +14,7 @@ from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.evaluate import features as features_lib
 from ssl_jax.evaluate import knn as knn_lib
+from ssl_jax.evaluate import monitors
 from ssl_jax.evaluate.linear import linear_probe_accuracy
 from ssl_jax.methods import build_method
 from ssl_jax.train import checkpoint, preemption
@@ -151,9 +152,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     writer = MetricWriter(workdir, resume_step=start, enabled=is_main)
     batches = pipeline.pretrain_iterator(config.data, global_batch_size=config.global_batch_size,
-                                         seed=config.seed, start_step=start, num_views=method.num_views)
+                                         seed=config.seed, start_step=start, num_views=method.num_views,
+                                         view_plan=method.view_plan)
     train_step = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
     compiled, progress = None, None
+    last_logged, collapse_reported = {}, False
     watcher = preemption.PreemptionWatcher()
     try:
         t0 = time.perf_counter()
@@ -177,6 +180,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if done % config.log_every_steps == 0 or done == n_steps:
                     writer.write(done, metrics)
                     log(progress.line(done, metrics), flush=True)
+                    last_logged = metrics
+                    reason = monitors.collapse_reason(metrics)
+                    if reason and not collapse_reported:
+                        log(f"COLLAPSE detected at step {done}: {reason}.", flush=True)
+                    collapse_reported = collapse_reported or bool(reason)
             if will_save:
                 checkpoint.save(manager, state, {"step": done, "examples_seen": done * config.global_batch_size,
                                                  "epoch": done / spe})
@@ -190,7 +198,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         records = results_lib.make_records(
             results_lib.run_fields(config, int(parallel.to_host(state.step)), spe), protocol="pretrain",
             eval_dataset=config.data.dataset, network="online", wall_seconds=train_seconds,
-            metrics={"train_seconds": train_seconds})
+            metrics=dict(train_seconds=train_seconds, **_final_monitors(last_logged)))
         records += evaluate(config, method, state, mesh, info["num_classes"], spe)
         if is_main:
             results_lib.write_records(workdir, records)
@@ -200,6 +208,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
         manager.close()
     return records
+
+
+def _final_monitors(metrics: dict) -> dict:
+    """The collapse monitors at the last logged step, and the verdict (collapsed: 1 or 0)."""
+    keys = ("collapse_std", "collapse_std_reference", "z_std", "z_std_reference", "z_effective_rank")
+    out = {k: float(metrics[k]) for k in keys if k in metrics}
+    if metrics:
+        out["collapsed"] = float(monitors.collapse_reason(metrics) is not None)
+    return out
 
 
 def format_results(records: list[dict]) -> str:
@@ -213,4 +230,7 @@ def format_results(records: list[dict]) -> str:
         if "online" in value:
             rand = f"{value['random_init']:12.4f}" if "random_init" in value else f"{'':>12s}"
             lines.append(f"  {name:22s} {value['online']:10.4f} {rand}")
+    collapsed = results_lib.select(records, protocol="pretrain", metric="collapsed")
+    if collapsed and collapsed[0]["value"]:
+        lines.append("  The representation COLLAPSED during training (see the log and metrics.jsonl).")
     return "\n".join(lines)
