@@ -186,7 +186,7 @@ def test_view_plans():
 
 # ----------------------------------------------------------------------------- input pipeline
 
-def _digits_views(view_plan, size=16, b=32, steps=2, seed=3):
+def _digits_views(view_plan, size=16, b=32, steps=2, seed=3, start_step=0):
     from ssl_jax.data import augment as A
     from ssl_jax.data import pipeline as P
     from ssl_jax.data import sources as S
@@ -195,7 +195,8 @@ def _digits_views(view_plan, size=16, b=32, steps=2, seed=3):
     index = np.arange(len(images), dtype=np.int64)  # label = index: batches name their examples
     views = [dict(v, crop_scale=(0.4, 1.0)) for v in A.byol_view_configs()]
     ds = P.pretrain_dataset(None, {"is_jpeg": False}, arrays=(images, index), views=views, image_size=size,
-                            mean=MEAN, std=STD, local_batch=b, steps_per_epoch=10, seed=seed, view_plan=view_plan)
+                            mean=MEAN, std=STD, local_batch=b, steps_per_epoch=10, seed=seed, view_plan=view_plan,
+                            start_step=start_step)
     return list(ds.take(steps).as_numpy_iterator()), images, views
 
 
@@ -213,6 +214,9 @@ def test_pipeline_derives_each_harder_view_from_its_own_standard_view():
     plan = ((0, ""), (1, ""), (0, "jigsaw(2)"), (1, "jigsaw(2)"))
     derived, images, views = _digits_views(plan)
     again, _, _ = _digits_views(plan)
+    resumed, _, _ = _digits_views(plan, steps=1, start_step=1)  # resuming at step 1: the same batch
+    for x, y in zip(resumed[0]["views"], derived[1]["views"]):
+        np.testing.assert_array_equal(x, y)
     for p, d, a in zip(plain, derived, again):
         assert len(d["views"]) == 4
         for v in range(2):

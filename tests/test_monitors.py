@@ -120,3 +120,23 @@ def test_monitors_compute_in_float32_and_validate_shapes():
         alignment(z1, z2[:-1])
     with pytest.raises(ValueError, match="at least 2"):
         uniformity(z1[:1])
+
+
+def test_collapse_reason_flags_complete_and_dimensional_collapse_only():
+    from ssl_jax.evaluate.monitors import collapse_reason
+
+    ref = 1.0 / np.sqrt(256)
+    healthy = dict(collapse_std=0.8 * ref, collapse_std_reference=ref, z_std=ref, z_std_reference=ref,
+                   z_effective_rank=40.0)
+    assert collapse_reason(healthy) is None
+    assert collapse_reason({}) is None
+    complete = collapse_reason(dict(healthy, collapse_std=0.05 * ref))
+    assert complete and "encoder features" in complete
+    assert "projector outputs: per-dimension std" in collapse_reason(dict(healthy, z_std=1e-5))
+    # A BatchNorm-ended projector keeps std 1/sqrt(D) while its outputs span one direction.
+    dimensional = collapse_reason(dict(healthy, z_effective_rank=1.2))
+    assert dimensional and "effective rank 1.20" in dimensional
+    # The verdict's inputs as the train step computes them: a batch of one repeated vector.
+    z = np.tile(np.random.default_rng(0).normal(size=(1, 256)), (64, 1)) + 1e-6
+    measured = dict(z_std=float(collapse_std(z)), z_std_reference=ref, z_effective_rank=float(effective_rank(z)))
+    assert collapse_reason(measured) is not None
