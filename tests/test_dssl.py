@@ -251,3 +251,12 @@ def test_pipeline_heavy_mode_changes_every_view_and_rejects_bad_policies():
         _digits_views(((0, "ra(2,"), (1, "")), steps=1)
     with pytest.raises(ValueError, match="standard views"):
         _digits_views(((1, ""), (2, "")), steps=1)
+
+
+@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "moco_v3"])
+def test_every_pairwise_method_takes_the_four_view_modes(method):
+    for mode in ("dssl", "repro"):
+        m, params, stats, state, batch = _tiny(method, mode, beta=0.3 if mode == "dssl" else 0.0)
+        loss, aux = _loss(m, params, stats, state, batch)
+        assert np.isfinite(float(loss)), (method, mode)
+        assert "dssl_sv_sv" in aux["metrics"] and ("dssl_hv_hv" in aux["metrics"]), (method, mode)
