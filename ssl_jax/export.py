@@ -1,7 +1,7 @@
 """Export a pretrained encoder for fine-tuning: python -m ssl_jax.export.
 
     python -m ssl_jax.export --workdir=DIR --format=flax|safetensors|torchvision --output=FILE \
-        [--network=default|online|target] [--step=N] [--include_heads] [--overwrite]
+        [--network=default|online|target] [--step=N] [--include_heads] [--classifier=CDIR] [--overwrite]
 
 `--workdir` is the directory of an `ssl_jax.main` run (the latest checkpoint, or `--step`) or a
 `.msgpack` file written by `--format=flax` (to convert it to the other formats).
@@ -37,6 +37,15 @@ PyTorch pads (1, 1); ssl_jax's ResNet uses explicit symmetric padding everywhere
 need none), so the exported torchvision network computes the same function, at any input size
 (tests/test_export.py checks it against a NumPy torchvision forward pass at 33 and 64 px).
 BatchNorm epsilon is 1e-5 in both; momentum differs in meaning but does not matter at inference.
+
+Classifier. `--classifier=CDIR` adds a classifier trained by `python -m ssl_jax.evaluate`
+(linear or finetune protocol; CDIR is the `WORKDIR/classifiers/<kind>-<hash>` directory it prints)
+for the torchvision and safetensors formats: torchvision gets it as `fc.weight` / `fc.bias` (and
+the torch model keeps its `fc = nn.Linear(D, C)`), safetensors as `classifier/kernel` [D, C] and
+`classifier/bias`. A head trained with BatchNorm (head_batchnorm) is folded into the linear layer
+(the BN has no affine parameters, so w' = w / sqrt(var + eps), b' = b - (mean / sqrt(var + eps)) w:
+the same function). A fine-tuned classifier brings its fine-tuned encoder, which is then exported
+in place of the pretrained one. The classifier must have been trained on this --workdir's network.
 
 Network. `--network=default` exports the network the method's paper evaluates
 (`ssl_jax.pretrained.default_network`): DINO's teacher (the momentum target), the online
@@ -176,14 +185,17 @@ def to_torchvision(pretrained, fc=None) -> dict[str, np.ndarray]:
     return out
 
 
-def torchvision_metadata(pretrained) -> dict[str, str]:
-    """cifar_stem, width, depth and how to build the matching torch model."""
+def torchvision_metadata(pretrained, num_classes: int | None = None) -> dict[str, str]:
+    """cifar_stem, width, depth and how to build the matching torch model (with an `fc` of
+    `num_classes` outputs, or `fc = Identity` when there is no classifier)."""
     enc = pretrained.encoder
     depth, width, cifar = int(enc.depth), float(enc.width_multiplier), bool(enc.cifar_stem)
     stem = max(1, int(round(64 * width)))
     build = (f"torchvision.models.resnet{depth}()" if depth in TORCHVISION_DEPTHS else
              "torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [3, 24, 36, 3])")
-    build += "; model.fc = torch.nn.Identity()"
+    feature_dim = int(pretrained.encoder.feature_dim)
+    build += (f"; model.fc = torch.nn.Linear({feature_dim}, {num_classes})" if num_classes
+              else "; model.fc = torch.nn.Identity()")
     if cifar:
         build += (f"; model.conv1 = torch.nn.Conv2d(3, {stem}, 3, 1, 1, bias=False)"
                   "; model.maxpool = torch.nn.Identity()")
@@ -221,6 +233,38 @@ def _run_metadata(pretrained, fmt: str) -> dict[str, str]:
     return meta
 
 
+def classifier_linear(head: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """(w [D, C], b [C]) of a trained LinearHead's variables {'params', 'batch_stats'}, its
+    optional BatchNorm (no scale, no offset, eps = 1e-6) folded in exactly."""
+    from ssl_jax.evaluate.supervised import HEAD_BN_EPSILON
+
+    dense = head["params"]["Dense_0"]
+    w, b = np.asarray(dense["kernel"], np.float64), np.asarray(dense["bias"], np.float64)
+    bn = (head.get("batch_stats") or {}).get("BatchNorm_0")
+    if bn is not None:
+        inv = 1.0 / np.sqrt(np.asarray(bn["var"], np.float64) + HEAD_BN_EPSILON)
+        b = b - (np.asarray(bn["mean"], np.float64) * inv) @ w
+        w = w * inv[:, None]
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def _with_classifier(pre, classifier_dir: str):
+    """(pretrained, (w, b)): the classifier of `classifier_dir`, and the encoder it was trained
+    with (the fine-tuned one for a fine-tuning classifier)."""
+    import dataclasses
+
+    from ssl_jax.evaluate.supervised import load_classifier
+
+    saved = load_classifier(classifier_dir)
+    if saved["encoder"] is not None:
+        pre = dataclasses.replace(pre, variables=saved["encoder"])
+    w, b = classifier_linear(saved["head"])
+    if w.shape[0] != pre.encoder.feature_dim:
+        raise ValueError(f"the classifier in {classifier_dir} takes {w.shape[0]}-d features, this encoder "
+                         f"gives {pre.encoder.feature_dim}: it was trained on another network.")
+    return pre, (w, b)
+
+
 def _load(source: str, network: str, step: int | None):
     from ssl_jax import pretrained as pretrained_lib
 
@@ -237,8 +281,9 @@ def _load(source: str, network: str, step: int | None):
 
 
 def export(source: str, fmt: str, output: str, network: str = "default", step: int | None = None,
-           include_heads: bool = False, overwrite: bool = False) -> dict[str, str]:
-    """Write the encoder of `source` (workdir or Flax .msgpack) to `output` in format `fmt`.
+           include_heads: bool = False, overwrite: bool = False, classifier: str | None = None) -> dict[str, str]:
+    """Write the encoder of `source` (workdir or Flax .msgpack) to `output` in format `fmt`
+    (with the trained classifier of the `classifier` directory, see the module docstring).
 
     Returns a summary (format, network, step, backbone, output). The file appears complete or
     not at all (written to a temporary file in the same directory, then renamed).
@@ -249,6 +294,10 @@ def export(source: str, fmt: str, output: str, network: str = "default", step: i
         raise ValueError(f"format={fmt!r}; choose one of {', '.join(FORMATS)}.")
     if network not in NETWORKS:
         raise ValueError(f"network={network!r}; choose one of {', '.join(NETWORKS)}.")
+    if classifier and fmt == "flax":
+        raise ValueError("--classifier is written by --format=torchvision (as fc) or --format=safetensors "
+                         "(as classifier/kernel, classifier/bias); the flax format carries the encoder "
+                         "and its self-supervised heads only.")
     if fmt == "torchvision" and include_heads:
         raise ValueError("--include_heads has no torchvision form (torchvision's ResNet has no "
                          "projector/predictor): use --format=safetensors or --format=flax for heads.")
@@ -262,12 +311,20 @@ def export(source: str, fmt: str, output: str, network: str = "default", step: i
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it or choose another --output.")
 
     pre = _load(source, network, step)
+    fc = None
+    if classifier:
+        pre, fc = _with_classifier(pre, classifier)
     if fmt == "torchvision":
-        arrays = to_torchvision(pre)  # before any file is created: a ViT fails here
-        meta = {**_run_metadata(pre, TORCHVISION_FORMAT), **torchvision_metadata(pre)}
+        arrays = to_torchvision(pre, fc=fc)  # before any file is created: a ViT fails here
+        meta = {**_run_metadata(pre, TORCHVISION_FORMAT),
+                **torchvision_metadata(pre, None if fc is None else fc[0].shape[1])}
     elif fmt == "safetensors":
         arrays = flatten_variables(pre.variables, pre.heads if include_heads else None)
         meta = _run_metadata(pre, SAFETENSORS_FORMAT)
+        if fc is not None:
+            arrays.update({f"classifier{SEP}kernel": fc[0], f"classifier{SEP}bias": fc[1]})
+    if fc is not None:
+        meta["classifier"] = os.path.abspath(classifier)
 
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
     os.close(fd)
@@ -304,6 +361,9 @@ def _define_flags():
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_bool("include_heads", False, "Also export the projector/predictor/prototype "
                       "heads (flax and safetensors formats).")
+    flags.DEFINE_string("classifier", None, "A classifier directory written by `python -m "
+                        "ssl_jax.evaluate` (linear / finetune: WORKDIR/classifiers/...) to export as "
+                        "fc (torchvision) or classifier/* (safetensors).")
     flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
     flags.mark_flags_as_required(["workdir", "format", "output"])
     return flags.FLAGS
@@ -318,7 +378,7 @@ def main(argv):
     f = flags.FLAGS
     try:
         summary = export(f.workdir, f.format, f.output, network=f.network, step=f.step,
-                         include_heads=f.include_heads, overwrite=f.overwrite)
+                         include_heads=f.include_heads, overwrite=f.overwrite, classifier=f.classifier)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         cli.fail(str(e))
     print(f"Exported {summary['network']} network ({summary['backbone']}, step {summary['step']}) "

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import flax.linen as nn
+import jax
 
 import ml_collections
 import numpy as np
@@ -53,11 +54,52 @@ def test_linear_classifier_reaches_100_percent_on_separable_data(head_batchnorm)
                                          head_batchnorm=head_batchnorm, optimizer=opt))
     pre = Pretrained(encoder=_FlattenEncoder(), variables={"params": {}, "batch_stats": {}}, heads={},
                      model_config=ml_collections.ConfigDict(), run={}, network="online")
-    out = supervised.train_classifier(pre, batches(), steps_per_epoch=8, train_cfg=cfg, num_classes=2,
+    out = supervised.train_classifier(pre, lambda start: batches(), steps_per_epoch=8, train_cfg=cfg, num_classes=2,
                                       mesh=mesh, log=lambda *_: None)
     test_x, test_y = _separable(256, np.random.default_rng(1), w)
     logits = out["head"].apply(out["head_variables"], test_x.reshape(256, -1), train=False)
     assert supervised.topk_accuracy(logits, test_y, ks=(1,))["top1"] == 1.0
+
+
+def test_classifier_preempted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    """SIGTERM at step 50 of 240: checkpoint, Preempted; the rerun resumes at 50 with the
+    batches from there on and ends with the same head, bit for bit; load_classifier reads it."""
+    from ssl_jax.train import preemption
+
+    rng = np.random.default_rng(0)
+    x, y = _separable(512, rng, rng.normal(size=8))
+    mesh = parallel.make_mesh()
+
+    def batches(start):
+        i = start
+        while True:
+            j = (i % 8) * 64
+            yield {"views": (x[j:j + 64],), "label": y[j:j + 64]}
+            i += 1
+
+    opt = presets.base_config("eval").optimizer
+    opt.update(dict(name="sgd", base_lr=0.5, nesterov=True, weight_decay=0.0, warmup_epochs=0.0))
+    cfg = ml_collections.ConfigDict(dict(epochs=30.0, batch_size=64, finetune=False, head_batchnorm=True,
+                                         optimizer=opt, checkpoint_every_steps=100))
+    pre = Pretrained(encoder=_FlattenEncoder(), variables={"params": {}, "batch_stats": {}}, heads={},
+                     model_config=ml_collections.ConfigDict(), run={}, network="online")
+    train = lambda d: supervised.train_classifier(pre, batches, steps_per_epoch=8, train_cfg=cfg, num_classes=2,
+                                                  mesh=mesh, log=lambda *_: None, checkpoint_dir=str(d))
+    whole = train(tmp_path / "whole")["head_variables"]
+
+    stop_at = 50
+    monkeypatch.setattr(preemption.PreemptionWatcher, "should_stop", lambda self, step: step == stop_at)
+    with pytest.raises(preemption.Preempted):
+        train(tmp_path / "cut")
+    assert supervised.load_classifier(str(tmp_path / "cut"))["step"] == stop_at
+    stop_at = -1
+    resumed = train(tmp_path / "cut")["head_variables"]
+    for a, b in zip(*(jax.tree.leaves(v) for v in (whole, resumed))):
+        np.testing.assert_array_equal(a, b)
+    saved = supervised.load_classifier(str(tmp_path / "cut"))
+    assert saved["step"] == 240 and saved["encoder"] is None
+    for a, b in zip(*(jax.tree.leaves(v) for v in (whole, saved["head"]))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_class_balanced_subset():

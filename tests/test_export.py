@@ -413,3 +413,51 @@ def test_cli_vit_torchvision_is_an_error(tmp_path):
     assert proc.returncode == 0, proc.stderr
     variables_back, _ = export_lib.unflatten_variables(safetensors.numpy.load_file(out))
     jax.tree.map(np.testing.assert_array_equal, variables_back["params"], pre.variables["params"])
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_cli_exports_a_trained_classifier_as_fc(tiny_run, tmp_path, finetune):
+    """A classifier checkpoint of ssl_jax.evaluate (here 4 steps on random images, head with
+    BatchNorm) exported with --classifier: torchvision's fc (BN folded in) on the exported
+    network reproduces encoder + head; a fine-tuned classifier brings its encoder."""
+    import ml_collections
+
+    from ssl_jax import parallel, presets
+    from ssl_jax.evaluate import supervised
+
+    pre = pretrained_lib.load(tiny_run)
+    rng = np.random.default_rng(2)
+
+    def batches(start):
+        while True:
+            yield {"views": (rng.normal(size=(8, 16, 16, 3)).astype(np.float32),),
+                   "label": rng.integers(0, 10, 8).astype(np.int32)}
+
+    opt = presets.base_config("eval").optimizer
+    opt.update(dict(name="sgd", base_lr=0.1, weight_decay=0.0, warmup_epochs=0.0))
+    cfg = ml_collections.ConfigDict(dict(epochs=1.0, batch_size=8, finetune=finetune, head_batchnorm=True,
+                                         optimizer=opt))
+    cdir = str(tmp_path / "classifier")
+    trained = supervised.train_classifier(pre, batches, steps_per_epoch=4, train_cfg=cfg, num_classes=10,
+                                          mesh=parallel.make_mesh(), log=lambda *_: None, checkpoint_dir=cdir)
+    out = str(tmp_path / "with_fc.safetensors")
+    proc = _cli(f"--workdir={tiny_run}", "--format=torchvision", f"--output={out}", f"--classifier={cdir}")
+    assert proc.returncode == 0, proc.stderr
+    sd = safetensors.numpy.load_file(out)
+    assert sd["fc.weight"].shape == (10, pre.encoder.feature_dim) and sd["fc.bias"].shape == (10,)
+    with safetensors.safe_open(out, "np") as f:
+        assert f"torch.nn.Linear({pre.encoder.feature_dim}, 10)" in f.metadata()["torch_model"]
+    x = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
+    feats = pre.encoder.apply(trained["encoder"], x, train=False)
+    expected = np.asarray(trained["head"].apply(trained["head_variables"], feats, train=False))
+    got = torch_resnet_forward(sd, np.transpose(x, (0, 3, 1, 2)).astype(np.float64)) @ sd["fc.weight"].T + sd["fc.bias"]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    moved = np.abs(np.asarray(feats) - _features(pre, x)).max() > 1e-6
+    assert moved == finetune  # a fine-tuned encoder is exported in place of the pretrained one
+    st = str(tmp_path / "with_fc_flax_layout.safetensors")
+    assert _cli(f"--workdir={tiny_run}", "--format=safetensors", f"--output={st}",
+                f"--classifier={cdir}").returncode == 0
+    assert safetensors.numpy.load_file(st)["classifier/kernel"].shape == (pre.encoder.feature_dim, 10)
+    flax_out = str(tmp_path / "x.msgpack")
+    assert "torchvision" in _one_line_error(_cli(f"--workdir={tiny_run}", "--format=flax", f"--output={flax_out}",
+                                                 f"--classifier={cdir}"))

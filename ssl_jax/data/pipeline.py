@@ -195,11 +195,11 @@ def class_balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
 
 
 def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: int, seed: int,
-                    process_index: Optional[int] = None, process_count: Optional[int] = None,
-                    jit_augment: bool = True) -> tuple[Iterator[dict], int]:
+                    start_step: int = 0, process_index: Optional[int] = None,
+                    process_count: Optional[int] = None, jit_augment: bool = True) -> tuple[Iterator[dict], int]:
     """(infinite iterator, steps per epoch) of augmented batches of ``data.views[0]`` over the
     examples ``indices`` of this process's slice of the train split (label-fraction
-    fine-tuning). In-memory datasets only: for ImageNet use a TFDS subset dataset
+    fine-tuning), from batch ``start_step`` on. In-memory datasets only: for ImageNet use a TFDS subset dataset
     (``imagenet2012_subset/1pct``) with the plain iterator."""
     pi, pc = _processes(process_index, process_count)
     b = _local_batch(global_batch_size, pc)
@@ -220,7 +220,7 @@ def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: 
         ds_src, info, arrays=(images[indices], labels[indices]), views=_view_cfgs(data_cfg, 1),
         image_size=int(_get(data_cfg, "image_size")), mean=tuple(_get(data_cfg, "mean")),
         std=tuple(_get(data_cfg, "std")), local_batch=b, steps_per_epoch=spe, seed=seed,
-        process_index=pi, jit_augment=jit_augment)
+        process_index=pi, start_step=start_step, jit_augment=jit_augment)
     return ds.as_numpy_iterator(), spe
 
 

@@ -6,6 +6,7 @@ config field can be overridden, e.g. --config.network=target --config.data.datas
 Flags and error handling are the training entry point's (ssl_jax.main).
 """
 import os
+import sys
 
 from absl import app
 
@@ -17,9 +18,14 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_library_logs()
     from ssl_jax.evaluate import run  # after flag parsing: importing JAX/TF is slow
+    from ssl_jax.train import preemption
+
     try:
         cli.initialize_distributed()
         run.run(cli.CONFIG.value, cli.WORKDIR.value)
+    except preemption.Preempted as e:  # the classifier is checkpointed: rerunning resumes
+        print(f"ssl_jax.evaluate: {e}", file=sys.stderr, flush=True)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         cli.fail(str(e))
 

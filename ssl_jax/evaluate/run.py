@@ -6,6 +6,7 @@ on the mesh and merges its records into WORKDIR/results.json (ssl_jax.results sc
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -110,7 +111,10 @@ def protocol_trained(ctx):
     fraction = float(t.label_fraction)
     if fraction < 1.0:
         indices = pipeline.class_balanced_subset(pipeline.train_labels(data), fraction, cfg.seed)
-        batches, spe = pipeline.subset_iterator(data, indices, global_batch_size=t.batch_size, seed=cfg.seed)
+        subset = lambda start: pipeline.subset_iterator(data, indices, global_batch_size=t.batch_size,
+                                                         seed=cfg.seed, start_step=start)
+        first, spe = subset(0)
+        make_batches = lambda start: first if start == 0 else subset(start)[0]
         if jax.process_index() == 0:
             path = storage.join(ctx.workdir, f"label_subset_{fraction:g}_seed{cfg.seed}.json")
             storage.write_file(path, json.dumps({
@@ -118,16 +122,31 @@ def protocol_trained(ctx):
                 "process_count": jax.process_count(), "indices_of_process_0": indices.tolist()}))
         setting = f"labels={fraction * 100:g}%"
     else:
-        batches = pipeline.pretrain_iterator(data, global_batch_size=t.batch_size, seed=cfg.seed, num_views=1)
+        make_batches = lambda start: pipeline.pretrain_iterator(
+            data, global_batch_size=t.batch_size, seed=cfg.seed, num_views=1, start_step=start)
         spe = pipeline.steps_per_epoch(data, t.batch_size)
         setting = ""
     parallel.check_batch_divisible(t.batch_size, ctx.mesh)
-    trained = supervised.train_classifier(ctx.pre, batches, steps_per_epoch=spe, train_cfg=t,
+    kind = "finetune" if t.finetune else "linear"
+    ckpt_dir = classifier_dir(ctx.workdir, kind, cfg, data)
+    ctx.log(f"{kind}: the classifier is checkpointed in {ckpt_dir} (a rerun resumes from it; "
+            "python -m ssl_jax.export --classifier=DIR exports it)")
+    trained = supervised.train_classifier(ctx.pre, make_batches, steps_per_epoch=spe, train_cfg=t,
                                           num_classes=ctx.num_classes, mesh=ctx.mesh, seed=cfg.seed,
-                                          log=ctx.log)
+                                          log=ctx.log, checkpoint_dir=ckpt_dir)
     acc = supervised.classifier_accuracy(ctx.pre.encoder, trained["encoder"], trained["head"],
                                          trained["head_variables"], ctx.batches(data.test_split), ctx.mesh)
-    return [("finetune" if t.finetune else "linear", setting, acc)]
+    return [(kind, setting, acc)]
+
+
+def classifier_dir(workdir: str, kind: str, eval_cfg, data) -> str:
+    """WORKDIR/classifiers/<kind>-<hash>: one directory per (source, network, checkpoint step,
+    data, training config, seed), so a rerun of the same evaluation resumes and any change
+    trains a new classifier instead of resuming another one."""
+    identity = {"source": eval_cfg.source, "network": eval_cfg.network, "step": eval_cfg.step,
+                "seed": eval_cfg.seed, "data": data.to_dict(), "train": eval_cfg.train.to_dict()}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return storage.join(workdir, "classifiers", f"{kind}-{digest}")
 
 
 def protocol_clustering(ctx):
@@ -143,15 +162,13 @@ def protocol_clustering(ctx):
 
 
 def protocol_layer_probe(ctx):
-    from ssl_jax.models import ResNet
-
-    if not isinstance(ctx.pre.encoder, ResNet):
-        raise ValueError("The per-layer probe reads ResNet stages; this encoder is "
-                         f"{type(ctx.pre.encoder).__name__}.")
+    """kNN and linear probes of every ResNet stage (average-pooled) or of the class token at a
+    quarter, half and three quarters of a ViT's depth, then of the output ('pooled')."""
     lp = ctx.cfg.layer_probe
     (tr, tr_y), (te, te_y) = ctx.train_test_features(stages=True)
     out = []
-    for layer in sorted(tr, key=lambda name: (name == "pooled", name)):  # stage1..4, then pooled
+    depth = lambda name: (name == "pooled", int("0" + "".join(c for c in name if c.isdigit())))
+    for layer in sorted(tr, key=depth):  # stage1..4 / block3, 6, 9; then pooled
         knn = knn_records(ctx, (tr[layer], tr_y), (te[layer], te_y), [lp.k], [lp.temperature])[0][2]
         lin = linear_probe_accuracy(tr[layer], tr_y, te[layer], te_y, num_classes=ctx.num_classes,
                                     l2_grid=tuple(lp.l2_grid), seed=ctx.cfg.seed)

@@ -19,10 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from ssl_jax import parallel
 from ssl_jax.evaluate import features as features_lib
+from ssl_jax.train import checkpoint, preemption
 from ssl_jax.train.optim import build_optimizer
+
+
+HEAD_BN_EPSILON = 1e-6
 
 
 class LinearHead(nn.Module):
@@ -37,7 +42,7 @@ class LinearHead(nn.Module):
     def __call__(self, x, train: bool = False):
         if self.batchnorm:
             x = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=False,
-                             momentum=0.9, epsilon=1e-6)(x)
+                             momentum=0.9, epsilon=HEAD_BN_EPSILON)(x)
         return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01))(x)
 
 
@@ -74,15 +79,21 @@ def make_classifier_step(encoder, head, optimizer, lr_schedule, finetune: bool, 
                    donate_argnums=(0,))
 
 
-def train_classifier(pretrained, batches, *, steps_per_epoch: int, train_cfg, num_classes: int,
-                     mesh, seed: int = 0, log=print) -> dict:
-    """Train a linear head (and the encoder if train_cfg.finetune) on `batches`.
+def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cfg, num_classes: int,
+                     mesh, seed: int = 0, log=print, checkpoint_dir: str | None = None) -> dict:
+    """Train a linear head (and the encoder if train_cfg.finetune) on augmented batches.
 
     Args:
       pretrained: ssl_jax.pretrained.Pretrained (its encoder and variables).
-      batches: iterator of {'views': (images,), 'label'} host batches (process-local).
+      make_batches: start_step -> iterator of {'views': (images,), 'label'} host batches
+        (process-local) from that step on (the pipeline's iterators resume exactly).
       steps_per_epoch: batches per epoch.
-      train_cfg: {epochs, batch_size, finetune, head_batchnorm, optimizer: build_optimizer keys}.
+      train_cfg: {epochs, batch_size, finetune, head_batchnorm, optimizer: build_optimizer keys,
+        checkpoint_every_steps (optional; default one epoch)}.
+      checkpoint_dir: if set, the classifier state is checkpointed there (orbax, every
+        checkpoint_every_steps, at the end and on SIGTERM, which then raises
+        preemption.Preempted) and a rerun resumes from it; the last checkpoint is the trained
+        classifier (`load_classifier`, `python -m ssl_jax.export --classifier`).
     Returns:
       {'encoder': {'params', 'batch_stats'} after training, 'head': the LinearHead module,
        'head_variables', 'seconds'}.
@@ -93,34 +104,84 @@ def train_classifier(pretrained, batches, *, steps_per_epoch: int, train_cfg, nu
                                              steps_per_epoch=steps_per_epoch, num_epochs=epochs)
     finetune = bool(train_cfg.finetune)
     variables = pretrained.variables
-    head_vars = head.init(jax.random.PRNGKey(seed), jnp.zeros((1, pretrained.encoder.feature_dim)))
-    trainable = {"head": head_vars["params"]}
-    if finetune:
-        trainable["encoder"] = variables["params"]
     rep = parallel.replicated(mesh)
-    state = jax.device_put({"step": jnp.zeros((), jnp.int32), "trainable": trainable,
-                            "batch_stats": variables["batch_stats"], "head_stats": head_vars.get("batch_stats", {}),
-                            "opt_state": optimizer.init(trainable)}, rep)
+    state = jax.device_put(_initial_state(pretrained, head, optimizer, finetune, seed), rep)
     encoder_params = jax.device_put(variables["params"] if not finetune else {}, rep)
     step_fn = make_classifier_step(pretrained.encoder, head, optimizer, lr_schedule, finetune, mesh)
     total = int(round(epochs * steps_per_epoch))
+    manager = None
+    if checkpoint_dir is not None:
+        manager = checkpoint.make_manager(checkpoint_dir, keep=1, async_save=False)
+        restored = checkpoint.restore_latest(manager, jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state))
+        if restored is not None:
+            state = restored[0]
+            log(f"  resumed the classifier from {checkpoint_dir} at step {int(state['step'])}")
+    start = int(jax.device_get(state["step"]))
+    every = int(train_cfg.get("checkpoint_every_steps", 0) or steps_per_epoch)
     t0, log_every = time.perf_counter(), max(steps_per_epoch, 1)
-    for i in range(total):
-        batch = parallel.shard_batch(next(batches), mesh)
-        state, metrics = step_fn(state, encoder_params, batch["views"][0], batch["label"])
-        if (i + 1) % log_every == 0 or i + 1 == total:
-            m = jax.device_get(metrics)
-            loss = float(m["loss"])
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"classifier loss is {loss} at step {i + 1}; lower "
-                                         "--config.train.optimizer.base_lr.")
-            log(f"  {'fine-tune' if finetune else 'linear'} step {i + 1}/{total} | loss {loss:.4f} | "
-                f"train top-1 {float(m['top1']):.4f} | lr {float(m['lr']):.4g}")
+    watcher = preemption.PreemptionWatcher()
+    try:
+        batches = make_batches(start)
+        for i in range(start, total):
+            batch = parallel.shard_batch(next(batches), mesh)
+            state, metrics = step_fn(state, encoder_params, batch["views"][0], batch["label"])
+            done = i + 1
+            if done % log_every == 0 or done == total:
+                m = jax.device_get(metrics)
+                loss = float(m["loss"])
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"classifier loss is {loss} at step {done}; lower "
+                                             "--config.train.optimizer.base_lr.")
+                log(f"  {'fine-tune' if finetune else 'linear'} step {done}/{total} | loss {loss:.4f} | "
+                    f"train top-1 {float(m['top1']):.4f} | lr {float(m['lr']):.4g}")
+            preempted = watcher.should_stop(done)
+            if manager is not None and (done % every == 0 or done == total or preempted):
+                checkpoint.save(manager, state, {"step": done, "finetune": finetune}, step=done)
+            if preempted:
+                raise preemption.Preempted(done)
+    finally:
+        watcher.close()
+        if manager is not None:
+            manager.close()
     state = jax.device_get(state)
     enc_params = state["trainable"]["encoder"] if finetune else variables["params"]
     return {"encoder": {"params": enc_params, "batch_stats": state["batch_stats"]},
             "head": head, "head_variables": {"params": state["trainable"]["head"], "batch_stats": state["head_stats"]},
             "seconds": time.perf_counter() - t0}
+
+
+def _initial_state(pretrained, head, optimizer, finetune: bool, seed: int) -> dict:
+    """The classifier's train state before its first step (head N(0, 0.01²), bias 0)."""
+    variables = pretrained.variables
+    head_vars = head.init(jax.random.PRNGKey(seed), jnp.zeros((1, pretrained.encoder.feature_dim)))
+    trainable = {"head": head_vars["params"]}
+    if finetune:
+        trainable["encoder"] = variables["params"]
+    return {"step": jnp.zeros((), jnp.int32), "trainable": trainable,
+            "batch_stats": variables["batch_stats"], "head_stats": head_vars.get("batch_stats", {}),
+            "opt_state": optimizer.init(trainable)}
+
+
+def load_classifier(checkpoint_dir: str) -> dict:
+    """The trained classifier of a `train_classifier` checkpoint dir, as host arrays:
+    {'head': {'params', 'batch_stats'}, 'encoder': {'params', 'batch_stats'} or None (linear
+    evaluation: the encoder is the pretrained one, unchanged), 'step'}."""
+    manager = checkpoint.make_manager(checkpoint_dir, keep=1, async_save=False)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"No classifier checkpoint in {checkpoint_dir}; run "
+                                    "`python -m ssl_jax.evaluate` with the linear or finetune protocol first.")
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                              meta=ocp.args.JsonRestore()))["state"]
+    finally:
+        manager.close()
+    trainable = state["trainable"]
+    encoder = ({"params": trainable["encoder"], "batch_stats": state["batch_stats"]}
+               if "encoder" in trainable else None)
+    return {"head": {"params": trainable["head"], "batch_stats": state.get("head_stats", {})},
+            "encoder": encoder, "step": int(step)}
 
 
 def classifier_accuracy(encoder, encoder_variables, head, head_variables, batches, mesh) -> dict:

@@ -23,9 +23,9 @@ def make_manager(workdir: str, keep: int, async_save: bool = True) -> ocp.Checkp
                                  options=options, item_names=("state", "meta"))
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, meta: dict) -> None:
-    """Start saving `state` and JSON `meta` (e.g. the input position) at state.step."""
-    step = int(parallel.to_host(state.step))
+def save(manager: ocp.CheckpointManager, state: TrainState, meta: dict, step: int | None = None) -> None:
+    """Start saving `state` and JSON `meta` (e.g. the input position) at `step` (default state.step)."""
+    step = int(parallel.to_host(state.step)) if step is None else int(step)
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)), force=True)
 
