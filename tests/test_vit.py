@@ -266,3 +266,20 @@ def test_build_vit():
         build_vit("vit_huge")
     with pytest.raises(ValueError, match="hidden_dim"):
         build_vit("vit_small", hidden_dim=512)
+
+
+def test_return_stages_are_the_outputs_of_shallower_models():
+    """'block{k}' of the per-layer probes equals the output of a depth-k ViT made of the same
+    first k blocks and the same final LayerNorm; 'pooled' is the ordinary output."""
+    model = _tiny(depth=8)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    stages = model.apply(variables, x, train=False, return_stages=True)
+    assert list(stages) == ["block2", "block4", "block6", "pooled"]
+    np.testing.assert_array_equal(stages["pooled"], model.apply(variables, x, train=False))
+    for k in (2, 4, 6):
+        shallow = _tiny(depth=k)
+        params = {n: p for n, p in variables["params"].items()
+                  if not n.startswith("block") or int(n[5:]) <= k}
+        np.testing.assert_allclose(stages[f"block{k}"], shallow.apply({"params": params}, x, train=False),
+                                   rtol=1e-5, atol=1e-6)

@@ -9,8 +9,9 @@ from ssl_jax import parallel
 def make_encode_fn(encoder, mesh, stages: bool = False):
     """jit of encoder(images) in inference mode; images sharded over `data`, params replicated.
 
-    With `stages` (ResNets) the output is {'stage1', ..., 'stage4', 'pooled'}: every stage's
-    output, globally average-pooled (the per-layer probes)."""
+    With `stages` the output is a dict of intermediate features and 'pooled' (the per-layer
+    probes): every ResNet stage's output, globally average-pooled ('stage1'..'stage4'), or a
+    ViT's class token at 1/4, 1/2, 3/4 of its depth ('block3', 'block6', 'block9' for 12)."""
     kwargs = {"return_stages": True} if stages else {}
 
     def encode(params, stats, images):

@@ -221,12 +221,15 @@ class VisionTransformer(nn.Module):
                              f"position embedding's grid).")
 
     @nn.compact
-    def __call__(self, x, train: bool, return_tokens: bool = False):
+    def __call__(self, x, train: bool, return_tokens: bool = False, return_stages: bool = False):
         """x: images [N, H, W, C] with H and W multiples of ``patch_size``.
 
         Returns the class token [N, D] (float32), or with ``return_tokens`` a pair
         (class token [N, D], patch tokens [N, (H/p)·(W/p), D]), both after the final
-        LayerNorm, patch tokens in row-major order.
+        LayerNorm, patch tokens in row-major order. With ``return_stages`` (the per-layer
+        probes) a dict: 'block{k}' the class token after block k for k at 1/4, 1/2 and 3/4 of
+        the depth, each through the final LayerNorm (as DINO's features of intermediate
+        blocks), and 'pooled' the output.
         """
         del train  # no dropout / BatchNorm: see the class docstring.
         self._check_config()
@@ -266,11 +269,17 @@ class VisionTransformer(nn.Module):
 
         mlp_dim = int(self.hidden_dim * self.mlp_ratio)
         block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+        norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")
+        probed = {self.depth * q // 4 for q in (1, 2, 3)} - {0, self.depth}
+        stages = {}
         for i in range(self.depth):
             x = block_cls(self.num_heads, mlp_dim, self.dtype, self.layer_norm_eps,
-                             name=f"block{i + 1}")(x)
-        x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
-        x = x.astype(jnp.float32)
+                          name=f"block{i + 1}")(x)
+            if return_stages and i + 1 in probed:
+                stages[f"block{i + 1}"] = norm(x[:, 0]).astype(jnp.float32)
+        x = norm(x).astype(jnp.float32)
+        if return_stages:
+            return dict(stages, pooled=x[:, 0])
         if return_tokens:
             return x[:, 0], x[:, 1:]
         return x[:, 0]
