@@ -8,7 +8,8 @@ Presets:
                       global batch 1024, 100 epochs, multi-crop 2 x 224 px (scale (0.4, 1)) + 10 x 96 px
                       (scale (0.05, 0.4)); AdamW LR 0.0005 x B/256 with 10 warm-up epochs then cosine
                       to 1e-6, weight decay 0.04 -> 0.4 on a cosine (not on biases and norms), per-tensor
-                      gradient clipping at 3.0, last layer frozen for the first epoch; head 3 layers 2048,
+                      gradient clipping at 3.0, last layer frozen for the first epoch; stochastic depth
+                      0.1 in the student (rising over the blocks, none in the teacher); head 3 layers 2048,
                       bottleneck 256, 65536 outputs, weight-normalised last layer with fixed norm;
                       teacher EMA 0.996 -> 1, teacher temperature 0.04 (warm-up from 0.04 over 0 epochs:
                       set teacher_temp=0.07, warmup_teacher_temp_epochs=30 for the authors' longer runs),
@@ -49,7 +50,7 @@ def get_config(preset: str = "vit_small"):
     c.global_batch_size = 1024
     c.num_epochs = 100
     c.model = ml_collections.ConfigDict(dict(name="vit_small", patch_size=16, pos_embedding="learned",
-                                             dtype="bfloat16", remat=False))
+                                             dtype="bfloat16", remat=False, drop_path_rate=0.1))
     c.data.views = dino_views()
     c.dino = dict(head=dict(hidden_dim=2048, bottleneck_dim=256, output_dim=65536, num_layers=3,
                             use_bn=False, norm_last_layer=True),

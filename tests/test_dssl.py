@@ -121,10 +121,10 @@ def _encoder_rows(monkeypatch, method: str, mode: str) -> tuple[list, list]:
     calls = []
     original = common.apply_train
 
-    def recording(module, p, s, x):
+    def recording(module, p, s, x, rng=None):
         if module is m.encoder:
             calls.append(("online" if p is params["encoder"] else "target", x.shape[0]))
-        return original(module, p, s, x)
+        return original(module, p, s, x, rng)
 
     monkeypatch.setattr(common, "apply_train", recording)
     _loss(m, params, stats, state, batch)

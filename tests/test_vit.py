@@ -283,3 +283,31 @@ def test_return_stages_are_the_outputs_of_shallower_models():
                   if not n.startswith("block") or int(n[5:]) <= k}
         np.testing.assert_allclose(stages[f"block{k}"], shallow.apply({"params": params}, x, train=False),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_drop_path_zeroes_whole_examples_and_keeps_the_expectation():
+    from ssl_jax.models.vit import drop_path
+
+    branch = jnp.ones((4000, 3, 2))
+    out = np.asarray(drop_path(branch, 0.25, jax.random.PRNGKey(0)))
+    per_example = out.reshape(4000, -1)
+    assert set(np.unique(per_example)) == {0.0, np.float32(1 / 0.75)}
+    assert np.all(per_example.min(axis=1) == per_example.max(axis=1))  # all or nothing per example
+    assert abs(np.mean(per_example[:, 0] > 0) - 0.75) < 0.03
+    np.testing.assert_array_equal(out, drop_path(branch, 0.25, jax.random.PRNGKey(0)))
+
+
+def test_stochastic_depth_only_in_training_with_an_rng():
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3))
+    plain = _tiny(depth=4)
+    variables = plain.init(jax.random.PRNGKey(0), x, train=False)
+    ref = plain.apply(variables, x, train=True)
+    dropping = _tiny(depth=4, drop_path_rate=0.5)
+    np.testing.assert_array_equal(dropping.apply(variables, x, train=False), ref)
+    np.testing.assert_array_equal(dropping.apply(variables, x, train=True), ref)  # no rng: the teacher
+    rngs = lambda k: {"drop_path": jax.random.PRNGKey(k)}
+    a = dropping.apply(variables, x, train=True, rngs=rngs(2))
+    assert np.abs(np.asarray(a) - np.asarray(ref)).max() > 1e-3
+    assert np.abs(np.asarray(a) - np.asarray(dropping.apply(variables, x, train=True, rngs=rngs(3)))).max() > 1e-3
+    rematted = _tiny(depth=4, drop_path_rate=0.5, remat=True).apply(variables, x, train=True, rngs=rngs(2))
+    np.testing.assert_allclose(rematted, a, rtol=1e-6, atol=1e-6)

@@ -209,20 +209,23 @@ class JointEmbeddingMethod(abc.ABC):
     def _select(views: Sequence[jax.Array], which: Optional[Sequence[int]]) -> tuple:
         return tuple(views) if which is None else tuple(views[i] for i in which)
 
-    def _encode(self, params, batch_stats, views):
-        """Encoder on every view, one call per resolution group -> ([V, N, D], new stats)."""
+    def _encode(self, params, batch_stats, views, rng=None):
+        """Encoder on every view, one call per resolution group -> ([V, N, D], new stats).
+        `rng`: stochastic depth of the encoder (ViT drop_path_rate), None for none."""
         outs, stats = [], []
-        for group in group_by_shape(views):
-            h, s = common.apply_views(self.encoder, params, batch_stats, group, self.per_view_bn)
+        for i, group in enumerate(group_by_shape(views)):
+            h, s = common.apply_views(self.encoder, params, batch_stats, group, self.per_view_bn,
+                                      None if rng is None else jax.random.fold_in(rng, i))
             outs.append(h)
             stats.append(s)
         mean_stats = jax.tree.map(lambda *xs: sum(xs) / len(xs), *stats)
         return jnp.concatenate(outs, axis=0), mean_stats
 
-    def forward_online(self, params, batch_stats, views):
-        """Online encoder and heads on the views (training mode): ({'h', 'z', ...}, stats)."""
+    def forward_online(self, params, batch_stats, views, rng=None):
+        """Online encoder and heads on the views (training mode): ({'h', 'z', ...}, stats).
+        `rng` drives the encoder's stochastic depth (the target never gets one, as DINO's teacher)."""
         out, stats = {}, {}
-        x, stats["encoder"] = self._encode(params["encoder"], batch_stats["encoder"], views)
+        x, stats["encoder"] = self._encode(params["encoder"], batch_stats["encoder"], views, rng)
         out["h"] = x
         for name, module, key in self._modules()[1:]:
             x, stats[name] = common.apply_views(module, params[name], batch_stats[name], x,
@@ -257,12 +260,12 @@ class JointEmbeddingMethod(abc.ABC):
         return online, (target if self.momentum is not None else ())
 
     def _forward_pairs(self, forward, views: Sequence[jax.Array], indices: Sequence[int]):
-        """`forward` on the views `indices`. In the four-view modes views 0-1 and 2-3 are two
+        """`forward(views, group number)` on the views `indices`. In the four-view modes views 0-1 and 2-3 are two
         BatchNorm groups, so heavy views never share batch statistics with standard views
         (joint-BN methods such as SimCLR normalise each pair together, as with two views)."""
         groups = [[i for i in indices if i < 2], [i for i in indices if i >= 2]]
         groups = [g for g in groups if g] if self.dssl.four_views else [list(indices)]
-        results = [forward([views[i] for i in g]) for g in groups]
+        results = [forward([views[i] for i in g], j) for j, g in enumerate(groups)]
         if len(results) == 1:
             return results[0]
         outs, stats = zip(*results)
@@ -273,13 +276,15 @@ class JointEmbeddingMethod(abc.ABC):
         """The method's loss of one batch; aux carries new BN stats, state, metrics, features."""
         views = tuple(batch["views"][:self.num_views])
         online_idx, target_idx = self._view_indices()
-        out, new_stats = self._forward_pairs(lambda vs: self.forward_online(params, batch_stats, vs),
-                                             views, online_idx)
+        drop_rng = jax.random.fold_in(rng, 1)  # stochastic depth; `rng` itself goes to the objective
+        out, new_stats = self._forward_pairs(
+            lambda vs, g: self.forward_online(params, batch_stats, vs, jax.random.fold_in(drop_rng, g)),
+            views, online_idx)
         new_state = dict(method_state)
         target_z = None
         if self.momentum is not None:
             target = method_state["target"]
-            target_z, target_stats = self._forward_pairs(lambda vs: self.forward_target(target, vs),
+            target_z, target_stats = self._forward_pairs(lambda vs, g: self.forward_target(target, vs),
                                                          views, target_idx)
             new_state["target"] = {"params": target["params"], "batch_stats": target_stats}
         if self.dssl.four_views:

@@ -6,13 +6,21 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax import losses
+from ssl_jax.models.vit import DROP_PATH_RNG
 
 
-def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -> tuple[jax.Array, Any]:
-    """Apply `module` in training mode (batch statistics); returns (output, new batch_stats)."""
+def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array,
+                rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """Apply `module` in training mode (batch statistics); returns (output, new batch_stats).
+    `rng` drives stochastic depth where the module has it (ViT drop_path_rate > 0)."""
+    rngs = {DROP_PATH_RNG: rng} if rng is not None else None
     out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                mutable=["batch_stats"])
+                                mutable=["batch_stats"], rngs=rngs)
     return out, updates.get("batch_stats", {})
+
+
+def _fold(rng: jax.Array | None, i: int) -> jax.Array | None:
+    return None if rng is None else jax.random.fold_in(rng, i)
 
 
 def apply_eval(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
@@ -20,7 +28,8 @@ def apply_eval(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -
     return module.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
 
 
-def apply_train_per_view(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array) -> tuple[jax.Array, Any]:
+def apply_train_per_view(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
+                         rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """Apply `module` to each view of `views` [V, N, ...] in training mode.
 
     BatchNorm statistics are per view (as when each view is forwarded on its own, which is
@@ -33,11 +42,12 @@ def apply_train_per_view(module: nn.Module, params: Any, batch_stats: Any, views
     stay split inside such a merged axis, so XLA gathered the whole batch on every device
     (measured with benchmarks/train_step.py: each of 8 devices ran the full global batch).
     """
-    outs, stats = zip(*(apply_train(module, params, batch_stats, v) for v in views))
+    outs, stats = zip(*(apply_train(module, params, batch_stats, v, _fold(rng, i)) for i, v in enumerate(views)))
     return jnp.stack(outs), jax.tree.map(lambda *s: sum(s) / len(s), *stats)
 
 
-def apply_train_joint(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array) -> tuple[jax.Array, Any]:
+def apply_train_joint(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
+                      rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """Apply `module` to `views` [V, N, ...] as one batch of V*N: BatchNorm statistics are
     over all views together (SimCLR concatenates its views along the batch).
 
@@ -47,15 +57,15 @@ def apply_train_joint(module: nn.Module, params: Any, batch_stats: Any, views: j
     """
     v, n = views.shape[:2]
     merged = jnp.swapaxes(views, 0, 1).reshape((n * v,) + views.shape[2:])
-    out, stats = apply_train(module, params, batch_stats, merged)
+    out, stats = apply_train(module, params, batch_stats, merged, rng)
     return jnp.swapaxes(out.reshape((n, v) + out.shape[1:]), 0, 1), stats
 
 
 def apply_views(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
-                per_view_bn: bool) -> tuple[jax.Array, Any]:
+                per_view_bn: bool, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """apply_train_per_view or apply_train_joint."""
     fn = apply_train_per_view if per_view_bn else apply_train_joint
-    return fn(module, params, batch_stats, views)
+    return fn(module, params, batch_stats, views, rng)
 
 
 def ema(target: Any, online: Any, tau: jax.Array) -> Any:

@@ -8,9 +8,10 @@ teacher outputs, in the method state) and sharpened (teacher temperature warmed 
 from warmup_teacher_temp to teacher_temp over warmup_teacher_temp_epochs, then constant;
 student temperature 0.1). The last layer is frozen for the first epoch
 (optimizer.freeze_epochs = {'head/last_layer': 1}).
-Choices: no stochastic depth in the ViT (DINO uses drop-path 0.1 for ViT-S); the centre is
-updated with the teacher outputs of the step, after the loss used the previous centre, as
-in the authors' code.
+The ViT student has stochastic depth (model.drop_path_rate, 0.1 in the ViT presets as the
+authors' default); the teacher runs without it, as theirs (it is built with rate 0).
+Choice: the centre is updated with the teacher outputs of the step, after the loss used the
+previous centre, as in the authors' code.
 """
 import jax.numpy as jnp
 

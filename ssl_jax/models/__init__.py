@@ -11,13 +11,14 @@ ENCODER_NAMES = RESNET_NAMES + tuple(VIT_VARIANTS)
 def build_encoder(model_cfg: Any):
     """A ResNet (name 'resnet18' ... 'resnet200'; keys width, cifar_stem, dtype,
     zero_init_residual, remat) or a ViT (name 'vit_tiny' ... 'vit_large'; keys patch_size
-    (default 16), pos_embedding ('sincos' | 'learned', default 'sincos'), dtype, remat)."""
+    (default 16), pos_embedding ('sincos' | 'learned', default 'sincos'), dtype, remat,
+    drop_path_rate (default 0))."""
     get = model_cfg.get if hasattr(model_cfg, "get") else lambda k, d=None: getattr(model_cfg, k, d)
     name = get("name", None)
     if name in VIT_VARIANTS:
         return build_vit(name, patch_size=int(get("patch_size", 16)),
                          pos_embedding=get("pos_embedding", "sincos"), dtype=model_dtype(model_cfg),
-                         remat=bool(get("remat", False)))
+                         remat=bool(get("remat", False)), drop_path_rate=float(get("drop_path_rate", 0.0)))
     if name in RESNET_NAMES:
         return build_resnet(model_cfg)
     raise ValueError(f"Unknown encoder name {name!r} in model config; valid names: "

@@ -147,20 +147,37 @@ class Mlp(nn.Module):
         return dense(dim, "fc2")(x)
 
 
+DROP_PATH_RNG = "drop_path"  # the rng collection stochastic depth draws from
+
+
+def drop_path(branch: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth (Huang et al. 2016; timm's DropPath): each example's residual branch
+    [N, ...] is zeroed with probability `rate`, else scaled by 1 / (1 - rate), so its
+    expectation is unchanged."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (branch.shape[0],) + (1,) * (branch.ndim - 1))
+    return jnp.where(mask, branch / keep, jnp.zeros((), branch.dtype)).astype(branch.dtype)
+
+
 class EncoderBlock(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); with
+    `drop_path` > 0, each branch is dropped per example in training when a 'drop_path' rng is
+    given (the student; DINO's teacher and every evaluation run without it)."""
 
     num_heads: int
     mlp_dim: int
     dtype: Any = jnp.float32
     layer_norm_eps: float = LAYER_NORM_EPS
+    drop_path: float = 0.0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                                          name=name)
-        x = x + SelfAttention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x))
-        return x + Mlp(self.mlp_dim, self.dtype, name="mlp")(norm("norm2")(x))
+        active = train and self.drop_path > 0.0 and self.has_rng(DROP_PATH_RNG)
+        branch = lambda y: drop_path(y, self.drop_path, self.make_rng(DROP_PATH_RNG)) if active else y
+        x = x + branch(SelfAttention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x)))
+        return x + branch(Mlp(self.mlp_dim, self.dtype, name="mlp")(norm("norm2")(x)))
 
 
 class VisionTransformer(nn.Module):
@@ -186,9 +203,12 @@ class VisionTransformer(nn.Module):
       remat: recompute each block's activations in the backward pass (nn.remat per block):
         less activation memory for ~1/3 more compute; params and results unchanged.
 
-    ``train`` is accepted for interface parity with ResNet and ignored: this ViT has no
-    dropout, drop-path or BatchNorm (MoCo v3 and DINO's ViT-S/B pre-training use none),
-    so train and eval behave identically and there are no ``batch_stats``.
+      drop_path_rate: stochastic depth, rising linearly over the blocks from 0 to this rate
+        (timm; DINO trains its ViT-S/B with 0.1, MoCo v3 with none). Active only with
+        ``train=True`` and a 'drop_path' rng (``rngs={'drop_path': key}``).
+
+    There is no dropout or BatchNorm (MoCo v3 and DINO's ViT pre-training use none), so there
+    are no ``batch_stats``, and ``train`` only switches stochastic depth.
     """
 
     patch_size: int = 16
@@ -202,6 +222,7 @@ class VisionTransformer(nn.Module):
     dtype: Any = jnp.float32
     layer_norm_eps: float = LAYER_NORM_EPS
     remat: bool = False
+    drop_path_rate: float = 0.0
 
     @property
     def feature_dim(self) -> int:
@@ -231,7 +252,6 @@ class VisionTransformer(nn.Module):
         the depth, each through the final LayerNorm (as DINO's features of intermediate
         blocks), and 'pooled' the output.
         """
-        del train  # no dropout / BatchNorm: see the class docstring.
         self._check_config()
         if x.ndim != 4:
             raise ValueError(f"VisionTransformer expects images [N, H, W, C], got shape "
@@ -268,13 +288,15 @@ class VisionTransformer(nn.Module):
             x = x + jnp.concatenate([cls_pos, patch_pos], axis=0)[None].astype(self.dtype)
 
         mlp_dim = int(self.hidden_dim * self.mlp_ratio)
-        block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+        # `train` is static under remat (argument 2, counting self).
+        block_cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
         norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")
         probed = {self.depth * q // 4 for q in (1, 2, 3)} - {0, self.depth}
         stages = {}
         for i in range(self.depth):
-            x = block_cls(self.num_heads, mlp_dim, self.dtype, self.layer_norm_eps,
-                          name=f"block{i + 1}")(x)
+            rate = self.drop_path_rate * i / max(self.depth - 1, 1)
+            x = block_cls(self.num_heads, mlp_dim, self.dtype, self.layer_norm_eps, rate,
+                          name=f"block{i + 1}")(x, train)
             if return_stages and i + 1 in probed:
                 stages[f"block{i + 1}"] = norm(x[:, 0]).astype(jnp.float32)
         x = norm(x).astype(jnp.float32)
