@@ -9,6 +9,7 @@ import os
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
@@ -20,9 +21,16 @@ GLOBAL_BATCH, SIZE, STEPS = 16, 16, 2
 def tiny_config(name: str):
     """The method's demo preset at a global batch of 16 (W-MSE: whitening over all 16; SwAV:
     a queue of one batch, in use from the second step). 'METHOD+MODE' (e.g. 'byol+dssl'): with
-    config.dssl.mode = MODE (four views per image)."""
+    config.dssl.mode = MODE (four views per image); 'dino_vit': DINO with a ViT-Ti/4 student
+    using stochastic depth."""
     method, _, mode = name.partition("+")
-    config = importlib.import_module(f"configs.{method}").get_config("demo")
+    if method == "dino_vit":  # DINO's ViT student with stochastic depth (a per-example rng)
+        method, mode = "dino", ""
+        config = importlib.import_module("configs.dino").get_config("demo")
+        config.model = ml_collections.ConfigDict(dict(name="vit_tiny", patch_size=4, pos_embedding="sincos",
+                                                      dtype="float32", remat=False, drop_path_rate=0.2))
+    else:
+        config = importlib.import_module(f"configs.{method}").get_config("demo")
     if mode:
         config.dssl.update(dict(mode=mode, beta=0.5, delta=0.5) if method != "moco_v2" else dict(mode=mode))
     config.global_batch_size = GLOBAL_BATCH

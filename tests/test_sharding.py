@@ -12,8 +12,8 @@ from ssl_jax.methods import METHODS
 from tests.conftest import REPO_ROOT, device_env
 
 # DSSL's four-view objective on top of a predictive, a contrastive and a queue method (all
-# four Eq. 6 groups for BYOL and SimCLR).
-ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl"]
+# four Eq. 6 groups for BYOL and SimCLR); DINO with a ViT using stochastic depth.
+ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit"]
 
 
 def _run(out_dir, devices: int):
@@ -43,7 +43,7 @@ def test_one_device_equals_eight_devices(results, method):
     assert any("probe" in k for k in keys)
     state_keys = {"byol": ["target"], "moco_v2": ["target", "queue"], "moco_v3": ["target"],
                   "dino": ["target", "center"], "swav": ["queue", "prototypes"]}
-    for needle in state_keys.get(method.partition("+")[0], []):
+    for needle in state_keys.get(method.partition("+")[0].replace("_vit", ""), []):
         assert any(needle in k for k in keys), needle
     for k in keys:
         if method == "wmse" and "projector" in k and "dense" in k and "bias" in k:
