@@ -27,7 +27,9 @@ Presets:
                       temperature 0.04 -> 0.07 over 50 epochs, no blur (solo-learn's CIFAR setting; the
                       paper has none). One GPU.
   demo                scikit-learn digits: 2 x 16 px + 2 x 8 px crops, ResNet-18 at width 1/8, 32 epochs,
-                      head 256 -> 64 -> 512 outputs; offline, a few minutes on 2 CPU cores.
+                      head 256 -> 64 -> 512 outputs with BatchNorm (see below); offline, about 3 minutes on
+                      2 CPU cores. Measured: kNN top-1 0.800 vs 0.644 at random init, linear probe 0.903
+                      vs 0.761 (without BN in the head it collapses to one output within 20 steps).
 """
 import ml_collections
 
@@ -85,6 +87,10 @@ def get_config(preset: str = "vit_small"):
             c.data.views = [dict(v, blur_prob=0.0, flip_prob=0.0)
                             for v in dino_views((0.4, 1.0), (0.1, 0.4), 2, 16, 8)]
             c.dino.update(dict(num_views=4, teacher_temp=0.07, warmup_teacher_temp_epochs=8.0))
-            c.dino.head.update(dict(hidden_dim=256, bottleneck_dim=64, output_dim=512))
+            # BatchNorm in the head (DINO's use_bn_in_head): with 64-d features and DINO's
+            # truncated-normal(0.02) init, the head's bottleneck signal is ~1e-3 per dimension,
+            # which the first bias updates swamp: every image then maps to one output and the
+            # run collapses within 20 steps (measured); BN keeps the hidden signal at unit scale.
+            c.dino.head.update(dict(hidden_dim=256, bottleneck_dim=64, output_dim=512, use_bn=True))
             c.optimizer.update(dict(base_lr=1.0, weight_decay=1e-5))
     return c

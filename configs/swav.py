@@ -19,8 +19,9 @@ Presets:
                       prototypes, queue 3840 from epoch 50, no blur (solo-learn's CIFAR setting; the
                       paper has none). One GPU.
   demo                scikit-learn digits: 2 x 16 px + 2 x 8 px crops, ResNet-18 at width 1/8, 32
-                      epochs, 30 prototypes, a queue of 512 from epoch 4; offline, a few minutes on 2
-                      CPU cores.
+                      epochs, 30 prototypes, a queue of 512 from epoch 4; offline, about 2 minutes on 2
+                      CPU cores. It COLLAPSES (uniform predictions within ~20 steps; the README's Methods
+                      section lists what was tried): not a result yet.
 """
 from ssl_jax import presets as P
 
