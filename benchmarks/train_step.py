@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--config byol] [--preset cifar10] [--batch 64] [--steps 10]
                                     [--dtype float32] [--mesh data=D,fsdp=F] [--remat]
+                                    [--set section.key=value ...]
     python benchmarks/train_step.py --all [--preset cifar10] [--batch 32]   # one line per method
 
 Prints one JSON line per run: images/s (an image = one example with all its views), XLA's
@@ -220,10 +221,20 @@ def _num(x: float, digits: int):
 
 def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype: str,
               mesh_overrides: dict | None = None, remat: bool = False,
-              hlo_out: str | None = None) -> dict:
-    """Compile the step of configs/<config_name>.py:<preset> at `batch_size` and time it."""
+              hlo_out: str | None = None, overrides: dict | None = None) -> dict:
+    """Compile the step of configs/<config_name>.py:<preset> at `batch_size` and time it.
+    `overrides`: {dotted config key: value}, as --config.KEY=VALUE on the command line."""
     config = importlib.import_module(f"configs.{config_name}").get_config(preset)
     config.mesh.update(mesh_overrides or {})
+    for key, value in (overrides or {}).items():
+        parent, _, leaf = key.rpartition(".")
+        section = config
+        for part in filter(None, parent.split(".")):
+            section = section[part]
+        try:  # numbers and true/false as JSON, anything else as a string
+            section[leaf] = json.loads(value)
+        except json.JSONDecodeError:
+            section[leaf] = value
     if remat:
         if "remat" not in config.model:
             print("warning: config.model has no `remat` field in this version; --remat is "
@@ -311,12 +322,15 @@ def main():
     ap.add_argument("--remat", action="store_true", help="set config.model.remat=True")
     ap.add_argument("--hlo-out", default=None,
                     help="write the compiled step's HLO text here (not with --all)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set byol.per_view_bn=false (repeatable)")
     args = ap.parse_args()
+    overrides = dict(kv.split("=", 1) for kv in args.set)
     names = sorted(METHODS) if args.all else [args.config]
     batch = args.batch or (32 if args.all else 64)
     for name in names:
         print(json.dumps(benchmark(name, args.preset, batch, args.steps, args.dtype, args.mesh, args.remat,
-                                   None if args.all else args.hlo_out)), flush=True)
+                                   None if args.all else args.hlo_out, overrides)), flush=True)
 
 
 if __name__ == "__main__":

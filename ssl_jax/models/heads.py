@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.models.norm import BatchNorm
 from ssl_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 # output_bn values -> (use_scale, use_bias) of the BatchNorm after the last Dense.
@@ -41,7 +42,7 @@ class MLPHead(nn.Module):
             raise ValueError(f"MLPHead output_bn={self.output_bn!r}; valid: {sorted(OUTPUT_BN)}.")
 
         def norm(name, scale=True, bias=True):
-            return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+            return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
                                 epsilon=BN_EPSILON, use_scale=scale, use_bias=bias,
                                 dtype=self.dtype, name=name)
 
@@ -92,7 +93,7 @@ class DINOHead(nn.Module):
         for i in range(self.num_layers - 1):
             x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=init, name=f"dense{i + 1}")(x)
             if self.use_bn:
-                x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                  dtype=self.dtype, name=f"bn{i + 1}")(x)
             x = nn.gelu(x, approximate=False)
         x = nn.Dense(self.bottleneck_dim, dtype=self.dtype, kernel_init=init, name=f"dense{self.num_layers}")(x)

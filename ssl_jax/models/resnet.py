@@ -14,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.models.norm import BatchNorm
+
 # He / Kaiming normal, fan-out (as torchvision's ResNet init).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -38,7 +40,7 @@ def _channels(base: int, width_multiplier: float) -> int:
 def _block_layers(dtype, train: bool, zero_init_residual: bool):
     """(conv, norm, scale init of the block's last BN) shared by both residual blocks."""
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_kernel_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=dtype)
     last_scale = nn.initializers.zeros if zero_init_residual else nn.initializers.ones
     return conv, norm, last_scale
@@ -145,7 +147,7 @@ class ResNet(nn.Module):
                              f"valid depths: {sorted(STAGE_SIZES)}.")
         x = jnp.asarray(x, self.dtype)
         stem = _channels(64, self.width_multiplier)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+        norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                                  dtype=self.dtype)
         if self.cifar_stem:
