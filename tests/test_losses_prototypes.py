@@ -388,3 +388,25 @@ def test_sinkhorn_and_carp_sharded_over_8_devices_equal_one_device():
     np.testing.assert_allclose(info["codes_8"], _np_sinkhorn(scores, 0.05, 3), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose([info["carp_8"], info["consistency_8"], info["kl_8"]],
                                _np_carp(la, lb, info["perm_8"], blocks, 0.7), rtol=1e-5)
+
+
+def test_swav_assignment_metrics_read_the_uniform_fixed_point():
+    """SwAV logs how informative its assignments are: at the uniform fixed point (every
+    prototype scores the same) both entropies are 1 (of log K); with scores that single out one
+    prototype per image, identical in both crops, the entropies fall and the crops agree."""
+    import importlib
+
+    from ssl_jax.methods import build_method
+
+    config = importlib.import_module("configs.swav").get_config("demo")
+    method = build_method(config, total_steps=10)
+    k, n = 30, 64
+    uniform = jnp.zeros((2, n, k))
+    codes = jnp.stack([losses.sinkhorn(uniform[i]) for i in range(2)])
+    m = method._assignment_metrics(uniform, codes)
+    np.testing.assert_allclose([m["codes_entropy"], m["predictions_entropy"]], [1.0, 1.0], rtol=1e-5)
+    peaked = jnp.broadcast_to(jax.nn.one_hot(jnp.arange(n) % k, k) * 0.9, (2, n, k))
+    codes = jnp.stack([losses.sinkhorn(peaked[i]) for i in range(2)])
+    m = method._assignment_metrics(peaked, codes)
+    assert float(m["codes_entropy"]) < 0.1 and float(m["predictions_entropy"]) < 0.5
+    assert float(m["codes_agreement"]) == 1.0

@@ -77,7 +77,9 @@ class SwAV(JointEmbeddingMethod):
                 q_scores = queue["embeddings"][i] @ kernel
                 use = queue["count"] >= self.cfg.queue_length
             codes.append(self._codes(jax.lax.stop_gradient(scores[i]), q_scores, use))
-        loss = losses.swav(scores, jnp.stack(codes), temperature=self.cfg.temperature)
+        codes = jnp.stack(codes)
+        loss = losses.swav(scores, codes, temperature=self.cfg.temperature)
+        metrics = self._assignment_metrics(scores, codes)
         updates = {}
         if queue is not None:
             active = step >= self.queue_start_step
@@ -87,7 +89,21 @@ class SwAV(JointEmbeddingMethod):
                 "embeddings": jnp.where(active, pushed, queue["embeddings"]),
                 "count": jnp.where(active, jnp.minimum(queue["count"] + n, self.cfg.queue_length),
                                    queue["count"])}
-        return loss, {}, updates
+        return loss, metrics, updates
+
+    def _assignment_metrics(self, scores, codes):
+        """How informative the assignments are (the uniform fixed point has both entropies at 1
+        and agreement at chance, 1/K): mean entropy of the codes and of the predictions
+        softmax(scores / T), each over log K, and how often the two global crops of an image
+        have the same most likely prototype."""
+        log_k = jnp.log(jnp.float32(scores.shape[-1]))
+        entropy = lambda p: jnp.mean(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=-1)) / log_k
+        probs = jax.nn.softmax(jax.lax.stop_gradient(scores[:2]).astype(jnp.float32) / self.cfg.temperature, -1)
+        metrics = {"codes_entropy": entropy(codes), "predictions_entropy": entropy(probs)}
+        if codes.shape[0] >= 2:
+            same = jnp.argmax(codes[0], -1) == jnp.argmax(codes[1], -1)
+            metrics["codes_agreement"] = jnp.mean(same.astype(jnp.float32))
+        return metrics
 
     def after_update(self, params, method_state, step):
         params = dict(params, prototypes=normalize_prototypes(params["prototypes"]))
