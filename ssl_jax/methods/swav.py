@@ -94,11 +94,13 @@ class SwAV(JointEmbeddingMethod):
     def _assignment_metrics(self, scores, codes):
         """How informative the assignments are (the uniform fixed point has both entropies at 1
         and agreement at chance, 1/K): mean entropy of the codes and of the predictions
-        softmax(scores / T), each over log K, and how often the two global crops of an image
-        have the same most likely prototype."""
+        softmax(scores / T) of the same A global crops the codes [A, N, K] are of, each over
+        log K, and how often the first two global crops of an image have the same most likely
+        prototype."""
         log_k = jnp.log(jnp.float32(scores.shape[-1]))
         entropy = lambda p: jnp.mean(-jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=-1)) / log_k
-        probs = jax.nn.softmax(jax.lax.stop_gradient(scores[:2]).astype(jnp.float32) / self.cfg.temperature, -1)
+        global_scores = jax.lax.stop_gradient(scores[:codes.shape[0]]).astype(jnp.float32)
+        probs = jax.nn.softmax(global_scores / self.cfg.temperature, -1)
         metrics = {"codes_entropy": entropy(codes), "predictions_entropy": entropy(probs)}
         if codes.shape[0] >= 2:
             same = jnp.argmax(codes[0], -1) == jnp.argmax(codes[1], -1)

@@ -56,10 +56,15 @@ def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: fl
     return y, mean, var
 
 
+def _normalize(x, mean, inv, scale, bias):
+    """(x - mean) * inv * scale + bias in float32 (inv = 1 / sqrt(var + epsilon))."""
+    return (x.astype(jnp.float32) - mean) * (inv * scale) + bias
+
+
 def _batch_normalize_fwd(x, scale, bias, epsilon):
     mean, var = batch_moments(x)
     inv = jax.lax.rsqrt(var + epsilon)
-    y = ((x.astype(jnp.float32) - mean) * (inv * scale) + bias).astype(x.dtype)
+    y = _normalize(x, mean, inv, scale, bias).astype(x.dtype)
     return (y, mean, var), (x, mean, inv, scale)
 
 
@@ -110,8 +115,7 @@ class BatchNorm(nn.Module):
         dtype = self.dtype or jnp.result_type(x, self.param_dtype)
         if self.use_running_average:
             inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
-            y = (x.astype(jnp.float32) - ra_mean.value) * (inv * scale) + bias
-            return y.astype(dtype)
+            return _normalize(x, ra_mean.value, inv, scale, bias).astype(dtype)
         y, mean, var = batch_normalize(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
