@@ -116,15 +116,15 @@ def test_byol_ema_target_gets_no_gradient_in_dssl():
 
 
 def _encoder_rows(monkeypatch, method: str, mode: str) -> tuple[list, list]:
-    """Batch sizes of every online and every target encoder call of one loss evaluation."""
+    """(rows, BN views) of every online and every target encoder call of one loss evaluation."""
     m, params, stats, state, batch = _tiny(method, mode)
     calls = []
     original = common.apply_train
 
-    def recording(module, p, s, x, rng=None):
+    def recording(module, p, s, x, rng=None, bn_views=1):
         if module is m.encoder:
-            calls.append(("online" if p is params["encoder"] else "target", x.shape[0]))
-        return original(module, p, s, x, rng)
+            calls.append(("online" if p is params["encoder"] else "target", (x.shape[0], bn_views)))
+        return original(module, p, s, x, rng, bn_views)
 
     monkeypatch.setattr(common, "apply_train", recording)
     _loss(m, params, stats, state, batch)
@@ -135,11 +135,12 @@ def _encoder_rows(monkeypatch, method: str, mode: str) -> tuple[list, list]:
 def test_repro_and_dssl_run_four_online_encoder_passes_per_image(monkeypatch, method):
     for mode in ("repro", "dssl"):
         online, target = _encoder_rows(monkeypatch, method, mode)
-        assert online == [N] * 4, (mode, online)
+        # One call per pair of views (the pairs never share BN statistics), per-view BN in each.
+        assert online == [(2 * N, 2)] * 2, (mode, online)
         # BYOL's EMA target: both pairs' views in repro, the two standard views in DSSL.
-        assert target == ([] if method == "simsiam" else [N] * (4 if mode == "repro" else 2)), (mode, target)
+        assert target == ([] if method == "simsiam" else [(2 * N, 2)] * (2 if mode == "repro" else 1)), (mode, target)
     online, target = _encoder_rows(monkeypatch, method, "none")
-    assert online == [N] * 2
+    assert online == [(2 * N, 2)]
 
 
 def test_simclr_dssl_adds_one_cosine_per_harder_view_to_nt_xent():

@@ -7,8 +7,8 @@ function of the step). Loss: byol(q_theta(v), sg(z_xi(v'))) + byol(q_theta(v'), 
 Choices where the paper leaves room:
 - The target network runs in training mode (batch statistics), as in the authors' code;
   its BN running statistics come from its own forward passes, not from the EMA.
-- Both views go through each network in one vmapped call with per-view BN statistics
-  (see methods.common.apply_train_per_view).
+- Both views go through each network in one call with per-view BN statistics
+  (see methods.common.apply_views).
 """
 from ssl_jax import losses
 from ssl_jax.methods.base import JointEmbeddingMethod

@@ -10,17 +10,14 @@ from ssl_jax.models.vit import DROP_PATH_RNG
 
 
 def apply_train(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array,
-                rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+                rng: jax.Array | None = None, bn_views: int = 1) -> tuple[jax.Array, Any]:
     """Apply `module` in training mode (batch statistics); returns (output, new batch_stats).
-    `rng` drives stochastic depth where the module has it (ViT drop_path_rate > 0)."""
+    `rng` drives stochastic depth where the module has it (ViT drop_path_rate > 0);
+    `bn_views` > 1: x holds that many views example-major, BatchNorm statistics per view."""
     rngs = {DROP_PATH_RNG: rng} if rng is not None else None
     out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                mutable=["batch_stats"], rngs=rngs)
+                                bn_views=bn_views, mutable=["batch_stats"], rngs=rngs)
     return out, updates.get("batch_stats", {})
-
-
-def _fold(rng: jax.Array | None, i: int) -> jax.Array | None:
-    return None if rng is None else jax.random.fold_in(rng, i)
 
 
 def apply_eval(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -> jax.Array:
@@ -28,44 +25,27 @@ def apply_eval(module: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -
     return module.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
 
 
-def apply_train_per_view(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
-                         rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
-    """Apply `module` to each view of `views` [V, N, ...] in training mode.
+def apply_views(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
+                per_view_bn: bool, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """Apply `module` to `views` [V, N, ...] in training mode, in one call on a batch of V*N.
 
-    BatchNorm statistics are per view (as when each view is forwarded on its own, which is
-    what the BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg reference implementations do).
-    The running statistics are updated with the mean of the per-view updates, i.e. once per
-    step with the views' average batch statistics.
-
-    One call per view, not a jax.vmap over views: vmap folds the view axis into the batch
-    axis of a convolution as [V*N] with V outermost, and a batch split over devices cannot
-    stay split inside such a merged axis, so XLA gathered the whole batch on every device
-    (measured with benchmarks/train_step.py: each of 8 devices ran the full global batch).
-    """
-    outs, stats = zip(*(apply_train(module, params, batch_stats, v, _fold(rng, i)) for i, v in enumerate(views)))
-    return jnp.stack(outs), jax.tree.map(lambda *s: sum(s) / len(s), *stats)
-
-
-def apply_train_joint(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
-                      rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
-    """Apply `module` to `views` [V, N, ...] as one batch of V*N: BatchNorm statistics are
-    over all views together (SimCLR concatenates its views along the batch).
+    per_view_bn: BatchNorm statistics per view, exactly as when each view is forwarded on
+    its own (what the BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg reference
+    implementations do), and the running statistics updated once with the views' average
+    statistics. Otherwise statistics over all views together (SimCLR concatenates its views
+    along the batch).
 
     The batch is laid out example-major ([N, V] -> N*V): the device that holds examples i..j
     holds all their views, so the data-parallel split of N survives the merge (view-major,
-    [V, N] -> V*N, would make XLA gather the batch). BN statistics do not depend on the order.
+    [V, N] -> V*N, would make XLA gather the batch on every device). One call rather than
+    one per view: each weight then gets one gradient per step, and under data parallelism
+    one all-reduce (one call per view made XLA all-reduce each view's gradient separately,
+    twice the gradient traffic; see benchmarks/train_step.py).
     """
     v, n = views.shape[:2]
     merged = jnp.swapaxes(views, 0, 1).reshape((n * v,) + views.shape[2:])
-    out, stats = apply_train(module, params, batch_stats, merged, rng)
+    out, stats = apply_train(module, params, batch_stats, merged, rng, bn_views=v if per_view_bn else 1)
     return jnp.swapaxes(out.reshape((n, v) + out.shape[1:]), 0, 1), stats
-
-
-def apply_views(module: nn.Module, params: Any, batch_stats: Any, views: jax.Array,
-                per_view_bn: bool, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
-    """apply_train_per_view or apply_train_joint."""
-    fn = apply_train_per_view if per_view_bn else apply_train_joint
-    return fn(module, params, batch_stats, views, rng)
 
 
 def ema(target: Any, online: Any, tau: jax.Array) -> Any:

@@ -35,16 +35,18 @@ class MLPHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, bn_views: int = 1):
+        """``bn_views`` > 1: x holds that many views example-major, each BatchNorm normalises
+        each view with its own statistics (see models.norm.BatchNorm)."""
         if self.num_layers < 1:
             raise ValueError(f"MLPHead needs num_layers >= 1, got {self.num_layers}.")
         if self.output_bn not in OUTPUT_BN:
             raise ValueError(f"MLPHead output_bn={self.output_bn!r}; valid: {sorted(OUTPUT_BN)}.")
 
         def norm(name, scale=True, bias=True):
-            return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                epsilon=BN_EPSILON, use_scale=scale, use_bias=bias,
-                                dtype=self.dtype, name=name)
+            bn = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                           use_scale=scale, use_bias=bias, dtype=self.dtype, name=name)
+            return lambda x: bn(x, bn_views)
 
         x = jnp.asarray(x, self.dtype)
         for i in range(self.num_layers - 1):
@@ -87,14 +89,14 @@ class DINOHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, bn_views: int = 1):
         init = nn.initializers.truncated_normal(0.02)
         x = jnp.asarray(x, self.dtype)
         for i in range(self.num_layers - 1):
             x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=init, name=f"dense{i + 1}")(x)
             if self.use_bn:
                 x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                 dtype=self.dtype, name=f"bn{i + 1}")(x)
+                              dtype=self.dtype, name=f"bn{i + 1}")(x, bn_views)
             x = nn.gelu(x, approximate=False)
         x = nn.Dense(self.bottleneck_dim, dtype=self.dtype, kernel_init=init, name=f"dense{self.num_layers}")(x)
         x = x.astype(jnp.float32)
@@ -118,8 +120,8 @@ class Prototypes(nn.Module):
         return self.num_prototypes
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        del train
+    def __call__(self, x, train: bool, bn_views: int = 1):
+        del train, bn_views  # no BatchNorm
         x = x.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
         return nn.Dense(self.num_prototypes, use_bias=False, name="kernel_layer")(x)

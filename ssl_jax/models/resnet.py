@@ -37,11 +37,19 @@ def _channels(base: int, width_multiplier: float) -> int:
     return max(1, int(round(base * width_multiplier)))
 
 
-def _block_layers(dtype, train: bool, zero_init_residual: bool):
+def _norm(train: bool, dtype, bn_views: int):
+    """BatchNorm(**kw)(x) with the model's settings, per-view statistics over `bn_views` views."""
+    def make(**kw):
+        bn = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                       dtype=dtype, **kw)
+        return lambda x: bn(x, bn_views)
+    return make
+
+
+def _block_layers(dtype, train: bool, zero_init_residual: bool, bn_views: int):
     """(conv, norm, scale init of the block's last BN) shared by both residual blocks."""
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_kernel_init)
-    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=dtype)
+    norm = _norm(train, dtype, bn_views)
     last_scale = nn.initializers.zeros if zero_init_residual else nn.initializers.ones
     return conv, norm, last_scale
 
@@ -63,8 +71,8 @@ class BasicBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual)
+    def __call__(self, x, train: bool, bn_views: int = 1):
+        conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual, bn_views)
         y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.filters, (3, 3), padding=_PAD1, name="conv2")(y)
@@ -81,8 +89,8 @@ class Bottleneck(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual)
+    def __call__(self, x, train: bool, bn_views: int = 1):
+        conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual, bn_views)
         y = conv(self.filters, (1, 1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv2")(y)
@@ -138,18 +146,18 @@ class ResNet(nn.Module):
         return expansion * _channels(512, self.width_multiplier)
 
     @nn.compact
-    def __call__(self, x, train: bool, return_stages: bool = False):
+    def __call__(self, x, train: bool, return_stages: bool = False, bn_views: int = 1):
         """Returns pooled features [B, D], or with ``return_stages`` a dict with
         'stage1'..'stage4' (each stage's output, globally average-pooled) and
-        'pooled' (the final features)."""
+        'pooled' (the final features). ``bn_views`` > 1: the batch holds that many views
+        example-major (row n·bn_views + v is view v of example n) and every BatchNorm
+        normalises each view with its own statistics (see models.norm.BatchNorm)."""
         if self.depth not in STAGE_SIZES:
             raise ValueError(f"ResNet depth {self.depth} is not supported; "
                              f"valid depths: {sorted(STAGE_SIZES)}.")
         x = jnp.asarray(x, self.dtype)
         stem = _channels(64, self.width_multiplier)
-        norm = functools.partial(BatchNorm, use_running_average=not train,
-                                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                 dtype=self.dtype)
+        norm = _norm(train, self.dtype, bn_views)
         if self.cifar_stem:
             x = nn.Conv(stem, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype,
                         kernel_init=conv_kernel_init, name="stem_conv")(x)
@@ -162,15 +170,15 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
 
         block_cls = Bottleneck if self.bottleneck else BasicBlock
-        if self.remat:  # argument 2 (`train`, after self and x) is a Python bool
-            block_cls = nn.remat(block_cls, static_argnums=(2,))
+        if self.remat:  # arguments 2 and 3 (`train`, `bn_views`, after self and x) are static
+            block_cls = nn.remat(block_cls, static_argnums=(2, 3))
         stages = {}
         for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
             filters = _channels(64 * 2 ** i, self.width_multiplier)
             for j in range(num_blocks):
                 strides = 2 if (i > 0 and j == 0) else 1
                 x = block_cls(filters, strides, self.zero_init_residual, self.dtype,
-                              name=f"stage{i + 1}_block{j + 1}")(x, train)
+                              name=f"stage{i + 1}_block{j + 1}")(x, train, bn_views)
             if return_stages:
                 stages[f"stage{i + 1}"] = _global_pool(x)
         pooled = _global_pool(x)

@@ -242,7 +242,8 @@ class VisionTransformer(nn.Module):
                              f"position embedding's grid).")
 
     @nn.compact
-    def __call__(self, x, train: bool, return_tokens: bool = False, return_stages: bool = False):
+    def __call__(self, x, train: bool, return_tokens: bool = False, return_stages: bool = False,
+                 bn_views: int = 1):
         """x: images [N, H, W, C] with H and W multiples of ``patch_size``.
 
         Returns the class token [N, D] (float32), or with ``return_tokens`` a pair
@@ -252,6 +253,7 @@ class VisionTransformer(nn.Module):
         the depth, each through the final LayerNorm (as DINO's features of intermediate
         blocks), and 'pooled' the output.
         """
+        del bn_views  # no BatchNorm: the views of a batch need no separate statistics
         self._check_config()
         if x.ndim != 4:
             raise ValueError(f"VisionTransformer expects images [N, H, W, C], got shape "
