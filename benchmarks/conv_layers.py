@@ -1,0 +1,64 @@
+"""Forward, input-gradient and weight-gradient time of XLA's 3x3 convolutions at the shapes of
+a ResNet-18 with the CIFAR stem (run by hand, not in CI).
+
+    python benchmarks/conv_layers.py [--batch 64] [--reps 7]
+
+Prints ONE JSON line: per stage (32²×64, 16²×128, 8²×256, 4²×512; stride 1, SAME padding,
+float32, NHWC / HWIO), the median milliseconds of the forward convolution, of its gradient
+with respect to the input, of its gradient with respect to the kernel, and of all three in one
+compiled function, with the GFLOP/s of each (2·N·H·W·9·C_in·C_out FLOPs per convolution).
+"""
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))
+
+
+def conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def median_ms(fn, args, reps: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    fns = {
+        "forward": jax.jit(lambda x, w, dy: conv(x, w)),
+        "input_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]),
+        "weight_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
+        "forward_and_both_grads": jax.jit(lambda x, w, dy: (lambda y, vjp: (y, vjp(dy)))(*jax.vjp(conv, x, w))),
+    }
+    result = {"benchmark": "conv_layers", "batch": args.batch, "backend": jax.default_backend(), "stages": {}}
+    for hw, c in STAGES:
+        kx, kw, kd = jax.random.split(jax.random.PRNGKey(hw), 3)
+        x = jax.random.normal(kx, (args.batch, hw, hw, c), jnp.float32)
+        w = jax.random.normal(kw, (3, 3, c, c), jnp.float32) * (9 * c) ** -0.5
+        dy = jax.random.normal(kd, (args.batch, hw, hw, c), jnp.float32)
+        gflop = 2 * args.batch * hw * hw * 9 * c * c / 1e9
+        stage = {}
+        for name, fn in fns.items():
+            ms = median_ms(fn, (x, w, dy), args.reps)
+            convs = 3 if name == "forward_and_both_grads" else 1
+            stage[name] = {"ms": round(ms, 1), "gflop_per_s": round(convs * gflop / ms * 1e3, 1)}
+        result["stages"][f"{hw}x{hw}x{c}"] = stage
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
