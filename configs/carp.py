@@ -17,7 +17,13 @@ Presets:
                       0.6 -> 0.0006, trust 0.02, weight decay 5e-4), no blur. The thesis has no CARP CIFAR
                       recipe: a starting point.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, 60 prototypes as
-                      3 blocks of 20; offline, ~3 min on 2 CPU cores.
+                      3 blocks of 20, λ_e 2.0 -> 1.5 over 16 epochs; offline, ~2 min on 2 CPU cores.
+                      Choice: the thesis's λ_e end value 0.15 (reached here after 8 epochs) let the
+                      blocks' batch marginals drift from uniform and the kNN end below random init
+                      (0.583 vs 0.644, seed 0, 2026-11-22); kept at CARL's end value 1.5 (and decayed
+                      over half the run, as CARL's demo) it ended at 0.875 / 0.933 (kNN / linear)
+                      with seed 0, 0.833 / 0.936 with seed 1 and 0.903 / 0.950 with seed 2 (random
+                      init 0.644 / 0.761, 0.553 / 0.700 and 0.631 / 0.725).
 """
 from ssl_jax import presets as P
 
@@ -50,6 +56,6 @@ def get_config(preset: str = "imagenet"):
         c.optimizer.update(dict(base_lr=0.6, weight_decay=5e-4, end_lr_factor=0.001, trust_coefficient=0.02))
     elif preset == "demo":
         c.carp.update(dict(projector=P.head(256, 64, num_layers=2), assigner=P.head(256, 60, num_layers=2),
-                           num_blocks=3, entropy_decay_epochs=8.0))
+                           num_blocks=3, entropy_weight_end=1.5, entropy_decay_epochs=16.0))
         c.optimizer.update(dict(base_lr=1.0, weight_decay=1e-5, end_lr_factor=0.0, trust_coefficient=0.02))
     return c
