@@ -7,8 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssl_jax.models.norm import BatchNorm
-from ssl_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+from ssl_jax.models.resnet import norm_layer
 
 # output_bn values -> (use_scale, use_bias) of the BatchNorm after the last Dense.
 OUTPUT_BN = {"none": None, "affine": (True, True), "scale": (True, False), "plain": (False, False)}
@@ -43,10 +42,10 @@ class MLPHead(nn.Module):
         if self.output_bn not in OUTPUT_BN:
             raise ValueError(f"MLPHead output_bn={self.output_bn!r}; valid: {sorted(OUTPUT_BN)}.")
 
+        make_norm = norm_layer(train, self.dtype, bn_views)
+
         def norm(name, scale=True, bias=True):
-            bn = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                           use_scale=scale, use_bias=bias, dtype=self.dtype, name=name)
-            return lambda x: bn(x, bn_views)
+            return make_norm(use_scale=scale, use_bias=bias, name=name)
 
         x = jnp.asarray(x, self.dtype)
         for i in range(self.num_layers - 1):
@@ -95,8 +94,7 @@ class DINOHead(nn.Module):
         for i in range(self.num_layers - 1):
             x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=init, name=f"dense{i + 1}")(x)
             if self.use_bn:
-                x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                              dtype=self.dtype, name=f"bn{i + 1}")(x, bn_views)
+                x = norm_layer(train, self.dtype, bn_views)(name=f"bn{i + 1}")(x)
             x = nn.gelu(x, approximate=False)
         x = nn.Dense(self.bottleneck_dim, dtype=self.dtype, kernel_init=init, name=f"dense{self.num_layers}")(x)
         x = x.astype(jnp.float32)

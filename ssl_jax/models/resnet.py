@@ -37,8 +37,10 @@ def _channels(base: int, width_multiplier: float) -> int:
     return max(1, int(round(base * width_multiplier)))
 
 
-def _norm(train: bool, dtype, bn_views: int):
-    """BatchNorm(**kw)(x) with the model's settings, per-view statistics over `bn_views` views."""
+def norm_layer(train: bool, dtype, bn_views: int):
+    """make(**kw) -> a function x -> BatchNorm(**kw)(x) with the models' settings (BYOL's
+    momentum and epsilon, training or inference mode) and per-view statistics over `bn_views`
+    views; ResNet and the MLP heads build their BatchNorms with it."""
     def make(**kw):
         bn = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                        dtype=dtype, **kw)
@@ -49,7 +51,7 @@ def _norm(train: bool, dtype, bn_views: int):
 def _block_layers(dtype, train: bool, zero_init_residual: bool, bn_views: int):
     """(conv, norm, scale init of the block's last BN) shared by both residual blocks."""
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_kernel_init)
-    norm = _norm(train, dtype, bn_views)
+    norm = norm_layer(train, dtype, bn_views)
     last_scale = nn.initializers.zeros if zero_init_residual else nn.initializers.ones
     return conv, norm, last_scale
 
@@ -157,7 +159,7 @@ class ResNet(nn.Module):
                              f"valid depths: {sorted(STAGE_SIZES)}.")
         x = jnp.asarray(x, self.dtype)
         stem = _channels(64, self.width_multiplier)
-        norm = _norm(train, self.dtype, bn_views)
+        norm = norm_layer(train, self.dtype, bn_views)
         if self.cifar_stem:
             x = nn.Conv(stem, (3, 3), padding=_PAD1, use_bias=False, dtype=self.dtype,
                         kernel_init=conv_kernel_init, name="stem_conv")(x)
