@@ -7,11 +7,18 @@ Prints ONE JSON line: per stage (32²×64, 16²×128, 8²×256, 4²×512; stride
 float32, NHWC / HWIO), the median milliseconds of the forward convolution, of its gradient
 with respect to the input, of its gradient with respect to the kernel, and of all three in one
 compiled function, with the GFLOP/s of each (2·N·H·W·9·C_in·C_out FLOPs per convolution).
+
+ssl_jax is imported before JAX so that the convolutions run under the library's own CPU default
+(YNNPACK fusion off, ssl_jax/__init__.py); the XLA flags in effect are printed with the result.
+Before 2026-11-22 this script imported JAX alone and so measured XLA with YNNPACK on, under which
+the weight gradient at 32²×64 takes 3x as long (benchmarks/RESULTS_train_step.md, section 12).
 """
 import argparse
 import json
+import os
 import time
 
+import ssl_jax  # noqa: F401  (sets the library's XLA CPU flags before JAX starts)
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -44,7 +51,8 @@ def main():
         "weight_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
         "forward_and_both_grads": jax.jit(lambda x, w, dy: (lambda y, vjp: (y, vjp(dy)))(*jax.vjp(conv, x, w))),
     }
-    result = {"benchmark": "conv_layers", "batch": args.batch, "backend": jax.default_backend(), "stages": {}}
+    result = {"benchmark": "conv_layers", "batch": args.batch, "backend": jax.default_backend(),
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "stages": {}}
     for hw, c in STAGES:
         kx, kw, kd = jax.random.split(jax.random.PRNGKey(hw), 3)
         x = jax.random.normal(kx, (args.batch, hw, hw, c), jnp.float32)
