@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.models.norm import BatchNorm, batch_moments, batch_normalize, group_by_view, group_sums
+from ssl_jax.models.norm import BatchNorm, batch_moments, batch_normalize, split_views, view_sums
 
 
 def _inputs(shape, seed=0):
@@ -34,45 +34,45 @@ def _numpy_bn_and_grads(x, cotangent, scale, bias, eps):
     return y, mean, var, dx, d_scale, d_bias
 
 
-def _numpy_grouped(x, ct, scale, bias, eps, groups):
-    """The float64 reference applied to each view (rows g, g + groups, ...) on its own, put
+def _numpy_grouped(x, ct, scale, bias, eps, views):
+    """The float64 reference applied to each view (rows g, g + views, ...) on its own, put
     back in place; the parameter gradients summed over views."""
     y, dx = np.zeros(x.shape), np.zeros(x.shape)
     means, variances, d_scale, d_bias = [], [], 0.0, 0.0
-    for g in range(groups):
-        yg, mg, vg, dxg, dsg, dbg = _numpy_bn_and_grads(x[g::groups], ct[g::groups], scale, bias, eps)
-        y[g::groups], dx[g::groups] = yg.reshape(x[g::groups].shape), dxg.reshape(x[g::groups].shape)
+    for g in range(views):
+        yg, mg, vg, dxg, dsg, dbg = _numpy_bn_and_grads(x[g::views], ct[g::views], scale, bias, eps)
+        y[g::views], dx[g::views] = yg.reshape(x[g::views].shape), dxg.reshape(x[g::views].shape)
         means.append(mg)
         variances.append(vg)
         d_scale, d_bias = d_scale + dsg, d_bias + dbg
     return y, np.stack(means), np.stack(variances), dx, d_scale, d_bias
 
 
-@pytest.mark.parametrize("shape,groups", [((16, 8, 8, 12), 1), ((64, 20), 1), ((3, 5, 7, 4), 1),
+@pytest.mark.parametrize("shape,views", [((16, 8, 8, 12), 1), ((64, 20), 1), ((3, 5, 7, 4), 1),
                                           ((16, 8, 8, 12), 2), ((12, 20), 3), ((8, 3, 5, 4), 4)])
-def test_matches_float64_reference(shape, groups):
-    """Forward, statistics and gradients against float64 NumPy; with `groups` > 1 against the
+def test_matches_float64_reference(shape, views):
+    """Forward, statistics and gradients against float64 NumPy; with `views` > 1 against the
     reference run on each view separately (views interleaved example-major)."""
     x, ct, scale, bias = _inputs(shape)
     eps = 1e-5
-    ref_y, ref_mean, ref_var, ref_dx, ref_ds, ref_db = _numpy_grouped(x, ct, scale, bias, eps, groups)
-    (y, mean, var) = batch_normalize(jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias), eps, groups)
-    assert y.shape == x.shape and mean.shape == var.shape == (groups, shape[-1])
+    ref_y, ref_mean, ref_var, ref_dx, ref_ds, ref_db = _numpy_grouped(x, ct, scale, bias, eps, views)
+    (y, mean, var) = batch_normalize(jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias), eps, views)
+    assert y.shape == x.shape and mean.shape == var.shape == (views, shape[-1])
     np.testing.assert_allclose(y, ref_y, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(var, ref_var, rtol=1e-5)
-    loss = lambda x, s, b: jnp.sum(batch_normalize(x, s, b, eps, groups)[0] * ct)
+    loss = lambda x, s, b: jnp.sum(batch_normalize(x, s, b, eps, views)[0] * ct)
     dx, ds, db = jax.grad(loss, argnums=(0, 1, 2))(jnp.asarray(x), jnp.asarray(scale), jnp.asarray(bias))
     for got, want in ((dx, ref_dx), (ds, ref_ds), (db, ref_db)):
         got = np.asarray(got).reshape(want.shape)
         assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want)) + 1e-7
 
 
-def test_group_sums_selects_rows_of_each_view():
+def test_view_sums_selects_rows_of_each_view():
     x = np.arange(6 * 2 * 3, dtype=np.float32).reshape(6, 2, 3)  # 3 examples x 2 views, P=2, C=3
     want = np.stack([x[g::2].sum((0, 1)) for g in range(2)])
-    np.testing.assert_array_equal(group_sums(group_by_view(jnp.asarray(x), 2)), want)
-    np.testing.assert_array_equal(group_sums(group_by_view(jnp.asarray(x), 1)), x.sum((0, 1))[None])
+    np.testing.assert_array_equal(view_sums(split_views(jnp.asarray(x), 2))[0], want)
+    np.testing.assert_array_equal(view_sums(split_views(jnp.asarray(x), 1))[0], x.sum((0, 1))[None])
 
 
 def test_module_with_views_equals_one_call_per_view():
@@ -160,6 +160,6 @@ def test_constant_channel_has_zero_variance_not_nan():
     mean, var = batch_moments(jnp.asarray(x))
     np.testing.assert_allclose(mean, [[5.0, 5.0]])
     assert np.all(np.asarray(var) == 0.0)
-    np.testing.assert_allclose(group_sums(group_by_view(jnp.asarray(x), 1)), [[180.0, 180.0]])
+    np.testing.assert_allclose(view_sums(split_views(jnp.asarray(x), 1))[0], [[180.0, 180.0]])
     g = jax.grad(lambda x: jnp.sum(batch_normalize(x, jnp.ones(2), jnp.zeros(2), 1e-5)[0]))(jnp.asarray(x))
     assert np.all(np.isfinite(g))

@@ -33,53 +33,55 @@ import jax
 import jax.numpy as jnp
 
 
-def group_by_view(x: jax.Array, groups: int) -> jax.Array:
-    """x [R, ..., C], whose leading axis holds `groups` views example-major (row
-    n·groups + g is view g of example n), as [R / groups, groups, P, C]: [groups, C]
-    statistics then broadcast as [groups, 1, C]."""
-    return x.reshape(x.shape[0] // groups, groups, -1, x.shape[-1])
+def split_views(x: jax.Array, views: int) -> jax.Array:
+    """x [R, ..., C], whose leading axis holds `views` views example-major (row
+    n·views + v is view v of example n), as [R / views, views, P, C]: [views, C]
+    statistics then broadcast as [views, 1, C]."""
+    return x.reshape(x.shape[0] // views, views, -1, x.shape[-1])
 
 
-def group_sums(xg: jax.Array) -> jax.Array:
-    """Column sums [G, C] of each view g of xg [N, G, P, C] (see `group_by_view`) over N and
-    P, in float32.
+def view_sums(*xvs: jax.Array) -> tuple[jax.Array, ...]:
+    """Column sums [V, C] of each view v of each xv [N, V, P, C] (see `split_views`; all of
+    one shape) over N and P, in float32.
 
-    Computed as S @ xg[N·G·P, C] with S the [G, N·G·P] 0/1 row-selection matrix (built from
-    an iota in the graph, not stored). With one group S gets a second, all-zero row: XLA CPU
-    runs a one-row product as a matrix-vector kernel 3x slower than a two-row matrix product
-    (measured, [128, 32, 32, 64]: 4.7 ms against 1.4 ms). A contraction over the rows keeps
-    a data-parallel split of N: each device sums its rows, then one all-reduce of G·C values."""
-    _, groups, p, c = xg.shape
-    x2d = xg.reshape(-1, c).astype(jnp.float32)
-    selector_rows = max(groups, 2)
-    group_of_row = (jax.lax.broadcasted_iota(jnp.int32, (selector_rows, x2d.shape[0]), 1) // p) % groups
-    selector = group_of_row == jax.lax.broadcasted_iota(jnp.int32, group_of_row.shape, 0)
-    return jnp.dot(selector.astype(jnp.float32), x2d)[:groups]
+    Computed as S @ xv[N·V·P, C] with S the [V, N·V·P] 0/1 row-selection matrix (built once
+    from an iota in the graph, not stored). With one view S gets a second, all-zero row: XLA
+    CPU runs a one-row product as a matrix-vector kernel 3x slower than a two-row matrix
+    product (measured, [128, 32, 32, 64]: 4.7 ms against 1.4 ms). A contraction over the rows
+    keeps a data-parallel split of N: each device sums its rows, then one all-reduce of V·C
+    values."""
+    _, views, p, c = xvs[0].shape
+    rows = xvs[0].size // c
+    selector_rows = max(views, 2)
+    view_of_row = (jax.lax.broadcasted_iota(jnp.int32, (selector_rows, rows), 1) // p) % views
+    selector = (view_of_row == jax.lax.broadcasted_iota(jnp.int32, view_of_row.shape, 0)).astype(jnp.float32)
+    return tuple(jnp.dot(selector, xv.reshape(rows, c).astype(jnp.float32))[:views] for xv in xvs)
 
 
-def batch_moments(x: jax.Array, groups: int = 1) -> tuple[jax.Array, jax.Array]:
-    """(mean, biased variance) [groups, C] of each view of x (see `group_by_view`) over
+def batch_moments(x: jax.Array, views: int = 1) -> tuple[jax.Array, jax.Array]:
+    """(mean, biased variance) [views, C] of each view of x (see `split_views`) over
     every axis but the last, in float32; the variance is E[x²] - E[x]² clipped at 0
     (flax's `use_fast_variance`)."""
-    count = x.size // x.shape[-1] // groups
-    xg = group_by_view(x, groups).astype(jnp.float32)
-    mean = group_sums(xg) / count
-    var = jnp.maximum(group_sums(xg * xg) / count - mean * mean, 0.0)
+    count = x.size // x.shape[-1] // views
+    xv = split_views(x, views).astype(jnp.float32)
+    sums, sums_of_squares = view_sums(xv, xv * xv)
+    mean = sums / count
+    var = jnp.maximum(sums_of_squares / count - mean * mean, 0.0)
     return mean, var
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, groups: int = 1):
+def batch_normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, views: int = 1):
     """Training-mode BatchNorm: ((x - mean) / sqrt(var + epsilon) * scale + bias, mean, var)
-    with mean and var [groups, C] the batch statistics per channel (last axis) of each group
-    of rows (`groups` > 1: the leading axis holds `groups` views example-major, and each view
+    with mean and var [views, C] the batch statistics per channel (last axis) of each view
+    (`views` > 1: the leading axis holds `views` views example-major, and each view
     is normalised with its own statistics, as if it were a separate call). The output has
     x's dtype.
 
     The returned statistics are for the running averages and carry no gradient (as if under
     stop_gradient); the gradient of the output is the full BatchNorm gradient, through the
     batch statistics."""
-    (y, mean, var), _ = _batch_normalize_fwd(x, scale, bias, epsilon, groups)
+    (y, mean, var), _ = _batch_normalize_fwd(x, scale, bias, epsilon, views)
     return y, mean, var
 
 
@@ -88,24 +90,23 @@ def _normalize(x, mean, inv, scale, bias):
     return (x.astype(jnp.float32) - mean) * (inv * scale) + bias
 
 
-def _batch_normalize_fwd(x, scale, bias, epsilon, groups):
-    mean, var = batch_moments(x, groups)
+def _batch_normalize_fwd(x, scale, bias, epsilon, views):
+    mean, var = batch_moments(x, views)
     inv = jax.lax.rsqrt(var + epsilon)
-    xg = group_by_view(x, groups)
-    y = _normalize(xg, mean[:, None], inv[:, None], scale, bias).astype(x.dtype).reshape(x.shape)
+    xv = split_views(x, views)
+    y = _normalize(xv, mean[:, None], inv[:, None], scale, bias).astype(x.dtype).reshape(x.shape)
     return (y, mean, var), (x, mean, inv, scale)
 
 
-def _batch_normalize_bwd(epsilon, groups, residuals, cotangents):
+def _batch_normalize_bwd(epsilon, views, residuals, cotangents):
     del epsilon
     x, mean, inv, scale = residuals
-    dy = group_by_view(cotangents[0].astype(jnp.float32), groups)  # the statistics' cotangents are dropped
-    count = x.size // x.shape[-1] // groups
-    mean, inv = mean[:, None], inv[:, None]  # [groups, 1, C] against [N, groups, P, C]
-    x_hat = (group_by_view(x, groups).astype(jnp.float32) - mean) * inv
-    d_bias = group_sums(dy)[:, None]
-    d_scale = group_sums(dy * x_hat)[:, None]
-    # d/dx of the normalised output, with each group's mean and variance depending on x.
+    dy = split_views(cotangents[0].astype(jnp.float32), views)  # the statistics' cotangents are dropped
+    count = x.size // x.shape[-1] // views
+    mean, inv = mean[:, None], inv[:, None]  # [views, 1, C] against [N, views, P, C]
+    x_hat = (split_views(x, views).astype(jnp.float32) - mean) * inv
+    d_bias, d_scale = (sums[:, None] for sums in view_sums(dy, dy * x_hat))
+    # d/dx of the normalised output, with each view's mean and variance depending on x.
     dx = (scale * inv / count) * (count * dy - d_bias - x_hat * d_scale)
     return (dx.astype(x.dtype).reshape(x.shape), jnp.sum(d_scale, (0, 1)).astype(scale.dtype),
             jnp.sum(d_bias, (0, 1)).astype(scale.dtype))
