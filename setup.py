@@ -7,6 +7,7 @@ setup(
     description="Self-supervised visual representation learning in JAX/Flax "
     "(BYOL and more) on a sharded, resumable engine.",
     packages=find_packages(include=["ssl_jax", "ssl_jax.*"]),
+    package_data={"ssl_jax.native": ["*.cc"]},  # compiled on first use (ssl_jax/native)
     python_requires=">=3.10",
     # Ranges tested: the lower bounds are the versions this was developed and
     # tested with (Python 3.11, CPU); the upper bounds stop at the next major/minor
@@ -28,6 +29,10 @@ setup(
         "scipy>=1.13,<2",  # Hungarian matching of the clustering accuracy
         "safetensors>=0.4,<1",  # params export (safetensors.numpy; no PyTorch)
         "matplotlib>=3.8,<4",  # ssl_jax.report plots
+        # oneDNN's convolution kernel gradient on one CPU device (ssl_jax/native, built on first
+        # use with g++; without it the models keep XLA's). The headers must match the library.
+        "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={"test": ["pytest>=8"]},
 )

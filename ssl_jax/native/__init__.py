@@ -1,0 +1,88 @@
+"""Native CPU kernels, called from jitted code as XLA FFI custom calls.
+
+One kernel today: the weight gradient of a convolution by oneDNN (`onednn_conv.cc`), which
+XLA CPU computes 1.5-3.9x slower at the early ResNet layers (benchmarks/RESULTS_train_step.md,
+section 13). It is compiled from source on first use with the C++ compiler (`CXX`, default
+g++) against the oneDNN wheels (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`, installed with
+ssl_jax on x86-64 Linux) and the FFI headers that ship with jaxlib, into a cache directory
+(`SSL_JAX_NATIVE_CACHE`, default ~/.cache/ssl_jax/native) keyed by the source, jaxlib and
+oneDNN versions, so the build runs once per machine (~5 s).
+
+Nothing here is required: where the build or the load fails (no compiler, no oneDNN, another
+platform) `onednn_weight_grad_available()` is False, says why in `unavailable_reason()`, and
+the models keep XLA's convolution gradients.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import jax
+
+_SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+FFI_TARGET = "ssl_jax_onednn_conv_weight_grad"
+_reason: list[str] = []
+
+
+def _onednn_prefix() -> pathlib.Path:
+    """Where the oneDNN wheels put include/ and lib/ (the environment's prefix)."""
+    return pathlib.Path(sys.prefix)
+
+
+def _library_path() -> pathlib.Path:
+    versions = [importlib.metadata.version(p) for p in ("jaxlib", "onednn-cpu-gomp")]
+    key = hashlib.sha256(_SOURCE.read_bytes() + repr(versions).encode()).hexdigest()[:16]
+    cache = pathlib.Path(os.environ.get("SSL_JAX_NATIVE_CACHE", pathlib.Path.home() / ".cache/ssl_jax/native"))
+    return cache / f"onednn_conv_{key}.so"
+
+
+def _build(target: pathlib.Path) -> None:
+    prefix = _onednn_prefix()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed into place: a concurrent or interrupted build never
+    # leaves a half-written library at the cached path.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [os.environ.get("CXX", "g++"), "-O3", "-std=c++17", "-shared", "-fPIC", str(_SOURCE), "-o", tmp,
+           f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", f"-L{prefix / 'lib'}", "-ldnnl",
+           f"-Wl,-rpath,{prefix / 'lib'}"]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        os.replace(tmp, target)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"compiling {_SOURCE.name} failed: {e.stderr.strip()[-500:]}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@functools.cache
+def onednn_weight_grad_available() -> bool:
+    """Builds (once) and registers the oneDNN weight-gradient kernel; False where it cannot."""
+    try:
+        if jax.default_backend() != "cpu":
+            raise RuntimeError(f"the kernel is for the CPU backend, this is {jax.default_backend()}")
+        if sys.platform != "linux":
+            raise RuntimeError(f"built only on Linux, this is {sys.platform}")
+        path = _library_path()
+        if not path.exists():
+            _build(path)
+        library = ctypes.cdll.LoadLibrary(str(path))
+        jax.ffi.register_ffi_target(FFI_TARGET, jax.ffi.pycapsule(library.SslJaxOnednnConvWeightGrad),
+                                    platform="cpu")
+        return True
+    except (OSError, RuntimeError, importlib.metadata.PackageNotFoundError, FileNotFoundError) as e:
+        _reason.append(f"{type(e).__name__}: {e}")
+        return False
+
+
+def unavailable_reason() -> str:
+    """Why `onednn_weight_grad_available()` returned False ('' if it did not)."""
+    return _reason[-1] if _reason else ""
