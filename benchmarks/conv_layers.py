@@ -5,8 +5,9 @@ a ResNet-18 with the CIFAR stem (run by hand, not in CI).
 
 Prints ONE JSON line: per stage (32²×64, 16²×128, 8²×256, 4²×512; stride 1, SAME padding,
 float32, NHWC / HWIO), the median milliseconds of the forward convolution, of its gradient
-with respect to the input, of its gradient with respect to the kernel, and of all three in one
-compiled function, with the GFLOP/s of each (2·N·H·W·9·C_in·C_out FLOPs per convolution).
+with respect to the input, of its gradient with respect to the kernel (XLA's, and oneDNN's
+custom call of ssl_jax.native where it is available), and of XLA's three in one compiled
+function, with the GFLOP/s of each (2·N·H·W·9·C_in·C_out FLOPs per convolution).
 
 ssl_jax is imported before JAX so that the convolutions run under the library's own CPU default
 (YNNPACK fusion off, ssl_jax/__init__.py); the XLA flags in effect are printed with the result.
@@ -22,6 +23,9 @@ import ssl_jax  # noqa: F401  (sets the library's XLA CPU flags before JAX start
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from ssl_jax import native
+from ssl_jax.models.conv import onednn_weight_grad
 
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))
 
@@ -51,6 +55,8 @@ def main():
         "weight_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
         "forward_and_both_grads": jax.jit(lambda x, w, dy: (lambda y, vjp: (y, vjp(dy)))(*jax.vjp(conv, x, w))),
     }
+    if native.onednn_weight_grad_available():
+        fns["weight_grad_onednn"] = jax.jit(lambda x, w, dy: onednn_weight_grad(x, dy, w.shape, (1, 1), ((1, 1), (1, 1))))
     result = {"benchmark": "conv_layers", "batch": args.batch, "backend": jax.default_backend(),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "stages": {}}
     for hw, c in STAGES:

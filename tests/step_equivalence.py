@@ -31,6 +31,10 @@ def tiny_config(name: str):
                                                       dtype="float32", remat=False, drop_path_rate=0.2))
     else:
         config = importlib.import_module(f"configs.{method}").get_config("demo")
+        # What is compared is the sharding, so both sides take XLA's kernel gradients: on one
+        # device 'auto' would take oneDNN's, another summation order (parameters
+        # up to ~1e-3 apart after a few LARS steps; oneDNN against XLA is tests/test_conv.py).
+        config.model.conv_weight_grad = "xla"
     if mode:
         config.dssl.update(dict(mode=mode, beta=0.5, delta=0.5) if method != "moco_v2" else dict(mode=mode))
     config.global_batch_size = GLOBAL_BATCH
