@@ -2,7 +2,7 @@
 
 `conv_with_onednn_weight_grad` has `jax.lax.conv_general_dilated`'s signature and forward
 pass. Its gradient with respect to the input is XLA's; its gradient with respect to the kernel
-is the oneDNN custom call of `ssl_jax.native` (XLA CPU's is 1.5-3.9x slower at the early
+is the oneDNN custom call of `ssl_jax.native` (XLA CPU's is 1.6-5x slower at the 32 and 16 px
 ResNet layers: benchmarks/RESULTS_train_step.md, section 13). Convolutions it does not cover
 (not 2-D NHWC / HWIO float32, dilated, grouped or with negative padding) are plain
 `lax.conv_general_dilated`.

@@ -1,7 +1,7 @@
 """Native CPU kernels, called from jitted code as XLA FFI custom calls.
 
 One kernel today: the weight gradient of a convolution by oneDNN (`onednn_conv.cc`), which
-XLA CPU computes 1.5-3.9x slower at the early ResNet layers (benchmarks/RESULTS_train_step.md,
+XLA CPU computes 1.6-5x slower at the 32 and 16 px ResNet layers (benchmarks/RESULTS_train_step.md,
 section 13). It is compiled from source on first use with the C++ compiler (`CXX`, default
 g++) against the oneDNN wheels (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`, installed with
 ssl_jax on x86-64 Linux) and the FFI headers that ship with jaxlib, into a cache directory

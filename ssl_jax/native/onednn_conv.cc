@@ -2,9 +2,9 @@
 // an XLA FFI custom call for the CPU backend. Built and registered by ssl_jax/native/__init__.py.
 //
 // Why: XLA CPU computes this gradient as a convolution of the N<->C-transposed activation with
-// the output gradient as its kernel, 1.5-3.9x slower than oneDNN at the early ResNet layers
+// the output gradient as its kernel, 1.6-5x slower than oneDNN at the 32 and 16 px ResNet layers
 // (benchmarks/RESULTS_train_step.md, section 13). Forward and input-gradient convolutions
-// stay XLA's: there oneDNN is not faster on the machines measured.
+// stay XLA's: there oneDNN was not consistently faster (section 12).
 //
 // Inputs: x [N, H, W, Ci], dy [N, OH, OW, Co]; output: dw [KH, KW, Ci, Co]; attributes: the
 // strides and the top / left padding (the bottom / right padding follows from the shapes).
