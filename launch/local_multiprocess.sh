@@ -235,7 +235,10 @@ while ((running > 0)); do
     signal_all KILL
     KILL_AT=""
   fi
-  if ((running > 0)); then sleep 0.1 || true; fi
+  # The pause is a background sleep and the wait builtin: a trapped signal interrupts `wait` at
+  # once and runs its trap (bash's manual), where a foreground sleep leaves SIGINT to bash's
+  # wait-and-cooperative-exit rules (one CI run saw Ctrl-C lost there: no trap ran).
+  if ((running > 0)); then sleep 0.1 & wait "$!" || true; fi
 done
 
 # Let tee drain what process 0 wrote last (or stop it if process 0 never started).
