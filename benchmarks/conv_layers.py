@@ -5,8 +5,8 @@ a ResNet-18 with the CIFAR stem (run by hand, not in CI).
 
 Prints ONE JSON line: per stage (32²×64, 16²×128, 8²×256, 4²×512; stride 1, SAME padding,
 float32, NHWC / HWIO), the median milliseconds of the forward convolution, of its gradient
-with respect to the input, of its gradient with respect to the kernel (XLA's, and oneDNN's
-custom call of ssl_jax.native where it is available), and of XLA's three in one compiled
+with respect to the input and of its gradient with respect to the kernel, each by XLA and by
+oneDNN's custom calls (ssl_jax.native, where available), and of XLA's three in one compiled
 function, with the GFLOP/s of each (2·N·H·W·9·C_in·C_out FLOPs per convolution).
 
 ssl_jax is imported before JAX so that the convolutions run under the library's own CPU default
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ssl_jax import native
-from ssl_jax.models.conv import onednn_weight_grad
+from ssl_jax.models.conv import onednn_conv
 
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))
 
@@ -55,8 +55,11 @@ def main():
         "weight_grad": jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
         "forward_and_both_grads": jax.jit(lambda x, w, dy: (lambda y, vjp: (y, vjp(dy)))(*jax.vjp(conv, x, w))),
     }
-    if native.onednn_weight_grad_available():
-        fns["weight_grad_onednn"] = jax.jit(lambda x, w, dy: onednn_weight_grad(x, dy, w.shape, (1, 1), ((1, 1), (1, 1))))
+    if native.onednn_conv_available():
+        same = ((1, 1), ((1, 1), (1, 1)))
+        fns["forward_onednn"] = jax.jit(lambda x, w, dy: onednn_conv("forward", x, w, *same))
+        fns["input_grad_onednn"] = jax.jit(lambda x, w, dy: onednn_conv("input_grad", dy, w, *same, out_shape=x.shape))
+        fns["weight_grad_onednn"] = jax.jit(lambda x, w, dy: onednn_conv("weight_grad", x, dy, *same, out_shape=w.shape))
     result = {"benchmark": "conv_layers", "batch": args.batch, "backend": jax.default_backend(),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "stages": {}}
     for hw, c in STAGES:

@@ -18,10 +18,9 @@ simulate devices on a CPU with
 
 `--mesh` sets config.mesh (default data=-1,fsdp=1: every device data-parallel); `--remat`
 sets config.model.remat=True (per-block rematerialisation, where the model supports it).
-With `conv_weight_grad` 'onednn' (the presets' 'auto' on one CPU device; printed) XLA's cost
-analysis does not see the custom call's FLOPs (the convolutions' kernel gradients), so its
-FLOPs per image fall below the analytic count: compare FLOPs with `--set
-model.conv_weight_grad=xla`.
+With `conv_backend` 'onednn' (the presets' 'auto' on one CPU device; printed) XLA's cost
+analysis does not see the custom calls' FLOPs (most of the convolutions), so its FLOPs per
+image fall far below the analytic count: compare FLOPs with `--set model.conv_backend=xla`.
 """
 import argparse
 import importlib
@@ -300,7 +299,7 @@ def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype:
         "benchmark": "train_step", "method": config.method, "preset": preset, "model": config.model.name,
         "width": config.model.width, "image_size": size, "views": method.num_views,
         "global_batch": batch_size, "dtype": dtype, "remat": bool(config.model.get("remat", False)),
-        "conv_weight_grad": getattr(method.encoder, "conv_weight_grad", None),
+        "conv_backend": getattr(method.encoder, "conv_backend", None),
         "mesh": dict(mesh.shape), "devices": mesh.devices.size, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": round(compile_s, 1),
         "step_s_median": _num(step_s, 4), "images_per_s": _num(batch_size / step_s, 2),

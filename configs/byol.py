@@ -35,7 +35,7 @@ Presets (the argument after the colon):
                       of the pretrained network next to the same network at random initialisation.
                       Measured on a 2-core CPU (README, Results; 2026-11-22): 1 min 47 s; kNN top-1
                       0.817 vs 0.644 at random init, linear probe 0.931 vs 0.761 (with XLA's kernel
-                      gradients, model.conv_weight_grad=xla: 2 min 35 s, 0.825 and 0.919).
+                      gradients, model.conv_backend=xla: 2 min 35 s, 0.825 and 0.919).
 """
 from ssl_jax import presets as P
 

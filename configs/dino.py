@@ -69,12 +69,12 @@ def get_config(preset: str = "vit_small"):
         c.mesh.fsdp = 8  # params and optimizer state split over 8 devices (ssl_jax.parallel)
     elif preset == "resnet50":
         c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
-                                                 remat=False, conv_weight_grad="auto"))
+                                                 remat=False, conv_backend="auto"))
         c.data.views = dino_views(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14))
         c.optimizer.update(dict(name="sgd", base_lr=0.03, weight_decay=1e-4, weight_decay_end=None))
     elif preset in ("cifar10", "demo"):
         resnet = dict(name="resnet18", width=1.0 if preset == "cifar10" else 0.125, cifar_stem=True,
-                      dtype="float32", remat=False, conv_weight_grad="auto")
+                      dtype="float32", remat=False, conv_backend="auto")
         c.model = ml_collections.ConfigDict(resnet)
         c.optimizer.update(dict(name="lars", base_lr=0.3, trust_coefficient=0.02, weight_decay=1e-6,
                                 weight_decay_end=None, clip_grad_per_param=0.0, end_lr_factor=0.0))

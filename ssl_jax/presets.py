@@ -86,10 +86,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         views=byol_views()))
     # ImageNet-scale presets run on TPU/GPU: bfloat16 compute with float32 params, optimizer
     # state and loss math (every loss upcasts). remat: recompute each block's activations in
-    # the backward pass (less memory, ~1/3 more compute). conv_weight_grad 'auto': a ResNet's
-    # kernel gradients from oneDNN on a single CPU device, XLA's elsewhere (models.conv).
+    # the backward pass (less memory, ~1/3 more compute). conv_backend 'auto': a ResNet's
+    # convolutions by oneDNN on a single CPU device, by XLA elsewhere (models.conv).
     c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
-                                             remat=False, conv_weight_grad="auto"))
+                                             remat=False, conv_backend="auto"))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
         trust_coefficient=1e-3, nesterov=False, b1=0.9, b2=0.999, warmup_epochs=10.0,

@@ -34,7 +34,7 @@ def tiny_config(name: str):
         # What is compared is the sharding, so both sides take XLA's kernel gradients: on one
         # device 'auto' would take oneDNN's, another summation order (parameters
         # up to ~1e-3 apart after a few LARS steps; oneDNN against XLA is tests/test_conv.py).
-        config.model.conv_weight_grad = "xla"
+        config.model.conv_backend = "xla"
     if mode:
         config.dssl.update(dict(mode=mode, beta=0.5, delta=0.5) if method != "moco_v2" else dict(mode=mode))
     config.global_batch_size = GLOBAL_BATCH

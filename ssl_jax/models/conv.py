@@ -1,15 +1,18 @@
-"""A convolution whose kernel gradient is oneDNN's (CPU), for ``nn.Conv(conv_general_dilated=...)``.
+"""oneDNN's convolutions (CPU) for ``nn.Conv(conv_general_dilated=...)``.
 
-`conv_with_onednn_weight_grad` has `jax.lax.conv_general_dilated`'s signature and forward
-pass. Its gradient with respect to the input is XLA's; its gradient with respect to the kernel
-is the oneDNN custom call of `ssl_jax.native` (XLA CPU's is 1.6-5x slower at the 32 and 16 px
-ResNet layers: benchmarks/RESULTS_train_step.md, section 13). Convolutions it does not cover
-(not 2-D NHWC / HWIO float32, dilated, grouped or with negative padding) are plain
-`lax.conv_general_dilated`.
+`conv_with_onednn` has `jax.lax.conv_general_dilated`'s signature. Where it applies, the
+forward pass, the input gradient and the kernel gradient are the oneDNN custom calls of
+`ssl_jax.native` (a `jax.custom_vjp`), which on the CPU measured are 13-21% faster than XLA's
+(forward, input gradient) and 1.6-5x faster (kernel gradient) at the 32, 16 and 8 px layers of a
+CIFAR ResNet (benchmarks/RESULTS_train_step.md, sections 13 and 14). Everything else is plain
+`lax.conv_general_dilated`: convolutions that are not 2-D NHWC / HWIO float32, dilated, grouped
+or with negative padding, and those with an output map under `MIN_ONEDNN_OUTPUT_PIXELS`
+positions, where XLA's three operations together were faster (the 4x4 stage of the CIFAR
+ResNet, batch 128: 139 against 176 ms for its 3x3 convolution; oneDNN's forward took 1.4x XLA's).
 
-The custom call computes on whole arrays, so it is for a single CPU device: `resolve_weight_grad`
-picks it only there (see the `conv_weight_grad` model option), and sharded steps keep XLA's
-gradient, which the partitioner splits.
+The custom calls compute on whole arrays, so they are for a single CPU device:
+`resolve_conv_backend` picks them only there (the `conv_backend` model option), and sharded
+steps keep XLA's convolutions, which the partitioner splits.
 """
 from __future__ import annotations
 
@@ -23,33 +26,35 @@ from jax import lax
 from ssl_jax import native
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-WEIGHT_GRAD_CHOICES = ("auto", "xla", "onednn")
+CONV_BACKENDS = ("auto", "xla", "onednn")
+# Output maps smaller than 8x8 stay XLA's (module docstring).
+MIN_ONEDNN_OUTPUT_PIXELS = 64
 
 
-def resolve_weight_grad(choice: str) -> str:
-    """'xla' or 'onednn' for the model option `conv_weight_grad`: 'auto' is 'onednn' on a
-    single CPU device where the kernel builds, else 'xla'; 'onednn' where it cannot be used
-    is an error naming why."""
-    if choice not in WEIGHT_GRAD_CHOICES:
-        raise ValueError(f"model.conv_weight_grad={choice!r} is not one of {WEIGHT_GRAD_CHOICES}.")
+def resolve_conv_backend(choice: str) -> str:
+    """'xla' or 'onednn' for the model option `conv_backend`: 'auto' is 'onednn' on a single
+    CPU device where the kernels build, else 'xla'; 'onednn' where it cannot be used is an
+    error naming why."""
+    if choice not in CONV_BACKENDS:
+        raise ValueError(f"model.conv_backend={choice!r} is not one of {CONV_BACKENDS}.")
     if choice == "xla":
         return "xla"
     if jax.device_count() != 1:
         if choice == "onednn":
-            raise ValueError(f"model.conv_weight_grad='onednn' runs on one CPU device, this process has "
-                             f"{jax.device_count()}; set --config.model.conv_weight_grad=auto (or xla).")
+            raise ValueError(f"model.conv_backend='onednn' runs on one CPU device, this process has "
+                             f"{jax.device_count()}; set --config.model.conv_backend=auto (or xla).")
         return "xla"
-    if not native.onednn_weight_grad_available():
+    if not native.onednn_conv_available():
         if choice == "onednn":
-            raise ValueError(f"model.conv_weight_grad='onednn' is unavailable ({native.unavailable_reason()}); "
-                             f"set --config.model.conv_weight_grad=auto (or xla).")
+            raise ValueError(f"model.conv_backend='onednn' is unavailable ({native.unavailable_reason()}); "
+                             f"set --config.model.conv_backend=auto (or xla).")
         return "xla"
     return "onednn"
 
 
 def _covered(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
              batch_group_count) -> bool:
-    """Whether the oneDNN kernel computes this convolution's kernel gradient."""
+    """Whether the oneDNN kernels compute this convolution (all but its output size)."""
     if lhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
         return False
     if feature_group_count != 1 or batch_group_count != 1:
@@ -62,46 +67,57 @@ def _covered(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, f
     return spec == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
 
 
-def conv_with_onednn_weight_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                                 precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated`, with oneDNN's kernel gradient where it applies."""
+def conv_with_onednn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                     dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                     precision=None, preferred_element_type=None):
+    """`lax.conv_general_dilated`, computed (forward and both gradients) by oneDNN where it applies."""
+    xla = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
+                            rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+                            precision, preferred_element_type)
     if preferred_element_type is not None or not _covered(lhs, rhs, padding, lhs_dilation, rhs_dilation,
                                                           dimension_numbers, feature_group_count,
                                                           batch_group_count):
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
+        return xla()
+    out_shape = jax.eval_shape(xla).shape
+    if out_shape[1] * out_shape[2] < MIN_ONEDNN_OUTPUT_PIXELS:
+        return xla()
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding, precision)
+    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, padding, precision):
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC, precision=precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, w, strides, padding):
+    return onednn_conv("forward", x, w, strides, padding)
 
 
-def _conv_fwd(x, w, strides, padding, precision):
-    return _conv(x, w, strides, padding, precision), (x, w)
+def _conv_fwd(x, w, strides, padding):
+    return _conv(x, w, strides, padding), (x, w)
 
 
-def _conv_bwd(strides, padding, precision, residuals, dy):
+def _conv_bwd(strides, padding, residuals, dy):
     x, w = residuals
-    _, input_vjp = jax.vjp(
-        lambda x: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC, precision=precision), x)
-    return input_vjp(dy)[0], onednn_weight_grad(x, dy, w.shape, strides, padding)
+    return (onednn_conv("input_grad", dy, w, strides, padding, out_shape=x.shape),
+            onednn_conv("weight_grad", x, dy, strides, padding, out_shape=w.shape))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def onednn_weight_grad(x, dy, kernel_shape, strides, padding):
-    """d(loss)/d(kernel) [KH, KW, Ci, Co] of the NHWC / HWIO convolution of x [N, H, W, Ci] with
-    output gradient dy [N, OH, OW, Co], by oneDNN (`ssl_jax.native` must be available)."""
-    if not native.onednn_weight_grad_available():
-        raise RuntimeError(f"the oneDNN kernel is unavailable: {native.unavailable_reason()}")
-    call = jax.ffi.ffi_call(native.FFI_TARGET, jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32))
-    return call(x, dy, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+def onednn_conv(op: str, a, b, strides, padding, out_shape=None):
+    """One NHWC / HWIO float32 convolution operation by oneDNN (`ssl_jax.native` must be available):
+    'forward' (x, kernel) -> y; 'input_grad' (dy, kernel) -> dx; 'weight_grad' (x, dy) -> dkernel.
+    `out_shape` is the shape of x (input_grad) or of the kernel (weight_grad); the forward's
+    follows from the operands."""
+    if not native.onednn_conv_available():
+        raise RuntimeError(f"the oneDNN kernels are unavailable: {native.unavailable_reason()}")
+    if op == "forward":
+        out_shape = jax.eval_shape(functools.partial(lax.conv_general_dilated, window_strides=strides,
+                                                     padding=padding, dimension_numbers=_NHWC), a, b).shape
+    # Under vmap the call runs once per mapped element ('sequential'): correct, not fast; the
+    # models call it on whole batches.
+    call = jax.ffi.ffi_call(f"ssl_jax_onednn_conv_{op}", jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32),
+                            vmap_method="sequential")
+    return call(a, b, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
                 pad_top=np.int64(padding[0][0]), pad_left=np.int64(padding[1][0]))

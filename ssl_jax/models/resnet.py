@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.models.conv import conv_with_onednn_weight_grad, resolve_weight_grad
+from ssl_jax.models.conv import conv_with_onednn, resolve_conv_backend
 from ssl_jax.models.norm import BatchNorm
 
 # He / Kaiming normal, fan-out (as torchvision's ResNet init).
@@ -49,16 +49,16 @@ def norm_layer(train: bool, dtype, bn_views: int):
     return make
 
 
-def conv_layer(dtype, weight_grad: str = "xla"):
-    """nn.Conv with the models' settings (no bias, He-normal fan-out init); `weight_grad`
-    'onednn' takes the kernel gradient from oneDNN (models.conv), 'xla' from XLA."""
-    kw = dict(conv_general_dilated=conv_with_onednn_weight_grad) if weight_grad == "onednn" else {}
+def conv_layer(dtype, backend: str = "xla"):
+    """nn.Conv with the models' settings (no bias, He-normal fan-out init); `backend` 'onednn'
+    computes the convolutions with oneDNN where it applies (models.conv), 'xla' with XLA."""
+    kw = dict(conv_general_dilated=conv_with_onednn) if backend == "onednn" else {}
     return functools.partial(nn.Conv, use_bias=False, dtype=dtype, kernel_init=conv_kernel_init, **kw)
 
 
-def _block_layers(dtype, train: bool, zero_init_residual: bool, bn_views: int, weight_grad: str):
+def _block_layers(dtype, train: bool, zero_init_residual: bool, bn_views: int, conv_backend: str):
     """(conv, norm, scale init of the block's last BN) shared by both residual blocks."""
-    conv = conv_layer(dtype, weight_grad)
+    conv = conv_layer(dtype, conv_backend)
     norm = norm_layer(train, dtype, bn_views)
     last_scale = nn.initializers.zeros if zero_init_residual else nn.initializers.ones
     return conv, norm, last_scale
@@ -79,12 +79,12 @@ class BasicBlock(nn.Module):
     strides: int = 1
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
-    conv_weight_grad: str = "xla"
+    conv_backend: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool, bn_views: int = 1):
         conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual, bn_views,
-                                               self.conv_weight_grad)
+                                               self.conv_backend)
         y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.filters, (3, 3), padding=_PAD1, name="conv2")(y)
@@ -99,12 +99,12 @@ class Bottleneck(nn.Module):
     strides: int = 1
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
-    conv_weight_grad: str = "xla"
+    conv_backend: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool, bn_views: int = 1):
         conv, norm, last_scale = _block_layers(self.dtype, train, self.zero_init_residual, bn_views,
-                                               self.conv_weight_grad)
+                                               self.conv_backend)
         y = conv(self.filters, (1, 1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.filters, (3, 3), (self.strides,) * 2, padding=_PAD1, name="conv2")(y)
@@ -137,9 +137,9 @@ class ResNet(nn.Module):
       remat: recompute each residual block's activations in the backward pass instead of
         storing them (nn.remat per block): less activation memory for ~1/3 more compute.
         The parameters, their names and the results are unchanged.
-      conv_weight_grad: 'xla' or 'onednn': where the convolutions' kernel gradients come
-        from (models.conv; 'onednn' only on one CPU device). Same parameters and results up
-        to float32 summation order.
+      conv_backend: 'xla' or 'onednn': which library computes the convolutions and their
+        gradients (models.conv; 'onednn' only on one CPU device). Same parameters and results
+        up to float32 summation order.
 
     Input is NHWC. Parameter names: ``stem_conv``, ``stem_bn``,
     ``stage{s}_block{b}`` with ``conv{i}``/``bn{i}`` and ``proj_conv``/``proj_bn``.
@@ -151,7 +151,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
     remat: bool = False
-    conv_weight_grad: str = "xla"
+    conv_backend: str = "xla"
 
     @property
     def bottleneck(self) -> bool:
@@ -176,7 +176,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         stem = _channels(64, self.width_multiplier)
         norm = norm_layer(train, self.dtype, bn_views)
-        conv = conv_layer(self.dtype, self.conv_weight_grad)
+        conv = conv_layer(self.dtype, self.conv_backend)
         if self.cifar_stem:
             x = conv(stem, (3, 3), padding=_PAD1, name="stem_conv")(x)
             x = nn.relu(norm(name="stem_bn")(x))
@@ -193,7 +193,7 @@ class ResNet(nn.Module):
             filters = _channels(64 * 2 ** i, self.width_multiplier)
             for j in range(num_blocks):
                 strides = 2 if (i > 0 and j == 0) else 1
-                x = block_cls(filters, strides, self.zero_init_residual, self.dtype, self.conv_weight_grad,
+                x = block_cls(filters, strides, self.zero_init_residual, self.dtype, self.conv_backend,
                               name=f"stage{i + 1}_block{j + 1}")(x, train, bn_views)
             if return_stages:
                 stages[f"stage{i + 1}"] = _global_pool(x)
@@ -228,8 +228,8 @@ def build_resnet(model_cfg: Any) -> ResNet:
     'resnet152', 'resnet200'), ``width`` (float, default 1.0), ``cifar_stem``
     (bool, default False), ``dtype`` ('float32' | 'bfloat16', default
     'float32'), ``zero_init_residual`` (bool, default True), ``remat`` (bool, default False),
-    ``conv_weight_grad`` ('auto' | 'xla' | 'onednn', default 'xla'; 'auto' is oneDNN on a
-    single CPU device where its kernel builds, see models.conv.resolve_weight_grad).
+    ``conv_backend`` ('auto' | 'xla' | 'onednn', default 'xla'; 'auto' is oneDNN on a single
+    CPU device where its kernels build, see models.conv.resolve_conv_backend).
     """
     name = _cfg_get(model_cfg, "name", None)
     if name not in RESNET_NAMES:
@@ -242,5 +242,5 @@ def build_resnet(model_cfg: Any) -> ResNet:
         zero_init_residual=bool(_cfg_get(model_cfg, "zero_init_residual", True)),
         dtype=model_dtype(model_cfg),
         remat=bool(_cfg_get(model_cfg, "remat", False)),
-        conv_weight_grad=resolve_weight_grad(_cfg_get(model_cfg, "conv_weight_grad", "xla")),
+        conv_backend=resolve_conv_backend(_cfg_get(model_cfg, "conv_backend", "xla")),
     )

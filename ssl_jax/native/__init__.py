@@ -1,16 +1,17 @@
 """Native CPU kernels, called from jitted code as XLA FFI custom calls.
 
-One kernel today: the weight gradient of a convolution by oneDNN (`onednn_conv.cc`), which
-XLA CPU computes 1.6-5x slower at the 32 and 16 px ResNet layers (benchmarks/RESULTS_train_step.md,
-section 13). It is compiled from source on first use with the C++ compiler (`CXX`, default
+oneDNN's convolutions (`onednn_conv.cc`): the forward pass, the input gradient and the kernel
+gradient of a 2-D float32 NHWC / HWIO convolution, which XLA CPU computes 13-21% (forward,
+input gradient) and 1.6-5x (kernel gradient) slower at the 32, 16 and 8 px ResNet layers
+(benchmarks/RESULTS_train_step.md, sections 13 and 14). They are compiled from source on first use with the C++ compiler (`CXX`, default
 g++) against the oneDNN wheels (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`, installed with
 ssl_jax on x86-64 Linux) and the FFI headers that ship with jaxlib, into a cache directory
 (`SSL_JAX_NATIVE_CACHE`, default ~/.cache/ssl_jax/native) keyed by the source, jaxlib and
 oneDNN versions, so the build runs once per machine (~5 s).
 
 Nothing here is required: where the build or the load fails (no compiler, no oneDNN, another
-platform) `onednn_weight_grad_available()` is False, says why in `unavailable_reason()`, and
-the models keep XLA's convolution gradients.
+platform) `onednn_conv_available()` is False, says why in `unavailable_reason()`, and the
+models keep XLA's convolutions.
 """
 from __future__ import annotations
 
@@ -27,13 +28,10 @@ import tempfile
 import jax
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
-FFI_TARGET = "ssl_jax_onednn_conv_weight_grad"
-_reason: list[str] = []
-
-
-def _onednn_prefix() -> pathlib.Path:
-    """Where the oneDNN wheels put include/ and lib/ (the environment's prefix)."""
-    return pathlib.Path(sys.prefix)
+# FFI target name -> the handler symbol in the library.
+FFI_TARGETS = {"ssl_jax_onednn_conv_forward": "SslJaxOnednnConvForward",
+               "ssl_jax_onednn_conv_input_grad": "SslJaxOnednnConvInputGrad",
+               "ssl_jax_onednn_conv_weight_grad": "SslJaxOnednnConvWeightGrad"}
 
 
 def _library_path() -> pathlib.Path:
@@ -44,7 +42,7 @@ def _library_path() -> pathlib.Path:
 
 
 def _build(target: pathlib.Path) -> None:
-    prefix = _onednn_prefix()
+    prefix = pathlib.Path(sys.prefix)  # where the oneDNN wheels put include/ and lib/
     target.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the target and renamed into place: a concurrent or interrupted build never
     # leaves a half-written library at the cached path.
@@ -64,8 +62,8 @@ def _build(target: pathlib.Path) -> None:
 
 
 @functools.cache
-def onednn_weight_grad_available() -> bool:
-    """Builds (once) and registers the oneDNN weight-gradient kernel; False where it cannot."""
+def _load() -> tuple[bool, str]:
+    """Builds (once) and registers the oneDNN kernels: (True, '') or (False, why not)."""
     try:
         if jax.default_backend() != "cpu":
             raise RuntimeError(f"the kernel is for the CPU backend, this is {jax.default_backend()}")
@@ -75,14 +73,18 @@ def onednn_weight_grad_available() -> bool:
         if not path.exists():
             _build(path)
         library = ctypes.cdll.LoadLibrary(str(path))
-        jax.ffi.register_ffi_target(FFI_TARGET, jax.ffi.pycapsule(library.SslJaxOnednnConvWeightGrad),
-                                    platform="cpu")
-        return True
+        for target, symbol in FFI_TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+        return True, ""
     except (OSError, RuntimeError, importlib.metadata.PackageNotFoundError, FileNotFoundError) as e:
-        _reason.append(f"{type(e).__name__}: {e}")
-        return False
+        return False, f"{type(e).__name__}: {e}"
+
+
+def onednn_conv_available() -> bool:
+    """Whether the oneDNN convolution kernels are built and registered (building them once)."""
+    return _load()[0]
 
 
 def unavailable_reason() -> str:
-    """Why `onednn_weight_grad_available()` returned False ('' if it did not)."""
-    return _reason[-1] if _reason else ""
+    """Why `onednn_conv_available()` is False ('' if it is not)."""
+    return _load()[1]

@@ -1,15 +1,15 @@
-// The weight gradient of a 2-D convolution (float32, NHWC input, HWIO kernel) by oneDNN, as
-// an XLA FFI custom call for the CPU backend. Built and registered by ssl_jax/native/__init__.py.
+// 2-D convolutions (float32, NHWC activations, HWIO kernel) by oneDNN, as XLA FFI custom calls
+// for the CPU backend: the forward pass, the input gradient and the kernel gradient. Built and
+// registered by ssl_jax/native/__init__.py; used by ssl_jax/models/conv.py.
 //
-// Why: XLA CPU computes this gradient as a convolution of the N<->C-transposed activation with
-// the output gradient as its kernel, 1.6-5x slower than oneDNN at the 32 and 16 px ResNet layers
-// (benchmarks/RESULTS_train_step.md, section 13). Forward and input-gradient convolutions
-// stay XLA's: there oneDNN was not consistently faster (section 12).
+// Why: on the CPUs measured (benchmarks/RESULTS_train_step.md, sections 13 and 14) XLA's
+// kernel gradient is 1.6-5x slower than oneDNN's at the 32 and 16 px ResNet layers, and its
+// forward and input-gradient convolutions 13-21% slower at 32, 16 and 8 px.
 //
-// Inputs: x [N, H, W, Ci], dy [N, OH, OW, Co]; output: dw [KH, KW, Ci, Co]; attributes: the
-// strides and the top / left padding (the bottom / right padding follows from the shapes).
-// Primitives are created once per shape and cached; oneDNN picks its own layout for the
-// gradient, reordered into HWIO when it differs.
+// Every handler takes the strides and the top / left padding as attributes (the bottom / right
+// padding follows from the shapes). Primitives are created once per shape and cached. oneDNN
+// picks its own kernel layout ('any'); the HWIO kernel is reordered into it (forward, input
+// gradient) or the gradient out of it (kernel gradient) when the layouts differ.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -30,73 +30,111 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-struct WeightGrad {
-  dnnl::convolution_backward_weights::primitive_desc desc;
-  dnnl::convolution_backward_weights primitive;
-  dnnl::memory::desc hwio;
-  bool needs_reorder;
+enum Op : int64_t { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
+
+// (op, N, H, W, Ci, OH, OW, Co, KH, KW, stride h, stride w, pad top, pad left)
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t>;
+
+struct Conv {
+  dnnl::primitive primitive;
+  dnnl::memory::desc src, dst, weights;  // weights: the layout the primitive uses
+  dnnl::memory::desc hwio;               // the caller's kernel layout
 };
 
-using Shape = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, int64_t, int64_t, int64_t, int64_t>;
-
-const WeightGrad& CachedWeightGrad(const Shape& s) {
-  static std::map<Shape, std::unique_ptr<WeightGrad>> cache;
+const Conv& CachedConv(const Key& key) {
+  static std::map<Key, std::unique_ptr<Conv>> cache;
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
-  auto found = cache.find(s);
+  auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
-  auto [n, h, w, ci, oh, ow, co, kh, kw, sh, sw, pt, pl] = s;
+  auto [op, n, h, w, ci, oh, ow, co, kh, kw, sh, sw, pt, pl] = key;
   dnnl::memory::desc src({n, ci, h, w}, Type::f32, Tag::nhwc);
   dnnl::memory::desc dst({n, co, oh, ow}, Type::f32, Tag::nhwc);
   dnnl::memory::desc any_weights({co, ci, kh, kw}, Type::f32, Tag::any);
+  dnnl::memory::desc hwio({co, ci, kh, kw}, Type::f32, Tag::hwio);
   dnnl::memory::dims strides{sh, sw}, pad_before{pt, pl};
   dnnl::memory::dims pad_after{(oh - 1) * sh + kh - h - pt, (ow - 1) * sw + kw - w - pl};
   auto forward = dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
       any_weights, dst, strides, pad_before, pad_after);
-  auto desc = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, src, any_weights, dst, strides, pad_before,
-      pad_after, forward);
-  dnnl::memory::desc hwio({co, ci, kh, kw}, Type::f32, Tag::hwio);
-  auto entry = std::make_unique<WeightGrad>(
-      WeightGrad{desc, dnnl::convolution_backward_weights(desc), hwio, desc.diff_weights_desc() != hwio});
-  return *(cache[s] = std::move(entry));
+  std::unique_ptr<Conv> conv;
+  if (op == kForward) {
+    conv.reset(new Conv{dnnl::convolution_forward(forward), src, dst, forward.weights_desc(), hwio});
+  } else if (op == kInputGrad) {
+    auto desc = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, any_weights, dst, strides, pad_before,
+        pad_after, forward);
+    conv.reset(new Conv{dnnl::convolution_backward_data(desc), src, dst, desc.weights_desc(), hwio});
+  } else {
+    auto desc = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, any_weights, dst, strides, pad_before,
+        pad_after, forward);
+    conv.reset(new Conv{dnnl::convolution_backward_weights(desc), src, dst, desc.diff_weights_desc(), hwio});
+  }
+  return *(cache[key] = std::move(conv));
 }
 
-ffi::Error ConvWeightGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h, int64_t stride_w,
-                          int64_t pad_top, int64_t pad_left) {
-  auto xs = x.dimensions(), dys = dy.dimensions(), dws = dw->dimensions();
-  if (xs.size() != 4 || dys.size() != 4 || dws.size() != 4 || xs[0] != dys[0] ||
-      dws[2] != xs[3] || dws[3] != dys[3]) {
-    return ffi::Error::InvalidArgument("onednn conv weight grad: expected x [N,H,W,Ci], dy [N,OH,OW,Co], dw [KH,KW,Ci,Co]");
+// Runs `op` on x [N,H,W,Ci], y [N,OH,OW,Co], k [KH,KW,Ci,Co]: two of them are inputs and the
+// third is the output (forward: y; input gradient: x; kernel gradient: k).
+ffi::Error Run(Op op, float* x, ffi::Span<const int64_t> xs, float* y, ffi::Span<const int64_t> ys,
+               float* k, ffi::Span<const int64_t> ks, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  if (xs.size() != 4 || ys.size() != 4 || ks.size() != 4 || xs[0] != ys[0] || ks[2] != xs[3] ||
+      ks[3] != ys[3]) {
+    return ffi::Error::InvalidArgument(
+        "onednn conv: expected x [N,H,W,Ci], y [N,OH,OW,Co], kernel [KH,KW,Ci,Co]");
   }
-  const WeightGrad& wg = CachedWeightGrad(
-      {xs[0], xs[1], xs[2], xs[3], dys[1], dys[2], dys[3], dws[0], dws[1], stride_h, stride_w, pad_top, pad_left});
+  const Conv& conv = CachedConv(
+      {op, xs[0], xs[1], xs[2], xs[3], ys[1], ys[2], ys[3], ks[0], ks[1], sh, sw, pt, pl});
+  // One call at a time. XLA runs independent operations on several threads, and oneDNN's
+  // primitives share one scratchpad (the library's default), so two calls at once corrupted
+  // each other: a kernel spun forever on a barrier, a BYOL demo ended with a NaN loss
+  // (tests/test_conv.py runs independent calls concurrently). Each call uses every core.
+  static std::mutex running;
+  std::lock_guard<std::mutex> one_at_a_time(running);
   dnnl::stream stream(Engine());
-  dnnl::memory src(wg.desc.src_desc(), Engine(), x.typed_data());
-  dnnl::memory diff_dst(wg.desc.diff_dst_desc(), Engine(), dy.typed_data());
-  dnnl::memory out(wg.hwio, Engine(), dw->typed_data());
-  if (wg.needs_reorder) {
-    dnnl::memory blocked(wg.desc.diff_weights_desc(), Engine());
-    wg.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, blocked}});
-    dnnl::reorder(blocked, out).execute(stream, blocked, out);
+  dnnl::memory src(conv.src, Engine(), x), dst(conv.dst, Engine(), y), hwio(conv.hwio, Engine(), k);
+  dnnl::memory weights = hwio;
+  bool reorder = conv.weights != conv.hwio;
+  if (reorder) weights = dnnl::memory(conv.weights, Engine());
+  if (reorder && op != kWeightGrad) dnnl::reorder(hwio, weights).execute(stream, hwio, weights);
+  if (op == kForward) {
+    conv.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+  } else if (op == kInputGrad) {
+    conv.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, src}});
   } else {
-    wg.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, out}});
+    conv.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_DIFF_WEIGHTS, weights}});
+    if (reorder) dnnl::reorder(weights, hwio).execute(stream, weights, hwio);
   }
   stream.wait();
   return ffi::Error::Success();
 }
 
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error Forward(F32 x, F32 k, F32Out y, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  return Run(kForward, x.typed_data(), x.dimensions(), y->typed_data(), y->dimensions(),
+             k.typed_data(), k.dimensions(), sh, sw, pt, pl);
+}
+
+ffi::Error InputGrad(F32 dy, F32 k, F32Out dx, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  return Run(kInputGrad, dx->typed_data(), dx->dimensions(), dy.typed_data(), dy.dimensions(),
+             k.typed_data(), k.dimensions(), sh, sw, pt, pl);
+}
+
+ffi::Error WeightGrad(F32 x, F32 dy, F32Out dk, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  return Run(kWeightGrad, x.typed_data(), x.dimensions(), dy.typed_data(), dy.dimensions(),
+             dk->typed_data(), dk->dimensions(), sh, sw, pt, pl);
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SslJaxOnednnConvWeightGrad, ConvWeightGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+#define SSL_JAX_CONV_BINDING                                                                  \
+  ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("stride_h").Attr<int64_t>( \
+      "stride_w").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left")
+
+// forward: (x, kernel) -> y; input gradient: (dy, kernel) -> dx; kernel gradient: (x, dy) -> dk
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SslJaxOnednnConvForward, Forward, SSL_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SslJaxOnednnConvInputGrad, InputGrad, SSL_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SslJaxOnednnConvWeightGrad, WeightGrad, SSL_JAX_CONV_BINDING);
