@@ -29,10 +29,11 @@ setup(
         "scipy>=1.13,<2",  # Hungarian matching of the clustering accuracy
         "safetensors>=0.4,<1",  # params export (safetensors.numpy; no PyTorch)
         "matplotlib>=3.8,<4",  # ssl_jax.report plots
-        # oneDNN's convolution kernel gradient on one CPU device (ssl_jax/native, built on first
-        # use with g++; without it the models keep XLA's). The headers must match the library.
+        # oneDNN's convolutions on one CPU device (ssl_jax/native, built on first use with g++;
+        # without it the models keep XLA's). The headers must match the library.
         "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # pytest-xdist: the README's test command runs the tests in 2 processes.
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5,<4"]},
 )

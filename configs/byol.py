@@ -33,9 +33,9 @@ Presets (the argument after the colon):
                       package) upsampled to 16 px, a ResNet-18 at width 1/8 with the CIFAR stem,
                       heads 256 -> 64, 32 epochs. Ends by printing kNN and linear-probe accuracy
                       of the pretrained network next to the same network at random initialisation.
-                      Measured on a 2-core CPU (README, Results; 2026-11-22): 1 min 47 s; kNN top-1
-                      0.817 vs 0.644 at random init, linear probe 0.931 vs 0.761 (with XLA's kernel
-                      gradients, model.conv_backend=xla: 2 min 35 s, 0.825 and 0.919).
+                      Measured on a 2-core CPU (README, Results; 2026-11-22): 1 min 50 s; kNN top-1
+                      0.819 vs 0.644 at random init, linear probe 0.931 vs 0.761 (with XLA's
+                      convolutions, model.conv_backend=xla: 2 min 35 s, 0.825 and 0.919).
 """
 from ssl_jax import presets as P
 

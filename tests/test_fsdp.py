@@ -18,7 +18,7 @@ METHODS = ("byol", "simclr")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    env = device_env(8)
+    env = device_env(8, fast_compile=True)
     subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tests", "fsdp_equivalence.py"), str(out)],
                    env=env, cwd=REPO_ROOT, check=True, timeout=900)
     return out

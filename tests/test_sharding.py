@@ -17,7 +17,7 @@ ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit"]
 
 
 def _run(out_dir, devices: int):
-    env = device_env(devices)
+    env = device_env(devices, fast_compile=True)
     os.makedirs(out_dir, exist_ok=True)
     return subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tests", "step_equivalence.py"),
                              str(out_dir), *ALL], env=env, cwd=REPO_ROOT)
