@@ -3,11 +3,11 @@
 oneDNN's convolutions (`onednn_conv.cc`): the forward pass, the input gradient and the kernel
 gradient of a 2-D float32 NHWC / HWIO convolution, which XLA CPU computes 13-21% (forward,
 input gradient) and 1.6-5x (kernel gradient) slower at the 32, 16 and 8 px ResNet layers
-(benchmarks/RESULTS_train_step.md, sections 13 and 14). They are compiled from source on first use with the C++ compiler (`CXX`, default
-g++) against the oneDNN wheels (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`, installed with
-ssl_jax on x86-64 Linux) and the FFI headers that ship with jaxlib, into a cache directory
-(`SSL_JAX_NATIVE_CACHE`, default ~/.cache/ssl_jax/native) keyed by the source, jaxlib and
-oneDNN versions, so the build runs once per machine (~5 s).
+(benchmarks/RESULTS_train_step.md, sections 13 and 14). They are compiled from source on first
+use with the C++ compiler (`CXX`, default g++) against the oneDNN wheels (`onednn-cpu-gomp`,
+`onednn-devel-cpu-gomp`, installed with ssl_jax on x86-64 Linux) and the FFI headers that ship
+with jaxlib, into a cache directory (`SSL_JAX_NATIVE_CACHE`, default ~/.cache/ssl_jax/native)
+keyed by the source, jaxlib and oneDNN versions, so the build runs once per machine (~5 s).
 
 Nothing here is required: where the build or the load fails (no compiler, no oneDNN, another
 platform) `onednn_conv_available()` is False, says why in `unavailable_reason()`, and the
@@ -66,7 +66,7 @@ def _load() -> tuple[bool, str]:
     """Builds (once) and registers the oneDNN kernels: (True, '') or (False, why not)."""
     try:
         if jax.default_backend() != "cpu":
-            raise RuntimeError(f"the kernel is for the CPU backend, this is {jax.default_backend()}")
+            raise RuntimeError(f"the kernels are for the CPU backend, this is {jax.default_backend()}")
         if sys.platform != "linux":
             raise RuntimeError(f"built only on Linux, this is {sys.platform}")
         path = _library_path()
@@ -76,7 +76,9 @@ def _load() -> tuple[bool, str]:
         for target, symbol in FFI_TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
         return True, ""
-    except (OSError, RuntimeError, importlib.metadata.PackageNotFoundError, FileNotFoundError) as e:
+    # AttributeError: a library without one of the handlers (not built from this source).
+    except (OSError, RuntimeError, AttributeError, importlib.metadata.PackageNotFoundError,
+            FileNotFoundError) as e:
         return False, f"{type(e).__name__}: {e}"
 
 
