@@ -5,16 +5,17 @@ import numpy as np
 
 from ssl_jax.methods.base import group_by_shape
 from ssl_jax.methods.common import enqueue, init_queue
-from ssl_jax.methods.dino import teacher_temperature_schedule
+from ssl_jax.schedules import linear_ramp
 
 
-def test_teacher_temperature_schedule_endpoints():
-    sched = teacher_temperature_schedule(0.04, 0.07, warmup_steps=30)
+def test_linear_ramp_endpoints():
+    """DINO's teacher-temperature warm-up and CARL's entropy-weight decay."""
+    sched = linear_ramp(0.04, 0.07, ramp_steps=30)
     np.testing.assert_allclose(sched(0), 0.04, rtol=1e-6)
     np.testing.assert_allclose(sched(15), 0.055, rtol=1e-6)
     np.testing.assert_allclose(sched(30), 0.07, rtol=1e-6)
     np.testing.assert_allclose(sched(10_000), 0.07, rtol=1e-6)
-    np.testing.assert_allclose(teacher_temperature_schedule(0.04, 0.04, 0)(5), 0.04, rtol=1e-6)
+    np.testing.assert_allclose(linear_ramp(0.04, 0.07, 0)(5), 0.07, rtol=1e-6)
     np.testing.assert_allclose(jax.jit(sched)(jnp.int32(15)), 0.055, rtol=1e-6)
 
 

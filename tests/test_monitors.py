@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.evaluate.monitors import (alignment, collapse_std, effective_rank,
+from ssl_jax.monitors import (alignment, collapse_std, effective_rank,
                                        representation_monitors, uniformity)
 
 # Jitted once here: checks the monitors are jit-safe and avoids op-by-op dispatch.
@@ -123,7 +123,7 @@ def test_monitors_compute_in_float32_and_validate_shapes():
 
 
 def test_collapse_reason_flags_complete_and_dimensional_collapse_only():
-    from ssl_jax.evaluate.monitors import collapse_reason
+    from ssl_jax.monitors import collapse_reason
 
     ref = 1.0 / np.sqrt(256)
     healthy = dict(collapse_std=0.8 * ref, collapse_std_reference=ref, z_std=ref, z_std_reference=ref,

@@ -178,7 +178,7 @@ def protocol_layer_probe(ctx):
 
 
 def protocol_monitor(ctx):
-    from ssl_jax.evaluate.monitors import representation_monitors
+    from ssl_jax.monitors import representation_monitors
 
     if not ctx.data.views:
         raise ValueError("config.data.views is empty and the source run has none: the monitors need "

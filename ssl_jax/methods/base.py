@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import losses
-from ssl_jax.evaluate import monitors
+from ssl_jax import monitors
 from ssl_jax.losses.directional import HV
 from ssl_jax.methods import common
 from ssl_jax.models import build_encoder, build_head
-from ssl_jax.train.optim import momentum_schedule
+from ssl_jax import schedules
 
 
 
@@ -146,7 +146,7 @@ class JointEmbeddingMethod(abc.ABC):
         self.encoder = build_encoder(config.model)
         self.heads = self.build_heads()
         momentum_cfg = self.cfg.get("momentum")
-        self.momentum = (momentum_schedule(momentum_cfg["base"], total_steps, momentum_cfg["schedule"])
+        self.momentum = (schedules.momentum(momentum_cfg["base"], total_steps, momentum_cfg["schedule"])
                          if momentum_cfg else None)
         self.per_view_bn = bool(self.cfg.get("per_view_bn", True))
         self.num_views = int(self.cfg.get("num_views", 2))

@@ -16,17 +16,9 @@ Eq. 5.8 is written per epoch), so λ is a smooth pure function of the step.
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import losses
+from ssl_jax import losses, schedules
 from ssl_jax.methods.base import JointEmbeddingMethod
 from ssl_jax.models import build_head
-
-
-def entropy_weight_schedule(start: float, end: float, decay_steps: int):
-    """λ_e(step): linear from `start` to `end` over decay_steps, then `end` (Eq. 5.8)."""
-    def schedule(step):
-        frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(decay_steps, 1), 0.0, 1.0)
-        return start + (end - start) * frac
-    return schedule
 
 
 class CARL(JointEmbeddingMethod):
@@ -38,7 +30,7 @@ class CARL(JointEmbeddingMethod):
 
     def __init__(self, config, total_steps, steps_per_epoch=None):
         super().__init__(config, total_steps, steps_per_epoch)
-        self.entropy_weight = entropy_weight_schedule(
+        self.entropy_weight = schedules.linear_ramp(
             self.cfg.entropy_weight_start, self.cfg.entropy_weight_end,
             int(round(self.cfg.entropy_decay_epochs * self.steps_per_epoch)))
 

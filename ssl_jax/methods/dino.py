@@ -15,17 +15,9 @@ previous centre, as in the authors' code.
 """
 import jax.numpy as jnp
 
-from ssl_jax import losses
+from ssl_jax import losses, schedules
 from ssl_jax.methods.base import JointEmbeddingMethod
 from ssl_jax.models import DINOHead
-
-
-def teacher_temperature_schedule(start: float, end: float, warmup_steps: int):
-    """Linear from `start` to `end` over warmup_steps, then `end` (a function of the step)."""
-    def schedule(step):
-        frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(warmup_steps, 1), 0.0, 1.0)
-        return jnp.where(warmup_steps > 0, start + (end - start) * frac, end)
-    return schedule
 
 
 class DINO(JointEmbeddingMethod):
@@ -41,7 +33,7 @@ class DINO(JointEmbeddingMethod):
     def __init__(self, config, total_steps, steps_per_epoch=None):
         super().__init__(config, total_steps, steps_per_epoch)
         self.target_views = tuple(range(self.cfg.num_global_crops))
-        self.teacher_temp = teacher_temperature_schedule(
+        self.teacher_temp = schedules.linear_ramp(
             self.cfg.warmup_teacher_temp, self.cfg.teacher_temp,
             int(round(self.cfg.warmup_teacher_temp_epochs * self.steps_per_epoch)))
 

@@ -14,7 +14,7 @@ from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.evaluate import features as features_lib
 from ssl_jax.evaluate import knn as knn_lib
-from ssl_jax.evaluate import monitors
+from ssl_jax import monitors
 from ssl_jax.evaluate.linear import linear_probe_accuracy
 from ssl_jax.methods import build_method
 from ssl_jax.train import checkpoint, preemption

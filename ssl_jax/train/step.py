@@ -13,7 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from ssl_jax import parallel
-from ssl_jax.evaluate.monitors import collapse_std
+from ssl_jax.monitors import collapse_std
 from ssl_jax.train.state import TrainState
 
 PROBE = nn.Dense  # the online linear probe: one Dense layer on the frozen representation
