@@ -88,8 +88,12 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # state and loss math (every loss upcasts). remat: recompute each block's activations in
     # the backward pass (less memory, ~1/3 more compute). conv_backend 'auto': a ResNet's
     # convolutions by oneDNN on a single CPU device, by XLA elsewhere (models.conv).
+    # ResNet keys (width, cifar_stem, zero_init_residual, conv_backend) and ViT keys
+    # (patch_size, pos_embedding, drop_path_rate): one model section whatever the backbone,
+    # so a field has one default; each backbone reads its own.
     c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
-                                             remat=False, conv_backend="auto"))
+                                             remat=False, conv_backend="auto", zero_init_residual=True,
+                                             patch_size=16, pos_embedding="sincos", drop_path_rate=0.0))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
         trust_coefficient=1e-3, nesterov=False, b1=0.9, b2=0.999, warmup_epochs=10.0,
@@ -243,16 +247,47 @@ DSSL_PRESETS = tuple(f"cifar10{mode}{tag}" for tag in DSSL_POLICIES for mode in 
     "cifar10_repro", "demo")
 
 
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The config of a `path.py[:preset]` value (what --config takes), loaded the way
+    ml_collections' config_flags loads it: by path, get_config(preset) or get_config()."""
+    import importlib.util
+
+    path, _, preset = spec.partition(":")
+    name = "_ssl_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+
+
 def method_config(config_dir: str, method: str, preset: str) -> ml_collections.ConfigDict:
     """get_config(preset) of configs/<method>.py, loaded by path from `config_dir` (config files
     are loaded by path, not imported as a package)."""
-    import importlib.util
+    return load_config_file(f"{os.path.join(config_dir, method)}.py:{preset}")
 
-    path = os.path.join(config_dir, f"{method}.py")
-    spec = importlib.util.spec_from_file_location(f"_ssl_jax_config_{method}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+
+def complete_config(partial, base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """`partial` (a dict or ConfigDict: an older run's config.json, an export's metadata)
+    completed once against the base config, so that code can read every field strictly: a
+    field `partial` has keeps its value, a field it lacks takes base_config's default. Fields
+    the base config does not know (a method's own section) are kept as they are. `base`:
+    the config to complete against (default base_config(partial's method))."""
+    partial = partial.to_dict() if hasattr(partial, "to_dict") else dict(partial)
+    if base is None:
+        base = base_config(partial.get("method", ""))
+    merged = _merge(base.to_dict(), partial)
+    return ml_collections.ConfigDict(merged)
+
+
+def _merge(defaults: dict, values: dict) -> dict:
+    """`defaults` overridden by `values`, recursively through the dicts both have."""
+    out = dict(defaults)
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def dssl_config(config_file: str, method: str, preset: str) -> ml_collections.ConfigDict:

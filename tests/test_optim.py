@@ -8,8 +8,17 @@ import optax
 import pytest
 
 from ssl_jax.train import optim as optim_lib
-from ssl_jax.train.optim import (build_optimizer, ema_tau_schedule, lars, scaled_lr,
-                                 warmup_cosine_schedule)
+from ssl_jax import presets
+from ssl_jax.schedules import momentum as momentum_schedule, warmup_cosine
+from ssl_jax.train.optim import build_optimizer, lars, scaled_lr
+
+
+def _opt(keys: dict):
+    """A complete config.optimizer (base_config's) with no warm-up, no weight decay, then `keys`."""
+    c = presets.base_config("test").optimizer
+    c.update(dict(warmup_epochs=0.0, weight_decay=0.0))
+    c.update(keys)
+    return c
 
 
 def _params_and_grads():
@@ -83,7 +92,7 @@ def test_sgd_coupled_weight_decay_matches_numpy():
     grads = grads[:2]
     cfg = {"name": "sgd", "base_lr": 0.1, "lr_scaling": "none", "weight_decay": 5e-4,
            "momentum": 0.9, "nesterov": False}
-    tx, sched = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10,
+    tx, sched = build_optimizer(_opt(cfg), global_batch_size=256, steps_per_epoch=10,
                                 num_epochs=1)
     got = _run(tx, params, grads)
 
@@ -102,7 +111,7 @@ def test_sgd_coupled_weight_decay_matches_numpy():
 
 def test_adamw_and_lars_build():
     for name in ("adam", "adamw", "lars"):
-        tx, _ = build_optimizer({"name": name, "base_lr": 1e-3, "weight_decay": 0.05},
+        tx, _ = build_optimizer(_opt({"name": name, "base_lr": 1e-3, "weight_decay": 0.05}),
                                 global_batch_size=64, steps_per_epoch=4, num_epochs=2)
         params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
         updates, _ = tx.update(params, tx.init(params), params)
@@ -111,7 +120,7 @@ def test_adamw_and_lars_build():
 
 def test_warmup_cosine_endpoints():
     peak, end = 2.0, 0.1
-    sched = warmup_cosine_schedule(peak, warmup_steps=10, total_steps=110, end_lr=end)
+    sched = warmup_cosine(peak, warmup_steps=10, total_steps=110, end=end)
     np.testing.assert_allclose(sched(0), 0.0)
     np.testing.assert_allclose(sched(5), peak / 2, rtol=1e-6)
     np.testing.assert_allclose(sched(10), peak, rtol=1e-6)
@@ -124,19 +133,19 @@ def test_warmup_cosine_endpoints():
 
 def test_build_optimizer_warmup_steps_and_scaling():
     _, sched = build_optimizer(
-        {"name": "lars", "base_lr": 0.2, "lr_scaling": "linear", "warmup_epochs": 1.5},
+        _opt({"name": "lars", "base_lr": 0.2, "lr_scaling": "linear", "warmup_epochs": 1.5}),
         global_batch_size=512, steps_per_epoch=10, num_epochs=10)
     np.testing.assert_allclose(sched(15), 0.4, rtol=1e-6)
     np.testing.assert_allclose(sched(100), 0.0, atol=1e-7)
     # Fractional epochs (runs given in steps): 25 total steps, not 20.
-    _, sched = build_optimizer({"name": "sgd", "base_lr": 0.1, "lr_scaling": "none"},
+    _, sched = build_optimizer(_opt({"name": "sgd", "base_lr": 0.1, "lr_scaling": "none"}),
                                global_batch_size=256, steps_per_epoch=10, num_epochs=2.5)
     assert float(sched(24)) > 0.0
     np.testing.assert_allclose(sched(25), 0.0, atol=1e-7)
 
 
 def test_ema_tau_schedule():
-    tau = ema_tau_schedule(0.996, total_steps=100)
+    tau = momentum_schedule(0.996, total_steps=100)
     np.testing.assert_allclose(tau(0), 0.996, rtol=1e-7)
     np.testing.assert_allclose(tau(50), 1 - 0.004 / 2, rtol=1e-7)
     np.testing.assert_allclose(tau(100), 1.0, rtol=1e-7)
@@ -152,13 +161,13 @@ def test_scaled_lr():
 
 def test_build_optimizer_unknown_name():
     with pytest.raises(ValueError, match=r"rmsprop'.*lars, sgd, adam, adamw"):
-        build_optimizer({"name": "rmsprop", "base_lr": 0.1}, global_batch_size=256,
+        build_optimizer(_opt({"name": "rmsprop", "base_lr": 0.1}), global_batch_size=256,
                         steps_per_epoch=1, num_epochs=1)
 
 
 def test_build_optimizer_warmup_longer_than_training():
     with pytest.raises(ValueError, match="warmup_epochs"):
-        build_optimizer({"name": "sgd", "base_lr": 0.1, "warmup_epochs": 3},
+        build_optimizer(_opt({"name": "sgd", "base_lr": 0.1, "warmup_epochs": 3}),
                         global_batch_size=256, steps_per_epoch=10, num_epochs=2)
 
 
@@ -170,7 +179,7 @@ def test_per_parameter_learning_rates_match_numpy():
     cfg = {"name": "sgd", "base_lr": 0.4, "lr_scaling": "none", "momentum": 0.0,
            "warmup_epochs": 0, "constant_lr_modules": ("predictor",),
            "bias_and_bn_lr_factor": 0.024}
-    tx, sched = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=1)
+    tx, sched = build_optimizer(_opt(cfg), global_batch_size=256, steps_per_epoch=10, num_epochs=1)
     state = tx.init(params)
     for step in range(3):
         updates, state = tx.update(grads, state, params)
@@ -186,7 +195,7 @@ def test_adam_coupled_l2_matches_numpy():
     p0 = np.array([[1.0, -2.0], [0.5, 3.0]])
     g = np.array([[0.1, 0.2], [-0.3, 0.4]])
     cfg = {"name": "adam", "base_lr": 1e-2, "lr_scaling": "none", "weight_decay": 0.1}
-    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=100, num_epochs=1)
+    tx, _ = build_optimizer(_opt(cfg), global_batch_size=256, steps_per_epoch=100, num_epochs=1)
     params = {"w": jnp.asarray(p0, jnp.float32)}
     state = tx.init(params)
     m = v = np.zeros_like(p0)
@@ -205,7 +214,7 @@ def test_step_decay_schedule_from_config():
     """decay='steps': x0.2 at 50 and 25 epochs before the end (W-MSE), after warm-up."""
     cfg = {"name": "sgd", "base_lr": 1.0, "lr_scaling": "none", "warmup_epochs": 1,
            "decay": "steps", "decay_epochs": (-50, -25), "decay_factor": 0.2}
-    _, sched = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=2, num_epochs=100)
+    _, sched = build_optimizer(_opt(cfg), global_batch_size=256, steps_per_epoch=2, num_epochs=100)
     np.testing.assert_allclose(sched(1), 0.5, rtol=1e-6)
     np.testing.assert_allclose(sched(99), 1.0, rtol=1e-6)
     np.testing.assert_allclose(sched(100), 0.2, rtol=1e-6)
@@ -219,7 +228,7 @@ def test_frozen_params_never_change():
     grads = jax.tree.map(jnp.ones_like, params)
     cfg = {"name": "adamw", "base_lr": 0.1, "lr_scaling": "none", "weight_decay": 0.1,
            "frozen_params": ("encoder/patch_embed",)}
-    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=1)
+    tx, _ = build_optimizer(_opt(cfg), global_batch_size=256, steps_per_epoch=10, num_epochs=1)
     state = tx.init(params)
     for _ in range(2):
         updates, state = tx.update(grads, state, params)
@@ -233,7 +242,7 @@ def test_dino_style_adamw_weight_decay_schedule_and_per_param_clipping():
     clipped to norm 3 on its own. One AdamW step vs NumPy."""
     cfg = {"name": "adamw", "base_lr": 0.1, "lr_scaling": "none", "weight_decay": 0.04,
            "weight_decay_end": 0.4, "clip_grad_per_param": 3.0}
-    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=1)
+    tx, _ = build_optimizer(_opt(cfg), global_batch_size=256, steps_per_epoch=10, num_epochs=1)
     p = {"w": jnp.full((2, 2), 2.0), "v": jnp.full((3, 3), -1.0)}
     g = {"w": jnp.full((2, 2), 10.0), "v": jnp.full((3, 3), 0.1)}  # norms 20 (clipped), 0.3
     state = tx.init(p)
@@ -256,7 +265,7 @@ def test_freeze_epochs_holds_a_subtree_for_its_first_steps():
     grads = jax.tree.map(jnp.ones_like, params)
     cfg = {"name": "sgd", "base_lr": 0.1, "lr_scaling": "none", "momentum": 0.9,
            "decay": "steps", "decay_epochs": (), "decay_factor": 1.0, "freeze_epochs": {"prototypes": 1}}
-    tx, _ = build_optimizer(cfg, global_batch_size=256, steps_per_epoch=3, num_epochs=3)
+    tx, _ = build_optimizer(_opt(cfg), global_batch_size=256, steps_per_epoch=3, num_epochs=3)
     state = tx.init(params)
     seen = []
     for _ in range(5):
@@ -265,3 +274,18 @@ def test_freeze_epochs_holds_a_subtree_for_its_first_steps():
     assert [s[0] for s in seen[:3]] == [0.0, 0.0, 0.0]
     np.testing.assert_allclose([s[0] for s in seen[3:]], [-0.1, -0.19], rtol=1e-6)  # fresh momentum
     np.testing.assert_allclose([s[1] for s in seen], [-0.1, -0.19, -0.271, -0.3439, -0.40951], rtol=1e-5)
+
+
+@pytest.mark.parametrize("warmup,total,end", [(0, 20, 0.0), (5, 20, 0.3), (20, 20, 0.0), (3, 7, 0.1)])
+def test_warmup_cosine_matches_the_closed_form_at_every_step(warmup, total, end):
+    """ssl_jax.schedules.warmup_cosine (optax's) against the formula, edge cases included:
+    no warm-up, a run that is only warm-up."""
+    peak = 1.5
+    sched = warmup_cosine(peak, warmup, total, end)
+    for step in range(total + 3):
+        if step < warmup:
+            expected = peak * step / warmup
+        else:
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            expected = end + (peak - end) * 0.5 * (1 + math.cos(math.pi * progress))
+        np.testing.assert_allclose(float(sched(step)), expected, rtol=1e-5, atol=1e-7)

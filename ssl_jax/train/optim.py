@@ -1,7 +1,7 @@
-"""Optimisers (LARS, SGD, AdamW) and schedules, all optax.
+"""Optimisers (LARS, SGD, Adam, AdamW) as optax chains, built from config.optimizer.
 
-Every schedule is a pure function of the integer step so it can be evaluated
-inside the jitted train step, which makes resuming from a checkpoint exact.
+The learning-rate and weight-decay schedules come from ssl_jax.schedules (pure functions of
+the step, evaluated inside the jitted train step, so resuming is exact).
 """
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any, Callable, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+
+from ssl_jax import schedules
 
 # (path, param) -> True when the param is excluded from weight decay and LARS
 # adaptation. `path` is a tuple of str keys, e.g. ('encoder', 'stem_bn', 'scale').
@@ -18,29 +21,8 @@ ExcludeFn = Callable[[Tuple[str, ...], Any], bool]
 
 
 # ----------------------------------------------------------------------------
-# Schedules
+# Learning-rate scaling
 # ----------------------------------------------------------------------------
-
-def warmup_cosine_schedule(peak_lr: float, warmup_steps: int, total_steps: int,
-                           end_lr: float = 0.0) -> optax.Schedule:
-    """Linear warm-up from 0 (step 0) to ``peak_lr`` (step ``warmup_steps``),
-    then cosine decay to ``end_lr`` at ``total_steps``; flat at ``end_lr`` after.
-    """
-    if warmup_steps < 0 or total_steps < warmup_steps:
-        raise ValueError(f"Need 0 <= warmup_steps <= total_steps, got warmup_steps="
-                         f"{warmup_steps}, total_steps={total_steps}.")
-    peak_lr, end_lr = float(peak_lr), float(end_lr)
-    decay_steps = max(total_steps - warmup_steps, 1)
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = peak_lr * step / max(warmup_steps, 1)
-        progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
-        cosine = end_lr + (peak_lr - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        return jnp.where(step < warmup_steps, warm, cosine)
-
-    return schedule
-
 
 def scaled_lr(base_lr: float, global_batch_size: int, scaling: str = "linear") -> float:
     """Peak learning rate from a base one: ``base·B/256`` ('linear'),
@@ -52,24 +34,6 @@ def scaled_lr(base_lr: float, global_batch_size: int, scaling: str = "linear") -
     if scaling == "none":
         return float(base_lr)
     raise ValueError(f"Unknown lr_scaling {scaling!r}; valid: 'linear', 'sqrt', 'none'.")
-
-
-def ema_tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
-    """BYOL target EMA rate τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2.
-
-    τ_0 = τ_base, τ_K = 1 (and 1 after K).
-    """
-    return _cosine_between(tau_base, 1.0, total_steps)
-
-
-def momentum_schedule(base: float, total_steps: int, schedule: str = "cosine") -> optax.Schedule:
-    """EMA rate of a momentum target: 'cosine' (BYOL, MoCo v3: base -> 1, see
-    ema_tau_schedule) or 'constant' (MoCo v2: m = base throughout)."""
-    if schedule == "cosine":
-        return ema_tau_schedule(base, total_steps)
-    if schedule == "constant":
-        return lambda step: jnp.asarray(base, jnp.float32)
-    raise ValueError(f"Unknown momentum schedule {schedule!r}; valid: 'cosine', 'constant'.")
 
 
 # ----------------------------------------------------------------------------
@@ -212,43 +176,8 @@ def scale_by_param_lr(schedule: optax.Schedule, peak_lr: float,
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def step_decay_schedule(peak_lr: float, warmup_steps: int, boundaries: Sequence[int],
-                        factor: float) -> optax.Schedule:
-    """Linear warm-up to ``peak_lr`` then ×``factor`` at each step in ``boundaries``
-    (MoCo's linear evaluation: ×0.1 at epochs 60 and 80; W-MSE: ×0.2 50 and 25 epochs
-    before the end)."""
-    peak_lr = float(peak_lr)
-    bounds = jnp.asarray(sorted(int(b) for b in boundaries) or [2 ** 30], jnp.float32)
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = peak_lr * step / max(warmup_steps, 1)
-        decayed = peak_lr * factor ** jnp.sum(step >= bounds)
-        return jnp.where(step < warmup_steps, warm, decayed)
-
-    return schedule
-
-
 class CountState(NamedTuple):
     count: jax.Array
-
-
-def add_scheduled_weight_decay(schedule: optax.Schedule, mask: Callable[[Any], Any]
-                               ) -> optax.GradientTransformation:
-    """updates + wd(step)·params for the params selected by `mask` (DINO's weight decay
-    rising 0.04 -> 0.4 on a cosine)."""
-
-    def init_fn(params):
-        del params
-        return CountState(count=jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params):
-        wd = schedule(state.count)
-        keep = mask(updates)
-        updates = jax.tree.map(lambda u, p, k: u + wd * p if k else u, updates, params, keep)
-        return updates, CountState(count=optax.safe_increment(state.count))
-
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def clip_by_param_norm(max_norm: float) -> optax.GradientTransformation:
@@ -297,39 +226,26 @@ def zero_until(steps: dict, label: Callable[[Tuple[str, ...]], Any]) -> optax.Gr
 # ----------------------------------------------------------------------------
 
 OPTIMIZER_NAMES = ("lars", "sgd", "adam", "adamw")
-_MISSING = object()
 
-
-def _get(cfg: Any, key: str, default: Any = _MISSING) -> Any:
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    if value is _MISSING:
-        raise ValueError(f"Optimizer config is missing required key {key!r}; add "
-                         f"config.optimizer.{key}.")
-    return value
-
-
-def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: int,
+def build_optimizer(opt_cfg: ml_collections.ConfigDict, *, global_batch_size: int, steps_per_epoch: int,
                     num_epochs: float) -> Tuple[optax.GradientTransformation, optax.Schedule]:
-    """Builds ``(optimizer, lr_schedule)`` from a config (dict or ConfigDict).
+    """Builds ``(optimizer, lr_schedule)`` from a complete ``config.optimizer`` section (every
+    key of ``presets.base_config().optimizer``, read strictly; their defaults live there):
 
-    Keys: ``name`` ('lars' | 'sgd' | 'adam' | 'adamw'), ``base_lr``, ``lr_scaling``
-    ('linear' | 'sqrt' | 'none', default 'linear'), ``weight_decay`` (default 0),
-    ``momentum`` (sgd/lars, default 0.9), ``nesterov`` (sgd/lars, default False),
-    ``trust_coefficient`` (lars, default 1e-3), ``b1``/``b2`` (adam/adamw, defaults
-    0.9/0.999), ``warmup_epochs`` (float, default 0), ``exclude_bias_and_bn_from_wd``
-    (default True: params with ndim <= 1 get no weight decay and, for LARS, no
-    trust-ratio adaptation), ``decay`` ('cosine' | 'steps', default 'cosine'),
-    ``end_lr_factor`` (cosine: final LR as a fraction of the peak, default 0),
-    ``decay_epochs`` / ``decay_factor`` (steps: LR ×factor at each of these epochs;
-    a negative epoch counts from the end), ``constant_lr_modules`` (top-level param
-    names trained at the peak LR throughout, default none) and
-    ``bias_and_bn_lr_factor`` (LR multiplier of 1-D params, default 1) and
-    ``frozen_params`` ('/'-joined path prefixes, e.g. 'encoder/patch_embed', whose
-    parameters are never updated: no gradient step, no weight decay; MoCo v3's frozen
-    random patch projection), ``freeze_epochs`` (dict path prefix -> epochs during which
-    that subtree is not updated: SwAV's prototypes, DINO's last layer),
-    ``weight_decay_end`` (cosine from weight_decay to this over training; default: constant)
-    and ``clip_grad_per_param`` (> 0: DINO's per-tensor gradient-norm clipping).
+    ``name`` ('lars' | 'sgd' | 'adam' | 'adamw'), ``base_lr``, ``lr_scaling`` ('linear' |
+    'sqrt' | 'none'), ``weight_decay``, ``momentum`` and ``nesterov`` (sgd/lars),
+    ``trust_coefficient`` (lars), ``b1``/``b2`` (adam/adamw), ``warmup_epochs`` (float),
+    ``exclude_bias_and_bn_from_wd`` (params with ndim <= 1 get no weight decay and, for LARS,
+    no trust-ratio adaptation), ``decay`` ('cosine' | 'steps'), ``end_lr_factor`` (cosine:
+    final LR as a fraction of the peak), ``decay_epochs`` / ``decay_factor`` (steps: LR
+    ×factor at each of these epochs; a negative epoch counts from the end),
+    ``constant_lr_modules`` (top-level param names trained at the peak LR throughout),
+    ``bias_and_bn_lr_factor`` (LR multiplier of 1-D params), ``frozen_params`` ('/'-joined path
+    prefixes, e.g. 'encoder/patch_embed', whose parameters are never updated: MoCo v3's frozen
+    random patch projection), ``freeze_epochs`` (dict path prefix -> epochs during which that
+    subtree is not updated: SwAV's prototypes, DINO's last layer), ``weight_decay_end``
+    (None, or a cosine from weight_decay to it over training; adamw only) and
+    ``clip_grad_per_param`` (> 0: DINO's per-tensor gradient-norm clipping).
 
     Note on ``freeze_epochs`` with Adam(W): the gradient is zeroed while frozen, so the
     moment estimates stay 0 and the first updates after unfreezing use the global step's
@@ -340,63 +256,49 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
     scaled_lr(base_lr, global_batch_size, lr_scaling); training lasts
     round(steps_per_epoch·num_epochs) steps (num_epochs may be fractional).
     """
-    name = _get(opt_cfg, "name")
-    if name not in OPTIMIZER_NAMES:
-        raise ValueError(f"Unknown optimizer name {name!r}; valid names: "
-                         f"{', '.join(OPTIMIZER_NAMES)}.")
-    peak = scaled_lr(float(_get(opt_cfg, "base_lr")), global_batch_size,
-                     _get(opt_cfg, "lr_scaling", "linear"))
+    c = opt_cfg
+    if c.name not in OPTIMIZER_NAMES:
+        raise ValueError(f"Unknown optimizer name {c.name!r}; valid names: {', '.join(OPTIMIZER_NAMES)}.")
+    peak = scaled_lr(float(c.base_lr), global_batch_size, c.lr_scaling)
     # num_epochs may be fractional (a run given in steps passes num_steps / steps_per_epoch).
     total_steps = int(round(steps_per_epoch * num_epochs))
-    warmup_steps = int(round(float(_get(opt_cfg, "warmup_epochs", 0.0)) * steps_per_epoch))
+    warmup_steps = int(round(float(c.warmup_epochs) * steps_per_epoch))
     if warmup_steps > total_steps:
-        raise ValueError(f"optimizer.warmup_epochs={_get(opt_cfg, 'warmup_epochs')} gives "
-                         f"{warmup_steps} warm-up steps, more than the {total_steps} "
-                         f"training steps ({num_epochs} epochs x {steps_per_epoch}); "
-                         f"lower warmup_epochs or train longer.")
-    decay = _get(opt_cfg, "decay", "cosine")
-    if decay == "cosine":
-        schedule = warmup_cosine_schedule(peak, warmup_steps, total_steps,
-                                          peak * float(_get(opt_cfg, "end_lr_factor", 0.0)))
-    elif decay == "steps":
-        bounds = [round((e if e >= 0 else num_epochs + e) * steps_per_epoch)
-                  for e in _get(opt_cfg, "decay_epochs")]
-        schedule = step_decay_schedule(peak, warmup_steps, bounds, float(_get(opt_cfg, "decay_factor")))
+        raise ValueError(f"optimizer.warmup_epochs={c.warmup_epochs} gives {warmup_steps} warm-up steps, "
+                         f"more than the {total_steps} training steps ({num_epochs} epochs x "
+                         f"{steps_per_epoch}); lower warmup_epochs or train longer.")
+    if c.decay == "cosine":
+        schedule = schedules.warmup_cosine(peak, warmup_steps, total_steps, peak * float(c.end_lr_factor))
+    elif c.decay == "steps":
+        bounds = [round((e if e >= 0 else num_epochs + e) * steps_per_epoch) for e in c.decay_epochs]
+        schedule = schedules.warmup_step_decay(peak, warmup_steps, bounds, float(c.decay_factor))
     else:
-        raise ValueError(f"Unknown optimizer.decay {decay!r}; valid: 'cosine', 'steps'.")
-    lr_transform = scale_by_param_lr(
-        schedule, peak, tuple(_get(opt_cfg, "constant_lr_modules", ())),
-        float(_get(opt_cfg, "bias_and_bn_lr_factor", 1.0)))
-    wd = float(_get(opt_cfg, "weight_decay", 0.0))
-    exclude = default_lars_exclude if _get(opt_cfg, "exclude_bias_and_bn_from_wd", True) else None
-    momentum = float(_get(opt_cfg, "momentum", 0.9))
-    nesterov = bool(_get(opt_cfg, "nesterov", False))
-    b1, b2 = float(_get(opt_cfg, "b1", 0.9)), float(_get(opt_cfg, "b2", 0.999))
-    wd_end = _get(opt_cfg, "weight_decay_end", None)
-    if wd_end is not None and name != "adamw":
+        raise ValueError(f"Unknown optimizer.decay {c.decay!r}; valid: 'cosine', 'steps'.")
+    lr_transform = scale_by_param_lr(schedule, peak, tuple(c.constant_lr_modules),
+                                     float(c.bias_and_bn_lr_factor))
+    wd = float(c.weight_decay)
+    exclude = default_lars_exclude if c.exclude_bias_and_bn_from_wd else None
+    if c.weight_decay_end is not None and c.name != "adamw":
         raise ValueError("optimizer.weight_decay_end (a weight-decay schedule) is supported with "
-                         f"name='adamw' only, not {name!r}; remove it or switch optimizer.")
+                         f"name='adamw' only, not {c.name!r}; remove it or switch optimizer.")
 
-    if name == "lars":
-        tx = lars(schedule, wd, momentum=momentum, nesterov=nesterov, exclude_fn=exclude,
-                  trust_coefficient=float(_get(opt_cfg, "trust_coefficient", 1e-3)),
-                  lr_transform=lr_transform)
-    elif name == "sgd":
-        tx = sgd(schedule, wd, momentum=momentum, nesterov=nesterov, exclude_fn=exclude,
+    if c.name == "lars":
+        tx = lars(schedule, wd, momentum=float(c.momentum), nesterov=bool(c.nesterov), exclude_fn=exclude,
+                  trust_coefficient=float(c.trust_coefficient), lr_transform=lr_transform)
+    elif c.name == "sgd":
+        tx = sgd(schedule, wd, momentum=float(c.momentum), nesterov=bool(c.nesterov), exclude_fn=exclude,
                  lr_transform=lr_transform)
-    elif name == "adam":
-        tx = adam(schedule, wd, b1=b1, b2=b2, exclude_fn=exclude, lr_transform=lr_transform)
-    else:  # adamw: decoupled decay, scaled by the LR like optax.adamw
-        decay = (optax.add_decayed_weights(wd, make_mask(exclude)) if wd_end is None else
-                 add_scheduled_weight_decay(_cosine_between(wd, float(wd_end), total_steps),
-                                            make_mask(exclude)))
-        tx = optax.chain(optax.scale_by_adam(b1=b1, b2=b2), decay, lr_transform)
+    elif c.name == "adam":
+        tx = adam(schedule, wd, b1=float(c.b1), b2=float(c.b2), exclude_fn=exclude, lr_transform=lr_transform)
+    else:  # adamw: decoupled decay (optionally on a schedule), scaled by the LR like optax.adamw
+        rate = wd if c.weight_decay_end is None else schedules.cosine_between(wd, float(c.weight_decay_end),
+                                                                               total_steps)
+        tx = optax.chain(optax.scale_by_adam(b1=float(c.b1), b2=float(c.b2)),
+                         optax.add_decayed_weights(rate, make_mask(exclude)), lr_transform)
 
-    clip = float(_get(opt_cfg, "clip_grad_per_param", 0.0))
-    if clip > 0:
-        tx = optax.chain(clip_by_param_norm(clip), tx)
-    freeze_epochs = _get(opt_cfg, "freeze_epochs", None) or {}
-    freeze_epochs = freeze_epochs.to_dict() if hasattr(freeze_epochs, "to_dict") else dict(freeze_epochs)
+    if c.clip_grad_per_param > 0:
+        tx = optax.chain(clip_by_param_norm(float(c.clip_grad_per_param)), tx)
+    freeze_epochs = c.freeze_epochs.to_dict() if hasattr(c.freeze_epochs, "to_dict") else dict(c.freeze_epochs)
     if freeze_epochs:
         steps = {k: int(round(float(e) * steps_per_epoch)) for k, e in freeze_epochs.items()}
 
@@ -405,18 +307,7 @@ def build_optimizer(opt_cfg: Any, *, global_batch_size: int, steps_per_epoch: in
             return next((p for p in steps if name_ == p or name_.startswith(p + "/")), None)
 
         tx = optax.chain(zero_until(steps, label), tx, zero_until(steps, label))
-    return freeze(tx, tuple(_get(opt_cfg, "frozen_params", ()))), schedule
-
-
-def _cosine_between(start: float, end: float, total_steps: int) -> optax.Schedule:
-    """start -> end on a half cosine over total_steps (DINO's weight-decay schedule)."""
-    total = max(int(total_steps), 1)
-
-    def schedule(step):
-        t = jnp.clip(jnp.asarray(step, jnp.float32) / total, 0.0, 1.0)
-        return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-
-    return schedule
+    return freeze(tx, tuple(c.frozen_params)), schedule
 
 
 def freeze(tx: optax.GradientTransformation, prefixes: Tuple[str, ...]) -> optax.GradientTransformation:
