@@ -1,7 +1,29 @@
-"""What every command line of ssl_jax shares: one-line errors and absl flag parsing."""
-import sys
+"""What every command line of ssl_jax shares, in one place: the run flags (--config, --workdir,
+the multi-process ones), absl flag parsing with one-line errors, quiet library logs, the
+distributed start-up and the wrapper that turns a user's error into one message.
 
-from absl import flags
+An entry point is a few lines (see ssl_jax/main.py):
+
+    FLAGS = cli.define_run_flags("configs/byol.py:cifar10")
+    if __name__ == "__main__":
+        cli.run(lambda config, workdir: ..., FLAGS, name="ssl_jax")
+
+JAX, TensorFlow and the rest of ssl_jax are imported only after the flags parsed, so --help
+and a bad flag answer at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from typing import Callable
+
+from absl import app, flags, logging
+
+# Errors a user can cause (a bad config value, a missing dataset or checkpoint, a file in the
+# way, a diverging loss): one message naming the cause and the fix, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
 
 
 def fail(message: str, code: int = 1):
@@ -10,9 +32,122 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The flags of the commands that run a config in a workdir (training, evaluation)."""
+    config: flags.FlagHolder
+    workdir: flags.FlagHolder
+    multihost: flags.FlagHolder
+    coordinator_address: flags.FlagHolder
+    num_processes: flags.FlagHolder
+    process_id: flags.FlagHolder
+
+
+def define_run_flags(config_example: str, workdir_help: str = "Directory for checkpoints, metrics and "
+                     "results (a rerun of the same command resumes from it).") -> RunFlags:
+    """Defines --config (an ml_collections config file, every field overridable as
+    --config.a.b=value), --workdir and the multi-process flags; call once per entry point."""
+    from ml_collections import config_flags
+
+    run_flags = RunFlags(
+        config=config_flags.DEFINE_config_file("config", None, f"Config file, e.g. {config_example}.",
+                                               lock_config=True),
+        workdir=flags.DEFINE_string("workdir", None, workdir_help),
+        multihost=flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with the "
+                                    "coordinator, process count and id read from the cluster (Cloud TPU "
+                                    "pod slices, SLURM)."),
+        coordinator_address=flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, "
+                                                "for a multi-process run without cluster detection (with "
+                                                "--num_processes and --process_id)."),
+        num_processes=flags.DEFINE_integer("num_processes", None,
+                                           "Number of processes of an explicit multi-process run."),
+        process_id=flags.DEFINE_integer("process_id", None,
+                                        "This process's index in an explicit multi-process run."))
+    flags.mark_flags_as_required(["config", "workdir"])
+    return run_flags
+
+
 def parse_flags(argv):
-    """absl flag parsing; a bad flag is one message and exit code 2, no traceback."""
+    """absl flag parsing; a bad flag, a config file that raises or an unknown config field
+    is one message and exit code 2, no traceback."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(f"{e}. Pass --helpshort for the flags.", code=2)
+        message = str(e)
+        if "Traceback" in message:  # an error raised by the config file itself: keep its last line
+            message = f"{argv_config(argv)}: " + message.strip().splitlines()[-1]
+        fail(f"{message}\nPass --helpshort for the flags.", code=2)
+    except (AttributeError, KeyError) as e:  # config_flags on an override of a missing field
+        path = _unknown_override(argv)
+        fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
+             f"{argv_config(argv)}. Check the spelling (the config file lists the fields).", code=2)
+
+
+def argv_config(argv) -> str:
+    """The --config value of a command line ('the config' if none)."""
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "the config")
+
+
+def _unknown_override(argv) -> str | None:
+    """The first --config.a.b=... override whose path is not a field of the config."""
+    from ssl_jax import presets
+
+    try:
+        config = presets.load_config_file(argv_config(argv))
+    except Exception:  # the config itself is broken: flag parsing reports that
+        return None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        node, path = config, arg[len("--config."):].split("=", 1)[0]
+        for key in path.split("."):
+            if not hasattr(node, "keys") or key not in node.keys():
+                return path
+            node = node[key]
+    return None
+
+
+def quiet_library_logs():
+    """Library INFO logs (orbax writes several lines per checkpoint) would drown the progress
+    line; pass --verbosity=0 to see them."""
+    if flags.FLAGS["verbosity"].value == 0 and "--verbosity" not in " ".join(sys.argv):
+        logging.set_verbosity(logging.WARNING)
+
+
+def initialize_distributed(run_flags: RunFlags):
+    """jax.distributed.initialize() as the multi-process flags ask (nothing for one process)."""
+    from ssl_jax import parallel
+
+    parallel.initialize_distributed(run_flags.multihost.value, run_flags.coordinator_address.value,
+                                    run_flags.num_processes.value, run_flags.process_id.value)
+
+
+@contextlib.contextmanager
+def user_errors(name: str = "ssl_jax"):
+    """A user's error is one line and exit code 1; a preemption (SIGTERM, after the checkpoint
+    is written) is one line and PREEMPTED_EXIT_CODE, which the launchers rerun."""
+    from ssl_jax.train import preemption
+
+    try:
+        yield
+    except preemption.Preempted as e:
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
+    except USER_ERRORS as e:
+        fail(str(e))
+
+
+def run(body: Callable[[object, str], object], run_flags: RunFlags, name: str = "ssl_jax") -> None:
+    """The whole life of a run command: parse the flags, quiet the logs, start the processes,
+    call body(config, workdir) with user errors reported in one line."""
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        quiet_library_logs()
+        with user_errors(name):
+            initialize_distributed(run_flags)
+            body(run_flags.config.value, run_flags.workdir.value)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main, flags_parser=parse_flags)

@@ -376,11 +376,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    try:
+    with cli.user_errors("ssl_jax.export"):
         summary = export(f.workdir, f.format, f.output, network=f.network, step=f.step,
                          include_heads=f.include_heads, overwrite=f.overwrite, classifier=f.classifier)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        cli.fail(str(e))
     print(f"Exported {summary['network']} network ({summary['backbone']}, step {summary['step']}) "
           f"as {summary['format']} to {summary['output']}")
 
