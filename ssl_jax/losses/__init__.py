@@ -1,4 +1,32 @@
-"""Pure loss functions of arrays (the loss contract of ../shared/DESIGN.md)."""
+"""Pure loss functions of arrays: the loss contract of ssl_jax.
+
+**Contract** (names, argument order and semantics are stable; tests and users depend on them).
+Every function here takes arrays and returns a float32 scalar (or the documented array or
+(loss, parts) pair): no parameters, no state, no axis names; safe under jit, grad and vmap;
+math in float32 whatever the input dtype. Batch reductions are plain jnp reductions, so under
+jax.jit with the batch sharded over devices they run over the global batch (XLA inserts the
+collectives). Stop-gradients that belong to the loss are applied inside it.
+
+| function | semantics |
+|---|---|
+| `byol(p, z)` | mean over i of 2 − 2·cos(p_i, stop_grad(z_i)) |
+| `simsiam(p, z)` | mean over i of −cos(p_i, stop_grad(z_i)) |
+| `nt_xent(z1, z2, temperature=0.1)` | SimCLR NT-Xent over the 2N embeddings: cosine similarity, self-pairs excluded, positive = the other view of the same image, mean over all 2N anchors |
+| `info_nce(query, key, queue=None, temperature=0.2)` | query, key [N, D], L2-normalised inside, key under stop_grad. With queue [K, D] (normalised): logits [q·k_i, q·queueᵀ]/T, target 0 (MoCo v2). Without: logits q·kᵀ/T, target i (MoCo v3; no 2T factor); mean cross-entropy |
+| `barlow_twins(z1, z2, lambd=0.0051)` | each input standardised per dimension over the batch (biased variance, eps 1e-5); C = z1ᵀz2/N; Σ_i (1 − C_ii)² + λ·Σ_{i≠j} C_ij² |
+| `vicreg(z1, z2, sim_weight=25, var_weight=25, cov_weight=1)` | sim_weight·MSE(z1, z2) + var_weight·(mean relu(1 − sqrt(var(z1) + 1e-4)) + same for z2) + cov_weight·(Σ_{i≠j} cov(z1)_ij²/D + same for z2); var and cov unbiased (N − 1) |
+| `wmse(z, rng, w_size, w_iter=1, eps=0.0)` | W-MSE on z [V, N, D]: per random partition of the N images into sub-batches of w_size, each view whitened per sub-batch (`whiten`, Cholesky); mean over view pairs i < j and partitions of mean_n (2 − 2·cos(w_i,n, w_j,n)) |
+| `sinkhorn(scores, epsilon=0.05, num_iters=3)` | SwAV Sinkhorn-Knopp on exp(scores/ε) for scores [B, K]: alternately normalise prototypes (columns) and samples (rows); returns Q [B, K] whose rows sum to 1 |
+| `swav(logits, codes, temperature=0.1)` | logits [V, N, K] prototype scores of V crops; codes [A, N, K] targets of the first A crops; mean over every pair (a, v), v ≠ a, of mean_i cross-entropy(codes[a, i], softmax(logits[v, i]/T)) |
+| `dino(student_logits, teacher_logits, center, student_temp=0.1, teacher_temp=0.04)` | student [Vs, N, K], teacher [Vt, N, K] (teacher crop t is student crop t); targets softmax((teacher − center)/teacher_temp) under stop_grad; mean over pairs (t, s), s ≠ t, of mean_i cross-entropy with softmax(student/student_temp) |
+| `carl(logits_a, logits_b, entropy_weight)` | CARL: −mean_i log⟨p_i^a, p_i^b⟩ + λ_e·(KL(mean p^a ‖ U) + KL(mean p^b ‖ U)), p = softmax(logits); returns (loss, {consistency, kl}) |
+| `carp(logits_a, logits_b, perm, num_blocks, entropy_weight)` | CARP: CARL on the num_blocks blocks of the prototype permutation `perm` (`carp_permutation`), softmax within a block, means over blocks; returns (loss, {consistency, kl}) |
+| `directional(preds, reps, alpha, beta, gamma, delta, term_scale, pair_loss)` | DSSL's Eq. 6 over four views (v, v', t̂(v), t̂'(v')); returns (loss, terms) |
+
+Helpers with the same conventions: `l2_normalize`, `cosine_similarity`, `neg_cosine`
+(D(p, y) = −cos(p, stop_grad(y)), the D term of DSSL), `whiten`, `carp_permutation`.
+A new loss is added here with the same conventions, its equation and source in its docstring.
+"""
 from ssl_jax.losses.contrastive import info_nce, nt_xent
 from ssl_jax.losses.directional import directional, neg_cosine
 from ssl_jax.losses.prototypes import carl, carp, carp_permutation, dino, sinkhorn, swav

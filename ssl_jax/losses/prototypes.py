@@ -1,6 +1,6 @@
 """Losses on prototype assignments (SwAV, DINO, CARL, CARP) and SwAV's Sinkhorn-Knopp codes.
 
-Contract (../shared/DESIGN.md): pure functions of arrays, math in float32 whatever the
+Contract (ssl_jax.losses): pure functions of arrays, math in float32 whatever the
 input dtype, safe under jit, grad and vmap. Batch reductions are plain jnp reductions, so
 when the batch axis is sharded by jax.jit they run over the global batch (XLA inserts the
 all-reduces); no axis names are used.

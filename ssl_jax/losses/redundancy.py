@@ -1,6 +1,6 @@
 """Redundancy-reduction and whitening losses (Barlow Twins, VICReg, W-MSE).
 
-Contract (../shared/DESIGN.md): pure functions of arrays, math in float32 whatever the
+Contract (ssl_jax.losses): pure functions of arrays, math in float32 whatever the
 input dtype, safe under jit, grad and vmap.
 """
 import jax

@@ -1,6 +1,6 @@
 """Regression losses between a prediction and a stop-gradient target (BYOL, SimSiam).
 
-Contract (../shared/DESIGN.md): pure functions of arrays, math in float32 whatever the
+Contract (ssl_jax.losses): pure functions of arrays, math in float32 whatever the
 input dtype, safe under jit, grad and vmap.
 """
 import jax
