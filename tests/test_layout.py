@@ -1,0 +1,93 @@
+"""Imports point one way: pure array code and models at the bottom, methods above them, the
+training engine above methods, evaluation and export above training, entry points on top.
+
+Read from the source (every `import` and `from ... import`, at module level or inside a
+function), so a lazy import that bends back up fails here too."""
+import ast
+import os
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+PACKAGE = os.path.join(REPO_ROOT, "ssl_jax")
+
+# Layers, bottom first. A module may import ssl_jax modules of its own layer or below.
+LAYERS = [
+    {"ssl_jax.losses", "ssl_jax.monitors", "ssl_jax.schedules", "ssl_jax.storage", "ssl_jax.native"},
+    {"ssl_jax.models", "ssl_jax.data", "ssl_jax.parallel", "ssl_jax.presets", "ssl_jax.results"},
+    {"ssl_jax.methods"},
+    {"ssl_jax.train"},
+    # cli: what every command line shares (export and report are commands too).
+    {"ssl_jax.evaluate", "ssl_jax.pretrained", "ssl_jax.export", "ssl_jax.report", "ssl_jax.cli"},
+    {"ssl_jax.main", "ssl_jax.evaluate.__main__"},
+]
+
+
+def _unit(module: str) -> str:
+    """The layer entry a dotted module name belongs to (the longest matching prefix)."""
+    units = sorted((u for layer in LAYERS for u in layer), key=len, reverse=True)
+    for unit in units:
+        if module == unit or module.startswith(unit + "."):
+            return unit
+    raise AssertionError(f"{module} is in no layer of tests/test_layout.py: add it to LAYERS")
+
+
+def _layer(module: str) -> int:
+    unit = _unit(module)
+    return next(i for i, layer in enumerate(LAYERS) if unit in layer)
+
+
+def _modules():
+    for root, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, REPO_ROOT)[:-3].replace(os.sep, ".")
+                yield rel.removesuffix(".__init__"), path
+
+
+def _imports(path: str, module: str):
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            # `from a.b import c`: c may be the module a.b.c; prefixes decide the layer either way.
+            yield from (f"{base}.{a.name}" for a in node.names)
+
+
+MODULES = sorted(_modules())
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[m for m, _ in MODULES])
+def test_imports_point_down(module, path):
+    if module == "ssl_jax":
+        return
+    own = _layer(module)
+    upward = sorted({imp for imp in _imports(path, module)
+                     if imp.startswith("ssl_jax.") and _layer(imp) > own})
+    assert not upward, f"{module} (layer {own}) imports from a layer above it: {upward}"
+
+
+def test_the_engine_does_not_import_evaluation_or_export():
+    """The issue's rule, spelled out: nothing under losses, models, methods or train imports
+    evaluate, export, pretrained or report."""
+    forbidden = ("ssl_jax.evaluate", "ssl_jax.export", "ssl_jax.pretrained", "ssl_jax.report")
+    for module, path in MODULES:
+        if module.startswith(("ssl_jax.losses", "ssl_jax.models", "ssl_jax.methods", "ssl_jax.train")):
+            bad = [i for i in _imports(path, module) if i.startswith(forbidden)]
+            assert not bad, f"{module} imports {bad}"
+
+
+def test_the_layer_table_catches_an_upward_import(tmp_path):
+    """The check itself can fail: a methods module importing the training engine is caught."""
+    path = tmp_path / "bad.py"
+    path.write_text("from ssl_jax.train import optim\n")
+    upward = [i for i in _imports(str(path), "ssl_jax.methods.bad") if _layer(i) > _layer("ssl_jax.methods.bad")]
+    assert upward == ["ssl_jax.train.optim"]
