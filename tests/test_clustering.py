@@ -1,5 +1,6 @@
-"""k-means and clustering metrics: metrics against scikit-learn and brute force, k-means against
-NumPy recomputations, its own fixed-point conditions, scikit-learn's inertia, and 8 devices."""
+"""k-means and clustering metrics: metrics against NumPy formulas written here, closed forms and
+brute force, k-means against NumPy recomputations, its own fixed-point conditions, scikit-learn's
+inertia, and 8 devices."""
 import itertools
 import json
 import os
@@ -9,12 +10,9 @@ import sys
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-from sklearn.metrics.cluster import contingency_matrix as sk_contingency_matrix
 
-from ssl_jax.evaluate.clustering import (adjusted_rand_index, clustering_scores,
-                                         contingency_matrix, hungarian_accuracy, kmeans,
-                                         many_to_one_accuracy, normalized_mutual_info)
+from ssl_jax.evaluate.clustering import (clustering_scores, hungarian_accuracy, kmeans, label_scores,
+                                         many_to_one_accuracy)
 from tests.clustering_sharded import inputs as sharded_inputs
 from tests.conftest import REPO_ROOT, device_env
 
@@ -47,24 +45,74 @@ _DEGENERATE_CASES = {
 }
 
 
+def _reference_table(true, pred):
+    """Contingency counts by a loop over the sorted unique labels."""
+    classes, clusters = np.unique(true), np.unique(pred)
+    table = [[np.sum((true == c) & (pred == k)) for k in clusters] for c in classes]
+    return np.array(table, np.int64).reshape(len(classes), len(clusters))
+
+
+def _reference_nmi(true, pred):
+    """I(Y; C) / ((H(Y) + H(C)) / 2) (Strehl & Ghosh 2002, arithmetic mean); 1 when both
+    labelings are one cluster (or empty), 0 when the mutual information is 0 up to rounding."""
+    table = _reference_table(true, pred).astype(np.float64)
+    if table.size == 0 or table.shape == (1, 1):
+        return 1.0
+    n = table.sum()
+    rows, cols = table.sum(axis=1), table.sum(axis=0)
+    i, j = np.nonzero(table)
+    mi = np.sum(table[i, j] / n * (np.log(table[i, j]) + np.log(n) - np.log(rows[i]) - np.log(cols[j])))
+    if mi < 1e-15:
+        return 0.0
+    entropy = lambda c: -np.sum(c[c > 0] / n * np.log(c[c > 0] / n))
+    return mi / ((entropy(rows) + entropy(cols)) / 2.0)
+
+
+def _reference_ari(true, pred):
+    """Hubert & Arabie's ARI from exact integer pair counts; 1 where it is 0/0 (equal partitions)."""
+    table = _reference_table(true, pred)
+    pairs = lambda counts: sum(int(c) * (int(c) - 1) // 2 for c in np.ravel(counts))
+    n = int(table.sum())
+    index, a, b, total = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0)), n * (n - 1) // 2
+    num, den = 2 * (index * total - a * b), (a + b) * total - 2 * a * b
+    return 1.0 if den == 0 else num / den
+
+
 @pytest.mark.parametrize("seed,n,n_classes,n_clusters,relabel", _RANDOM_CASES)
-def test_nmi_ari_contingency_match_sklearn_on_random_labels(seed, n, n_classes, n_clusters,
-                                                           relabel):
+def test_nmi_ari_match_the_formulas_on_random_labels(seed, n, n_classes, n_clusters, relabel):
     true, pred = _random_labels(seed, n, n_classes, n_clusters, relabel)
-    np.testing.assert_array_equal(contingency_matrix(true, pred), sk_contingency_matrix(true, pred))
-    np.testing.assert_allclose(normalized_mutual_info(true, pred),
-                               normalized_mutual_info_score(true, pred), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(adjusted_rand_index(true, pred), adjusted_rand_score(true, pred),
-                               rtol=1e-10, atol=1e-12)
+    scores = label_scores(true, pred)
+    np.testing.assert_allclose(scores["nmi"], _reference_nmi(true, pred), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(scores["ari"], _reference_ari(true, pred), rtol=1e-10, atol=1e-12)
+    assert scores["acc"] == hungarian_accuracy(true, pred)
+    assert scores["acc_many_to_one"] == many_to_one_accuracy(true, pred)
+    assert all(type(v) is float for v in scores.values())
 
 
 @pytest.mark.parametrize("name", sorted(_DEGENERATE_CASES))
-def test_nmi_ari_match_sklearn_on_degenerate_labels(name):
+def test_nmi_ari_match_the_formulas_on_degenerate_labels(name):
     true, pred = (np.asarray(a, np.int64) for a in _DEGENERATE_CASES[name])
     for a, b in ((true, pred), (pred, true)):
-        assert normalized_mutual_info(a, b) == pytest.approx(normalized_mutual_info_score(a, b),
-                                                             abs=1e-12)
-        assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+        scores = label_scores(a, b)
+        assert scores["nmi"] == pytest.approx(_reference_nmi(a, b), abs=1e-12)
+        assert scores["ari"] == pytest.approx(_reference_ari(a, b), abs=1e-12)
+
+
+def test_nmi_ari_closed_forms():
+    """Equal partitions (renamed): 1 and 1. [0,0,1,1] vs [0,1,0,1]: independent, NMI 0; pair
+    counts index 0, a = b = 2 of 6 pairs, ARI (0 - 4/6) / (2 - 4/6) = -1/2. [0,0,1,1] vs
+    [0,0,0,1]: NMI from the joint distribution written out; ARI (1 - 1) / (5/2 - 1) = 0."""
+    same = label_scores([0, 0, 1, 1, 2], [7, 7, 3, 3, 1])
+    assert same["nmi"] == pytest.approx(1.0, abs=1e-12) and same["ari"] == 1.0
+    independent = label_scores([0, 0, 1, 1], [0, 1, 0, 1])
+    assert independent["nmi"] == pytest.approx(0.0, abs=1e-12) and independent["ari"] == pytest.approx(-0.5)
+    # Y = [0,0,1,1], C = [0,0,0,1]: p(y,c) = {(0,0): 1/2, (1,0): 1/4, (1,1): 1/4}.
+    mi = 0.5 * np.log(0.5 / (0.5 * 0.75)) + 0.25 * np.log(0.25 / (0.5 * 0.75)) + 0.25 * np.log(0.25 / (0.5 * 0.25))
+    h_y, h_c = np.log(2), -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    # Pairs: index 1 (samples 0, 1 together in both), a = 2, b = 3, total 6: E[index] = 1.
+    scores = label_scores([0, 0, 1, 1], [0, 0, 0, 1])
+    assert scores["nmi"] == pytest.approx(mi / ((h_y + h_c) / 2), rel=1e-12)
+    assert scores["ari"] == pytest.approx(0.0, abs=1e-12)
 
 
 def _brute_force_accuracy(true, pred):
@@ -111,9 +159,11 @@ def test_accuracies_on_known_partitions():
 
 def test_metrics_reject_mismatched_labels():
     with pytest.raises(ValueError, match="same length"):
-        normalized_mutual_info([0, 1, 2], [0, 1])
+        label_scores([0, 1, 2], [0, 1])
     with pytest.raises(ValueError, match="1-D"):
-        adjusted_rand_index(np.zeros((2, 2), int), np.zeros((2, 2), int))
+        label_scores(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    with pytest.raises(ValueError, match="same length"):
+        hungarian_accuracy([0, 1, 2], [0, 1])
 
 
 # ---------------------------------------------------------------- k-means
@@ -136,7 +186,7 @@ def test_kmeans_recovers_well_separated_blobs():
     assert res.centroids.shape == (5, 8) and res.assignments.shape == (300,)
     assert res.assignments.dtype == np.int32
     assert isinstance(res.inertia, float) and isinstance(res.num_iters, int)
-    assert adjusted_rand_index(labels, np.asarray(res.assignments)) == 1.0
+    assert _reference_ari(labels, np.asarray(res.assignments)) == 1.0
     # The centroids are then the blob means; the inertia their within-blob scatter.
     scatter = sum(((x[labels == c] - x[labels == c].mean(0)) ** 2).sum() for c in range(5))
     assert res.inertia == pytest.approx(scatter, rel=1e-5)
@@ -205,7 +255,7 @@ def test_kmeans_more_clusters_than_distinct_points_keeps_empty_centroids_finite(
     res = kmeans(x, 5, seed=0)
     assert np.all(np.isfinite(np.asarray(res.centroids)))
     assert res.inertia == pytest.approx(0.0, abs=1e-5)
-    assert adjusted_rand_index(np.repeat(np.arange(3), 10), np.asarray(res.assignments)) == 1.0
+    assert _reference_ari(np.repeat(np.arange(3), 10), np.asarray(res.assignments)) == 1.0
 
 
 @pytest.mark.parametrize("features,k,kwargs,match", [

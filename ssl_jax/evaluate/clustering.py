@@ -9,8 +9,9 @@ XLA inserts the cross-device reductions (no shard_map, no host round trip inside
 
 Metrics (NumPy, against integer class labels; labels need not be contiguous):
   * normalized mutual information with arithmetic-mean normalisation (Strehl & Ghosh 2002,
-    "Cluster Ensembles"; scikit-learn's default `average_method='arithmetic'`);
-  * adjusted Rand index (Hubert & Arabie 1985, "Comparing partitions");
+    "Cluster Ensembles"): scikit-learn's `normalized_mutual_info_score`;
+  * adjusted Rand index (Hubert & Arabie 1985, "Comparing partitions"): scikit-learn's
+    `adjusted_rand_score`;
   * unsupervised clustering accuracy: the best one-to-one cluster -> class matching found by the
     Hungarian algorithm (the protocol of e.g. IIC, Ji et al. 2019, and of DeepCluster-style
     evaluations), and many-to-one accuracy, where every cluster takes its majority class (the
@@ -26,8 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
 
-_EPS = 1e-12
+from ssl_jax import losses
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -37,11 +41,6 @@ class KMeansResult(NamedTuple):
     assignments: jax.Array  # [N] int32, index of the nearest centroid (sharded like features)
     inertia: float  # sum over points of the squared distance to their centroid
     num_iters: int  # Lloyd iterations run by the kept restart
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, _EPS)
 
 
 def _sq_dists(x: jax.Array, x_sq: jax.Array, centers: jax.Array) -> jax.Array:
@@ -112,7 +111,7 @@ def _kmeans(features, key, tol, *, num_clusters, num_iters, num_restarts, init_t
             l2_normalize):
     x = features.astype(jnp.float32)
     if l2_normalize:
-        x = _l2_normalize(x)
+        x = losses.l2_normalize(x)
     # k-means is translation invariant; centring removes the common offset that would make the
     # expansion ||x||² − 2x·c + ||c||² lose float32 precision (scikit-learn centres too).
     mean = jnp.mean(x, axis=0)
@@ -197,59 +196,9 @@ def _check_labels(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
     return labels_true, labels_pred
 
 
-def contingency_matrix(labels_true, labels_pred) -> np.ndarray:
-    """[n_classes, n_clusters] int64 counts; rows/columns follow the sorted unique labels."""
-    labels_true, labels_pred = _check_labels(labels_true, labels_pred)
-    classes, class_idx = np.unique(labels_true, return_inverse=True)
-    clusters, cluster_idx = np.unique(labels_pred, return_inverse=True)
-    table = np.zeros((len(classes), len(clusters)), np.int64)
-    np.add.at(table, (class_idx.ravel(), cluster_idx.ravel()), 1)
-    return table
-
-
-def _entropy(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-np.sum(p * np.log(p)))
-
-
-def normalized_mutual_info(labels_true, labels_pred) -> float:
-    """NMI = I(Y; C) / ((H(Y) + H(C)) / 2), in [0, 1] (scikit-learn's arithmetic default).
-
-    As in scikit-learn: 1.0 when both labelings have a single cluster (or are empty), 0.0 when
-    the mutual information is 0 (e.g. exactly one of them is a single cluster).
-    """
-    table = contingency_matrix(labels_true, labels_pred).astype(np.float64)
-    n_classes, n_clusters = table.shape
-    if n_classes == n_clusters == 1 or table.size == 0:
-        return 1.0
-    n = table.sum()
-    rows, cols = table.sum(axis=1), table.sum(axis=0)
-    i, j = np.nonzero(table)
-    p_ij = table[i, j] / n
-    mi = float(np.sum(p_ij * (np.log(table[i, j]) + np.log(n) - np.log(rows[i]) - np.log(cols[j]))))
-    if mi < np.finfo(np.float64).eps:  # 0 up to rounding: independent labelings
-        return 0.0
-    return mi / ((_entropy(rows) + _entropy(cols)) / 2.0)
-
-
-def adjusted_rand_index(labels_true, labels_pred) -> float:
-    """ARI (Hubert & Arabie 1985): the Rand index corrected for chance; 1 for equal partitions.
-
-    Pair counts are exact Python integers. The index is 0/0 only when both labelings are one
-    cluster or both are all singletons (then the partitions are equal): 1.0, as scikit-learn.
-    """
-    table = contingency_matrix(labels_true, labels_pred)
-    n = int(table.sum())
-
-    def pairs(counts) -> int:
-        return sum(int(c) * (int(c) - 1) // 2 for c in np.ravel(counts))
-
-    index, a, b, total = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0)), n * (n - 1) // 2
-    # (index − E[index]) / (max − E[index]) with E[index] = a·b/total, multiplied through by
-    # 2·total so that only integers appear before the final division.
-    num = 2 * (index * total - a * b)
-    den = (a + b) * total - 2 * a * b
-    return 1.0 if den == 0 else num / den
+def _contingency(labels_true, labels_pred) -> np.ndarray:
+    """[n_classes, n_clusters] int64 counts (rows/columns: the sorted unique labels)."""
+    return contingency_matrix(*_check_labels(labels_true, labels_pred))
 
 
 def hungarian_accuracy(labels_true, labels_pred) -> float:
@@ -260,7 +209,7 @@ def hungarian_accuracy(labels_true, labels_pred) -> float:
     unmatched clusters' points count as wrong, with fewer the unmatched classes' points do.
     NaN for empty labels.
     """
-    table = contingency_matrix(labels_true, labels_pred)
+    table = _contingency(labels_true, labels_pred)
     if table.size == 0:
         return float("nan")
     rows, cols = linear_sum_assignment(table, maximize=True)
@@ -273,10 +222,23 @@ def many_to_one_accuracy(labels_true, labels_pred) -> float:
     Several clusters may map to the same class, so it never decreases as clusters are split;
     compare it only between runs with the same number of clusters. NaN for empty labels.
     """
-    table = contingency_matrix(labels_true, labels_pred)
+    table = _contingency(labels_true, labels_pred)
     if table.size == 0:
         return float("nan")
     return float(table.max(axis=0).sum() / table.sum())
+
+
+def label_scores(labels_true, labels_pred) -> dict:
+    """Scores of a clustering `labels_pred` against class labels `labels_true` (1-D, same length,
+    any integer ids): {'nmi' (scikit-learn's normalized_mutual_info_score, arithmetic mean),
+    'ari' (adjusted_rand_score), 'acc' (Hungarian), 'acc_many_to_one'} as Python floats."""
+    labels_true, labels_pred = _check_labels(labels_true, labels_pred)
+    return {
+        "nmi": float(normalized_mutual_info_score(labels_true, labels_pred, average_method="arithmetic")),
+        "ari": float(adjusted_rand_score(labels_true, labels_pred)),
+        "acc": hungarian_accuracy(labels_true, labels_pred),
+        "acc_many_to_one": many_to_one_accuracy(labels_true, labels_pred),
+    }
 
 
 def clustering_scores(features, labels, num_clusters: int | None = None, *, seed: int = 0,
@@ -300,11 +262,4 @@ def clustering_scores(features, labels, num_clusters: int | None = None, *, seed
         num_clusters = len(np.unique(labels))
     result = kmeans(features, num_clusters, num_iters=num_iters, num_restarts=num_restarts,
                     seed=seed, tol=tol, l2_normalize=l2_normalize)
-    pred = np.asarray(result.assignments)
-    return {
-        "nmi": float(normalized_mutual_info(labels, pred)),
-        "ari": float(adjusted_rand_index(labels, pred)),
-        "acc": hungarian_accuracy(labels, pred),
-        "acc_many_to_one": many_to_one_accuracy(labels, pred),
-        "inertia": result.inertia,
-    }
+    return {**label_scores(labels, np.asarray(result.assignments)), "inertia": result.inertia}
