@@ -16,14 +16,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.losses import l2_normalize
+
 _EPS = 1e-12
 _RANKME_EPS = 1e-7  # the ε of RankMe's p_k = σ_k / ||σ||₁ + ε (their reference code)
-
-
-def _l2_normalize(z: jax.Array) -> jax.Array:
-    z = jnp.asarray(z).astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
-    return z / jnp.maximum(norm, _EPS)
 
 
 def _check_2d(name: str, *zs) -> None:
@@ -41,7 +37,7 @@ def collapse_std(z) -> jax.Array:
     Population std (ddof=0).
     """
     _check_2d("collapse_std", z)
-    return jnp.mean(jnp.std(_l2_normalize(z), axis=0))
+    return jnp.mean(jnp.std(l2_normalize(z), axis=0))
 
 
 def effective_rank(z) -> jax.Array:
@@ -68,7 +64,7 @@ def alignment(z1, z2, alpha: float = 2.0) -> jax.Array:
     if jnp.shape(z1) != jnp.shape(z2):
         raise ValueError(f"alignment: z1 and z2 must have the same shape (positive pairs are "
                          f"rows with the same index); got {jnp.shape(z1)} and {jnp.shape(z2)}.")
-    sq = jnp.sum(jnp.square(_l2_normalize(z1) - _l2_normalize(z2)), axis=-1)
+    sq = jnp.sum(jnp.square(l2_normalize(z1) - l2_normalize(z2)), axis=-1)
     # ||d||^alpha as (||d||²)^(alpha/2): no sqrt, so alpha=2 stays differentiable at d=0.
     return jnp.mean(sq ** (alpha / 2.0))
 
@@ -85,7 +81,7 @@ def uniformity(z, t: float = 2.0) -> jax.Array:
     n = jnp.shape(z)[0]
     if n < 2:
         raise ValueError(f"uniformity: needs at least 2 embeddings to form a pair; got N={n}.")
-    z = _l2_normalize(z)
+    z = l2_normalize(z)
     gram = jnp.dot(z, z.T, precision=jax.lax.Precision.HIGHEST)
     sq = jnp.sum(z * z, axis=-1)
     # ||a − b||² = ||a||² + ||b||² − 2a·b (not 2 − 2a·b: a zero row stays a zero vector).

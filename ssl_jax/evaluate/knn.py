@@ -20,22 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import parallel
-
-_EPS = 1e-12
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, _EPS)
+from ssl_jax.losses import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk_size"))
 def _knn_scores(train_features, train_labels, train_valid, test_features, temperature, *,
                 num_classes, k, chunk_size):
-    memory = _l2_normalize(train_features)
+    memory = l2_normalize(train_features)
     labels = train_labels.astype(jnp.int32)
-    queries = _l2_normalize(test_features)
+    queries = l2_normalize(test_features)
     n_test, dim = queries.shape
     num_chunks = -(-n_test // chunk_size)
     # Zero rows pad the last chunk to the static chunk size; their scores are dropped below.
