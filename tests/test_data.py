@@ -246,3 +246,11 @@ def test_eval_preprocess_centre_crop_for_larger_images():
     decoded = tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE")
     np.testing.assert_allclose(P.eval_preprocess(jpeg, 32, True, MEAN, STD),
                                P.eval_preprocess(decoded, 32, False, MEAN, STD), atol=1e-4)
+
+
+def test_missing_data_field_is_a_clear_error():
+    """Fields are read strictly (defaults live in presets.base_config): a missing one is named."""
+    cfg = _cfg()
+    del cfg["data_dir"]
+    with pytest.raises(ValueError, match=r"no key 'data_dir'; set --config.data.data_dir="):
+        P.steps_per_epoch(cfg, 64, 1)

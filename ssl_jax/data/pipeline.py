@@ -40,15 +40,16 @@ from ssl_jax.data import augment, heavy, sources
 
 _IN_MEMORY_MAX_BYTES = 2 << 30
 HEAVY_SEED_OFFSET = 1 << 20  # view ids of the heavy ops' seeds: never those of standard views
-_MISSING = object()
 
 
-def _get(cfg: Mapping[str, Any], key: str, default=_MISSING):
-    if key in cfg:
-        return cfg[key]
-    if default is _MISSING:
-        raise ValueError(f"The data config has no key {key!r}; set --config.data.{key}=...")
-    return default
+def _fields(data_cfg: Mapping[str, Any], *keys: str) -> tuple:
+    """The values of `keys`, read strictly (defaults: ssl_jax.presets.base_config); a missing
+    one is a clear error naming the field."""
+    for key in keys:
+        if key not in data_cfg:
+            raise ValueError(f"The data config has no key {key!r}; set --config.data.{key}=... (or "
+                             "start the config from ssl_jax.presets.base_config).")
+    return tuple(data_cfg[key] for key in keys)
 
 
 def _processes(process_index, process_count):
@@ -81,13 +82,13 @@ def steps_per_epoch(data_cfg: Mapping[str, Any], global_batch_size: int,
     """Steps per epoch of ``pretrain_iterator``: the smallest process slice // local batch (same on all)."""
     _, process_count = _processes(0, process_count)
     b = _local_batch(global_batch_size, process_count)
-    sizes = sources.slice_sizes(_get(data_cfg, "dataset"), _get(data_cfg, "train_split"),
-                                _get(data_cfg, "data_dir", None), process_count)
+    sizes = sources.slice_sizes(*_fields(data_cfg, "dataset", "train_split", "data_dir"), process_count)
     return min(sizes) // b
 
 
 def _view_cfgs(data_cfg, num_views: int) -> list:
-    views = list(_get(data_cfg, "views"))
+    (views,) = _fields(data_cfg, "views")
+    views = list(views)
     if not views:
         raise ValueError("config.data.views is empty; give one view config per view.")
     for v in views:
@@ -147,8 +148,8 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     plan = _checked_plan(view_plan, num_views)
     pi, pc = _processes(process_index, process_count)
     b = _local_batch(global_batch_size, pc)
-    dataset, split = _get(data_cfg, "dataset"), _get(data_cfg, "train_split")
-    data_dir = _get(data_cfg, "data_dir", None)
+    dataset, split, data_dir = _fields(data_cfg, "dataset", "train_split", "data_dir")
+    image_size, mean, std, shuffle_buffer = _fields(data_cfg, "image_size", "mean", "std", "shuffle_buffer")
     spe = steps_per_epoch(data_cfg, global_batch_size, pc)
     if spe < 1:
         raise ValueError(f"The local batch {b} is larger than this process's slice of {dataset}:{split} "
@@ -158,9 +159,9 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     arrays = _in_memory_slice(dataset, split, data_dir, pi, pc) if _use_memory(info, n) else None
     ds = pretrain_dataset(
         ds_src, info, arrays=arrays, views=_view_cfgs(data_cfg, 1 + max(k for k, _ in plan)),
-        image_size=int(_get(data_cfg, "image_size")), mean=tuple(_get(data_cfg, "mean")),
-        std=tuple(_get(data_cfg, "std")), local_batch=b, steps_per_epoch=spe, seed=seed,
-        process_index=pi, start_step=start_step, shuffle_buffer=int(_get(data_cfg, "shuffle_buffer")),
+        image_size=int(image_size), mean=tuple(mean), std=tuple(std), local_batch=b,
+        steps_per_epoch=spe, seed=seed, process_index=pi, start_step=start_step,
+        shuffle_buffer=int(shuffle_buffer),
         jit_augment=jit_augment, view_plan=plan)
     return ds.as_numpy_iterator()
 
@@ -203,8 +204,8 @@ def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: 
     (``imagenet2012_subset/1pct``) with the plain iterator."""
     pi, pc = _processes(process_index, process_count)
     b = _local_batch(global_batch_size, pc)
-    dataset, split = _get(data_cfg, "dataset"), _get(data_cfg, "train_split")
-    data_dir = _get(data_cfg, "data_dir", None)
+    dataset, split, data_dir = _fields(data_cfg, "dataset", "train_split", "data_dir")
+    image_size, mean, std = _fields(data_cfg, "image_size", "mean", "std")
     ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
     if not _use_memory(info, n):
         raise ValueError(f"A label subset of {dataset} needs the in-memory path (small images); "
@@ -218,9 +219,8 @@ def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: 
                          f"local batch {b}; lower the batch size.")
     ds = pretrain_dataset(
         ds_src, info, arrays=(images[indices], labels[indices]), views=_view_cfgs(data_cfg, 1),
-        image_size=int(_get(data_cfg, "image_size")), mean=tuple(_get(data_cfg, "mean")),
-        std=tuple(_get(data_cfg, "std")), local_batch=b, steps_per_epoch=spe, seed=seed,
-        process_index=pi, start_step=start_step, jit_augment=jit_augment)
+        image_size=int(image_size), mean=tuple(mean), std=tuple(std), local_batch=b,
+        steps_per_epoch=spe, seed=seed, process_index=pi, start_step=start_step, jit_augment=jit_augment)
     return ds.as_numpy_iterator(), spe
 
 
@@ -228,8 +228,8 @@ def train_labels(data_cfg: Mapping[str, Any], process_index: Optional[int] = Non
                  process_count: Optional[int] = None) -> np.ndarray:
     """Labels of this process's slice of the train split (in-memory datasets)."""
     pi, pc = _processes(process_index, process_count)
-    dataset, split = _get(data_cfg, "dataset"), _get(data_cfg, "train_split")
-    return _in_memory_slice(dataset, split, _get(data_cfg, "data_dir", None), pi, pc)[1]
+    dataset, split, data_dir = _fields(data_cfg, "dataset", "train_split", "data_dir")
+    return _in_memory_slice(dataset, split, data_dir, pi, pc)[1]
 
 
 def augmentation_seed(seed: int, process_index, epoch, position, view: int) -> tf.Tensor:
@@ -422,8 +422,8 @@ def eval_preprocess(image, size: int, is_jpeg: bool, mean, std) -> tf.Tensor:
 
 def num_eval_examples(data_cfg: Mapping[str, Any], split: str) -> int:
     """Examples of ``split`` over all processes (each counted once; padding excluded)."""
-    return int(sources.dataset_info(_get(data_cfg, "dataset"), split,
-                                    _get(data_cfg, "data_dir", None))["num_examples_total"])
+    dataset, data_dir = _fields(data_cfg, "dataset", "data_dir")
+    return int(sources.dataset_info(dataset, split, data_dir)["num_examples_total"])
 
 
 def num_eval_batches(data_cfg: Mapping[str, Any], split: str, global_batch_size: int,
@@ -431,7 +431,8 @@ def num_eval_batches(data_cfg: Mapping[str, Any], split: str, global_batch_size:
     """Batches ``eval_iterator`` yields on every process: ceil(largest slice / local batch)."""
     _, pc = _processes(0, process_count)
     b = _local_batch(global_batch_size, pc)
-    sizes = sources.slice_sizes(_get(data_cfg, "dataset"), split, _get(data_cfg, "data_dir", None), pc)
+    dataset, data_dir = _fields(data_cfg, "dataset", "data_dir")
+    sizes = sources.slice_sizes(dataset, split, data_dir, pc)
     return max(1, math.ceil(max(sizes) / b))
 
 
@@ -446,9 +447,9 @@ def eval_iterator(data_cfg: Mapping[str, Any], split: str, *, global_batch_size:
     """
     pi, pc = _processes(process_index, process_count)
     b = _local_batch(global_batch_size, pc)
-    size = int(_get(data_cfg, "image_size"))
-    mean, std = tuple(_get(data_cfg, "mean")), tuple(_get(data_cfg, "std"))
-    ds, n, info = sources.load_split(_get(data_cfg, "dataset"), split, _get(data_cfg, "data_dir", None), pi, pc)
+    dataset, data_dir, size, mean, std = _fields(data_cfg, "dataset", "data_dir", "image_size", "mean", "std")
+    size, mean, std = int(size), tuple(mean), tuple(std)
+    ds, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
     total = num_eval_batches(data_cfg, split, global_batch_size, pc) * b
     is_jpeg = info["is_jpeg"]
 
