@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ssl_jax import native
+from ssl_jax import native, presets
 from ssl_jax.models import build_encoder
 from ssl_jax.models.conv import MIN_ONEDNN_OUTPUT_PIXELS, conv_with_onednn, onednn_conv, resolve_conv_backend
 from tests.conftest import REPO_ROOT, device_env
@@ -121,8 +121,9 @@ def test_resnet_gradients_and_params_equal_with_either_backend():
         x = jnp.asarray(rng.random((4, size, size, 3), np.float32))
         out = {}
         for impl in ("xla", "onednn"):
-            enc = build_encoder(dict(name=name, width=0.125, cifar_stem=cifar, dtype="float32",
-                                     conv_backend=impl))
+            cfg = presets.base_config("byol").model
+            cfg.update(dict(name=name, width=0.125, cifar_stem=cifar, dtype="float32", conv_backend=impl))
+            enc = build_encoder(cfg)
             assert enc.conv_backend == impl
             v = enc.init(jax.random.PRNGKey(0), x, train=False)
 

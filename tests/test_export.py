@@ -12,13 +12,13 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import safetensors
 import safetensors.numpy
 
 from ssl_jax import export as export_lib
+from ssl_jax import presets
 from ssl_jax import pretrained as pretrained_lib
 from ssl_jax.models import build_encoder
 from tests.conftest import REPO_ROOT
@@ -149,8 +149,16 @@ def _randomize(tree, rng):
     return jax.tree_util.tree_map_with_path(leaf, tree)
 
 
+def _model_cfg(**fields):
+    """A complete config.model (base_config's) with float32 compute and XLA's convolutions,
+    updated with `fields`."""
+    cfg = presets.base_config("byol").model
+    cfg.update({"dtype": "float32", "conv_backend": "xla", **fields})
+    return cfg
+
+
 def _random_resnet(name, width, cifar_stem, seed=0):
-    cfg = ml_collections.ConfigDict({"name": name, "width": width, "cifar_stem": cifar_stem})
+    cfg = _model_cfg(name=name, width=width, cifar_stem=cifar_stem)
     encoder = build_encoder(cfg)
     variables = jax.eval_shape(functools.partial(encoder.init, train=False), jax.random.PRNGKey(0),
                                np.zeros((1, 32, 32, 3), np.float32))
@@ -216,12 +224,13 @@ def test_torchvision_keys_small(name, cifar_stem):
 
 
 def test_torchvision_keys_and_shapes_full_resnet50():
-    encoder = build_encoder({"name": "resnet50"})
+    cfg = _model_cfg(name="resnet50")
+    encoder = build_encoder(cfg)
     abstract = jax.eval_shape(functools.partial(encoder.init, train=False), jax.random.PRNGKey(0),
                               np.zeros((1, 224, 224, 3), np.float32))
     variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)  # lazily zero pages
     pre = pretrained_lib.Pretrained(encoder=encoder, variables=variables, heads={},
-                                    model_config=ml_collections.ConfigDict({"name": "resnet50"}),
+                                    model_config=cfg,
                                     run={}, network="online")
     shapes = {k: v.shape for k, v in export_lib.to_torchvision(pre).items()}
     assert shapes == torchvision_shapes(50)
@@ -240,7 +249,7 @@ def test_torchvision_keys_resnet18_count():
 
 
 def _random_vit():
-    cfg = ml_collections.ConfigDict({"name": "vit_tiny", "patch_size": 8})
+    cfg = _model_cfg(name="vit_tiny", patch_size=8)
     encoder = build_encoder(cfg)
     abstract = jax.eval_shape(functools.partial(encoder.init, train=False), jax.random.PRNGKey(0),
                               np.zeros((1, 16, 16, 3), np.float32))

@@ -4,7 +4,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ssl_jax import presets
 from ssl_jax.models import BasicBlock, Bottleneck, MLPHead, ResNet, build_encoder
+
+
+def _model_cfg(**fields):
+    """A complete config.model (base_config's) with float32 compute and XLA's convolutions,
+    updated with `fields`."""
+    cfg = presets.base_config("byol").model
+    cfg.update({"dtype": "float32", "conv_backend": "xla", **fields})
+    return cfg
 
 
 def _num_params(tree):
@@ -16,7 +25,7 @@ def _num_params(tree):
     ("resnet50", True, 256), ("resnet50", False, 256),
 ])
 def test_feature_dims(name, cifar_stem, expected):
-    model = build_encoder({"name": name, "width": 0.125, "cifar_stem": cifar_stem})
+    model = build_encoder(_model_cfg(name=name, width=0.125, cifar_stem=cifar_stem))
     x = jnp.zeros((2, 32, 32, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
@@ -44,8 +53,7 @@ def test_return_stages_keys_and_shapes():
 
 
 def test_bfloat16_compute_float32_params():
-    model = build_encoder({"name": "resnet18", "width": 0.125, "cifar_stem": True,
-                           "dtype": "bfloat16"})
+    model = build_encoder(_model_cfg(name="resnet18", width=0.125, cifar_stem=True, dtype="bfloat16"))
     x = jnp.zeros((2, 8, 8, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
@@ -117,7 +125,28 @@ def test_mlp_head(num_layers, output_bn, hidden_bn, output_bias):
 
 def test_unknown_model_name():
     with pytest.raises(ValueError, match=r"resnet13.*resnet18.*resnet50"):
-        build_encoder({"name": "resnet13"})
+        build_encoder(_model_cfg(name="resnet13"))
+
+
+def test_missing_model_field_is_a_clear_error():
+    """Fields are read strictly (defaults live in presets.base_config): a missing one is named."""
+    cfg = _model_cfg(name="resnet18").to_dict()
+    del cfg["conv_backend"]
+    with pytest.raises(ValueError, match=r"config.model lacks the field\(s\) 'conv_backend'.*complete_config"):
+        build_encoder(cfg)
+    with pytest.raises(ValueError, match=r"'drop_path_rate'"):
+        build_encoder({"name": "vit_tiny", "patch_size": 8, "pos_embedding": "sincos", "dtype": "float32",
+                       "remat": False})
+
+
+def test_build_head_needs_a_complete_head_config():
+    from ssl_jax.models import build_head
+    head = build_head(presets.head(16, 8, num_layers=3, output_bn="plain"))
+    assert (head.hidden_dim, head.output_dim, head.num_layers, head.output_bn) == (16, 8, 3, "plain")
+    with pytest.raises(ValueError, match=r"missing \['num_layers'.*presets.head"):
+        build_head(dict(hidden_dim=16, output_dim=8))
+    with pytest.raises(ValueError, match=r"unknown \['width'\]"):
+        build_head(dict(presets.head(16, 8), width=2))
 
 
 def test_dino_head_last_layer_is_weight_normalised():
@@ -157,7 +186,7 @@ def test_remat_changes_memory_not_results(cfg):
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
     results = []
     for remat in (False, True):
-        model = build_encoder(dict(cfg, remat=remat))
+        model = build_encoder(_model_cfg(**cfg, remat=remat))
         variables = model.init(jax.random.key(0), x, train=True)
 
         def loss(params, model=model, variables=variables):

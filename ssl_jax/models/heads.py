@@ -61,13 +61,16 @@ class MLPHead(nn.Module):
 
 
 def build_head(cfg: Any, dtype: Any = jnp.float32) -> MLPHead:
-    """An MLPHead from a config dict with keys hidden_dim, output_dim and optionally
-    num_layers, hidden_bn, output_bn, output_bias."""
+    """An MLPHead from a complete head config (what ssl_jax.presets.head makes, the one
+    source of its defaults): keys hidden_dim, output_dim, num_layers, hidden_bn, output_bn,
+    output_bias."""
     keys = ("hidden_dim", "output_dim", "num_layers", "hidden_bn", "output_bn", "output_bias")
-    unknown = set(cfg) - set(keys)
-    if unknown:
-        raise ValueError(f"Unknown head config keys {sorted(unknown)}; valid: {list(keys)}.")
-    return MLPHead(dtype=dtype, **{k: cfg[k] for k in keys if k in cfg})
+    unknown, missing = set(cfg) - set(keys), [k for k in keys if k not in cfg]
+    if unknown or missing:
+        raise ValueError(f"A head config needs exactly the keys {list(keys)}: unknown "
+                         f"{sorted(unknown)}, missing {missing}; build it with "
+                         "ssl_jax.presets.head(hidden_dim, output_dim, ...).")
+    return MLPHead(dtype=dtype, **{k: cfg[k] for k in keys})
 
 
 class DINOHead(nn.Module):

@@ -208,39 +208,34 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RESNET_NAMES = tuple(f"resnet{d}" for d in STAGE_SIZES)
 
 
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    # Works for dicts and ml_collections.ConfigDict alike.
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
-
 def model_dtype(model_cfg: Any):
-    """The compute dtype named by ``model_cfg.dtype`` ('float32' | 'bfloat16')."""
-    dtype_name = _cfg_get(model_cfg, "dtype", "float32")
+    """The compute dtype named by ``model_cfg["dtype"]`` ('float32' | 'bfloat16')."""
+    dtype_name = model_cfg["dtype"]
     if dtype_name not in _DTYPES:
         raise ValueError(f"Unknown model dtype {dtype_name!r}; valid: {', '.join(_DTYPES)}.")
     return _DTYPES[dtype_name]
 
 
 def build_resnet(model_cfg: Any) -> ResNet:
-    """Builds a ResNet encoder from a config (dict or ml_collections.ConfigDict).
+    """Builds a ResNet encoder from a complete model config (dict or ml_collections.ConfigDict;
+    defaults: ssl_jax.presets.base_config).
 
-    Keys: ``name`` ('resnet18', 'resnet34', 'resnet50', 'resnet101',
-    'resnet152', 'resnet200'), ``width`` (float, default 1.0), ``cifar_stem``
-    (bool, default False), ``dtype`` ('float32' | 'bfloat16', default
-    'float32'), ``zero_init_residual`` (bool, default True), ``remat`` (bool, default False),
-    ``conv_backend`` ('auto' | 'xla' | 'onednn', default 'xla'; 'auto' is oneDNN on a single
-    CPU device where its kernels build, see models.conv.resolve_conv_backend).
+    Fields: ``name`` ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
+    'resnet200'), ``width`` (float), ``cifar_stem`` (bool), ``dtype`` ('float32' |
+    'bfloat16'), ``zero_init_residual`` (bool), ``remat`` (bool), ``conv_backend`` ('auto' |
+    'xla' | 'onednn'; 'auto' is oneDNN on a single CPU device where its kernels build, see
+    models.conv.resolve_conv_backend).
     """
-    name = _cfg_get(model_cfg, "name", None)
+    name = model_cfg["name"]
     if name not in RESNET_NAMES:
         raise ValueError(f"Unknown ResNet name {name!r} in model config; "
                          f"valid names: {', '.join(RESNET_NAMES)}.")
     return ResNet(
         depth=int(name[len("resnet"):]),
-        width_multiplier=float(_cfg_get(model_cfg, "width", 1.0)),
-        cifar_stem=bool(_cfg_get(model_cfg, "cifar_stem", False)),
-        zero_init_residual=bool(_cfg_get(model_cfg, "zero_init_residual", True)),
+        width_multiplier=float(model_cfg["width"]),
+        cifar_stem=bool(model_cfg["cifar_stem"]),
+        zero_init_residual=bool(model_cfg["zero_init_residual"]),
         dtype=model_dtype(model_cfg),
-        remat=bool(_cfg_get(model_cfg, "remat", False)),
-        conv_backend=resolve_conv_backend(_cfg_get(model_cfg, "conv_backend", "xla")),
+        remat=bool(model_cfg["remat"]),
+        conv_backend=resolve_conv_backend(model_cfg["conv_backend"]),
     )
