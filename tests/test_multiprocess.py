@@ -76,8 +76,8 @@ def _launch(workdir, **popen):
 def _final_state(workdir):
     """The last checkpoint as NumPy (it was saved from 4 devices in 2 processes)."""
     import jax
-    from ssl_jax.pretrained import restore_raw_state
-    state, step, _ = restore_raw_state(str(workdir))
+    from ssl_jax.train.checkpoint import restore_raw
+    state, step, _ = restore_raw(str(workdir))
     assert step == STEPS
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
 

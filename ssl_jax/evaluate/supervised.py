@@ -19,11 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from ssl_jax import parallel
 from ssl_jax.evaluate import features as features_lib
-from ssl_jax.train import checkpoint, preemption
+from ssl_jax.train import checkpoint, resumable
 from ssl_jax.train.optim import build_optimizer
 
 
@@ -90,10 +89,11 @@ def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cf
       steps_per_epoch: batches per epoch.
       train_cfg: {epochs, batch_size, finetune, head_batchnorm, optimizer: build_optimizer keys,
         checkpoint_every_steps (optional; default one epoch)}.
-      checkpoint_dir: if set, the classifier state is checkpointed there (orbax, every
+      checkpoint_dir: if set, the classifier state is checkpointed there (every
         checkpoint_every_steps, at the end and on SIGTERM, which then raises
-        preemption.Preempted) and a rerun resumes from it; the last checkpoint is the trained
-        classifier (`load_classifier`, `python -m ssl_jax.export --classifier`).
+        preemption.Preempted: ssl_jax.train.resumable) and a rerun resumes from it; the last
+        checkpoint is the trained classifier (`load_classifier`, `python -m ssl_jax.export
+        --classifier`).
     Returns:
       {'encoder': {'params', 'batch_stats'} after training, 'head': the LinearHead module,
        'head_variables', 'seconds'}.
@@ -112,38 +112,28 @@ def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cf
     manager = None
     if checkpoint_dir is not None:
         manager = checkpoint.make_manager(checkpoint_dir, keep=1, async_save=False)
-        restored = checkpoint.restore_latest(manager, jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state))
+        restored = checkpoint.restore_latest(manager, checkpoint.abstract(state, rep))
         if restored is not None:
             state = restored[0]
             log(f"  resumed the classifier from {checkpoint_dir} at step {int(state['step'])}")
     start = int(jax.device_get(state["step"]))
-    every = int(train_cfg.get("checkpoint_every_steps", 0) or steps_per_epoch)
-    t0, log_every = time.perf_counter(), max(steps_per_epoch, 1)
-    watcher = preemption.PreemptionWatcher()
-    try:
-        batches = make_batches(start)
-        for i in range(start, total):
-            batch = parallel.shard_batch(next(batches), mesh)
-            state, metrics = step_fn(state, encoder_params, batch["views"][0], batch["label"])
-            done = i + 1
-            if done % log_every == 0 or done == total:
-                m = jax.device_get(metrics)
-                loss = float(m["loss"])
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"classifier loss is {loss} at step {done}; lower "
-                                             "--config.train.optimizer.base_lr.")
-                log(f"  {'fine-tune' if finetune else 'linear'} step {done}/{total} | loss {loss:.4f} | "
-                    f"train top-1 {float(m['top1']):.4f} | lr {float(m['lr']):.4g}")
-            preempted = watcher.should_stop(done)
-            if manager is not None and (done % every == 0 or done == total or preempted):
-                checkpoint.save(manager, state, {"step": done, "finetune": finetune}, step=done)
-            if preempted:
-                raise preemption.Preempted(done)
-    finally:
-        watcher.close()
-        if manager is not None:
-            manager.close()
+    t0 = time.perf_counter()
+    batches = make_batches(start)
+
+    def one_step(state, step):
+        batch = parallel.shard_batch(next(batches), mesh)
+        return step_fn(state, encoder_params, batch["views"][0], batch["label"])
+
+    def on_log(done, state, m):
+        log(f"  {'fine-tune' if finetune else 'linear'} step {done}/{total} | loss {float(m['loss']):.4f} | "
+            f"train top-1 {float(m['top1']):.4f} | lr {float(m['lr']):.4g}")
+
+    state = resumable.run_steps(
+        state, one_step, start=start, total=total, log_every=max(steps_per_epoch, 1), on_log=on_log,
+        nonfinite_message=lambda loss, done: (f"classifier loss is {loss} at step {done}; lower "
+                                              "--config.train.optimizer.base_lr."),
+        manager=manager, save_every=int(train_cfg.get("checkpoint_every_steps", 0) or steps_per_epoch),
+        meta=lambda done: {"step": done, "finetune": finetune})
     state = jax.device_get(state)
     enc_params = state["trainable"]["encoder"] if finetune else variables["params"]
     return {"encoder": {"params": enc_params, "batch_stats": state["batch_stats"]},
@@ -167,18 +157,13 @@ def load_classifier(checkpoint_dir: str) -> dict:
     """The trained classifier of a `train_classifier` checkpoint dir, as host arrays:
     {'head': {'params', 'batch_stats'}, 'encoder': {'params', 'batch_stats'} or None (linear
     evaluation: the encoder is the pretrained one, unchanged), 'step'}."""
-    manager = checkpoint.make_manager(checkpoint_dir, keep=1, async_save=False)
     try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"No classifier checkpoint in {checkpoint_dir}; run "
-                                    "`python -m ssl_jax.evaluate` with the linear or finetune protocol first.")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                              meta=ocp.args.JsonRestore()))["state"]
-    finally:
-        manager.close()
+        state, step, _ = checkpoint.restore_raw(checkpoint_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No classifier checkpoint in {checkpoint_dir}; run `python -m "
+                                "ssl_jax.evaluate` with the linear or finetune protocol first.") from None
     trainable = state["trainable"]
-    encoder = ({"params": trainable["encoder"], "batch_stats": state["batch_stats"]}
+    encoder = ({"params": trainable["encoder"], "batch_stats": state.get("batch_stats", {})}
                if "encoder" in trainable else None)
     return {"head": {"params": trainable["head"], "batch_stats": state.get("head_stats", {})},
             "encoder": encoder, "step": int(step)}

@@ -1,0 +1,66 @@
+"""The resumable step loop shared by pretraining (train/loop.py) and classifier training
+(evaluate/supervised.py): steps from a restored start, the finite-loss check, the checkpoint
+cadence, SIGTERM (train/preemption.py) and the wait/close of the checkpoint manager.
+
+What a loop does per step (its batch, its step function, its log line) is the caller's; when
+it saves, when it stops and what it refuses to save are decided here, once.
+"""
+import math
+from typing import Any, Callable
+
+import orbax.checkpoint as ocp
+
+from ssl_jax import parallel
+from ssl_jax.train import checkpoint, preemption
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+def run_steps(state: Any, step_fn: Callable[[Any, int], tuple[Any, dict]], *, start: int, total: int,
+              log_every: int, on_log: Callable[[int, Any, dict], None],
+              nonfinite_message: Callable[[float, int], str],
+              manager: ocp.CheckpointManager | None = None, save_every: int = 0,
+              meta: Callable[[int], dict] = lambda done: {"step": done}) -> Any:
+    """Run `state, metrics = step_fn(state, step)` for step in range(start, total); the state
+    after `total` steps.
+
+    Args:
+      on_log: called as on_log(done, state, host_metrics) every `log_every` steps and after
+        the last one (done = steps completed).
+      nonfinite_message: (loss, done) -> the message of the NonFiniteLossError raised when the
+        loss is not finite; checked at every log and every save, so a non-finite state is
+        never saved.
+      manager: where to save (`checkpoint.save`, meta(done) beside the state) every
+        `save_every` steps, after the last one and on SIGTERM; closed on return or error
+        (pending writes finished). None: nothing is saved.
+    Raises:
+      preemption.Preempted on SIGTERM, after the current step (and its checkpoint).
+    """
+    watcher = preemption.PreemptionWatcher()
+    try:
+        for step in range(start, total):
+            state, metrics = step_fn(state, step)
+            done = step + 1
+            preempted = watcher.should_stop(done)
+            save = manager is not None and (done % save_every == 0 or done == total or preempted)
+            log = done % log_every == 0 or done == total
+            if log or save:
+                metrics = parallel.to_host(metrics)
+                loss = float(metrics["loss"])
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(nonfinite_message(loss, done))
+                if log:
+                    on_log(done, state, metrics)
+            if save:
+                checkpoint.save(manager, state, meta(done), step=done)
+            if preempted:
+                if manager is not None:
+                    manager.wait_until_finished()
+                raise preemption.Preempted(done)
+    finally:  # also on a preemption or an error: SIGTERM handler restored, checkpoint writes finished
+        watcher.close()
+        if manager is not None:
+            manager.close()
+    return state
