@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssl_jax import presets  # noqa: E402
-from ssl_jax.train import loop  # noqa: E402
+from ssl_jax.evaluate.in_training import pretrain_and_evaluate  # noqa: E402
 
 
 def config_for(args, mode: str):
@@ -64,7 +64,7 @@ def main():
     for mode in args.modes.split(","):
         workdir = os.path.join(args.out, mode)
         t0 = time.perf_counter()
-        records = loop.run(config_for(args, mode), workdir)
+        records = pretrain_and_evaluate(config_for(args, mode), workdir)
         seconds = time.perf_counter() - t0
         pretrain = {r["metric"]: r["value"] for r in records if r["protocol"] == "pretrain"}
         knn = [r["value"] for r in records if r["protocol"] == "knn" and r["metric"] == "top1"][0]

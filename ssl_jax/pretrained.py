@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from typing import Any
 
 import flax.serialization
 import jax
 import ml_collections
-import numpy as np
 
+from ssl_jax import presets
 from ssl_jax import results as results_lib
 from ssl_jax import storage
 from ssl_jax.models import build_encoder
+from ssl_jax.train import checkpoint
 
 NETWORKS = ("default", "online", "target", "random_init")
 FLAX_FORMAT = "ssl_jax.pretrained/1"
@@ -71,41 +71,14 @@ def random_init(pretrained: Pretrained, seed: int = 0) -> Pretrained:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run wrote to DIR/config.json."""
+    """The config a run wrote to DIR/config.json, completed against the base config (an older
+    run's file may lack fields added since)."""
     path = storage.join(workdir, "config.json")
     if not storage.exists(path):
         raise FileNotFoundError(f"{workdir} has no config.json: it is not the workdir of an "
                                 "ssl_jax.main run. Pass the directory given as --workdir to training, "
                                 "or an exported .msgpack file.")
-    return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
-
-
-def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict, int, dict]:
-    """(state as nested dicts of NumPy arrays, step, checkpoint meta) of the latest or given
-    checkpoint, restored as saved: no abstract state, so no model or dataset is needed."""
-    import orbax.checkpoint as ocp
-
-    directory = storage.join(workdir, "checkpoints")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{workdir} has no checkpoints/ directory: the run saved no "
-                                "checkpoint yet (it saves every config.checkpoint.every_steps and "
-                                "at the end).")
-    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager, warnings.catch_warnings():
-        # Restoring as NumPy needs no sharding; orbax still warns that none was given.
-        warnings.filterwarnings("ignore", message="Sharding info not provided")
-        steps = manager.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
-        step = max(steps) if step is None else int(step)
-        if step not in steps:
-            raise ValueError(f"No checkpoint at step {step} in {directory}; saved steps: {sorted(steps)}.")
-        # Restore every array on the host as NumPy: the source run's sharding is irrelevant here.
-        meta_tree = manager.item_metadata(step)["state"]
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
-    return restored["state"], step, dict(restored["meta"] or {})
+    return presets.complete_config(json.loads(storage.read_text(path)))
 
 
 def _network_trees(state: dict, network: str) -> tuple[dict, dict]:
@@ -119,12 +92,28 @@ def _network_trees(state: dict, network: str) -> tuple[dict, dict]:
     return target["params"], target["batch_stats"]
 
 
-def default_network(method: str) -> str:
-    """The network the method's paper evaluates: 'target' for DINO's teacher, else 'online'."""
-    from ssl_jax.methods import METHODS
+# Runs written before config.json carried `evaluated_network`: DINO was the only method whose
+# paper evaluates the momentum target (its teacher).
+_LEGACY_EVALUATED_NETWORK = {"dino": "target"}
 
-    cls = METHODS.get(method)
-    return cls.evaluated_network if cls is not None else "online"
+
+def default_network(config) -> str:
+    """The network the run's method paper evaluates ('target' for DINO's teacher, else
+    'online'): config.json's `evaluated_network`, written by the training loop. Fallback for an
+    older config.json without it: 'target' for method 'dino', else 'online' (what every method
+    declared when those runs were written)."""
+    return config.get("evaluated_network") or _LEGACY_EVALUATED_NETWORK.get(config.get("method"), "online")
+
+
+def of_run(config, encoder, variables: dict, *, network: str, step: int, epochs: float | None = None,
+           heads: dict | None = None) -> Pretrained:
+    """The Pretrained of a training run's network at `step`, whether read from a checkpoint
+    (`load_workdir`) or taken from the live train state (ssl_jax.evaluate.in_training)."""
+    run = results_lib.run_fields(config, step, None)
+    if epochs is not None:
+        run["epochs"] = round(float(epochs), 3)
+    return Pretrained(encoder=encoder, variables=variables, heads=heads or {}, model_config=config.model,
+                      run=run, network=network, data=_data_fields(config), config=config)
 
 
 def load_workdir(workdir: str, network: str = "default", step: int | None = None) -> Pretrained:
@@ -132,20 +121,14 @@ def load_workdir(workdir: str, network: str = "default", step: int | None = None
     if network not in NETWORKS:
         raise ValueError(f"network={network!r}; choose one of {NETWORKS}.")
     config = load_run_config(workdir)
-    state, step, meta = restore_raw_state(workdir, step)
+    state, step, meta = checkpoint.restore_raw(workdir, step)
     if network == "default":
-        network = default_network(config.method)
+        network = default_network(config)
     params, stats = _network_trees(state, "online" if network == "random_init" else network)
     heads = {name: {"params": params[name], "batch_stats": stats.get(name, {})}
              for name in params if name not in ("encoder", "probe")}
-    epochs = meta.get("epoch")
-    run = results_lib.run_fields(config, step, None)
-    if epochs is not None:
-        run["epochs"] = round(float(epochs), 3)
-    pre = Pretrained(encoder=build_encoder(config.model),
-                     variables={"params": params["encoder"], "batch_stats": stats.get("encoder", {})},
-                     heads=heads, model_config=config.model, run=run, network=network,
-                     data=_data_fields(config), config=config)
+    pre = of_run(config, build_encoder(config.model), network=network, step=step, epochs=meta.get("epoch"),
+                 variables={"params": params["encoder"], "batch_stats": stats.get("encoder", {})}, heads=heads)
     return random_init(pre, int(config.seed)) if network == "random_init" else pre
 
 

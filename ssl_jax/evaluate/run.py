@@ -52,19 +52,26 @@ def resolve_data(eval_cfg, pre) -> ml_collections.ConfigDict:
 
 
 class Context:
-    """What every protocol needs: the encoder, the data config, the mesh and a batch iterator."""
+    """What every protocol needs: the encoder, the data config, the mesh and a batch iterator.
+
+    Features are extracted once per (split, stages) and kept: several protocols on one
+    context (the end-of-training evaluation) share one pass over the data."""
 
     def __init__(self, eval_cfg, pre, data_cfg, mesh, num_classes, workdir, log):
         self.cfg, self.pre, self.data, self.mesh = eval_cfg, pre, data_cfg, mesh
         self.num_classes, self.workdir, self.log = num_classes, workdir, log
+        self._features = {}
 
     def batches(self, split):
         return pipeline.eval_iterator(self.data, split, global_batch_size=self.cfg.batch_size)
 
     def features(self, split, stages=False):
-        encode = features_lib.make_encode_fn(self.pre.encoder, self.mesh, stages=stages)
-        v = self.pre.variables
-        return features_lib.extract_features(encode, v["params"], v["batch_stats"], self.batches(split), self.mesh)
+        if (split, stages) not in self._features:
+            encode = features_lib.make_encode_fn(self.pre.encoder, self.mesh, stages=stages)
+            v = self.pre.variables
+            self._features[split, stages] = features_lib.extract_features(
+                encode, v["params"], v["batch_stats"], self.batches(split), self.mesh)
+        return self._features[split, stages]
 
     def train_test_features(self, stages=False):
         train = self.features(self.data.train_split, stages)
@@ -206,6 +213,17 @@ PROTOCOLS = {"knn": protocol_knn, "linear_cached": protocol_linear_cached, "line
              "layer_probe": protocol_layer_probe, "monitor": protocol_monitor}
 
 
+def timed_records(ctx, protocols) -> list[dict]:
+    """Results records of running each of `protocols` (functions of the context returning
+    [(protocol, setting, metrics)]) on `ctx`, stamped with their total wall time."""
+    t0 = time.perf_counter()
+    outputs = [out for protocol in protocols for out in protocol(ctx)]
+    seconds = time.perf_counter() - t0
+    return [r for protocol, setting, metrics in outputs for r in results_lib.make_records(
+        ctx.pre.run, protocol=protocol, eval_dataset=ctx.data.dataset, network=ctx.pre.network,
+        metrics=metrics, setting=setting, wall_seconds=seconds)]
+
+
 def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
     """Evaluate, merge the records into WORKDIR/results.json (process 0) and return them."""
     if eval_cfg.protocol not in PROTOCOLS:
@@ -221,14 +239,7 @@ def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[di
     ctx = Context(eval_cfg, pre, data, mesh, info["num_classes"], workdir, log)
     log(f"{eval_cfg.protocol}: {pre.run.get('method')} {pre.network} network at step {pre.run.get('step')} "
         f"on {data.dataset} ({mesh.devices.size} device(s)).")
-    t0 = time.perf_counter()
-    outputs = PROTOCOLS[eval_cfg.protocol](ctx)
-    seconds = time.perf_counter() - t0
-    records = []
-    for protocol, setting, metrics in outputs:
-        records += results_lib.make_records(pre.run, protocol=protocol, eval_dataset=data.dataset,
-                                            network=pre.network, metrics=metrics, setting=setting,
-                                            wall_seconds=seconds)
+    records = timed_records(ctx, [PROTOCOLS[eval_cfg.protocol]])
     if jax.process_index() == 0:
         results_lib.write_records(workdir, records)
         for r in records:
