@@ -25,7 +25,8 @@ PRESETS = ("imagenet", "cifar10", "demo")
 def get_config(preset: str = "imagenet"):
     preset, c = P.start("barlow_twins.py", preset, PRESETS)
     c.global_batch_size = 2048
-    c.barlow_twins = dict(projector=P.head(8192, 8192, num_layers=3, output_bias=False), lambd=0.0051)
+    c.barlow_twins = dict(projector=P.head(8192, 8192, num_layers=3, output_bias=False), predictor=None,
+                          momentum=None, per_view_bn=True, num_views=2, lambd=0.0051)
     c.optimizer.update(dict(name="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10.0,
                             end_lr_factor=0.001, bias_and_bn_lr_factor=0.0048 / 0.2))
     P.use_dataset(c, preset)

@@ -45,7 +45,7 @@ PRESETS = ("imagenet", "imagenet_300", "resnet200x2", "cifar10", "demo")
 def get_config(preset: str = "imagenet"):
     preset, c = P.start("byol.py", preset, PRESETS)
     c.byol = dict(projector=P.head(4096, 256), predictor=P.head(4096, 256),
-                  momentum=P.momentum(0.996, "cosine"))
+                  momentum=P.momentum(0.996, "cosine"), per_view_bn=True, num_views=2)
     # The paper's optimizer (base_config): LARS 0.2 x B/256, wd 1.5e-6, 10 warm-up epochs.
     P.use_dataset(c, preset if preset in ("cifar10", "demo") else "imagenet")
     if preset == "imagenet_300":

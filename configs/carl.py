@@ -32,6 +32,7 @@ def get_config(preset: str = "cifar10"):
     c.num_epochs = 200
     c.data.views = carl_views()
     c.carl = dict(projector=P.head(2048, 128, num_layers=2), assigner=P.head(1, 3000, num_layers=1, output_bias=False),
+                  momentum=None, per_view_bn=True, num_views=2,
                   entropy_weight_start=4.0, entropy_weight_end=1.5, entropy_decay_epochs=100.0)
     c.optimizer.update(dict(name="lars", base_lr=0.6, weight_decay=5e-4, warmup_epochs=0.0,
                             end_lr_factor=0.001, trust_coefficient=0.02))

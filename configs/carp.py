@@ -44,6 +44,7 @@ def get_config(preset: str = "imagenet"):
     c.num_epochs = 200
     c.data.views = carp_views()
     c.carp = dict(projector=P.head(2048, 128, num_layers=2), assigner=P.head(2048, 3000, num_layers=2),
+                  momentum=None, per_view_bn=True, num_views=2,
                   num_blocks=12, entropy_weight_start=2.0, entropy_weight_end=0.15, entropy_decay_epochs=30.0)
     c.optimizer.update(dict(name="lars", base_lr=5.4, weight_decay=1e-6, warmup_epochs=0.0, end_lr_factor=1e-4))
     P.use_dataset(c, "imagenet" if preset.startswith("imagenet") else preset)

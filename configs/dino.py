@@ -32,7 +32,6 @@ Presets:
                       init, linear probe 0.906 vs 0.761 (without BN in the head it collapses to one
                       output within 20 steps).
 """
-import ml_collections
 
 from ssl_jax import presets as P
 
@@ -52,8 +51,9 @@ def get_config(preset: str = "vit_small"):
     preset, c = P.start("dino.py", preset, PRESETS)
     c.global_batch_size = 1024
     c.num_epochs = 100
-    c.model = ml_collections.ConfigDict(dict(name="vit_small", patch_size=16, pos_embedding="learned",
-                                             dtype="bfloat16", remat=False, drop_path_rate=0.1))
+    # update, not replace: the model section keeps every field of base_config's (read strictly).
+    c.model.update(dict(name="vit_small", patch_size=16, pos_embedding="learned", dtype="bfloat16",
+                        remat=False, drop_path_rate=0.1))
     c.data.views = dino_views()
     c.dino = dict(head=dict(hidden_dim=2048, bottleneck_dim=256, output_dim=65536, num_layers=3,
                             use_bn=False, norm_last_layer=True),
@@ -68,14 +68,14 @@ def get_config(preset: str = "vit_small"):
         c.model.name = "vit_base"
         c.mesh.fsdp = 8  # params and optimizer state split over 8 devices (ssl_jax.parallel)
     elif preset == "resnet50":
-        c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
-                                                 remat=False, conv_backend="auto"))
+        c.model.update(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16", remat=False,
+                            conv_backend="auto", drop_path_rate=0.0))
         c.data.views = dino_views(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14))
         c.optimizer.update(dict(name="sgd", base_lr=0.03, weight_decay=1e-4, weight_decay_end=None))
     elif preset in ("cifar10", "demo"):
         resnet = dict(name="resnet18", width=1.0 if preset == "cifar10" else 0.125, cifar_stem=True,
                       dtype="float32", remat=False, conv_backend="auto")
-        c.model = ml_collections.ConfigDict(resnet)
+        c.model.update(dict(resnet, drop_path_rate=0.0))
         c.optimizer.update(dict(name="lars", base_lr=0.3, trust_coefficient=0.02, weight_decay=1e-6,
                                 weight_decay_end=None, clip_grad_per_param=0.0, end_lr_factor=0.0))
         c.dino.momentum.base = 0.99

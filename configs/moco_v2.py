@@ -29,8 +29,9 @@ def get_config(preset: str = "imagenet"):
     preset, c = P.start("moco_v2.py", preset, PRESETS)
     c.global_batch_size = 256
     c.num_epochs = 200
-    c.moco_v2 = dict(projector=P.head(2048, 128, num_layers=2, hidden_bn=False),
-                     momentum=P.momentum(0.999, "constant"), queue_size=65536, temperature=0.2)
+    c.moco_v2 = dict(projector=P.head(2048, 128, num_layers=2, hidden_bn=False), predictor=None,
+                     momentum=P.momentum(0.999, "constant"), per_view_bn=True, num_views=2,
+                     queue_size=65536, temperature=0.2)
     c.data.views = P.moco_v2_views(crop_min=0.2)
     c.optimizer.update(dict(name="sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0.0,
                             exclude_bias_and_bn_from_wd=False))

@@ -33,7 +33,6 @@ Presets:
   ImageNet presets compute in bfloat16 (float32 params, optimizer state and loss math);
   cifar10 and demo in float32.
 """
-import ml_collections
 
 from ssl_jax import presets as P
 
@@ -45,7 +44,7 @@ def get_config(preset: str = "imagenet"):
     c.num_epochs = 300
     c.moco_v3 = dict(projector=P.head(4096, 256, num_layers=3, output_bn="plain"),
                      predictor=P.head(4096, 256, num_layers=2),
-                     momentum=P.momentum(0.99, "cosine"), temperature=1.0)
+                     momentum=P.momentum(0.99, "cosine"), per_view_bn=True, num_views=2, temperature=1.0)
     c.data.views = P.byol_views(crop_min=0.2)
     c.optimizer.update(dict(name="lars", base_lr=0.3, weight_decay=1.5e-6, warmup_epochs=10.0))
     P.use_dataset(c, "imagenet" if preset.startswith(("imagenet", "vit")) else preset)
@@ -63,8 +62,7 @@ def get_config(preset: str = "imagenet"):
                               predictor=P.head(256, 64, num_layers=2), temperature=0.2))
         c.optimizer.update(dict(base_lr=1.0, weight_decay=1e-5, trust_coefficient=0.02))
     elif preset in ("vit_small", "vit_base", "vit_large"):
-        c.model = ml_collections.ConfigDict(dict(name=preset, patch_size=16, pos_embedding="sincos",
-                                                 dtype="bfloat16", remat=False))
+        c.model.update(dict(name=preset, patch_size=16, pos_embedding="sincos", dtype="bfloat16", remat=False))
         if preset != "vit_small":
             c.mesh.fsdp = 8  # params and optimizer state split over 8 devices (ssl_jax.parallel)
         c.moco_v3.temperature = 0.2

@@ -30,7 +30,7 @@ def get_config(preset: str = "imagenet"):
     preset, c = P.start("simclr.py", preset, PRESETS)
     # SimCLR's head: BN after every layer, the last one without offset (its code: center=False).
     c.simclr = dict(projector=P.head(2048, 128, num_layers=2, output_bn="scale", output_bias=False),
-                    temperature=0.1, per_view_bn=False)
+                    predictor=None, momentum=None, per_view_bn=False, num_views=2, temperature=0.1)
     c.data.views = P.simclr_views(strength=1.0, blur_prob=0.5)
     c.optimizer.update(dict(name="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10.0))
     P.use_dataset(c, "imagenet" if preset.startswith("imagenet") else preset)

@@ -28,7 +28,7 @@ def get_config(preset: str = "imagenet"):
     c.global_batch_size = 512
     c.num_epochs = 100
     c.simsiam = dict(projector=P.head(2048, 2048, num_layers=3, output_bn="plain", output_bias=False),
-                     predictor=P.head(512, 2048, num_layers=2))
+                     predictor=P.head(512, 2048, num_layers=2), momentum=None, per_view_bn=True, num_views=2)
     c.data.views = P.moco_v2_views(crop_min=0.2)
     c.optimizer.update(dict(name="sgd", base_lr=0.05, weight_decay=1e-4, warmup_epochs=0.0,
                             exclude_bias_and_bn_from_wd=False, constant_lr_modules=("predictor",)))

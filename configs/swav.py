@@ -52,7 +52,7 @@ def get_config(preset: str = "imagenet"):
     c.data.views = P.multi_crop_views(view, view, 2, 6, 224, 96, (0.14, 1.0), (0.05, 0.14))
     c.swav = dict(projector=P.head(2048, 128, num_layers=2), num_prototypes=3000, num_views=8,
                   num_global_crops=2, temperature=0.1, sinkhorn_epsilon=0.05, sinkhorn_iters=3,
-                  queue_length=0, queue_start_epoch=15.0, per_view_bn=False)
+                  queue_length=0, queue_start_epoch=15.0, momentum=None, per_view_bn=False)
     c.optimizer.update(dict(name="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10.0,
                             end_lr_factor=0.001, exclude_bias_and_bn_from_wd=False,
                             freeze_epochs={"prototypes": 1.0}))

@@ -26,8 +26,8 @@ PRESETS = ("imagenet", "cifar10", "demo")
 def get_config(preset: str = "imagenet"):
     preset, c = P.start("vicreg.py", preset, PRESETS)
     c.global_batch_size = 2048
-    c.vicreg = dict(projector=P.head(8192, 8192, num_layers=3), sim_weight=25.0, var_weight=25.0,
-                    cov_weight=1.0)
+    c.vicreg = dict(projector=P.head(8192, 8192, num_layers=3), predictor=None, momentum=None,
+                    per_view_bn=True, num_views=2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
     c.optimizer.update(dict(name="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10.0,
                             end_lr_factor=0.001))
     P.use_dataset(c, preset)

@@ -33,8 +33,8 @@ def wmse_views(crop_min: float = 0.2) -> list:
 
 def get_config(preset: str = "cifar10"):
     preset, c = P.start("wmse.py", preset, PRESETS)
-    c.wmse = dict(projector=P.head(1024, 64, num_layers=2), num_views=4, w_size=128, w_iter=1,
-                  w_eps=0.0, per_view_bn=False)
+    c.wmse = dict(projector=P.head(1024, 64, num_layers=2), predictor=None, momentum=None, num_views=4,
+                  w_size=128, w_iter=1, w_eps=0.0, per_view_bn=False)
     c.optimizer.update(dict(name="adam", base_lr=3e-3, lr_scaling="none", weight_decay=1e-6,
                             warmup_epochs=2.5, decay="steps", decay_epochs=(-50, -25), decay_factor=0.2,
                             exclude_bias_and_bn_from_wd=False))
