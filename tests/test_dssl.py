@@ -1,6 +1,7 @@
-"""DSSL (Bai et al., CVPR 2022): the directional objective of Eq. 6 and its four-view modes in
-the methods (ssl_jax.losses.directional, ssl_jax.methods.base)."""
+"""DSSL (Bai et al., CVPR 2022): the directional objective of Eq. 6 and its four-view modes as a
+wrapper around the methods (ssl_jax.losses.directional, ssl_jax.methods.dssl)."""
 import importlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 
 from ssl_jax import losses
 from ssl_jax.methods import build_method, common
+from tests import dssl_reference
 
 N, SIZE = 4, 8
 
@@ -175,6 +177,45 @@ def test_four_view_modes_reject_methods_and_settings_they_cannot_serve():
         _tiny("simsiam", "heavy", heavy_policy="none")
     with pytest.raises(ValueError, match="Unknown keys"):
         _tiny("simsiam", "dssl", gama=1.0)
+    with pytest.raises(ValueError, match="delta=0"):  # MoCo v2 predicts from its query view v only
+        _tiny("moco_v2", "dssl", delta=0.5)
+
+
+def test_config_dssl_is_read_strictly():
+    """Every field of config.dssl comes from base_config: none may be missing (no second default)."""
+    config = importlib.import_module("configs.simsiam").get_config("demo")
+    del config.dssl["term_scale"]
+    with pytest.raises(ValueError, match="lacks \\['term_scale'\\]"):
+        build_method(config, total_steps=10)
+
+
+# The numbers of tests/data/dssl_reference.npz: written by tests/dssl_reference.py from the code
+# before DSSL moved out of the method skeleton (commit 3c8d394, ssl_jax/methods/base.py).
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "dssl_reference.npz")
+# The code after the move gives the numbers of the code before it bit for bit; the tolerance
+# admits the two changes of the commit between (511575e, schedules and monitors moved): the
+# collapse monitor z_std differs in its last bit, and MoCo v2's constant EMA rate is a Python
+# float (its target moves by up to 1.4e-6 relative); atol: sums of a leaf that cancel to ~0.
+RTOL, ATOL = 1e-5, 1e-7
+
+
+@pytest.mark.parametrize("method", dssl_reference.METHODS)
+def test_every_mode_gives_the_numbers_of_the_code_before_dssl_moved(method):
+    """Loss, metrics, gradient, new BN statistics, new method state, probe features and the state
+    after after_update of one loss evaluation, in every mode of config.dssl ('none', 'heavy',
+    'repro', 'dssl' with DSSL's weights and with every weight of Eq. 6 non-zero)."""
+    reference = np.load(REFERENCE)
+    for case, name, settings in dssl_reference.cases():
+        if name != method:
+            continue
+        got = dssl_reference.numbers(name, settings)
+        assert sorted(got) == sorted(k[len(case) + 1:] for k in reference.files if k.startswith(case + "/")), case
+        for key, value in got.items():
+            want = reference[f"{case}/{key}"]
+            if value.dtype.kind in "iU":  # names, view plan, number of views
+                np.testing.assert_array_equal(value, want, err_msg=f"{case}/{key}")
+            else:
+                np.testing.assert_allclose(value, want, rtol=RTOL, atol=ATOL, err_msg=f"{case}/{key}")
 
 
 def test_view_plans():

@@ -1,9 +1,14 @@
-"""Method-level pieces that are not losses: schedules, state updates, multi-crop grouping."""
+"""Method-level pieces that are not losses: schedules, state updates, multi-crop grouping, the
+registry of methods and their strict config reads."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from ssl_jax.methods.base import group_by_shape
+from ssl_jax.methods import METHODS, build_method
+from ssl_jax.methods.base import JointEmbeddingMethod, group_by_shape
 from ssl_jax.methods.common import enqueue, init_queue
 from ssl_jax.schedules import linear_ramp
 
@@ -35,3 +40,21 @@ def test_group_by_shape_keeps_view_order():
     groups = group_by_shape(views)
     assert [g.shape for g in groups] == [(2, 2, 8, 8, 3), (2, 2, 4, 4, 3)]
     assert float(groups[0][1].mean()) == 1.0 and float(groups[1][0].mean()) == 0.0
+
+
+def test_every_method_module_registers_its_methods_by_name():
+    """METHODS is collected from the modules of ssl_jax/methods (no list to edit)."""
+    assert set(METHODS) == {"byol", "simclr", "moco_v2", "moco_v3", "simsiam", "barlow_twins", "vicreg",
+                            "wmse", "swav", "dino", "carl", "carp"}
+    for name, cls in METHODS.items():
+        assert issubclass(cls, JointEmbeddingMethod) and cls.name == name
+        assert cls.__module__.startswith("ssl_jax.methods.")
+    assert METHODS["dino"].evaluated_network == "target" and METHODS["byol"].evaluated_network == "online"
+
+
+def test_a_method_reads_its_config_section_strictly():
+    """No defaults in the code: a key missing from the method's section is an error naming it."""
+    config = importlib.import_module("configs.simclr").get_config("demo")
+    del config.simclr["per_view_bn"]
+    with pytest.raises(AttributeError, match="per_view_bn"):
+        build_method(config, total_steps=10)

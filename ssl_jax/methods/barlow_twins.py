@@ -15,7 +15,6 @@ class BarlowTwins(JointEmbeddingMethod):
     """Config section `barlow_twins`: projector, lambd."""
 
     name = "barlow_twins"
-    directional_prediction = "z"
 
     def objective(self, out, target, method_state, rng, step, params):
         z = out["z"]

@@ -18,8 +18,6 @@ class BYOL(JointEmbeddingMethod):
     """Config section `byol`: projector, predictor, momentum (base 0.996, cosine)."""
 
     name = "byol"
-    directional_prediction = "p"
-    symmetric_loss_is_cosine = True
 
     def objective(self, out, target, method_state, rng, step, params):
         p = out["p"]

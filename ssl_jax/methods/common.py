@@ -48,6 +48,18 @@ def apply_views(module: nn.Module, params: Any, batch_stats: Any, views: jax.Arr
     return jnp.swapaxes(out.reshape((n, v) + out.shape[1:]), 0, 1), stats
 
 
+def tree_mean(trees) -> Any:
+    """Leaf-by-leaf mean of a sequence of pytrees of one structure (BatchNorm statistics of
+    several forward passes of one network)."""
+    return jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
+
+
+def drop_path_rng(rng: jax.Array, call: int) -> jax.Array:
+    """The stochastic-depth key of the online network's `call`-th forward pass of a step, from the
+    step's key (which itself goes to the objective)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, 1), call)
+
+
 def ema(target: Any, online: Any, tau: jax.Array) -> Any:
     """Exponential moving average: tau * target + (1 - tau) * online, leaf by leaf."""
     return jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, target, online)

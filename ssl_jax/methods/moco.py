@@ -30,8 +30,6 @@ class MoCoV2(JointEmbeddingMethod):
     name = "moco_v2"
     online_views = (0,)   # queries
     target_views = (1,)   # keys
-    directional_prediction = "z"
-    objective_is_pure = False  # it enqueues the keys
 
     def __init__(self, config, total_steps, steps_per_epoch=None):
         super().__init__(config, total_steps, steps_per_epoch)
@@ -55,7 +53,6 @@ class MoCoV3(JointEmbeddingMethod):
     """Config section `moco_v3`: projector, predictor, momentum, temperature."""
 
     name = "moco_v3"
-    directional_prediction = "p"
 
     def objective(self, out, target, method_state, rng, step, params):
         t = self.cfg.temperature

@@ -16,7 +16,6 @@ class SimCLR(JointEmbeddingMethod):
     """Config section `simclr`: projector, temperature, per_view_bn (False)."""
 
     name = "simclr"
-    directional_prediction = "z"
 
     def objective(self, out, target, method_state, rng, step, params):
         z = out["z"]

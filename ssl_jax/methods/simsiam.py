@@ -13,8 +13,6 @@ class SimSiam(JointEmbeddingMethod):
     """Config section `simsiam`: projector, predictor."""
 
     name = "simsiam"
-    directional_prediction = "p"
-    symmetric_loss_is_cosine = True
 
     def objective(self, out, target, method_state, rng, step, params):
         z, p = out["z"], out["p"]

@@ -12,7 +12,6 @@ class VICReg(JointEmbeddingMethod):
     """Config section `vicreg`: projector (the expander), sim_weight, var_weight, cov_weight."""
 
     name = "vicreg"
-    directional_prediction = "z"
 
     def objective(self, out, target, method_state, rng, step, params):
         z = out["z"]
