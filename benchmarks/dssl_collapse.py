@@ -5,7 +5,7 @@
                                        [--knn_every 0] [--out DIR]
 
 Trains SimSiam (configs/simsiam.py:cifar10: ResNet-18 with the CIFAR stem, here at a reduced
-width) for a fixed number of steps in each mode of config.dssl (ssl_jax.methods.base):
+width) for a fixed number of steps in each mode of config.dssl (ssl_jax.methods.dssl):
   none   the two standard views (SimSiam as published),
   heavy  the heavy policy on top of both views, SimSiam's symmetric loss ("w/ T̂" in the paper),
   dssl   two standard views plus a harder view derived from each, directional loss (Eq. 6),

@@ -159,6 +159,22 @@ def test_simclr_dssl_adds_one_cosine_per_harder_view_to_nt_xent():
     assert {"dssl_sv_sv", "dssl_sv_from_hv", "z_std", "z_effective_rank"} <= set(aux["metrics"])
 
 
+def test_byol_dssl_with_every_weight_is_eq6_of_its_predictions_and_ema_targets():
+    """BYOL w/ DSSL, α β γ δ all non-zero: every y(·) is the EMA target's projection of the view
+    (the target sees all four views, each pair with its own BN statistics), every p(·) the online
+    prediction; each pair of views is one forward pass of each network."""
+    w = dict(alpha=0.7, beta=0.5, gamma=0.9, delta=0.3, term_scale=0.5)
+    m, params, stats, state, batch = _tiny("byol", "dssl", **w)
+    loss, aux = _loss(m, params, stats, state, batch)
+    views = batch["views"]
+    p = np.concatenate([np.asarray(m.forward_online(params, stats, views[i:i + 2])[0]["p"]) for i in (0, 2)])
+    y = np.concatenate([np.asarray(m.forward_target(state["target"], views[i:i + 2])[0]) for i in (0, 2)])
+    pairs = {"alpha": ((0, 1), (1, 0)), "beta": ((2, 3), (3, 2)), "gamma": ((2, 0), (3, 1)), "delta": ((0, 2), (1, 3))}
+    expected = w["term_scale"] * sum(w[k] * sum(_d_np(p[a], y[b]) for a, b in ab) for k, ab in pairs.items())
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert {"dssl_sv_sv", "dssl_hv_hv", "dssl_sv_from_hv", "dssl_hv_from_sv"} <= set(aux["metrics"])
+
+
 def test_moco_v2_dssl_pulls_each_harder_view_to_its_own_view_and_enqueues_once():
     m, params, stats, state, batch = _tiny("moco_v2", "dssl")
     loss, aux = _loss(m, params, stats, state, batch)
