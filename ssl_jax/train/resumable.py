@@ -8,8 +8,6 @@ it saves, when it stops and what it refuses to save are decided here, once.
 import math
 from typing import Any, Callable
 
-import orbax.checkpoint as ocp
-
 from ssl_jax import parallel
 from ssl_jax.train import checkpoint, preemption
 
@@ -21,7 +19,7 @@ class NonFiniteLossError(FloatingPointError):
 def run_steps(state: Any, step_fn: Callable[[Any, int], tuple[Any, dict]], *, start: int, total: int,
               log_every: int, on_log: Callable[[int, Any, dict], None],
               nonfinite_message: Callable[[float, int], str],
-              manager: ocp.CheckpointManager | None = None, save_every: int = 0,
+              manager: Any = None, save_every: int = 0,
               meta: Callable[[int], dict] = lambda done: {"step": done}) -> Any:
     """Run `state, metrics = step_fn(state, step)` for step in range(start, total); the state
     after `total` steps.
@@ -32,9 +30,9 @@ def run_steps(state: Any, step_fn: Callable[[Any, int], tuple[Any, dict]], *, st
       nonfinite_message: (loss, done) -> the message of the NonFiniteLossError raised when the
         loss is not finite; checked at every log and every save, so a non-finite state is
         never saved.
-      manager: where to save (`checkpoint.save`, meta(done) beside the state) every
-        `save_every` steps, after the last one and on SIGTERM; closed on return or error
-        (pending writes finished). None: nothing is saved.
+      manager: a `checkpoint.make_manager` to save to (`checkpoint.save`, meta(done) beside
+        the state) every `save_every` steps, after the last one and on SIGTERM; closed on
+        return or error (pending writes finished). None: nothing is saved.
     Raises:
       preemption.Preempted on SIGTERM, after the current step (and its checkpoint).
     """
