@@ -209,7 +209,8 @@ def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
         opt = base_config("eval").optimizer
         opt.update(dict(name="sgd", nesterov=True, momentum=0.9, weight_decay=0.0, warmup_epochs=0.0))
         c.train = ml_collections.ConfigDict(dict(epochs=90.0, batch_size=1024, finetune=protocol == "finetune",
-                                                 label_fraction=1.0, head_batchnorm=False, optimizer=opt))
+                                                 label_fraction=1.0, head_batchnorm=False, optimizer=opt,
+                                                 checkpoint_every_steps=0))  # 0: every epoch
     elif protocol == "clustering":
         c.clustering = ml_collections.ConfigDict(dict(num_clusters=-1, split="test", num_restarts=3,
                                                       num_iters=300, l2_normalize=True))

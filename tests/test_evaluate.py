@@ -51,7 +51,8 @@ def test_linear_classifier_reaches_100_percent_on_separable_data(head_batchnorm)
     opt = presets.base_config("eval").optimizer
     opt.update(dict(name="sgd", base_lr=0.5, nesterov=True, weight_decay=0.0, warmup_epochs=0.0))
     cfg = ml_collections.ConfigDict(dict(epochs=30.0, batch_size=64, finetune=False,
-                                         head_batchnorm=head_batchnorm, optimizer=opt))
+                                         head_batchnorm=head_batchnorm, optimizer=opt,
+                                         checkpoint_every_steps=0))
     pre = Pretrained(encoder=_FlattenEncoder(), variables={"params": {}, "batch_stats": {}}, heads={},
                      model_config=ml_collections.ConfigDict(), run={}, network="online")
     out = supervised.train_classifier(pre, lambda start: batches(), steps_per_epoch=8, train_cfg=cfg, num_classes=2,

@@ -445,7 +445,7 @@ def test_cli_exports_a_trained_classifier_as_fc(tiny_run, tmp_path, finetune):
     opt = presets.base_config("eval").optimizer
     opt.update(dict(name="sgd", base_lr=0.1, weight_decay=0.0, warmup_epochs=0.0))
     cfg = ml_collections.ConfigDict(dict(epochs=1.0, batch_size=8, finetune=finetune, head_batchnorm=True,
-                                         optimizer=opt))
+                                         optimizer=opt, checkpoint_every_steps=0))
     cdir = str(tmp_path / "classifier")
     trained = supervised.train_classifier(pre, batches, steps_per_epoch=4, train_cfg=cfg, num_classes=10,
                                           mesh=parallel.make_mesh(), log=lambda *_: None, checkpoint_dir=cdir)

@@ -83,12 +83,13 @@ def knn_records(ctx, train, test, ks, temperatures, protocol="knn", setting_pref
     """[(protocol, setting, metrics)] of weighted kNN for every (k, T) on one memory."""
     (tr_x, tr_y), (te_x, te_y) = train, test
     memory, labels, valid = shard_memory(tr_x, tr_y, ctx.mesh)
+    # The knn protocol's config sets the query chunk; the others (layer_probe) keep knn_accuracy's.
+    chunk = {"chunk_size": int(ctx.cfg.knn.chunk_size)} if "knn" in ctx.cfg else {}
     out = []
     for k in ks:
         for t in temperatures:
             acc = knn_accuracy(memory, labels, te_x, te_y, num_classes=ctx.num_classes, k=int(k),
-                               temperature=float(t), train_valid=valid,
-                               chunk_size=int(ctx.cfg.get("knn", {}).get("chunk_size", 256)))
+                               temperature=float(t), train_valid=valid, **chunk)
             out.append((protocol, f"{setting_prefix}k={k},T={t:g}", acc))
     return out
 

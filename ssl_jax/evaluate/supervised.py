@@ -88,7 +88,8 @@ def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cf
         (process-local) from that step on (the pipeline's iterators resume exactly).
       steps_per_epoch: batches per epoch.
       train_cfg: {epochs, batch_size, finetune, head_batchnorm, optimizer: build_optimizer keys,
-        checkpoint_every_steps (optional; default one epoch)}.
+        checkpoint_every_steps (0: every epoch)}: a complete
+        config.train of presets.eval_base_config.
       checkpoint_dir: if set, the classifier state is checkpointed there (every
         checkpoint_every_steps, at the end and on SIGTERM, which then raises
         preemption.Preempted: ssl_jax.train.resumable) and a rerun resumes from it; the last
@@ -98,7 +99,7 @@ def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cf
       {'encoder': {'params', 'batch_stats'} after training, 'head': the LinearHead module,
        'head_variables', 'seconds'}.
     """
-    head = LinearHead(num_classes, bool(train_cfg.get("head_batchnorm", False)))
+    head = LinearHead(num_classes, bool(train_cfg.head_batchnorm))
     epochs = float(train_cfg.epochs)
     optimizer, lr_schedule = build_optimizer(train_cfg.optimizer, global_batch_size=train_cfg.batch_size,
                                              steps_per_epoch=steps_per_epoch, num_epochs=epochs)
@@ -132,7 +133,7 @@ def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cf
         state, one_step, start=start, total=total, log_every=max(steps_per_epoch, 1), on_log=on_log,
         nonfinite_message=lambda loss, done: (f"classifier loss is {loss} at step {done}; lower "
                                               "--config.train.optimizer.base_lr."),
-        manager=manager, save_every=int(train_cfg.get("checkpoint_every_steps", 0) or steps_per_epoch),
+        manager=manager, save_every=int(train_cfg.checkpoint_every_steps or steps_per_epoch),
         meta=lambda done: {"step": done, "finetune": finetune})
     state = jax.device_get(state)
     enc_params = state["trainable"]["encoder"] if finetune else variables["params"]

@@ -22,7 +22,6 @@ from ssl_jax.train import checkpoint, resumable
 from ssl_jax.train import step as step_lib
 from ssl_jax.train.logging import MetricWriter, Progress
 from ssl_jax.train.optim import build_optimizer
-from ssl_jax.train.resumable import NonFiniteLossError  # noqa: F401  (ssl_jax.main catches loop.NonFiniteLossError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Evaluator:
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """config.num_steps if set (> 0), else num_epochs full epochs."""
-    return config.num_steps if config.get("num_steps", -1) > 0 else int(math.ceil(config.num_epochs * steps_per_epoch))
+    return config.num_steps if config.num_steps > 0 else int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
 def _nonfinite_message(loss: float, step: int) -> str:
