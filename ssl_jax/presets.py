@@ -103,7 +103,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         exclude_bias_and_bn_from_wd=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     # Heavy augmentations and directional SSL (DSSL, Bai et al. 2022); mode 'none' leaves the
-    # method as its paper has it. See ssl_jax.methods.base.DirectionalSettings.
+    # method as its paper has it. See ssl_jax.methods.dssl.
     c.dssl = ml_collections.ConfigDict(dict(mode="none", heavy_policy="ra(2,5)+jigsaw(4)", alpha=1.0,
                                             beta=0.0, gamma=1.0, delta=0.0, term_scale=0.25))
     # Devices used (-1: all) as a (data, fsdp) mesh; data=-1 takes what fsdp leaves. fsdp > 1

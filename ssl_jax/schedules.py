@@ -41,7 +41,7 @@ def linear_ramp(start: float, end: float, ramp_steps: int) -> optax.Schedule:
     """Linear from `start` (step 0) to `end` (step `ramp_steps`), then `end`: DINO's teacher
     temperature warm-up and CARL's entropy-weight decay (Eq. 5.8). No ramp if ramp_steps <= 0."""
     if ramp_steps <= 0:
-        return optax.constant_schedule(float(end))
+        return lambda step: jnp.asarray(end, jnp.float32)
     return optax.linear_schedule(float(start), float(end), int(ramp_steps))
 
 
@@ -65,5 +65,7 @@ def momentum(base: float, total_steps: int, kind: str = "cosine") -> optax.Sched
     if kind == "cosine":
         return cosine_between(base, 1.0, total_steps)
     if kind == "constant":
-        return optax.constant_schedule(float(base))
+        # A float32 array, not optax.constant_schedule's Python float: the EMA then computes
+        # in float32 exactly as before (a weakly typed float changes MoCo v2's rounding).
+        return lambda step: jnp.asarray(base, jnp.float32)
     raise ValueError(f"Unknown momentum schedule {kind!r}; valid: 'cosine', 'constant'.")

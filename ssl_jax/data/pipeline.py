@@ -143,7 +143,7 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     ``jit_augment`` compiles the per-batch ops with XLA (several times faster on CPU).
     ``view_plan``: per output view (standard view index, heavy policy spec or ''), replacing
     ``num_views``; default ``num_views`` plain standard views (as made by
-    ``ssl_jax.methods.base.DirectionalSettings.view_plan``).
+    a method's ``view_plan``: ssl_jax.methods.base and ssl_jax.methods.dssl).
     """
     plan = _checked_plan(view_plan, num_views)
     pi, pc = _processes(process_index, process_count)
