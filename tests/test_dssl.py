@@ -12,7 +12,7 @@ from ssl_jax import losses
 from ssl_jax.methods import build_method, common
 from tests import dssl_reference
 
-N, SIZE = 4, 8
+N, SIZE = dssl_reference.N, dssl_reference.SIZE
 
 
 def _cos_np(a, b):
@@ -79,15 +79,8 @@ def test_no_term_uses_a_harder_view_as_target_when_beta_and_delta_are_zero():
 # ----------------------------------------------------------------------------- in the methods
 
 def _tiny(method: str, mode: str, **dssl):
-    config = importlib.import_module(f"configs.{method}").get_config("demo")
-    config.global_batch_size = N
-    config.dssl.update(dict(mode=mode, **dssl))
-    if method == "moco_v2":
-        config.moco_v2.queue_size = 4 * N
-    m = build_method(config, total_steps=10)
-    params, stats, state = m.init(jax.random.key(0), jnp.zeros((2, SIZE, SIZE, 3)))
-    views = tuple(jax.random.normal(jax.random.key(i + 1), (N, SIZE, SIZE, 3)) for i in range(m.num_views))
-    return m, params, stats, state, {"views": views, "label": jnp.zeros((N,), jnp.int32)}
+    """(method, params, batch_stats, method_state, batch) at the reference script's tiny setting."""
+    return dssl_reference.build(method, dict(mode=mode, **dssl))
 
 
 def _loss(m, params, stats, state, batch):

@@ -14,7 +14,6 @@ fractional epoch step / steps_per_epoch (the thesis's listing samples λ per ite
 Eq. 5.8 is written per epoch), so λ is a smooth pure function of the step.
 """
 import jax
-import jax.numpy as jnp
 
 from ssl_jax import losses, schedules
 from ssl_jax.methods.base import JointEmbeddingMethod

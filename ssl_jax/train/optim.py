@@ -6,7 +6,7 @@ the step, evaluated inside the jitted train step, so resuming is exact).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
