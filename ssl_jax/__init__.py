@@ -1,4 +1,16 @@
-"""ssl_jax: self-supervised visual representation learning in JAX/Flax."""
+"""ssl_jax: self-supervised visual representation learning in JAX/Flax.
+
+The package is in layers; a module imports only from its own layer or below
+(tests/test_layout.py checks it):
+
+  pure array code   losses (the loss contract), monitors, schedules, native
+  models, data      models, data, parallel (the mesh and sharding rules), presets (the base
+                    config: the one source of defaults), results
+  methods           methods (one module per method; dssl wraps a method's pair objective)
+  training engine   train (loop, resumable step loop, step, optim, checkpoint)
+  evaluation        evaluate, pretrained, export, report, cli
+  entry points      main (python -m ssl_jax.main), evaluate/__main__
+"""
 import os
 
 # CPU default, measured (benchmarks/RESULTS_train_step.md, 2-core x86 CPU, jaxlib 0.10.2): with
