@@ -76,7 +76,7 @@ def parse_flags(argv):
         message = str(e)
         if "Traceback" in message:  # an error raised by the config file itself: keep its last line
             message = f"{argv_config(argv)}: " + message.strip().splitlines()[-1]
-        fail(f"{message}\nPass --helpshort for the flags.", code=2)
+        fail(f"{message.rstrip('.')}. Pass --helpshort for the flags.", code=2)
     except (AttributeError, KeyError) as e:  # config_flags on an override of a missing field
         path = _unknown_override(argv)
         fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
