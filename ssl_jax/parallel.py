@@ -52,9 +52,8 @@ def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1) -> 
 
 
 def mesh_from_config(mesh_cfg) -> Mesh:
-    """make_mesh from a config.mesh section (num_devices, data, fsdp; missing keys default)."""
-    get = lambda k, d: mesh_cfg.get(k, d) if mesh_cfg is not None else d
-    return make_mesh(get("num_devices", -1), get("data", -1), get("fsdp", 1))
+    """make_mesh from a complete config.mesh section (num_devices, data, fsdp)."""
+    return make_mesh(mesh_cfg.num_devices, mesh_cfg.data, mesh_cfg.fsdp)
 
 
 def batch_shards(mesh: Mesh) -> int:

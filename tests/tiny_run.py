@@ -52,7 +52,7 @@ def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 1
     config.global_batch_size on seeded random views of image_size px (multi-crop local views:
     half that), 10 classes."""
     batch_size = config.global_batch_size
-    mesh = parallel.mesh_from_config(config.get("mesh"))
+    mesh = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_divisible(batch_size, mesh)
     method, init, train_step = _setup(config, image_size, steps_per_epoch)
     # Initialised as one compiled program (op-by-op init of a ResNet-50 is 2x slower), directly
