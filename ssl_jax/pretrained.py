@@ -157,7 +157,9 @@ def load_flax(path: str) -> Pretrained:
     if payload.get("format") != FLAX_FORMAT:
         raise ValueError(f"{path} is not an ssl_jax Flax export (format {payload.get('format')!r}, "
                          f"expected {FLAX_FORMAT!r}); write it with python -m ssl_jax.export --format=flax.")
-    model_config = ml_collections.ConfigDict(json.loads(payload["model_config"]))
+    # An export written before a model field existed is completed with that field's default
+    # (presets.base_config), once, here: the models read their config strictly.
+    model_config = presets.complete_config(json.loads(payload["model_config"]), presets.base_config("").model)
     return Pretrained(encoder=build_encoder(model_config), variables=payload["variables"],
                       heads=payload.get("heads") or {}, model_config=model_config,
                       run=json.loads(payload["run"]), network=payload["network"],
