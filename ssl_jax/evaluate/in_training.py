@@ -29,7 +29,7 @@ from ssl_jax.train import step as step_lib
 def pretrain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Pretrain (resuming from workdir), evaluate; write the records to WORKDIR/results.json,
     print the summary (process 0) and return the records."""
-    records = loop.run(config, workdir, evaluator=EVALUATOR)
+    records = loop.run(config, workdir, evaluator=evaluator())
     if jax.process_index() == 0:
         results_lib.write_records(workdir, records)
         print(format_results(records), flush=True)
@@ -63,23 +63,43 @@ def context(run: loop.Run, state, network: str = "online", step: int | None = No
                            log=lambda *_: None)
 
 
-def periodic_knn(run: loop.Run, state, step: int) -> dict:
+def evaluator() -> loop.Evaluator:
+    """The hooks of one run. The periodic kNN also runs after the last step, on the state the
+    final records then evaluate: that context (and the features it extracted) is kept for them,
+    so the trained network's splits are encoded once, not twice. Only the last step's: a
+    context kept between periodic evaluations would hold a whole split's features in memory
+    during training."""
+    kept = {}  # {run.total_steps: the online context of the trained state}
+
+    def online_context(run: loop.Run, state) -> run_lib.Context:
+        step = int(parallel.to_host(state.step))
+        if step != run.total_steps:
+            return context(run, state)
+        if step not in kept:
+            kept[step] = context(run, state)
+        return kept[step]
+
+    return loop.Evaluator(during=lambda run, state, step: periodic_knn(run, state, step, online_context),
+                          after=lambda run, state: final_records(run, state, online_context))
+
+
+def periodic_knn(run: loop.Run, state, step: int, online_context=context) -> dict:
     """{'knn_top1'} of the online encoder every config.eval.every_steps and after the last
     step, for the accuracy-against-step curve in metrics.jsonl; {} at other steps."""
     every = run.config.eval.every_steps
     if every <= 0 or (step % every and step != run.total_steps):
         return {}
-    ((_, _, metrics),) = run_lib.protocol_knn(context(run, state))
+    ((_, _, metrics),) = run_lib.protocol_knn(online_context(run, state))
     return {"knn_top1": metrics["top1"]}
 
 
-def final_records(run: loop.Run, state) -> list[dict]:
+def final_records(run: loop.Run, state, online_context=context) -> list[dict]:
     """Records of the trained online network and, with eval.compare_random_init, of the same
     network at its initialisation (same seed): what pretraining bought."""
     ev = run.config.eval
     linear = [run_lib.protocol_linear_cached] if ev.linear_probe else []
     probe = online_probe(parallel.to_host(state.params["probe"]))
-    records = run_lib.timed_records(context(run, state), [run_lib.protocol_knn, probe, *linear])
+    records = run_lib.timed_records(online_context(run, state), [run_lib.protocol_knn, probe, *linear])
     if ev.compare_random_init:
         fresh, _ = loop.init_state(run.config, run.method, optax.identity(), {"num_classes": run.num_classes},
                                    run.mesh)
@@ -97,9 +117,6 @@ def online_probe(probe_params):
         logits = step_lib.PROBE(ctx.num_classes).apply({"params": probe_params}, test_x)
         return [("online_probe", "", {"top1": float(np.mean(np.argmax(logits, -1) == test_y))})]
     return protocol
-
-
-EVALUATOR = loop.Evaluator(during=periodic_knn, after=final_records)
 
 
 def format_results(records: list[dict]) -> str:
