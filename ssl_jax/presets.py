@@ -90,17 +90,21 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # convolutions by oneDNN on a single CPU device, by XLA elsewhere (models.conv).
     # ResNet keys (width, cifar_stem, zero_init_residual, conv_backend) and ViT keys
     # (patch_size, pos_embedding, drop_path_rate): one model section whatever the backbone,
-    # so a field has one default; each backbone reads its own.
+    # so a field has one default; each backbone reads its own. AlexNet keys (name 'alexnet',
+    # DeepCluster / SeLa; also width, cifar_stem, remat): sobel, the fixed grayscale + Sobel
+    # input layer (DeepCluster's; AlexNet only); dropout, the rate before its fc6 and fc7
+    # (DeepCluster 0.5; drawn from the online encoder's 'drop_path' rng, as ViT's stochastic depth).
     c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
                                              remat=False, conv_backend="auto", zero_init_residual=True,
-                                             patch_size=16, pos_embedding="sincos", drop_path_rate=0.0))
+                                             patch_size=16, pos_embedding="sincos", drop_path_rate=0.0,
+                                             sobel=False, dropout=0.5))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="lars", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6, momentum=0.9,
         trust_coefficient=1e-3, nesterov=False, b1=0.9, b2=0.999, warmup_epochs=10.0,
         decay="cosine", end_lr_factor=0.0, decay_epochs=(), decay_factor=0.1,
         constant_lr_modules=(), bias_and_bn_lr_factor=1.0, frozen_params=(), freeze_epochs={},
         weight_decay_end=ml_collections.FieldReference(None, field_type=float), clip_grad_per_param=0.0,
-        exclude_bias_and_bn_from_wd=True))
+        exclude_bias_and_bn_from_wd=True, no_momentum_params=()))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     # Heavy augmentations and directional SSL (DSSL, Bai et al. 2022); mode 'none' leaves the
     # method as its paper has it. See ssl_jax.methods.dssl.
@@ -114,6 +118,14 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         batch_size=1024, knn_k=200, knn_temperature=0.1, linear_probe=False, compare_random_init=False,
         every_steps=0))  # > 0: also kNN top-1 into metrics.jsonl every that many steps (a multiple of log_every_steps)
     return c
+
+
+def crop_flip_views(num_views: int = 1, crop_min: float = 0.08) -> list:
+    """Random-resized crop and horizontal flip only (DeepCluster's training augmentation)."""
+    view = dict(crop_scale=(crop_min, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5, color_jitter_prob=0.0,
+                brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                blur_sigma=(0.1, 2.0), solarize_prob=0.0, solarize_threshold=0.5)
+    return [dict(view) for _ in range(num_views)]
 
 
 def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
