@@ -2,7 +2,8 @@
 
 The mesh has two axes, `data` and `fsdp` (config.mesh: data=-1, fsdp=1 by default). The
 global batch is split over both (every device gets global_batch / #devices examples).
-The train state is replicated over `data`; over `fsdp` every large leaf (params, optimizer
+The train state is replicated over `data` (except per-example arrays, split over every device
+like the batch); over `fsdp` every large leaf (params, optimizer
 state, EMA target) is split along one of its dimensions (ZeRO-3 / FSDP): XLA all-gathers
 a weight where a layer needs it and reduce-scatters its gradient. fsdp=1 is pure data
 parallelism; data=1 is pure FSDP. Method code never names a mesh axis: it gets its sharding
@@ -23,6 +24,10 @@ BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # the batch is split over every device
 # replicated under FSDP: gathering them would cost more in collective latency than the
 # memory they would save.
 FSDP_MIN_SIZE = 2 ** 12
+# A method's per-example state (pseudo-labels, a memory bank: one row per training example)
+# lives under this key of its method state; those arrays are split over the devices along
+# their first (example) axis instead of being replicated.
+PER_EXAMPLE_KEY = "per_example"
 
 
 def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1) -> Mesh:
@@ -96,11 +101,24 @@ def fsdp_spec(shape: tuple, fsdp: int) -> P:
     return P(*[FSDP_AXIS if i == axis else None for i in range(len(shape))])
 
 
+def _is_per_example(path) -> bool:
+    return any(getattr(k, "key", None) == PER_EXAMPLE_KEY for k in path)
+
+
 def state_sharding(state: Any, mesh: Mesh) -> Any:
     """Sharding for every leaf of the train state (arrays or ShapeDtypeStructs): replicated
-    over `data`, split by `fsdp_spec` over `fsdp`."""
-    fsdp = mesh.shape[FSDP_AXIS]
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp)), state)
+    over `data`, split by `fsdp_spec` over `fsdp`; per-example arrays (under a
+    PER_EXAMPLE_KEY dict: example axis first) split along that axis like the batch, when it
+    divides."""
+    fsdp, shards = mesh.shape[FSDP_AXIS], batch_shards(mesh)
+
+    def sharding(path, x):
+        shape = tuple(np.shape(x))
+        if _is_per_example(path) and shape and shape[0] % shards == 0:
+            return NamedSharding(mesh, P(BATCH_AXES))
+        return NamedSharding(mesh, fsdp_spec(shape, fsdp))
+
+    return jax.tree_util.tree_map_with_path(sharding, state)
 
 
 def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
@@ -108,6 +126,15 @@ def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
     sharding = batch_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch)
+
+
+def from_host(tree: Any, shardings: Any) -> Any:
+    """Global jax.Arrays with `shardings` (a matching pytree) from a pytree of host arrays that
+    every process holds in full (e.g. `to_host`'s output): each device takes its block."""
+    def put(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(put, tree, shardings)
 
 
 def to_host(tree: Any) -> Any:

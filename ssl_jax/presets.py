@@ -104,7 +104,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         decay="cosine", end_lr_factor=0.0, decay_epochs=(), decay_factor=0.1,
         constant_lr_modules=(), bias_and_bn_lr_factor=1.0, frozen_params=(), freeze_epochs={},
         weight_decay_end=ml_collections.FieldReference(None, field_type=float), clip_grad_per_param=0.0,
-        exclude_bias_and_bn_from_wd=True))
+        exclude_bias_and_bn_from_wd=True, no_momentum_params=()))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     # Heavy augmentations and directional SSL (DSSL, Bai et al. 2022); mode 'none' leaves the
     # method as its paper has it. See ssl_jax.methods.dssl.
@@ -118,6 +118,14 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         batch_size=1024, knn_k=200, knn_temperature=0.1, linear_probe=False, compare_random_init=False,
         every_steps=0))  # > 0: also kNN top-1 into metrics.jsonl every that many steps (a multiple of log_every_steps)
     return c
+
+
+def crop_flip_views(num_views: int = 1, crop_min: float = 0.08) -> list:
+    """Random-resized crop and horizontal flip only (DeepCluster's training augmentation)."""
+    view = dict(crop_scale=(crop_min, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5, color_jitter_prob=0.0,
+                brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                blur_sigma=(0.1, 2.0), solarize_prob=0.0, solarize_threshold=0.5)
+    return [dict(view) for _ in range(num_views)]
 
 
 def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:

@@ -1,5 +1,6 @@
-"""Five train steps of BYOL and SimCLR on a fixed global batch, in however many processes
-(with --coordinator_address/--num_processes/--process_id) and devices there are; process 0
+"""Five train steps of BYOL, SimCLR and DeepCluster (after its refresh pass over the training
+set) on a fixed global batch, in however many processes (with
+--coordinator_address/--num_processes/--process_id) and devices there are; process 0
 saves the final state and losses to OUT_DIR/<method>.npz.
 
 Used by tests/test_multiprocess.py: 2 processes x 4 simulated CPU devices against 1 x 8.
@@ -12,7 +13,7 @@ import sys
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from ssl_jax import parallel  # noqa: E402
 
-METHODS, STEPS = ("byol", "simclr"), 5
+METHODS, STEPS = ("byol", "simclr", "deepcluster"), 5
 
 
 def main():

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, device_env
 
-METHODS = ("byol", "simclr")
+METHODS = ("byol", "simclr", "deepcluster")  # deepcluster: its refresh pass over 2 processes
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.methods import build_method  # noqa: E402
+from ssl_jax.train import refresh  # noqa: E402
 from ssl_jax.train import step as step_lib  # noqa: E402
 from ssl_jax.train.optim import build_optimizer  # noqa: E402
 
@@ -32,39 +33,45 @@ def _setup(config, image_size: int, steps_per_epoch: int):
     sample = np.zeros((2, image_size, image_size, 3), np.float32)
     init = lambda rng: step_lib.create_state(method, optimizer, rng, sample, num_classes=10)
     train_step = step_lib.make_train_step(method, optimizer, lr, num_classes=10)
-    return method, init, train_step
+    return method, init, train_step, optimizer
 
 
 def trace_step(config, *, image_size: int, steps_per_epoch: int = 10):
     """The abstract (shape, dtype) metrics of one train step, traced without compiling:
     builds every module, the optimizer and the method state of `config`."""
-    method, init, train_step = _setup(config, image_size, steps_per_epoch)
+    method, init, train_step, _ = _setup(config, image_size, steps_per_epoch)
     state = jax.eval_shape(init, jax.random.PRNGKey(0))
     b = config.global_batch_size
     batch = {"views": tuple(jax.ShapeDtypeStruct((b, s, s, 3), np.float32)
                             for s in view_sizes(config, image_size, method.num_views)),
-             "label": jax.ShapeDtypeStruct((b,), np.int32)}
+             "label": jax.ShapeDtypeStruct((b,), np.int32), "index": jax.ShapeDtypeStruct((b,), np.int32)}
     return jax.eval_shape(train_step, state, batch)[1]
 
 
 def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 10):
     """(final state, per-step losses) of `steps` steps of config.method at
     config.global_batch_size on seeded random views of image_size px (multi-crop local views:
-    half that), 10 classes."""
+    half that), 10 classes, random distinct dataset indices; a method with dataset-level
+    refreshes first runs the refresh of epoch 0 over its config's training set."""
     batch_size = config.global_batch_size
     mesh = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_divisible(batch_size, mesh)
-    method, init, train_step = _setup(config, image_size, steps_per_epoch)
+    method, init, train_step, optimizer = _setup(config, image_size, steps_per_epoch)
     # Initialised as one compiled program (op-by-op init of a ResNet-50 is 2x slower), directly
     # with the state's shardings (replicated, or split over `fsdp`).
     sharding = parallel.state_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
     state = jax.jit(init, out_shardings=sharding)(jax.random.PRNGKey(0))
+    if refresh.refreshes(method):  # the dataset-level pass over the config's (real) training set
+        state, _ = refresh.run(method, state, 0, 0, config=config, mesh=mesh, optimizer=optimizer,
+                               state_sharding=sharding)
+    num_examples = getattr(method, "num_examples", batch_size)
     rng = np.random.default_rng(0)
     compiled, losses = None, []
     sizes = view_sizes(config, image_size, method.num_views)
     for _ in range(steps):
         host = {"views": tuple(rng.normal(size=(batch_size, s, s, 3)).astype(np.float32) for s in sizes),
-                "label": rng.integers(0, 10, size=batch_size).astype(np.int32)}
+                "label": rng.integers(0, 10, size=batch_size).astype(np.int32),
+                "index": rng.choice(num_examples, size=batch_size, replace=False).astype(np.int32)}
         # Each process feeds its own rows of the same global batch (all of it in one process).
         local = slice(jax.process_index() * batch_size // jax.process_count(),
                       (jax.process_index() + 1) * batch_size // jax.process_count())

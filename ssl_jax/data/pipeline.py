@@ -31,7 +31,7 @@ view order, with its own static shape [b, size_v, size_v, 3]; its blur kernel fo
 """
 import functools
 import math
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -132,8 +132,11 @@ def _use_memory(info, n: int) -> bool:
 def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, seed: int, start_step: int = 0,
                       num_views: int = 2, view_plan: Optional[Sequence[tuple]] = None,
                       process_index: Optional[int] = None, process_count: Optional[int] = None,
-                      jit_augment: bool = True) -> Iterator[dict]:
-    """Infinite iterator of ``{'views': (float32 [b, S_v, S_v, 3], ...), 'label': int32 [b]}`` (NumPy).
+                      jit_augment: bool = True,
+                      epoch_order: Optional[Callable[[int], np.ndarray]] = None) -> Iterator[dict]:
+    """Infinite iterator of ``{'views': (float32 [b, S_v, S_v, 3], ...), 'label': int32 [b],
+    'index': int32 [b]}`` (NumPy); ``index`` is each example's stable dataset index (its position
+    in the whole split), so every index appears once per epoch over all processes.
 
     b = global_batch_size // process_count. Reads ``dataset, data_dir, train_split, image_size,
     views, mean, std, shuffle_buffer`` from ``data_cfg``. View v uses ``views[v % len(views)]`` and
@@ -144,6 +147,10 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     ``view_plan``: per output view (standard view index, heavy policy spec or ''), replacing
     ``num_views``; default ``num_views`` plain standard views (as made by
     a method's ``view_plan``: ssl_jax.methods.base and ssl_jax.methods.dssl).
+    ``epoch_order(epoch)``: the examples of that epoch, in order, as dataset indices of this
+    process's slice (at least ``steps_per_epoch`` batches of them; e.g. DeepCluster's uniform
+    sampling over pseudo-classes); None: a seeded permutation. It must be a pure function of the
+    epoch (exact resume), and needs an in-memory dataset.
     """
     plan = _checked_plan(view_plan, num_views)
     pi, pc = _processes(process_index, process_count)
@@ -157,12 +164,19 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
                          "lower --config.global_batch_size.")
     ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
     arrays = _in_memory_slice(dataset, split, data_dir, pi, pc) if _use_memory(info, n) else None
+    offset = sources.slice_offset(dataset, split, data_dir, pi, pc)
+    if epoch_order is not None and arrays is None:
+        raise ValueError(f"{dataset}:{split} is streamed (too large to hold in memory), and a sampled "
+                         "epoch order (sampling over pseudo-classes) needs random access to every "
+                         "example; use an in-memory dataset (CIFAR, MNIST, digits, a TFDS subset) or "
+                         "turn the method's sampling off.")
     ds = pretrain_dataset(
         ds_src, info, arrays=arrays, views=_view_cfgs(data_cfg, 1 + max(k for k, _ in plan)),
         image_size=int(image_size), mean=tuple(mean), std=tuple(std), local_batch=b,
         steps_per_epoch=spe, seed=seed, process_index=pi, start_step=start_step,
-        shuffle_buffer=int(shuffle_buffer),
-        jit_augment=jit_augment, view_plan=plan)
+        shuffle_buffer=int(shuffle_buffer), jit_augment=jit_augment, view_plan=plan,
+        example_index=None if arrays is None else offset + np.arange(len(arrays[1])),
+        epoch_order=None if epoch_order is None else (lambda e: np.asarray(epoch_order(e)) - offset))
     return ds.as_numpy_iterator()
 
 
@@ -220,7 +234,8 @@ def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: 
     ds = pretrain_dataset(
         ds_src, info, arrays=(images[indices], labels[indices]), views=_view_cfgs(data_cfg, 1),
         image_size=int(image_size), mean=tuple(mean), std=tuple(std), local_batch=b,
-        steps_per_epoch=spe, seed=seed, process_index=pi, start_step=start_step, jit_augment=jit_augment)
+        steps_per_epoch=spe, seed=seed, process_index=pi, start_step=start_step, jit_augment=jit_augment,
+        example_index=sources.slice_offset(dataset, split, data_dir, pi, pc) + indices)
     return ds.as_numpy_iterator(), spe
 
 
@@ -265,11 +280,15 @@ def _per_view(make_fn, views: Sequence[Mapping]) -> list:
 def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays, views: Sequence[Mapping],
                      image_size: int, mean, std, local_batch: int, steps_per_epoch: int, seed: int,
                      process_index: int = 0, start_step: int = 0, shuffle_buffer: int = 10_000,
-                     jit_augment: bool = True, view_plan: Optional[Sequence[tuple]] = None) -> tf.data.Dataset:
+                     jit_augment: bool = True, view_plan: Optional[Sequence[tuple]] = None,
+                     example_index: Optional[np.ndarray] = None,
+                     epoch_order: Optional[Callable[[int], np.ndarray]] = None) -> tf.data.Dataset:
     """The tf.data graph behind ``pretrain_iterator`` for a given source.
 
-    ``arrays=(uint8 [n, H, W, 3], labels [n])`` selects the in-memory path (``ds_src`` unused);
-    ``arrays=None`` streams ``ds_src`` (elements ``{'image': uint8 or JPEG string, 'label'}``).
+    ``arrays=(uint8 [n, H, W, 3], labels [n])`` selects the in-memory path (``ds_src`` unused),
+    ``example_index`` [n] the dataset index of each row (default: the row), and
+    ``epoch_order(epoch)`` the rows of an epoch in order (default: a seeded permutation);
+    ``arrays=None`` streams ``ds_src`` (elements ``{'image': uint8 or JPEG string, 'label', 'index'}``).
     View v comes out ``augment.view_size(views[v], image_size)`` px. ``view_plan`` (see
     ``pretrain_iterator``) maps the standard views ``views`` to the output views.
     """
@@ -311,11 +330,23 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
         images_np, labels_np = arrays
         n = len(labels_np)
         images, labels = tf.constant(images_np), tf.constant(labels_np)
+        rows_index = tf.constant(np.arange(n) if example_index is None else np.asarray(example_index), tf.int64)
         hw = images_np.shape[1:3]
 
+        def sampled_order(epoch):
+            rows = np.asarray(epoch_order(int(epoch)), np.int64)
+            if rows.ndim != 1 or len(rows) < per_epoch or rows.min() < 0 or rows.max() >= n:
+                raise ValueError(f"epoch_order({int(epoch)}) must give >= {per_epoch} rows in [0, {n}); "
+                                 f"got shape {rows.shape}, range [{rows.min()}, {rows.max()}].")
+            return rows[:per_epoch]
+
         def epoch_positions(epoch):
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(n, dtype=tf.int64), seed=augment.fold_in(order_root, epoch))[:per_epoch]
+            if epoch_order is None:
+                order = tf.random.experimental.stateless_shuffle(
+                    tf.range(n, dtype=tf.int64), seed=augment.fold_in(order_root, epoch))[:per_epoch]
+            else:
+                order = tf.ensure_shape(tf.numpy_function(sampled_order, [epoch], tf.int64, stateful=False),
+                                        [per_epoch])
             keys = view_keys(epoch)
             return tf.data.Dataset.from_tensor_slices(order).enumerate().map(
                 lambda pos, idx: (keys, pos, idx))
@@ -331,7 +362,8 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
                 params = augment.view_params_from_uniforms(u, cfg, hw)
                 crops = augment.crop_and_resize(images, params.pop("crop"), size, box_indices=batch["index"])
                 out.append(apply(tf.ensure_shape(crops, [b, size, size, 3]), params))
-            return {"views": output_views(out, batch), "label": tf.cast(tf.gather(labels, batch["index"]), tf.int32)}
+            return {"views": output_views(out, batch), "label": tf.cast(tf.gather(labels, batch["index"]), tf.int32),
+                    "index": tf.cast(tf.gather(rows_index, batch["index"]), tf.int32)}
 
         ds = epochs.flat_map(epoch_positions).skip(offset)
     else:
@@ -360,12 +392,14 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
                 crop = augment.resize_decoded_crop(image[y:y + h, x:x + w], size)
                 crop = pre(tf.ensure_shape(crop, [size, size, 3]), augment.view_params_from_uniforms(u, cfg))
                 crops.append(tf.ensure_shape(crop, [size, size, 3]))
-            return {"crops": tuple(crops), "u": tuple(us), "label": ex["label"], **heavy_seeds(keys, pos)}
+            return {"crops": tuple(crops), "u": tuple(us), "label": ex["label"], "index": ex["index"],
+                    **heavy_seeds(keys, pos)}
 
         def assemble(batch):
             out = [post(x, augment.view_params_from_uniforms(u, cfg))
                    for x, u, cfg, post in zip(batch["crops"], batch["u"], views, post_blur)]
-            return {"views": output_views(out, batch), "label": tf.cast(batch["label"], tf.int32)}
+            return {"views": output_views(out, batch), "label": tf.cast(batch["label"], tf.int32),
+                    "index": tf.cast(batch["index"], tf.int32)}
 
         ds = epochs.flat_map(epoch_examples).skip(offset)
 
@@ -441,8 +475,9 @@ def eval_iterator(data_cfg: Mapping[str, Any], split: str, *, global_batch_size:
                   process_count: Optional[int] = None) -> Iterator[dict]:
     """One pass over this process's slice of ``split``, no augmentation.
 
-    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b], 'mask': bool [b]}``; padding
-    (mask False, zero image, label 0) fills the last batch, and every process yields the same
+    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b], 'index': int32 [b], 'mask': bool
+    [b]}`` (``index``: the dataset index); padding (mask False, zero image, label 0, index -1)
+    fills the last batch, and every process yields the same
     number of batches (``num_eval_batches``), so shapes and step counts are static.
     """
     pi, pc = _processes(process_index, process_count)
@@ -455,10 +490,11 @@ def eval_iterator(data_cfg: Mapping[str, Any], split: str, *, global_batch_size:
 
     def prep(ex):
         return {"image": eval_preprocess(ex["image"], size, is_jpeg, mean, std),
-                "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+                "label": tf.cast(ex["label"], tf.int32), "index": tf.cast(ex["index"], tf.int32),
+                "mask": tf.constant(True)}
 
     pad = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.float32),
-                                        "label": tf.constant(0, tf.int32),
+                                        "label": tf.constant(0, tf.int32), "index": tf.constant(-1, tf.int32),
                                         "mask": tf.constant(False)}).repeat(total - n)
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).concatenate(pad)
     ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())

@@ -164,13 +164,20 @@ def slice_sizes(dataset: str, split: str, data_dir: Optional[str], process_count
         split, process_index=i, process_count=process_count)].num_examples) for i in range(process_count)]
 
 
+def slice_offset(dataset: str, split: str, data_dir: Optional[str], process_index: int,
+                 process_count: int) -> int:
+    """The dataset index of the first example of a process's slice (slices are contiguous)."""
+    return int(sum(slice_sizes(dataset, split, data_dir, process_count)[:process_index]))
+
+
 def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process_index: int = 0,
                process_count: int = 1):
     """This process's slice of a split: ``(tf.data.Dataset, num_examples_in_slice, info)``.
 
-    Elements are ``{'image', 'label': int64, 'index': int64}``; ``index`` is the position in this
-    process's slice. ``image`` is uint8 [H, W, 3] (grayscale tiled to 3 channels), or the encoded
-    JPEG string when ``info['is_jpeg']`` (skip-decoding, so a crop can be decoded alone).
+    Elements are ``{'image', 'label': int64, 'index': int64}``; ``index`` is the example's stable
+    dataset index: its position in the whole split (the slice's offset + its position in the
+    slice). ``image`` is uint8 [H, W, 3] (grayscale tiled to 3 channels), or the encoded JPEG
+    string when ``info['is_jpeg']`` (skip-decoding, so a crop can be decoded alone).
     The order is fixed: same call, same order. ``dataset='digits'`` is scikit-learn's digits
     (train 1437 / test 360, stratified, seed 0); any other name is read from TFDS in ``data_dir``.
     """
@@ -181,12 +188,13 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
         images, labels = _digits_split(split)
         lo, hi = _slice_bounds(len(labels), process_index, process_count)
         ds = tf.data.Dataset.from_tensor_slices(
-            {"image": images[lo:hi], "label": labels[lo:hi], "index": np.arange(hi - lo, dtype=np.int64)})
+            {"image": images[lo:hi], "label": labels[lo:hi], "index": np.arange(lo, hi, dtype=np.int64)})
         return ds, hi - lo, info
 
     builder = _builder(dataset, data_dir)
     sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
     n = int(builder.info.splits[sub].num_examples)
+    offset = slice_offset(dataset, split, data_dir, process_index, process_count)
     decoders = {"image": tfds.decode.SkipDecoding()} if info["is_jpeg"] else None
     ds = builder.as_dataset(split=sub, shuffle_files=False, decoders=decoders,
                             read_config=tfds.ReadConfig(try_autocache=False))
@@ -197,7 +205,7 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
         if not info["is_jpeg"] and image.shape[-1] == 1:
             image = tf.tile(image, [1, 1, 3])
         label = tf.cast(ex["label"], tf.int64) if has_label else tf.constant(-1, tf.int64)
-        return {"image": image, "label": label, "index": i}
+        return {"image": image, "label": label, "index": i + offset}
 
     ds = ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds, n, info

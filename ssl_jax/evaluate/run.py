@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib, storage
 from ssl_jax.data import pipeline, sources
-from ssl_jax.evaluate import features as features_lib
+from ssl_jax.train import features as features_lib
 from ssl_jax.evaluate import supervised
 from ssl_jax.evaluate.knn import knn_accuracy, shard_memory
 from ssl_jax.evaluate.linear import linear_probe_accuracy

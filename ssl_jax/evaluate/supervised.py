@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from ssl_jax import parallel
-from ssl_jax.evaluate import features as features_lib
+from ssl_jax.train import features as features_lib
 from ssl_jax.train import checkpoint, resumable
 from ssl_jax.train.optim import build_optimizer
 

@@ -194,8 +194,15 @@ class JointEmbeddingMethod(abc.ABC):
         target_out, target_stats = None, None
         if target:
             target_out, target_stats = self.forward_target(method_state["target"], [views[v] for v in target])
-        loss, metrics, updates = self.objective(out, target_out, method_state, rng, step, params)
+        loss, metrics, updates = self.objective(out, target_out, self.with_batch(method_state, batch), rng,
+                                                step, params)
         return loss, self.loss_aux(out, stats, target_stats, method_state, updates, metrics)
+
+    def with_batch(self, method_state: dict, batch: dict) -> dict:
+        """The method state as `objective` sees it: methods whose targets are per-example state
+        add the batch's dataset indices here (ssl_jax.methods.dataset_targets)."""
+        del batch
+        return method_state
 
     def loss_aux(self, out, stats, target_stats, method_state, updates, metrics) -> dict:
         """The aux of `loss` from the online outputs and new BN statistics, the target's new BN

@@ -54,6 +54,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
     return restored["state"], restored["meta"]
 
 
+def latest_meta(manager: ocp.CheckpointManager) -> dict | None:
+    """The JSON meta of the latest checkpoint alone (no arrays read); None if there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
+
+
 def restore_raw(workdir: str, step: int | None = None) -> tuple[dict, int, dict]:
     """(state as nested dicts of NumPy arrays, step, meta) of the latest or given checkpoint
     under WORKDIR/checkpoints, restored as saved: no abstract state, so neither the model nor

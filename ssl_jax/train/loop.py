@@ -18,7 +18,7 @@ from ssl_jax import results as results_lib
 from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.methods import build_method
-from ssl_jax.train import checkpoint, resumable
+from ssl_jax.train import checkpoint, refresh, resumable
 from ssl_jax.train import step as step_lib
 from ssl_jax.train.logging import MetricWriter, Progress
 from ssl_jax.train.optim import build_optimizer
@@ -114,6 +114,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | 
     state, state_sh = init_state(config, method, optimizer, info, mesh)
     ckpt = config.checkpoint
     manager = checkpoint.make_manager(workdir, ckpt.keep, ckpt.async_save)
+    data_fingerprint = refresh.fingerprint(config.data) if refresh.refreshes(method) else None
+    if data_fingerprint is not None:  # before restoring: the per-example shapes depend on it
+        refresh.check_fingerprint(checkpoint.latest_meta(manager), data_fingerprint, manager.directory)
     restored = checkpoint.restore_latest(manager, checkpoint.abstract(state, state_sh))
     log = print if is_main else (lambda *a, **k: None)  # process 0 speaks for the run
     if restored is not None:
@@ -125,14 +128,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | 
         f"{dict(mesh.shape)}; starting at step {start}.", flush=True)
 
     writer = MetricWriter(workdir, resume_step=start, enabled=is_main)
-    batches = pipeline.pretrain_iterator(config.data, global_batch_size=config.global_batch_size,
-                                         seed=config.seed, start_step=start, num_views=method.num_views,
-                                         view_plan=method.view_plan)
+
+    def make_batches(state, step):
+        return pipeline.pretrain_iterator(config.data, global_batch_size=config.global_batch_size,
+                                          seed=config.seed, start_step=step, num_views=method.num_views,
+                                          view_plan=method.view_plan,
+                                          epoch_order=refresh.epoch_order_fn(method, state, config))
+
     train_step = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
-    compiled, progress, last_logged, collapse_reported = None, None, {}, False
+    compiled, progress, last_logged, collapse_reported, batches = None, None, {}, False, None
+    refresh_metrics = {}
 
     def one_step(state, step):
-        nonlocal compiled, progress
+        nonlocal compiled, progress, batches
+        if refresh.is_due(method, state, step, spe):
+            state, metrics = refresh.run(method, state, step, step // spe, config=config, mesh=mesh,
+                                         optimizer=optimizer, state_sharding=state_sh)
+            refresh_metrics.update(metrics)  # into the next log line (dropped with it on resume)
+            log(f"Refresh at epoch {step // spe}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+                flush=True)
+            batches = None  # a sampled epoch order follows the new pseudo-labels
+        if batches is None:  # built lazily: after the refresh that may open the first epoch
+            batches = make_batches(state, step)
         batch = parallel.shard_batch(next(batches), mesh)
         if compiled is None:
             compiled = step_lib.compile_step(train_step, state, batch, mesh)
@@ -146,6 +163,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | 
         nonlocal last_logged, collapse_reported
         if evaluator is not None:
             metrics = dict(metrics, **evaluator.during(this_run, state, done))
+        metrics = dict(metrics, **refresh_metrics)
+        refresh_metrics.clear()
         writer.write(done, metrics)
         log(progress.line(done, metrics), flush=True)
         last_logged = metrics
@@ -161,7 +180,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | 
             state, one_step, start=start, total=n_steps, log_every=config.log_every_steps, on_log=on_log,
             nonfinite_message=_nonfinite_message, manager=manager, save_every=ckpt.every_steps,
             meta=lambda done: {"step": done, "examples_seen": done * config.global_batch_size,
-                               "epoch": done / spe})
+                               "epoch": done / spe,
+                               **({"dataset_fingerprint": data_fingerprint} if data_fingerprint else {})})
         train_seconds = time.perf_counter() - t0
         records = results_lib.make_records(
             results_lib.run_fields(config, int(parallel.to_host(state.step)), spe), protocol="pretrain",

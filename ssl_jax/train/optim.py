@@ -245,7 +245,8 @@ def build_optimizer(opt_cfg: ml_collections.ConfigDict, *, global_batch_size: in
     random patch projection), ``freeze_epochs`` (dict path prefix -> epochs during which that
     subtree is not updated: SwAV's prototypes, DINO's last layer), ``weight_decay_end``
     (None, or a cosine from weight_decay to it over training; adamw only) and
-    ``clip_grad_per_param`` (> 0: DINO's per-tensor gradient-norm clipping).
+    ``clip_grad_per_param`` (> 0: DINO's per-tensor gradient-norm clipping) and
+    ``no_momentum_params`` (path prefixes trained with momentum 0, sgd/lars: DeepCluster's top layer).
 
     Note on ``freeze_epochs`` with Adam(W): the gradient is zeroed while frozen, so the
     moment estimates stay 0 and the first updates after unfreezing use the global step's
@@ -282,12 +283,19 @@ def build_optimizer(opt_cfg: ml_collections.ConfigDict, *, global_batch_size: in
         raise ValueError("optimizer.weight_decay_end (a weight-decay schedule) is supported with "
                          f"name='adamw' only, not {c.name!r}; remove it or switch optimizer.")
 
-    if c.name == "lars":
-        tx = lars(schedule, wd, momentum=float(c.momentum), nesterov=bool(c.nesterov), exclude_fn=exclude,
-                  trust_coefficient=float(c.trust_coefficient), lr_transform=lr_transform)
-    elif c.name == "sgd":
-        tx = sgd(schedule, wd, momentum=float(c.momentum), nesterov=bool(c.nesterov), exclude_fn=exclude,
-                 lr_transform=lr_transform)
+    if c.name in ("lars", "sgd"):
+        def momentum_tx(momentum):
+            if c.name == "lars":
+                return lars(schedule, wd, momentum=momentum, nesterov=bool(c.nesterov), exclude_fn=exclude,
+                            trust_coefficient=float(c.trust_coefficient), lr_transform=lr_transform)
+            return sgd(schedule, wd, momentum=momentum, nesterov=bool(c.nesterov), exclude_fn=exclude,
+                       lr_transform=lr_transform)
+        tx = momentum_tx(float(c.momentum))
+        if c.no_momentum_params:  # DeepCluster's top layer: plain SGD beside the momentum of the rest
+            tx = by_prefix(tx, tuple(c.no_momentum_params), momentum_tx(0.0))
+    elif c.no_momentum_params:
+        raise ValueError(f"optimizer.no_momentum_params is for name='sgd' or 'lars', not {c.name!r}; "
+                         "remove it or switch optimizer.")
     elif c.name == "adam":
         tx = adam(schedule, wd, b1=float(c.b1), b2=float(c.b2), exclude_fn=exclude, lr_transform=lr_transform)
     else:  # adamw: decoupled decay (optionally on a schedule), scaled by the LR like optax.adamw
@@ -310,16 +318,40 @@ def build_optimizer(opt_cfg: ml_collections.ConfigDict, *, global_batch_size: in
     return freeze(tx, tuple(c.frozen_params)), schedule
 
 
+def by_prefix(tx: optax.GradientTransformation, prefixes: Tuple[str, ...],
+              tx_prefixed: optax.GradientTransformation,
+              labels: Tuple[str, str] = ("rest", "prefixed")) -> optax.GradientTransformation:
+    """`tx` for every parameter except those whose '/'-joined path starts with one of
+    `prefixes`, which get `tx_prefixed` (each keeps its own state, under `labels` in the
+    optimizer state)."""
+    rest, prefixed = labels
+
+    def label_tree(tree):
+        def label(path, _):
+            name = "/".join(_path_keys(path))
+            return prefixed if any(name == p or name.startswith(p + "/") for p in prefixes) else rest
+        return jax.tree_util.tree_map_with_path(label, tree)
+
+    return optax.multi_transform({rest: tx, prefixed: tx_prefixed}, label_tree)
+
+
 def freeze(tx: optax.GradientTransformation, prefixes: Tuple[str, ...]) -> optax.GradientTransformation:
     """`tx` for every parameter except those whose '/'-joined path starts with one of
     `prefixes`, which get a zero update (and no optimizer state)."""
-    if not prefixes:
-        return tx
+    return by_prefix(tx, prefixes, optax.set_to_zero(), ("train", "frozen")) if prefixes else tx
 
-    def labels(tree):
-        def label(path, _):
-            name = "/".join(_path_keys(path))
-            return "frozen" if any(name == p or name.startswith(p + "/") for p in prefixes) else "train"
-        return jax.tree_util.tree_map_with_path(label, tree)
 
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+def reset_state(optimizer: optax.GradientTransformation, opt_state: Any, params: Any,
+                names: Tuple[str, ...]) -> Any:
+    """`opt_state` with the state of the top-level parameter subtrees `names` re-initialised (a
+    head reset: DeepCluster's new top layer starts without momentum); every other parameter and
+    every counter (the LR schedule's step) keeps its state. A leaf belongs to a subtree when its
+    path names it, so head names must not be reused as inner module names."""
+    if not names:
+        return opt_state
+    fresh = optimizer.init(params)
+
+    def pick(path, old, new):
+        return new if any(k in names for k in _path_keys(path)) else old
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state, fresh)

@@ -1,0 +1,95 @@
+"""Dataset-level refresh passes (DeepCluster, SeLa, DeepCluster-v2): at the epoch boundaries a
+method asks for, the loop runs a feature pass over the whole training set and hands it to the
+method, which returns its new per-example state (pseudo-labels, centroids) and may reset heads.
+
+The method side (ssl_jax.methods.dataset_targets.DatasetTargets):
+  refresh_due(epoch) -> bool                 whether a refresh opens that epoch
+  refresh_features                           None (no pass), or fn(params, batch_stats, images)
+                                             -> per-row outputs, in inference mode
+  refresh_pass_due(epoch) -> bool            whether this refresh needs that pass
+  refresh(params, batch_stats, method_state, features, epoch)
+      -> (params, method_state, reset_heads, metrics)
+  samples, epoch_order(per_example, epoch, seed, slice_indices)   sampled epoch orders
+
+Exactness: the pass reads the train split's evaluation view in dataset-index order (the eval
+pipeline, sharded over devices and processes, rows sorted back by index), and the method's
+refresh is a pure function of (state, features, epoch). A run killed during a refresh or after
+it resumes from a checkpoint taken before it and recreates the same state; the step of the last
+refresh is kept in the state (`refreshed_at`) so it is never run twice.
+"""
+import time
+
+import jax
+import numpy as np
+
+from ssl_jax import parallel
+from ssl_jax.data import pipeline, sources
+from ssl_jax.train import features as features_lib
+from ssl_jax.train import optim
+
+
+def refreshes(method) -> bool:
+    """Whether the method has dataset-level refreshes."""
+    return hasattr(method, "refresh_due")
+
+
+def is_due(method, state, step: int, steps_per_epoch: int) -> bool:
+    """A refresh opens epoch step / steps_per_epoch and has not run yet for this step."""
+    if not refreshes(method) or step % steps_per_epoch or not method.refresh_due(step // steps_per_epoch):
+        return False
+    return int(parallel.to_host(state.method_state["refreshed_at"])) != step
+
+
+def fingerprint(data_cfg) -> dict:
+    """What the per-example state is indexed by: the training set's name, split and size."""
+    info = sources.dataset_info(data_cfg.dataset, data_cfg.train_split, data_cfg.data_dir)
+    return {"dataset": str(data_cfg.dataset), "split": str(data_cfg.train_split),
+            "num_examples": int(info["num_examples_total"])}
+
+
+def check_fingerprint(saved: dict | None, current: dict, checkpoint_dir: str) -> None:
+    """One clear error when a checkpoint's per-example state belongs to another training set."""
+    saved = (saved or {}).get("dataset_fingerprint")
+    if saved is not None and saved != current:
+        raise ValueError(
+            f"The checkpoints in {checkpoint_dir} hold per-example state (pseudo-labels) of "
+            f"{saved['dataset']}:{saved['split']} ({saved['num_examples']} examples), but this run trains "
+            f"on {current['dataset']}:{current['split']} ({current['num_examples']} examples). Use a new "
+            "--workdir for a different training set, or set --config.data back to the one of the run.")
+
+
+def feature_pass(method, state, config, mesh):
+    """The method's refresh features of every training example (host NumPy, dataset-index order)."""
+    fn = features_lib.make_feature_fn(method.refresh_features, mesh)
+    batches = pipeline.eval_iterator(config.data, config.data.train_split, global_batch_size=config.eval.batch_size)
+    features, _ = features_lib.extract_features(fn, state.params, state.batch_stats, batches, mesh)
+    return features
+
+
+def run(method, state, step: int, epoch: int, *, config, mesh, optimizer, state_sharding):
+    """(state after the refresh that opens `epoch` at `step`, metrics of the refresh)."""
+    t0 = time.perf_counter()
+    wanted = method.refresh_features is not None and method.refresh_pass_due(epoch)
+    features = feature_pass(method, state, config, mesh) if wanted else None
+    host = parallel.to_host(state)
+    params, method_state, reset, metrics = method.refresh(host.params, host.batch_stats, host.method_state,
+                                                          features, epoch)
+    method_state = dict(method_state, refreshed_at=np.int32(step))
+    opt_state = optim.reset_state(optimizer, host.opt_state, params, tuple(reset))
+    new = host.replace(params=params, method_state=method_state, opt_state=opt_state)
+    new = parallel.from_host(jax.tree.map(np.asarray, new), state_sharding)
+    return new, dict(metrics, refresh_seconds=time.perf_counter() - t0)
+
+
+def epoch_order_fn(method, state, config):
+    """None, or the pipeline's `epoch_order` for a method that samples its epochs from its
+    per-example state (pure in (seed, epoch, that state): resuming gives the same order)."""
+    if not getattr(method, "samples", False):
+        return None
+    per_example = parallel.to_host(state.method_state[parallel.PER_EXAMPLE_KEY])
+    data = config.data
+    pi, pc = jax.process_index(), jax.process_count()
+    offset = sources.slice_offset(data.dataset, data.train_split, data.data_dir, pi, pc)
+    size = sources.slice_sizes(data.dataset, data.train_split, data.data_dir, pc)[pi]
+    slice_indices = np.arange(offset, offset + size)
+    return lambda epoch: method.epoch_order(per_example, epoch, config.seed, slice_indices)

@@ -1,0 +1,213 @@
+"""The engine pieces of the dataset-level methods (DeepCluster, SeLa): example indices through
+the pipeline, sampled epoch orders, the feature pass in dataset-index order, per-example state,
+head resets and their optimizer state, the refreshes of DeepCluster and SeLa."""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from ssl_jax import parallel, presets
+from ssl_jax.data import pipeline, sources
+from ssl_jax.methods import build_method
+from ssl_jax.methods.dataset_targets import uniform_over_labels
+from ssl_jax.methods.sela import label_epochs
+from ssl_jax.train import features as features_lib
+from ssl_jax.train import optim
+
+
+def _demo_data():
+    c = presets.base_config("byol")
+    presets.use_dataset(c, "demo")
+    return c.data
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_every_index_once_per_epoch_over_all_processes(process_count):
+    data = _demo_data()
+    spe = pipeline.steps_per_epoch(data, 64, process_count)
+    _, labels = sources._digits_split("train")
+    seen = []
+    for p in range(process_count):
+        it = pipeline.pretrain_iterator(data, global_batch_size=64, seed=3, process_index=p,
+                                        process_count=process_count)
+        batches = [next(it) for _ in range(spe)]
+        index = np.concatenate([b["index"] for b in batches])
+        np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), labels[index])
+        lo = sources.slice_offset("digits", "train", None, p, process_count)
+        assert index.min() >= lo and index.max() < lo + sources.slice_sizes("digits", "train", None,
+                                                                            process_count)[p]
+        seen.append(index)
+    seen = np.concatenate(seen)
+    assert len(np.unique(seen)) == len(seen)  # no index twice in an epoch
+
+
+def test_streaming_path_carries_dataset_indices():
+    data = _demo_data()
+    ds_src, n, info = sources.load_split("digits", "train", None, 1, 2)
+    offset = sources.slice_offset("digits", "train", None, 1, 2)
+    ds = pipeline.pretrain_dataset(ds_src, info, arrays=None, views=[dict(data.views[0])], image_size=16,
+                                   mean=data.mean, std=data.std, local_batch=32, steps_per_epoch=n // 32,
+                                   seed=0, process_index=1, shuffle_buffer=100)
+    index = np.concatenate([b["index"] for b in ds.take(n // 32).as_numpy_iterator()])
+    assert len(np.unique(index)) == len(index) == (n // 32) * 32
+    assert index.min() >= offset and index.max() < offset + n
+
+
+def test_a_sampled_epoch_order_is_followed_and_resumes_exactly():
+    data = _demo_data()
+    orders = {e: np.random.default_rng(e).choice(1437, 1437) for e in range(3)}  # with repeats
+    make = lambda start: pipeline.pretrain_iterator(data, global_batch_size=64, seed=0, start_step=start,
+                                                    epoch_order=lambda e: orders[e])
+    spe = pipeline.steps_per_epoch(data, 64, 1)
+    it = make(0)
+    index = np.concatenate([next(it)["index"] for _ in range(spe + 2)])
+    np.testing.assert_array_equal(index[:spe * 64], orders[0][:spe * 64])
+    np.testing.assert_array_equal(index[spe * 64:], orders[1][:128])
+    resumed = next(make(spe + 1))
+    np.testing.assert_array_equal(resumed["index"], orders[1][64:128])
+    with pytest.raises(Exception, match="epoch_order"):  # raised inside tf.data: its error wraps ours
+        next(pipeline.pretrain_iterator(data, global_batch_size=64, seed=0,
+                                        epoch_order=lambda e: np.arange(10)))
+
+
+def test_feature_pass_rows_are_in_dataset_index_order():
+    data = _demo_data()
+    mesh = parallel.make_mesh()
+    fn = features_lib.make_feature_fn(lambda p, s, x: x.reshape(len(x), -1)[:, :3], mesh)
+    batches = pipeline.eval_iterator(data, "train", global_batch_size=100)  # a padded last batch
+    feats, labels = features_lib.extract_features(fn, {}, {}, batches, mesh)
+    _, true_labels = sources._digits_split("train")
+    assert feats.shape == (1437, 3)
+    np.testing.assert_array_equal(labels, true_labels)
+
+
+def test_uniform_sampling_over_labels():
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.zeros(900, int), np.ones(90, int), np.full(9, 2), [-1] * 10])
+    draws = uniform_over_labels(labels, rng)
+    assert len(draws) == len(labels)
+    counts = np.bincount(labels[draws] + 1, minlength=4)
+    assert counts[0] == 0  # unlabelled rows are never drawn
+    # n // 3 + 1 = 337 draws per label before the cut to n: each label ~1/3 of the epoch.
+    assert np.all(np.abs(counts[1:] - len(labels) / 3) < 40), counts
+    big = draws[labels[draws] == 0]
+    assert len(np.unique(big)) == len(big)  # a large cluster is drawn without replacement
+    np.testing.assert_array_equal(draws, uniform_over_labels(labels, np.random.default_rng(0)))
+    np.testing.assert_array_equal(np.sort(uniform_over_labels(np.full(5, -1), rng)), np.arange(5))
+
+
+def _sgd_config(**overrides):
+    c = presets.base_config("byol").optimizer
+    c.update(dict(name="sgd", base_lr=0.1, lr_scaling="none", warmup_epochs=0.0, decay="steps",
+                  weight_decay=0.0, momentum=0.9, **overrides))
+    return c
+
+
+def test_no_momentum_params_and_head_reset():
+    params = {"encoder": {"w": jnp.ones((3, 2))}, "top": {"w": jnp.ones((2, 4))}}
+    grads = {"encoder": {"w": jnp.full((3, 2), 0.5)}, "top": {"w": jnp.full((2, 4), 2.0)}}
+    tx, _ = optim.build_optimizer(_sgd_config(no_momentum_params=("top",)), global_batch_size=256,
+                                  steps_per_epoch=10, num_epochs=1)
+    state = tx.init(params)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+    # Second step: momentum 0.9 for the encoder (-0.1 * (0.5 + 0.9 * 0.5)), none for the top layer.
+    np.testing.assert_allclose(updates["encoder"]["w"], -0.1 * 0.95, rtol=1e-6)
+    np.testing.assert_allclose(updates["top"]["w"], -0.1 * 2.0, rtol=1e-6)
+
+    tx, _ = optim.build_optimizer(_sgd_config(), global_batch_size=256, steps_per_epoch=10, num_epochs=1)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    reset = optim.reset_state(tx, state, params, ("top",))
+    traces = [x for x in jax.tree_util.tree_leaves_with_path(reset) if "trace" in jax.tree_util.keystr(x[0])]
+    for path, leaf in traces:
+        expected = 0.0 if "top" in jax.tree_util.keystr(path) else 0.5
+        np.testing.assert_allclose(leaf, expected)
+    counts = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(reset) if "count" in jax.tree_util.keystr(path)]
+    assert counts and all(int(c) == 1 for c in counts)  # the LR schedule's step is not reset
+
+
+def _method(name: str, **section):
+    config = importlib.import_module(f"configs.{name}").get_config("demo")
+    config[name].update(section)
+    return config, build_method(config, total_steps=110, steps_per_epoch=11)
+
+
+def test_per_example_state_is_padded_to_the_batch_and_sharded_like_it():
+    config, method = _method("deepcluster")
+    assert method.num_examples == 1437 and method.num_rows == 1536  # 12 batches of 128
+    state = method.init_extra_state(jax.random.PRNGKey(0))
+    mesh = parallel.make_mesh()
+    sharding = parallel.state_sharding(state, mesh)
+    assert sharding["per_example"]["labels"].spec == parallel.batch_sharding(mesh).spec
+    assert sharding["refreshed_at"].spec == jax.sharding.PartitionSpec()
+
+
+def test_deepcluster_refresh_finds_blobs_resets_the_top_layer_and_logs_stability():
+    config, method = _method("deepcluster", num_clusters=5, pca_dim=8)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 1437)
+    centres = rng.normal(size=(5, 16)) * 10
+    features = (centres[truth] + rng.normal(size=(1437, 16))).astype(np.float32)
+    params, stats, state = jax.tree.map(np.array, method.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3))))
+    params["top_layer"]["dense1"]["bias"] += 1.0  # a trained top layer
+    new_params, new_state, reset, metrics = method.refresh(params, stats, state, features, epoch=0)
+    labels = new_state["per_example"]["labels"]
+    assert labels.shape == (1536,) and np.all(labels[1437:] == -1)
+    assert normalized_mutual_info_score(truth, labels[:1437]) > 0.99
+    assert reset == ("top_layer",)
+    np.testing.assert_array_equal(new_params["top_layer"]["dense1"]["bias"], 0.0)
+    assert abs(float(np.std(new_params["top_layer"]["dense1"]["kernel"])) - 0.01) < 1e-3
+    for a, b in zip(jax.tree.leaves(new_params["encoder"]), jax.tree.leaves(params["encoder"])):
+        np.testing.assert_array_equal(a, b)  # the encoder is left as it was
+    assert "refresh_nmi_previous" not in metrics  # no previous clustering
+    again = method.refresh(new_params, stats, new_state, features, epoch=1)
+    assert again[3]["refresh_nmi_previous"] > 0.99  # same features: the same partition, ids permuted
+    # Pure in (state, features, epoch): a resumed run recreates the same labels.
+    np.testing.assert_array_equal(method.refresh(params, stats, state, features, epoch=0)[1]["per_example"]["labels"],
+                                  labels)
+    order = method.epoch_order(new_state["per_example"], 0, 0, np.arange(1437))
+    np.testing.assert_array_equal(order, method.epoch_order(new_state["per_example"], 0, 0, np.arange(1437)))
+    assert np.all(np.abs(np.bincount(labels[order], minlength=5) - 1437 / 5) < 30)
+
+
+def test_sela_schedule_labels_and_loss():
+    assert label_epochs(400, 100) == frozenset(int(t) for t in np.floor(401.0001 * np.linspace(0, 1, 100))
+                                               if t < 400)
+    assert 0 in label_epochs(10, 3) and label_epochs(10, 3) == {0, 5}
+    assert label_epochs(4, 100) == {0, 1, 2, 3}
+    config, method = _method("sela", num_heads=2, num_clusters=10)
+    params, stats, state = jax.tree.map(np.array, method.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3))))
+    initial = state["per_example"]["labels"]
+    assert initial.shape == (1536, 2)
+    for h in range(2):  # a random equipartition
+        counts = np.bincount(initial[:1437, h], minlength=10)
+        assert counts.max() - counts.min() <= 1
+    log_probs = jax.nn.log_softmax(jnp.asarray(np.random.default_rng(0).normal(size=(1437, 2, 10)) * 3), -1)
+    _, new_state, reset, metrics = method.refresh(params, stats, state, np.asarray(log_probs), epoch=0)
+    labels = new_state["per_example"]["labels"][:1437]
+    assert reset == ()
+    for h in range(2):
+        counts = np.bincount(labels[:, h], minlength=10)
+        assert counts.min() > 0.7 * 143.7 and counts.max() < 1.3 * 143.7, counts
+    # The loss: mean over heads of the cross-entropy against each head's label.
+    logits = np.random.default_rng(1).normal(size=(1, 8, 20)).astype(np.float32)
+    ms = dict(new_state, batch_index=jnp.arange(8))
+    loss, _, _ = method.objective({"z": jnp.asarray(logits)}, None, ms, None, 0, params)
+    lp = jax.nn.log_softmax(logits[0].reshape(8, 2, 10), -1)
+    expected = -np.mean([np.mean(lp[np.arange(8), h, labels[:8, h]]) for h in range(2)])
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_a_checkpoint_of_another_training_set_is_refused(tmp_path):
+    from ssl_jax.train import refresh
+    here = {"dataset": "digits", "split": "train", "num_examples": 1437}
+    refresh.check_fingerprint(None, here, "d")
+    refresh.check_fingerprint({"step": 3}, here, "d")  # a checkpoint without per-example state
+    refresh.check_fingerprint({"dataset_fingerprint": dict(here)}, here, "d")
+    with pytest.raises(ValueError, match="cifar10:train .*50000.* new --workdir"):
+        refresh.check_fingerprint({"dataset_fingerprint": {"dataset": "cifar10", "split": "train",
+                                                           "num_examples": 50000}}, here, "d")
