@@ -14,7 +14,8 @@ PACKAGE = os.path.join(REPO_ROOT, "ssl_jax")
 
 # Layers, bottom first. A module may import ssl_jax modules of its own layer or below.
 LAYERS = [
-    {"ssl_jax.losses", "ssl_jax.monitors", "ssl_jax.schedules", "ssl_jax.storage", "ssl_jax.native"},
+    {"ssl_jax.losses", "ssl_jax.monitors", "ssl_jax.schedules", "ssl_jax.storage", "ssl_jax.native",
+     "ssl_jax.clustering"},
     {"ssl_jax.models", "ssl_jax.data", "ssl_jax.parallel", "ssl_jax.presets", "ssl_jax.results"},
     {"ssl_jax.methods"},
     {"ssl_jax.train"},
