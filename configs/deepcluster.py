@@ -28,6 +28,9 @@ def get_config(preset: str = "imagenet"):
                          reassign_epochs=1, sample_uniformly=True, num_views=1, per_view_bn=False,
                          momentum=None, predictor=None, projector=None)
     P.use_dataset(c, preset)
+    if preset == "imagenet":  # AlexNet-BN behind the Sobel layer; clustered: fc7 before its ReLU
+        c.model.update(dict(name="alexnet", sobel=True, dropout=0.5))
+        c.deepcluster.cluster_features = "fc7_pre_relu"
     c.data.views = P.crop_flip_views(1)
     c.global_batch_size = 256
     c.num_epochs = 500

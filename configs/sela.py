@@ -35,6 +35,8 @@ def get_config(preset: str = "imagenet"):
     c.sela = dict(num_heads=10, num_clusters=3000, lam=25.0, nopts=100, num_views=1, per_view_bn=False,
                   momentum=None, predictor=None, projector=None)
     P.use_dataset(c, preset)
+    if preset == "imagenet":
+        c.model.update(dict(name="alexnet", sobel=False, dropout=0.5))
     c.data.views = _views()
     c.global_batch_size = 256
     c.num_epochs = 400

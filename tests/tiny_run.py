@@ -9,7 +9,8 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from ssl_jax import parallel  # noqa: E402
-from ssl_jax.methods import build_method  # noqa: E402
+from ssl_jax.data import sources  # noqa: E402
+from ssl_jax.methods import METHODS, build_method  # noqa: E402
 from ssl_jax.train import refresh  # noqa: E402
 from ssl_jax.train import step as step_lib  # noqa: E402
 from ssl_jax.train.optim import build_optimizer  # noqa: E402
@@ -22,6 +23,14 @@ def view_sizes(config, image_size: int, num_views: int) -> list:
     full = config.data.image_size
     return [image_size if views[v % len(views)].get("size", full) >= full else image_size // 2
             for v in range(num_views)]
+
+
+def offline_training_set(config) -> None:
+    """Methods with per-example state size it from their training set: an ImageNet preset's
+    (not prepared on a test machine) is replaced by the shipped digits, same image size."""
+    if hasattr(METHODS[config.method], "refresh_due") and config.data.dataset not in sources.LOCAL_DATASETS:
+        config.data.update(dict(dataset="digits", data_dir=None))
+        config.eval.batch_size = 8
 
 
 def _setup(config, image_size: int, steps_per_epoch: int):
@@ -39,6 +48,7 @@ def _setup(config, image_size: int, steps_per_epoch: int):
 def trace_step(config, *, image_size: int, steps_per_epoch: int = 10):
     """The abstract (shape, dtype) metrics of one train step, traced without compiling:
     builds every module, the optimizer and the method state of `config`."""
+    offline_training_set(config)
     method, init, train_step, _ = _setup(config, image_size, steps_per_epoch)
     state = jax.eval_shape(init, jax.random.PRNGKey(0))
     b = config.global_batch_size
@@ -56,6 +66,7 @@ def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 1
     batch_size = config.global_batch_size
     mesh = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_divisible(batch_size, mesh)
+    offline_training_set(config)
     method, init, train_step, optimizer = _setup(config, image_size, steps_per_epoch)
     # Initialised as one compiled program (op-by-op init of a ResNet-50 is 2x slower), directly
     # with the state's shardings (replicated, or split over `fsdp`).

@@ -16,6 +16,8 @@ N x heads x K log-probabilities on the host (the feature pass gathers them there
 CIFAR scale (50k x 10 x 128), but 150 GB for the paper's ImageNet run (1.28M x 10 x 3000), which
 therefore needs a host of that size until the pass keeps its rows sharded on the devices.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +52,7 @@ class SeLa(DatasetTargets):
             raise ValueError(f"sela.num_clusters={self.num_clusters} exceeds the {self.num_examples} training "
                              "examples; lower --config.sela.num_clusters.")
         self.refresh_epochs = label_epochs(self.num_epochs, int(self.cfg.nopts))
+        self._solve = jax.jit(functools.partial(losses.self_label, lam=float(self.cfg.lam)))
 
     def build_heads(self):
         # Called by the base constructor, before __init__ sets num_heads.
@@ -80,8 +83,7 @@ class SeLa(DatasetTargets):
 
     def refresh(self, params, batch_stats, method_state, features, epoch):
         previous = np.asarray(method_state[PER_EXAMPLE_KEY]["labels"])[:self.num_examples]
-        solve = jax.jit(lambda lp: losses.self_label(lp, lam=float(self.cfg.lam)))
-        labels = np.stack([np.asarray(solve(jnp.asarray(features[:, h]))) for h in range(self.num_heads)],
+        labels = np.stack([np.asarray(self._solve(jnp.asarray(features[:, h]))) for h in range(self.num_heads)],
                           axis=1).astype(np.int32)
         counts = np.stack([np.bincount(labels[:, h], minlength=self.num_clusters) for h in range(self.num_heads)])
         metrics = {"refresh_nmi_previous": float(np.mean([normalized_mutual_info_score(previous[:, h], labels[:, h])

@@ -17,6 +17,7 @@ refresh is a pure function of (state, features, epoch). A run killed during a re
 it resumes from a checkpoint taken before it and recreates the same state; the step of the last
 refresh is kept in the state (`refreshed_at`) so it is never run twice.
 """
+import functools
 import time
 
 import jax
@@ -58,9 +59,15 @@ def check_fingerprint(saved: dict | None, current: dict, checkpoint_dir: str) ->
             "--workdir for a different training set, or set --config.data back to the one of the run.")
 
 
+@functools.lru_cache(maxsize=8)
+def _feature_fn(method, mesh):
+    """The jitted pass of one run, compiled once for all its refreshes."""
+    return features_lib.make_feature_fn(method.refresh_features, mesh)
+
+
 def feature_pass(method, state, config, mesh):
     """The method's refresh features of every training example (host NumPy, dataset-index order)."""
-    fn = features_lib.make_feature_fn(method.refresh_features, mesh)
+    fn = _feature_fn(method, mesh)
     batches = pipeline.eval_iterator(config.data, config.data.train_split, global_batch_size=config.eval.batch_size)
     features, _ = features_lib.extract_features(fn, state.params, state.batch_stats, batches, mesh)
     return features
