@@ -14,8 +14,13 @@ Presets:
                       machine. Paper: conv5 linear probe ~39-41% top-1 (paper's numbers, not measured here).
   cifar10             ResNet-18 with the CIFAR stem at 32 px, batch 256, 200 epochs, K = 100 (10x the
                       classes), PCA to 128, LR 0.05 (our choice: the paper has no CIFAR recipe).
-  demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, K = 100, PCA to 32.
-                      Measured results: README, Methods table.
+  demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, K = 100, PCA to 32,
+                      re-clustering every 4 epochs and LR 0.2. Two changes from the paper, both needed
+                      here: an epoch of the digits is 11 steps (ImageNet's is 5000), and a top layer
+                      re-initialised every 11 steps never trains (loss stuck at ln K = 4.605 over the
+                      first 40 steps at LR 0.05, measured); every 4 epochs at LR 0.2 it does.
+                      Measured (2026-12-06, 2 cores, seed 0): kNN 0.728 / linear 0.894 / clustering
+                      NMI 0.438 against 0.644 / 0.761 / 0.291 at random initialisation.
 """
 from ssl_jax import presets as P
 
@@ -44,5 +49,6 @@ def get_config(preset: str = "imagenet"):
         c.num_epochs = 32
         c.data.views = P.crop_flip_views(1, crop_min=0.4)
         c.data.views[0]["flip_prob"] = 0.0  # a mirrored digit is another symbol
-        c.deepcluster.update(dict(num_clusters=100, pca_dim=32))
+        c.deepcluster.update(dict(num_clusters=100, pca_dim=32, reassign_epochs=4))
+        c.optimizer.base_lr = 0.2
     return c
