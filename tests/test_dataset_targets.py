@@ -211,3 +211,83 @@ def test_a_checkpoint_of_another_training_set_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cifar10:train .*50000.* new --workdir"):
         refresh.check_fingerprint({"dataset_fingerprint": {"dataset": "cifar10", "split": "train",
                                                            "num_examples": 50000}}, here, "d")
+
+
+def _deeper(**section):
+    return _method("deepercluster", **section)[1]
+
+
+def _deeper_loss(method, h, z, per_example, index, rotation, params):
+    ms = {"per_example": per_example, "batch_index": index, "rotation": rotation}
+    return method.objective({"h": h[None], "z": z[None]}, None, ms, None, 0, params)[0]
+
+
+def test_deepercluster_reduces_to_deepcluster_and_to_rotnet():
+    rng = np.random.default_rng(0)
+    n, d = 8, 16
+    h = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    index = jnp.arange(n)
+    # One super-class, no rotation: exactly DeepCluster's cross-entropy over the k sub-clusters.
+    m = _deeper(num_super_clusters=1, num_sub_clusters=5, rotations=1)
+    params = {"sub_heads": {"kernel": jnp.asarray(rng.normal(size=(1, d, 5)), jnp.float32),
+                            "bias": jnp.asarray(rng.normal(size=(1, 5)), jnp.float32)}}
+    sub = jnp.asarray(rng.integers(0, 5, n), jnp.int32)
+    per_example = {"super": jnp.zeros(n, jnp.int32), "sub": sub}
+    loss = _deeper_loss(m, h, jnp.asarray(rng.normal(size=(n, 1)), jnp.float32), per_example, index,
+                        jnp.zeros(n, jnp.int32), params)
+    logits = h @ params["sub_heads"]["kernel"][0] + params["sub_heads"]["bias"][0]
+    np.testing.assert_allclose(loss, _method("deepcluster")[1].objective(
+        {"h": h[None], "z": logits[None]}, None, {"per_example": {"labels": sub}, "batch_index": index},
+        None, 0, {})[0], rtol=1e-6)
+    # One cluster, four rotations: exactly RotNet's 4-way rotation cross-entropy.
+    m = _deeper(num_super_clusters=1, num_sub_clusters=1, rotations=4)
+    params = {"sub_heads": {"kernel": jnp.ones((4, d, 1)), "bias": jnp.zeros((4, 1))}}
+    z = jnp.asarray(rng.normal(size=(n, 4)), jnp.float32)
+    rotation = jnp.asarray(rng.integers(0, 4, n), jnp.int32)
+    loss = _deeper_loss(m, h, z, {"super": jnp.zeros(n, jnp.int32), "sub": jnp.zeros(n, jnp.int32)}, index,
+                        rotation, params)
+    lp = jax.nn.log_softmax(z, -1)
+    np.testing.assert_allclose(loss, -np.mean(lp[np.arange(n), rotation]), rtol=1e-6)
+
+
+def test_deepercluster_only_the_true_super_class_sub_head_learns():
+    rng = np.random.default_rng(1)
+    m = _deeper(num_super_clusters=3, num_sub_clusters=4, rotations=4)  # S = 12 super-classes
+    n, d = 6, 8
+    h = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    per_example = {"super": jnp.asarray([0, 2, 2, 1, 0, 2], jnp.int32), "sub": jnp.asarray(rng.integers(0, 4, n))}
+    rotation = jnp.asarray([0, 0, 3, 1, 0, 2], jnp.int32)
+    params = {"sub_heads": {"kernel": jnp.asarray(rng.normal(size=(12, d, 4)), jnp.float32),
+                            "bias": jnp.zeros((12, 4))}}
+    z = jnp.asarray(rng.normal(size=(n, 12)), jnp.float32)
+    grads = jax.grad(lambda p: _deeper_loss(m, h, z, per_example, jnp.arange(n), rotation, p))(params)
+    true = set((np.asarray(rotation) * 3 + np.asarray(per_example["super"])).tolist())  # {0, 2, 11, 4, 8}
+    norms = np.linalg.norm(np.asarray(grads["sub_heads"]["kernel"]).reshape(12, -1), axis=1)
+    assert set(np.flatnonzero(norms > 0).tolist()) == true
+
+
+def test_deepercluster_rotation_and_hierarchical_refresh():
+    from ssl_jax.methods.deepercluster import rotate
+    x = jnp.arange(2 * 3 * 3 * 1, dtype=jnp.float32).reshape(2, 3, 3, 1)
+    out = rotate(x, jnp.asarray([1, 3]))
+    np.testing.assert_array_equal(out[0], np.rot90(np.asarray(x[0]), 1))
+    np.testing.assert_array_equal(out[1], np.rot90(np.asarray(x[1]), 3))
+    m = _deeper(num_super_clusters=2, num_sub_clusters=3, pca_dim=8)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 6, 1437)
+    features = (rng.normal(size=(6, 16))[truth] * 5 + rng.normal(size=(1437, 16))).astype(np.float32)
+    params, stats, state = jax.tree.map(np.array, m.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3))))
+    new_params, new_state, reset, _ = m.refresh(params, stats, state, features, epoch=0)
+    per_example = new_state["per_example"]
+    # Two levels of DeepCluster's clustering: the super-clusters, then each one on its own.
+    supers = per_example["super"][:1437]
+    np.testing.assert_array_equal(supers, m.cluster(features, 2, m.refresh_seed(0, 0)).assignments)
+    for c in range(2):
+        members = np.flatnonzero(supers == c)
+        np.testing.assert_array_equal(per_example["sub"][members],
+                                      m.cluster(features[members], 3, m.refresh_seed(0, 1 + c)).assignments)
+    assert np.all(per_example["sub"][1437:] == -1)
+    assert reset == ("super_head", "sub_heads") and new_params["sub_heads"]["kernel"].shape == (8, 64, 3)
+    # The super-clusters are kept at later refreshes (as the authors' code).
+    again = m.refresh(new_params, stats, new_state, features + 5.0, epoch=3)[1]["per_example"]
+    np.testing.assert_array_equal(again["super"], per_example["super"])

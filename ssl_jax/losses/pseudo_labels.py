@@ -88,3 +88,17 @@ def self_label(log_probs: jax.Array, lam: float = 25.0, tol: float = 0.1,
     changes the result; it is a `lax.while_loop`, jittable, and a sharded N stays sharded.
     """
     return self_label_with_info(log_probs, lam, tol, max_iters)[0]
+
+
+def hierarchical_cross_entropy(super_logits: jax.Array, super_labels: jax.Array, sub_logits: jax.Array,
+                               sub_labels: jax.Array) -> jax.Array:
+    """DeeperCluster's hierarchical loss (Caron et al., ICCV 2019, Eq. 3): the mean over the
+    batch of CE(super_logits_n, s_n) + CE(sub_logits_n, z_n), with super_logits [N, S] the
+    super-class classifier V, sub_logits [N, k] the logits of the sub-class classifier W_{s_n}
+    of each image's own super-class (so only that one gets gradient), labels int [N].
+    With S = 1 the first term is exactly 0; with k = 1 the second is."""
+    def cross_entropy(logits, labels):
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return -jnp.take_along_axis(log_probs, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+
+    return jnp.mean(cross_entropy(super_logits, super_labels) + cross_entropy(sub_logits, sub_labels))

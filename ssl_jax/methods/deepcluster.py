@@ -26,6 +26,13 @@ from ssl_jax.models import build_head
 from ssl_jax.parallel import PER_EXAMPLE_KEY
 
 
+def fresh_linear(key, in_dim: int, out_dim: int, leading: tuple = ()) -> dict:
+    """The authors' initialisation of a new classifier: weights N(0, 0.01²), bias 0 (with
+    `leading` axes: that many independent classifiers)."""
+    return {"kernel": 0.01 * jax.random.normal(key, leading + (in_dim, out_dim), jnp.float32),
+            "bias": jnp.zeros(leading + (out_dim,), jnp.float32)}
+
+
 class DeepCluster(DatasetTargets):
     """Config section `deepcluster`: num_clusters, pca_dim, kmeans_iters, cluster_features (the
     encoder's return_stages key clustered), reassign_epochs (re-cluster every that many
@@ -43,14 +50,23 @@ class DeepCluster(DatasetTargets):
 
     def init(self, rng, images):
         params, batch_stats, state = super().init(rng, images)
-        params["top_layer"] = self._fresh_top_layer(jax.random.fold_in(rng, 7))
+        params.update(self._fresh_heads(jax.random.fold_in(rng, 7)))
         return params, batch_stats, state
 
-    def _fresh_top_layer(self, key) -> dict:
-        """The authors' initialisation of a new top layer: weights N(0, 0.01), bias 0."""
-        dim, k = self.encoder.feature_dim, int(self.cfg.num_clusters)
-        return {"dense1": {"kernel": 0.01 * jax.random.normal(key, (dim, k), jnp.float32),
-                           "bias": jnp.zeros((k,), jnp.float32)}}
+    def _fresh_heads(self, key) -> dict:
+        """The heads a refresh re-initialises, initialised: the top layer."""
+        return {"top_layer": {"dense1": fresh_linear(key, self.encoder.feature_dim, int(self.cfg.num_clusters))}}
+
+    def cluster(self, features, num_clusters: int, seed: int):
+        """DeepCluster's clustering of feature rows: PCA-whitening to pca_dim, L2, k-means
+        (random init, kmeans_iters iterations, empty clusters split) -> KMeansResult."""
+        dim = int(self.cfg.pca_dim)
+        if dim > features.shape[1]:
+            raise ValueError(f"{self.name}.pca_dim={dim} exceeds the {features.shape[1]} dimensions of the "
+                             f"'{self.cfg.cluster_features}' features; lower --config.{self.name}.pca_dim.")
+        x = clustering.pca_whiten(jnp.asarray(features), dim)
+        return clustering.kmeans(x, num_clusters, num_iters=int(self.cfg.kmeans_iters), init="random",
+                                 empty="split", seed=seed)
 
     def init_per_example(self, rng):
         return {"labels": jnp.full((self.num_rows,), -1, jnp.int32)}
@@ -64,21 +80,15 @@ class DeepCluster(DatasetTargets):
         return stages[self.cfg.cluster_features].astype(jnp.float32)
 
     def refresh(self, params, batch_stats, method_state, features, epoch):
-        k, dim = int(self.cfg.num_clusters), int(self.cfg.pca_dim)
-        if dim > features.shape[1]:
-            raise ValueError(f"deepcluster.pca_dim={dim} exceeds the {features.shape[1]} dimensions of the "
-                             f"'{self.cfg.cluster_features}' features; lower --config.deepcluster.pca_dim.")
-        x = clustering.pca_whiten(jnp.asarray(features), dim)
-        result = clustering.kmeans(x, k, num_iters=int(self.cfg.kmeans_iters), init="random", empty="split",
-                                   seed=self.refresh_seed(epoch, 0))
+        result = self.cluster(features, int(self.cfg.num_clusters), self.refresh_seed(epoch, 0))
         labels = np.asarray(result.assignments, np.int32)
         previous = np.asarray(method_state[PER_EXAMPLE_KEY]["labels"])[:self.num_examples]
         metrics = {"refresh_inertia": result.inertia, "refresh_empty_splits": int(result.num_empty_splits),
                    "refresh_nonempty_clusters": len(np.unique(labels))}
         if previous.min() >= 0:
             metrics["refresh_nmi_previous"] = normalized_mutual_info_score(previous, labels)
-        params = dict(params, top_layer=jax.tree.map(
-            np.asarray, self._fresh_top_layer(jax.random.PRNGKey(self.refresh_seed(epoch, 1)))))
+        params = dict(params, **jax.tree.map(np.asarray, self._fresh_heads(
+            jax.random.PRNGKey(self.refresh_seed(epoch, 1)))))
         per_example = dict(method_state[PER_EXAMPLE_KEY], labels=self.padded(labels, -1))
         return params, dict(method_state, **{PER_EXAMPLE_KEY: per_example}), ("top_layer",), metrics
 
