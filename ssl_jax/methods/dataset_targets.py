@@ -38,6 +38,7 @@ class DatasetTargets(JointEmbeddingMethod, abc.ABC):
 
     samples = False
     refresh_features = None
+    monitor_key = "z"  # the output the collapse monitors read: 'z' (a projection) or 'h'
 
     def __init__(self, config, total_steps, steps_per_epoch=None):
         super().__init__(config, total_steps, steps_per_epoch)
@@ -68,6 +69,14 @@ class DatasetTargets(JointEmbeddingMethod, abc.ABC):
 
     def init_extra_state(self, rng):
         return {PER_EXAMPLE_KEY: self.init_per_example(rng), "refreshed_at": jnp.int32(-1)}
+
+    def loss_aux(self, out, stats, target_stats, method_state, updates, metrics):
+        # With monitor_key 'h' the projector monitors (z_std, effective rank) read the encoder's
+        # features: for methods whose only heads are classifiers re-initialised at refreshes
+        # (DeepCluster, DeeperCluster, SeLa), the logits' rank (8 for DeeperCluster's demo) says
+        # nothing about a collapse of the representation.
+        return super().loss_aux(dict(out, z=out[self.monitor_key]), stats, target_stats, method_state,
+                                updates, metrics)
 
     def with_batch(self, method_state, batch):
         return dict(method_state, batch_index=batch["index"])

@@ -42,6 +42,7 @@ class DeepCluster(DatasetTargets):
     name = "deepcluster"
     head_outputs = (("top_layer", "z"),)
     samples = True
+    monitor_key = "h"  # the heads are classifiers: the monitors read the encoder
 
     def build_heads(self):
         # A linear classifier (one Dense) over the encoder's output.

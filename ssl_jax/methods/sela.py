@@ -44,6 +44,7 @@ class SeLa(DatasetTargets):
 
     name = "sela"
     head_outputs = (("heads", "z"),)
+    monitor_key = "h"  # the heads are classifiers: the monitors read the encoder
 
     def __init__(self, config, total_steps, steps_per_epoch=None):
         super().__init__(config, total_steps, steps_per_epoch)
