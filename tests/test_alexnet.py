@@ -7,7 +7,8 @@ import pytest
 from ssl_jax import presets
 from ssl_jax.methods import common
 from ssl_jax.models import ALEXNET_FIELDS, build_encoder
-from ssl_jax.models.alexnet import SOBEL_X, SOBEL_Y, AlexNet, adaptive_avg_pool, sobel_filter
+from ssl_jax.models.alexnet import AlexNet, adaptive_avg_pool
+from ssl_jax.models.sobel import SOBEL_X, SOBEL_Y, sobel_filter
 from ssl_jax.models.vit import DROP_PATH_RNG
 
 BASE_CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256}
@@ -235,7 +236,7 @@ def test_build_encoder_errors():
         build_encoder(cfg)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         build_encoder(_model_cfg(name="alexnet", dropout=1.0))
-    with pytest.raises(ValueError, match=r"sobel=True is implemented for 'alexnet' only"):
-        build_encoder(_model_cfg(name="resnet18", sobel=True))
+    with pytest.raises(ValueError, match=r"sobel=True applies to the CNN backbones only.*'vit_tiny'"):
+        build_encoder(_model_cfg(name="vit_tiny", sobel=True))
     with pytest.raises(ValueError, match=r"alexnet"):
         build_encoder(_model_cfg(name="alexnet2"))

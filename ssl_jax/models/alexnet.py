@@ -50,9 +50,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ssl_jax.models.resnet import _channels, model_dtype, norm_layer
+from ssl_jax.models.sobel import sobel_filter
 from ssl_jax.models.vit import DROP_PATH_RNG
 
 # DeepCluster: conv weights N(0, sqrt(2 / n)), n = k·k·out_channels (not truncated).
@@ -71,27 +71,6 @@ FC_WIDTH = 4096
 IMAGENET_POOL_GRID = 6  # 224 px -> 6x6 after conv5's max-pool
 CIFAR_POOL_GRID = 2
 MIN_IMAGENET_SIZE = 63  # smallest input the ImageNet layout's three unpadded pools accept
-
-# Sobel kernels in DeepCluster's (cross-correlation) orientation, [kh, kw]: the first responds
-# to horizontal intensity changes (x), the second to vertical ones (y).
-SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float32)
-SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], np.float32)
-
-
-def sobel_filter(x: jax.Array) -> jax.Array:
-    """DeepCluster's fixed Sobel input layer: images [N, H, W, C] -> [N, H, W, 2].
-
-    Grayscale as DeepCluster's 1x1 conv with every weight 1/3 (the plain mean of the
-    channels, not luminance weights; any C, so a grayscale image passes through), then a
-    cross-correlation with SOBEL_X and SOBEL_Y, zero padding 1, no bias. Constants, not
-    parameters: nothing here is trained. Computed in float32, returned in x's dtype."""
-    gray = jnp.mean(x.astype(jnp.float32), axis=-1, keepdims=True)
-    kernel = jnp.asarray(np.stack([SOBEL_X, SOBEL_Y], -1)[:, :, None, :])  # HWIO [3, 3, 1, 2]
-    out = jax.lax.conv_general_dilated(gray, kernel, (1, 1), ((1, 1), (1, 1)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                       precision=jax.lax.Precision.HIGHEST)
-    return out.astype(x.dtype)
-
 
 def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     """Average pooling of x [N, H, W, C] to [N, size, size, C] with PyTorch's adaptive bins

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from ssl_jax.models.conv import conv_with_onednn, resolve_conv_backend
 from ssl_jax.models.norm import BatchNorm
+from ssl_jax.models.sobel import sobel_filter
 
 # He / Kaiming normal, fan-out (as torchvision's ResNet init).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -140,6 +141,9 @@ class ResNet(nn.Module):
       conv_backend: 'xla' or 'onednn': which library computes the convolutions and their
         gradients (models.conv; 'onednn' only on one CPU device). Same parameters and results
         up to float32 summation order.
+      sobel: DeepCluster's fixed grayscale + Sobel input layer (models.sobel.sobel_filter)
+        before the stem, which then takes 2 input channels; no parameters of its own. False
+        (the default) leaves the network exactly as without the option.
 
     Input is NHWC. Parameter names: ``stem_conv``, ``stem_bn``,
     ``stage{s}_block{b}`` with ``conv{i}``/``bn{i}`` and ``proj_conv``/``proj_bn``.
@@ -152,6 +156,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     conv_backend: str = "xla"
+    sobel: bool = False
 
     @property
     def bottleneck(self) -> bool:
@@ -173,6 +178,8 @@ class ResNet(nn.Module):
         if self.depth not in STAGE_SIZES:
             raise ValueError(f"ResNet depth {self.depth} is not supported; "
                              f"valid depths: {sorted(STAGE_SIZES)}.")
+        if self.sobel:
+            x = sobel_filter(x)
         x = jnp.asarray(x, self.dtype)
         stem = _channels(64, self.width_multiplier)
         norm = norm_layer(train, self.dtype, bn_views)
@@ -221,10 +228,10 @@ def build_resnet(model_cfg: Any) -> ResNet:
     defaults: ssl_jax.presets.base_config).
 
     Fields: ``name`` ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-    'resnet200'), ``width`` (float), ``cifar_stem`` (bool), ``dtype`` ('float32' |
-    'bfloat16'), ``zero_init_residual`` (bool), ``remat`` (bool), ``conv_backend`` ('auto' |
-    'xla' | 'onednn'; 'auto' is oneDNN on a single CPU device where its kernels build, see
-    models.conv.resolve_conv_backend).
+    'resnet200'), ``width`` (float), ``cifar_stem`` (bool), ``sobel`` (bool), ``dtype``
+    ('float32' | 'bfloat16'), ``zero_init_residual`` (bool), ``remat`` (bool),
+    ``conv_backend`` ('auto' | 'xla' | 'onednn'; 'auto' is oneDNN on a single CPU device where
+    its kernels build, see models.conv.resolve_conv_backend).
     """
     name = model_cfg["name"]
     if name not in RESNET_NAMES:
@@ -238,4 +245,5 @@ def build_resnet(model_cfg: Any) -> ResNet:
         dtype=model_dtype(model_cfg),
         remat=bool(model_cfg["remat"]),
         conv_backend=resolve_conv_backend(model_cfg["conv_backend"]),
+        sobel=bool(model_cfg["sobel"]),
     )
