@@ -5,8 +5,7 @@ Command:
 
 Presets:
   imagenet (default)  The authors' recipe (their README and main.py defaults) on ImageNet: VGG-16 with
-                      BatchNorm behind the Sobel layer where the library has it, else AlexNet-BN (see
-                      below), 224 px, 16 super-classes = 4 rotations x 4 super-clusters, 10000 clusters
+                      BatchNorm behind the Sobel layer, 224 px, 16 super-classes = 4 rotations x 4 super-clusters, 10000 clusters
                       in all (2500 sub-clusters per super-cluster), re-clustering every 3 epochs, PCA to
                       4096 (capped by the feature size), 10 k-means iterations, super-clusters computed
                       once (as their code), SGD LR 0.1 momentum 0.9 (heads without), wd 1e-5, global
@@ -32,8 +31,8 @@ def get_config(preset: str = "imagenet"):
                            sample_uniformly=True, num_views=1, per_view_bn=False, momentum=None,
                            predictor=None, projector=None)
     P.use_dataset(c, preset)
-    if preset == "imagenet":
-        c.model.update(dict(name="alexnet", sobel=True, dropout=0.5))
+    if preset == "imagenet":  # the authors' VGG-16-BN behind the Sobel layer, clustering fc7 before its ReLU
+        c.model.update(dict(name="vgg16", sobel=True, dropout=0.5))
         c.deepercluster.update(dict(cluster_features="fc7_pre_relu"))
         c.global_batch_size = 3072
     else:

@@ -148,6 +148,10 @@ def to_torchvision(pretrained, fc=None) -> dict[str, np.ndarray]:
         name = pretrained.model_config.get("name", type(encoder).__name__)
         raise ValueError(f"torchvision export is for ResNets; use --format=safetensors (or "
                          f"--format=flax) for this {name} encoder.")
+    if encoder.sobel:
+        raise ValueError("This ResNet reads its input through the fixed Sobel layer (model.sobel=True), "
+                         "which torchvision's ResNet does not have (its conv1 would get 2 input channels); "
+                         "use --format=safetensors or --format=flax.")
     params = pretrained.variables["params"]
     stats = pretrained.variables.get("batch_stats") or {}
     out: dict[str, np.ndarray] = {"conv1.weight": _torch_conv(params["stem_conv"]["kernel"])}

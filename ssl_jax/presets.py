@@ -90,10 +90,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # convolutions by oneDNN on a single CPU device, by XLA elsewhere (models.conv).
     # ResNet keys (width, cifar_stem, zero_init_residual, conv_backend) and ViT keys
     # (patch_size, pos_embedding, drop_path_rate): one model section whatever the backbone,
-    # so a field has one default; each backbone reads its own. AlexNet keys (name 'alexnet',
-    # DeepCluster / SeLa; also width, cifar_stem, remat): sobel, the fixed grayscale + Sobel
-    # input layer (DeepCluster's; AlexNet only); dropout, the rate before its fc6 and fc7
-    # (DeepCluster 0.5; drawn from the online encoder's 'drop_path' rng, as ViT's stochastic depth).
+    # so a field has one default; each backbone reads its own. sobel: the fixed grayscale +
+    # Sobel input layer (DeepCluster's; every CNN: ResNet, AlexNet, VGG-16). dropout: the rate
+    # before AlexNet's fc6 and fc7 and VGG-16's fc7 (names 'alexnet', 'vgg16': DeepCluster, SeLa,
+    # DeeperCluster; 0.5; drawn from the online encoder's 'drop_path' rng, as ViT's stochastic depth).
     c.model = ml_collections.ConfigDict(dict(name="resnet50", width=1.0, cifar_stem=False, dtype="bfloat16",
                                              remat=False, conv_backend="auto", zero_init_residual=True,
                                              patch_size=16, pos_embedding="sincos", drop_path_rate=0.0,

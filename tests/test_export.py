@@ -266,6 +266,17 @@ def test_torchvision_rejects_vit():
         export_lib.to_torchvision(pre)
 
 
+def test_torchvision_rejects_a_sobel_resnet():
+    cfg = _model_cfg(name="resnet18", width=0.125, cifar_stem=True, sobel=True)
+    encoder = build_encoder(cfg)
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(
+        functools.partial(encoder.init, train=False), jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32)))
+    pre = pretrained_lib.Pretrained(encoder=encoder, variables=variables, heads={}, model_config=cfg,
+                                    run={"method": "deepcluster", "step": 1}, network="online")
+    with pytest.raises(ValueError, match="Sobel layer .* use --format=safetensors"):
+        export_lib.to_torchvision(pre)
+
+
 # ----------------------------------------------------------------------------- flat / safetensors
 
 def test_flatten_unflatten_round_trip():
