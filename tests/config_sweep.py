@@ -11,7 +11,7 @@ import time
 import jax
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
-from tests.tiny_run import train_steps  # noqa: E402
+from tests.tiny_run import tiny_image_size, train_steps  # noqa: E402
 
 IMAGE_SIZE, BATCH = 32, 8
 
@@ -23,7 +23,7 @@ def run(config_name: str, preset: str) -> dict:
     # embedding size, which the preset fixes).
     config.global_batch_size = config.wmse.w_size if config.method == "wmse" else BATCH
     config.mesh.fsdp = 1  # FSDP presets (fsdp=8) run here on however many devices there are
-    state, losses = train_steps(config, image_size=IMAGE_SIZE, steps=2)
+    state, losses = train_steps(config, image_size=tiny_image_size(config, IMAGE_SIZE), steps=2)
     return {"config": config_name, "preset": preset, "model": config.model.name, "losses": losses,
             "params": int(sum(x.size for x in jax.tree.leaves(state.params))), "step": int(state.step),
             "seconds": round(time.perf_counter() - t0, 1)}

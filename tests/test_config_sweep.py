@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.tiny_run import trace_step
+from tests.tiny_run import tiny_image_size, trace_step
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO_ROOT, "configs", "*.py")))
 
@@ -69,7 +69,7 @@ def test_every_preset_builds_and_traces_its_train_step(name):
         config = importlib.import_module(f"configs.{name}").get_config(preset)
         # 8 images (W-MSE: its whitening sub-batch, which must exceed the embedding size).
         config.global_batch_size = config.wmse.w_size if config.method == "wmse" else 8
-        metrics = trace_step(config, image_size=32)
+        metrics = trace_step(config, image_size=tiny_image_size(config, 32))
         assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32, preset
         assert {"lr", "grad_norm", "probe_top1"} <= set(metrics), preset
 

@@ -18,7 +18,7 @@ STEPS = 25  # 11 steps per epoch at batch 128: refreshes open steps 0, 11 and 22
 ARGS = ["--config=configs/deepcluster.py:demo", f"--config.num_steps={STEPS}",
         "--config.checkpoint.every_steps=4", "--config.log_every_steps=1", "--config.eval.every_steps=0",
         "--config.eval.linear_probe=False", "--config.eval.compare_random_init=False",
-        "--config.deepcluster.num_clusters=20"]
+        "--config.deepcluster.num_clusters=20", "--config.deepcluster.reassign_epochs=1"]
 
 
 def _cmd(workdir, *extra):

@@ -100,11 +100,8 @@ def test_the_prototypes_get_no_gradient_and_the_optimizer_never_moves_them():
 
 
 def test_more_prototypes_than_examples_is_a_clear_error():
-    _, method = _method(num_prototypes=2000)
-    params, stats, state = _init(method)
-    features = np.zeros((N_EXAMPLES, 64), np.float32)
     with pytest.raises(ValueError, match="num_prototypes=2000 exceeds the 1437 training examples of digits:train"):
-        method.refresh(params, stats, state, features, epoch=0)
+        _method(num_prototypes=2000)
 
 
 def _blobs(rng, d=64, noise=0.05):

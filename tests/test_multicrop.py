@@ -37,7 +37,7 @@ def _iterator(cfg, seed=0, start_step=0, batch=64, jit=False):
 
 
 def _assert_multicrop_batch(batch, b, sizes):
-    assert set(batch) == {"views", "label"} and len(batch["views"]) == len(sizes)
+    assert set(batch) == {"views", "label", "index"} and len(batch["views"]) == len(sizes)
     for v, (x, s) in enumerate(zip(batch["views"], sizes)):
         assert x.shape == (b, s, s, 3) and x.dtype == np.float32, (v, x.shape, x.dtype)
         pixels = x * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)  # undo normalisation
@@ -125,7 +125,8 @@ def _jpeg_source(n=40):
     rng = np.random.RandomState(0)
     jpegs = [tf.io.encode_jpeg(rng.randint(0, 256, (rng.randint(30, 50), rng.randint(30, 50), 3))
                                .astype(np.uint8), quality=90).numpy() for _ in range(n)]
-    src = tf.data.Dataset.from_tensor_slices({"image": jpegs, "label": np.arange(n, dtype=np.int64)})
+    src = tf.data.Dataset.from_tensor_slices({"image": jpegs, "label": np.arange(n, dtype=np.int64),
+                                              "index": np.arange(n, dtype=np.int64)})
     return jpegs, src
 
 

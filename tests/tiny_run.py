@@ -27,10 +27,21 @@ def view_sizes(config, image_size: int, num_views: int) -> list:
 
 def offline_training_set(config) -> None:
     """Methods with per-example state size it from their training set: an ImageNet preset's
-    (not prepared on a test machine) is replaced by the shipped digits, same image size."""
+    (not prepared on a test machine) is replaced by the shipped digits (same image size), and
+    its cluster counts capped at 10, so they fit the digits' 1,437 images."""
     if hasattr(METHODS[config.method], "refresh_due") and config.data.dataset not in sources.LOCAL_DATASETS:
         config.data.update(dict(dataset="digits", data_dir=None))
         config.eval.batch_size = 8
+        section = config[config.method]
+        for key in ("num_clusters", "num_sub_clusters", "num_super_clusters", "num_prototypes"):
+            if key in section:
+                section[key] = min(section[key], 10)
+
+
+def tiny_image_size(config, size: int) -> int:
+    """`size`, or the smallest the preset's backbone takes when that is larger (AlexNet's
+    ImageNet layout: three unpadded max-pools need 63 px)."""
+    return max(size, 64) if config.model.name == "alexnet" and not config.model.cifar_stem else size
 
 
 def _setup(config, image_size: int, steps_per_epoch: int):

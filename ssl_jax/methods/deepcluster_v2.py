@@ -97,6 +97,11 @@ class DeepClusterV2(DatasetTargets):
         if self.num_heads < 1 or self.kmeans_iters < 0:
             raise ValueError(f"deepcluster_v2 needs num_heads >= 1 and kmeans_iters >= 0; got num_heads="
                              f"{self.num_heads}, kmeans_iters={self.kmeans_iters}.")
+        if self.num_prototypes > self.num_examples:
+            data = config.data
+            raise ValueError(f"deepcluster_v2.num_prototypes={self.num_prototypes} exceeds the {self.num_examples} "
+                             f"training examples of {data.dataset}:{data.train_split} (k-means seeds each cluster "
+                             "with a distinct image); lower --config.deepcluster_v2.num_prototypes.")
         frozen = tuple(config.optimizer.frozen_params)
         if "prototypes" not in frozen:
             raise ValueError("deepcluster_v2's prototypes are the k-means centroids and must not be moved by the "
@@ -145,13 +150,6 @@ class DeepClusterV2(DatasetTargets):
         return assignments, centroids, results
 
     def refresh(self, params, batch_stats, method_state, features, epoch):
-        # Checked here, where k-means needs it, rather than at construction: the tests trace an
-        # ImageNet preset's step with the shipped digits (1437 images) standing in for ImageNet.
-        if self.num_prototypes > self.num_examples:
-            data = self.config.data
-            raise ValueError(f"deepcluster_v2.num_prototypes={self.num_prototypes} exceeds the {self.num_examples} "
-                             f"training examples of {data.dataset}:{data.train_split} (k-means seeds each cluster "
-                             "with a distinct image); lower --config.deepcluster_v2.num_prototypes.")
         n = self.num_examples
         per_example = method_state[PER_EXAMPLE_KEY]
         bank = np.array(per_example["bank"], np.float32)
