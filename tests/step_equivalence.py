@@ -1,4 +1,6 @@
-"""Runs two train steps of each method on a fixed global batch and saves loss + state to .npz.
+"""Runs two train steps of each method on a fixed global batch and saves loss + state to .npz
+(methods with dataset-level refreshes: after the refresh of epoch 0, whose sharded feature pass
+is saved too).
 
 Used by tests/test_sharding.py in subprocesses, once with 1 CPU device and once with 8
 simulated ones (XLA_FLAGS must be set before JAX is imported, hence a separate process).
@@ -46,15 +48,22 @@ def tiny_config(name: str):
         config.optimizer.decay_epochs = (-1.5, -1)
     if method == "moco_v2":
         config.moco_v2.queue_size = 4 * GLOBAL_BATCH
+    if method == "deepercluster":
+        # k-means run to its fixed point (10 iterations stop mid-way, where the other device
+        # count's float32 rounding of the PCA moves a few borderline points and the run diverges).
+        config.deepercluster.kmeans_iters = 200
     if method == "swav":  # the queue joins the Sinkhorn normalisation from the second step
         config.swav.update(dict(queue_length=GLOBAL_BATCH, queue_start_epoch=0.0))
     return config
 
 
 def run(method: str, out_path: str) -> None:
-    state, losses = train_steps(tiny_config(method), image_size=SIZE, steps=STEPS, steps_per_epoch=5)
+    extras = {}
+    state, losses = train_steps(tiny_config(method), image_size=SIZE, steps=STEPS, steps_per_epoch=5,
+                                labels_from_one_device=True, extras=extras)
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
-        {"params": state.params, "batch_stats": state.batch_stats, "method_state": state.method_state}))
+        {"params": state.params, "batch_stats": state.batch_stats, "method_state": state.method_state,
+         **extras}))
     arrays = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
     np.savez(out_path, loss=np.asarray(losses), num_devices=len(jax.devices()), **arrays)
 

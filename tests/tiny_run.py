@@ -69,11 +69,14 @@ def trace_step(config, *, image_size: int, steps_per_epoch: int = 10):
     return jax.eval_shape(train_step, state, batch)[1]
 
 
-def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 10):
+def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 10,
+                labels_from_one_device: bool = False, extras: dict | None = None):
     """(final state, per-step losses) of `steps` steps of config.method at
     config.global_batch_size on seeded random views of image_size px (multi-crop local views:
     half that), 10 classes, random distinct dataset indices; a method with dataset-level
-    refreshes first runs the refresh of epoch 0 over its config's training set."""
+    refreshes first runs the refresh of epoch 0 over its config's training set (its features
+    into extras['refresh_features'] when `extras` is a dict; its labels from a pass on one
+    device with `labels_from_one_device`)."""
     batch_size = config.global_batch_size
     mesh = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_divisible(batch_size, mesh)
@@ -84,8 +87,19 @@ def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 1
     sharding = parallel.state_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
     state = jax.jit(init, out_shardings=sharding)(jax.random.PRNGKey(0))
     if refresh.refreshes(method):  # the dataset-level pass over the config's (real) training set
+        features = None
+        if method.refresh_features is not None:
+            features = refresh.feature_pass(method, state, config, mesh)
+            if extras is not None:
+                extras["refresh_features"] = features
+            if labels_from_one_device:
+                # Pseudo-labels are a discontinuous function of the features, which another
+                # device count computes in another summation order (equal to ~1e-7, compared via
+                # `extras`): k-means then flips borderline points. To compare the steps, the
+                # labels come from the same pass on one device, whatever the mesh.
+                features = refresh.feature_pass(method, state, config, parallel.make_mesh(num_devices=1))
         state, _ = refresh.run(method, state, 0, 0, config=config, mesh=mesh, optimizer=optimizer,
-                               state_sharding=sharding)
+                               state_sharding=sharding, features=features)
     num_examples = getattr(method, "num_examples", batch_size)
     rng = np.random.default_rng(0)
     compiled, losses = None, []

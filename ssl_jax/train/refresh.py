@@ -73,11 +73,14 @@ def feature_pass(method, state, config, mesh):
     return features
 
 
-def run(method, state, step: int, epoch: int, *, config, mesh, optimizer, state_sharding):
-    """(state after the refresh that opens `epoch` at `step`, metrics of the refresh)."""
+def run(method, state, step: int, epoch: int, *, config, mesh, optimizer, state_sharding, features=None):
+    """(state after the refresh that opens `epoch` at `step`, metrics of the refresh).
+    `features`: the pass's output when the caller already has it (tests), else computed here."""
     t0 = time.perf_counter()
     wanted = method.refresh_features is not None and method.refresh_pass_due(epoch)
-    features = feature_pass(method, state, config, mesh) if wanted else None
+    if wanted and features is None:
+        features = feature_pass(method, state, config, mesh)
+    features = features if wanted else None
     host = parallel.to_host(state)
     params, method_state, reset, metrics = method.refresh(host.params, host.batch_stats, host.method_state,
                                                           features, epoch)
