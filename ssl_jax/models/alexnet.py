@@ -68,9 +68,7 @@ CONV_LAYERS = (
     ("conv5", 256, 3, 1, 1, True),
 )
 FC_WIDTH = 4096
-IMAGENET_POOL_GRID = 6  # 224 px -> 6x6 after conv5's max-pool
 CIFAR_POOL_GRID = 2
-MIN_IMAGENET_SIZE = 63  # smallest input the ImageNet layout's three unpadded pools accept
 
 def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     """Average pooling of x [N, H, W, C] to [N, size, size, C] with PyTorch's adaptive bins
@@ -113,7 +111,74 @@ class ConvBNReLU(nn.Module):
         return nn.relu(norm_layer(train, self.dtype, bn_views)(name="bn")(x))
 
 
-class AlexNet(nn.Module):
+class FCConvNet(nn.Module):
+    """What AlexNet-BN and VGG-16-BN share: their fields, the input checks and the Sobel layer,
+    and the classifier fc6 -> [dropout] -> fc7 over the conv output average-pooled to a fixed
+    grid. A subclass sets IMAGENET_POOL_GRID, MIN_IMAGENET_SIZE and DROPOUT_BEFORE_FC6
+    (AlexNet: dropout before fc6 and before fc7; VGG-16: before fc7 only)."""
+
+    width_multiplier: float = 1.0
+    cifar_stem: bool = False
+    sobel: bool = False
+    dropout: float = 0.5
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @property
+    def feature_dim(self) -> int:
+        """Size D of the output features (fc7): 4096·width."""
+        return _channels(FC_WIDTH, self.width_multiplier)
+
+    @property
+    def pool_grid(self) -> int:
+        """Side of the grid the last conv output is average-pooled to before the flatten."""
+        return CIFAR_POOL_GRID if self.cifar_stem else self.IMAGENET_POOL_GRID
+
+    def _input(self, x):
+        """The checked input, through the Sobel layer if asked, in the compute dtype."""
+        name = type(self).__name__
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name} dropout must be in [0, 1), got {self.dropout}.")
+        if not self.cifar_stem and min(x.shape[1:3]) < self.MIN_IMAGENET_SIZE:
+            raise ValueError(f"{name}'s ImageNet layout needs inputs of at least {self.MIN_IMAGENET_SIZE} "
+                             f"px, got {x.shape[1]}x{x.shape[2]}; set config.model.cifar_stem=True "
+                             "for small images.")
+        if self.sobel:
+            x = sobel_filter(x)
+        return jnp.asarray(x, self.dtype)
+
+    def _classifier(self, x, train: bool, stages: dict, return_stages: bool, pre_relu: bool):
+        """fc6 and fc7 over the pooled conv output x; the encoder's return value."""
+        x = adaptive_avg_pool(x, self.pool_grid)
+        x = x.reshape(x.shape[0], -1)
+        active = train and self.dropout > 0.0 and self.has_rng(DROP_PATH_RNG)
+        drop = lambda y: _dropout(y, self.dropout, self.make_rng(DROP_PATH_RNG)) if active else y
+        dense = lambda name: nn.Dense(self.feature_dim, dtype=self.dtype, kernel_init=dense_kernel_init,
+                                      bias_init=nn.initializers.zeros, name=name)
+        fc6 = nn.relu(dense("fc6")(drop(x) if self.DROPOUT_BEFORE_FC6 else x))
+        fc7_pre_relu = dense("fc7")(drop(fc6)).astype(jnp.float32)
+        out = nn.relu(fc7_pre_relu)
+        if return_stages:
+            return dict(stages, fc6=fc6.astype(jnp.float32), fc7_pre_relu=fc7_pre_relu, pooled=out)
+        return fc7_pre_relu if pre_relu else out
+
+
+def build_fc_convnet(cls, names: tuple, model_cfg: Any):
+    """`cls` (AlexNet, VGG16) from a complete model config (dict or ConfigDict; defaults:
+    ssl_jax.presets.base_config): ``name`` (one of `names`), ``width``, ``cifar_stem``,
+    ``sobel``, ``dropout`` (in [0, 1)), ``dtype``, ``remat``."""
+    name = model_cfg["name"]
+    if name not in names:
+        raise ValueError(f"Unknown {cls.__name__} name {name!r} in model config; valid names: {', '.join(names)}.")
+    dropout = float(model_cfg["dropout"])
+    if not 0.0 <= dropout < 1.0:  # also rejects NaN
+        raise ValueError(f"config.model.dropout must be in [0, 1), got {dropout}.")
+    return cls(width_multiplier=float(model_cfg["width"]), cifar_stem=bool(model_cfg["cifar_stem"]),
+               sobel=bool(model_cfg["sobel"]), dropout=dropout, dtype=model_dtype(model_cfg),
+               remat=bool(model_cfg["remat"]))
+
+
+class AlexNet(FCConvNet):
     """AlexNet-BN encoder (DeepCluster / SeLa) returning the 4096·width-d post-ReLU fc7 output.
 
     Attributes:
@@ -132,22 +197,9 @@ class AlexNet(nn.Module):
     batch_stats mean, var), ``fc6`` and ``fc7`` (kernel, bias). The Sobel layer has none.
     """
 
-    width_multiplier: float = 1.0
-    cifar_stem: bool = False
-    sobel: bool = False
-    dropout: float = 0.5
-    dtype: Any = jnp.float32
-    remat: bool = False
-
-    @property
-    def feature_dim(self) -> int:
-        """Size D of the output features (fc7): 4096·width."""
-        return _channels(FC_WIDTH, self.width_multiplier)
-
-    @property
-    def pool_grid(self) -> int:
-        """Side of the grid conv5's output is average-pooled to before the flatten."""
-        return CIFAR_POOL_GRID if self.cifar_stem else IMAGENET_POOL_GRID
+    IMAGENET_POOL_GRID = 6  # 224 px -> 6x6 after conv5's max-pool
+    MIN_IMAGENET_SIZE = 63  # smallest input the ImageNet layout's three unpadded pools accept
+    DROPOUT_BEFORE_FC6 = True
 
     @nn.compact
     def __call__(self, x, train: bool, return_stages: bool = False, bn_views: int = 1,
@@ -161,15 +213,7 @@ class AlexNet(nn.Module):
         and 'pooled' (the output [N, D]); all float32.
         bn_views > 1: the batch holds that many views example-major and every BatchNorm
         normalises each view with its own statistics (models.norm.BatchNorm)."""
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"AlexNet dropout must be in [0, 1), got {self.dropout}.")
-        if not self.cifar_stem and min(x.shape[1:3]) < MIN_IMAGENET_SIZE:
-            raise ValueError(f"AlexNet's ImageNet layout needs inputs of at least {MIN_IMAGENET_SIZE} "
-                             f"px, got {x.shape[1]}x{x.shape[2]}; set config.model.cifar_stem=True "
-                             "for small images.")
-        if self.sobel:
-            x = sobel_filter(x)
-        x = jnp.asarray(x, self.dtype)
+        x = self._input(x)
         block_cls = nn.remat(ConvBNReLU, static_argnums=(2, 3)) if self.remat else ConvBNReLU
         stages = {}
         for name, channels, kernel, stride, padding, pool in CONV_LAYERS:
@@ -182,36 +226,12 @@ class AlexNet(nn.Module):
             if pool:
                 pad = ((1, 1), (1, 1)) if self.cifar_stem else "VALID"
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad)
-        x = adaptive_avg_pool(x, self.pool_grid)
-        x = x.reshape(x.shape[0], -1)
-
-        active = train and self.dropout > 0.0 and self.has_rng(DROP_PATH_RNG)
-        drop = lambda y: _dropout(y, self.dropout, self.make_rng(DROP_PATH_RNG)) if active else y
-        dense = lambda name: nn.Dense(self.feature_dim, dtype=self.dtype, kernel_init=dense_kernel_init,
-                                      bias_init=nn.initializers.zeros, name=name)
-        fc6 = nn.relu(dense("fc6")(drop(x)))
-        fc7_pre_relu = dense("fc7")(drop(fc6)).astype(jnp.float32)
-        out = nn.relu(fc7_pre_relu)
-        if return_stages:
-            return dict(stages, fc6=fc6.astype(jnp.float32), fc7_pre_relu=fc7_pre_relu, pooled=out)
-        return fc7_pre_relu if pre_relu else out
+        return self._classifier(x, train, stages, return_stages, pre_relu)
 
 
 ALEXNET_NAMES = ("alexnet",)
 
 
 def build_alexnet(model_cfg: Any) -> AlexNet:
-    """Builds AlexNet-BN from a complete model config (dict or ml_collections.ConfigDict;
-    defaults: ssl_jax.presets.base_config). Fields: ``name`` ('alexnet'), ``width`` (float),
-    ``cifar_stem`` (bool), ``sobel`` (bool), ``dropout`` (float in [0, 1)), ``dtype``
-    ('float32' | 'bfloat16'), ``remat`` (bool)."""
-    name = model_cfg["name"]
-    if name not in ALEXNET_NAMES:
-        raise ValueError(f"Unknown AlexNet name {name!r} in model config; valid names: "
-                         f"{', '.join(ALEXNET_NAMES)}.")
-    dropout = float(model_cfg["dropout"])
-    if not 0.0 <= dropout < 1.0:  # also rejects NaN
-        raise ValueError(f"config.model.dropout must be in [0, 1), got {dropout}.")
-    return AlexNet(width_multiplier=float(model_cfg["width"]), cifar_stem=bool(model_cfg["cifar_stem"]),
-                   sobel=bool(model_cfg["sobel"]), dropout=dropout, dtype=model_dtype(model_cfg),
-                   remat=bool(model_cfg["remat"]))
+    """AlexNet-BN from a complete model config (fields: `build_fc_convnet`)."""
+    return build_fc_convnet(AlexNet, ALEXNET_NAMES, model_cfg)

@@ -54,19 +54,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.models.alexnet import ConvBNReLU, _dropout, adaptive_avg_pool, dense_kernel_init
-from ssl_jax.models.resnet import _channels, model_dtype
-from ssl_jax.models.sobel import sobel_filter
-from ssl_jax.models.vit import DROP_PATH_RNG
+from ssl_jax.models.alexnet import ConvBNReLU, FCConvNet, build_fc_convnet
+from ssl_jax.models.resnet import _channels
 
 # Configuration D: the base output channels of each conv of each block (a max-pool follows
 # every block in the ImageNet layout).
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-FC_WIDTH = 4096
-IMAGENET_POOL_GRID = 7  # 224 px -> 7x7 after the fifth max-pool
-CIFAR_POOL_GRID = 2
 CIFAR_MAX_POOLS = 3  # cifar_stem keeps the max-pools after conv1..conv3 only
-MIN_IMAGENET_SIZE = 32  # smallest input the ImageNet layout's five unpadded 2/2 pools accept
 
 
 class VGGBlock(nn.Module):
@@ -85,7 +79,7 @@ class VGGBlock(nn.Module):
         return x
 
 
-class VGG16(nn.Module):
+class VGG16(FCConvNet):
     """VGG-16-BN encoder (DeeperCluster) returning the 4096·width-d post-ReLU fc7 output.
 
     Attributes:
@@ -105,22 +99,9 @@ class VGG16(nn.Module):
     (kernel, bias). The Sobel layer has none.
     """
 
-    width_multiplier: float = 1.0
-    cifar_stem: bool = False
-    sobel: bool = False
-    dropout: float = 0.5
-    dtype: Any = jnp.float32
-    remat: bool = False
-
-    @property
-    def feature_dim(self) -> int:
-        """Size D of the output features (fc7): 4096·width."""
-        return _channels(FC_WIDTH, self.width_multiplier)
-
-    @property
-    def pool_grid(self) -> int:
-        """Side of the grid conv5's output is average-pooled to before the flatten."""
-        return CIFAR_POOL_GRID if self.cifar_stem else IMAGENET_POOL_GRID
+    IMAGENET_POOL_GRID = 7  # 224 px -> 7x7 after the fifth max-pool
+    MIN_IMAGENET_SIZE = 32  # smallest input the ImageNet layout's five unpadded 2/2 pools accept
+    DROPOUT_BEFORE_FC6 = False
 
     @nn.compact
     def __call__(self, x, train: bool, return_stages: bool = False, bn_views: int = 1,
@@ -136,15 +117,7 @@ class VGG16(nn.Module):
         the number their name's digits spell, and fc6's 6 must come after the convs.)
         bn_views > 1: the batch holds that many views example-major and every BatchNorm
         normalises each view with its own statistics (models.norm.BatchNorm)."""
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"VGG16 dropout must be in [0, 1), got {self.dropout}.")
-        if not self.cifar_stem and min(x.shape[1:3]) < MIN_IMAGENET_SIZE:
-            raise ValueError(f"VGG16's ImageNet layout needs inputs of at least {MIN_IMAGENET_SIZE} "
-                             f"px, got {x.shape[1]}x{x.shape[2]}; set config.model.cifar_stem=True "
-                             "for small images.")
-        if self.sobel:
-            x = sobel_filter(x)
-        x = jnp.asarray(x, self.dtype)
+        x = self._input(x)
         block_cls = nn.remat(VGGBlock, static_argnums=(2, 3)) if self.remat else VGGBlock
         stages = {}
         for k, base in enumerate(BLOCKS, start=1):
@@ -156,36 +129,12 @@ class VGG16(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             elif k <= CIFAR_MAX_POOLS:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = adaptive_avg_pool(x, self.pool_grid)
-        x = x.reshape(x.shape[0], -1)
-
-        dense = lambda name: nn.Dense(self.feature_dim, dtype=self.dtype, kernel_init=dense_kernel_init,
-                                      bias_init=nn.initializers.zeros, name=name)
-        fc6 = nn.relu(dense("fc6")(x))
-        h = fc6
-        if train and self.dropout > 0.0 and self.has_rng(DROP_PATH_RNG):
-            h = _dropout(h, self.dropout, self.make_rng(DROP_PATH_RNG))
-        fc7_pre_relu = dense("fc7")(h).astype(jnp.float32)
-        out = nn.relu(fc7_pre_relu)
-        if return_stages:
-            return dict(stages, fc6=fc6.astype(jnp.float32), fc7_pre_relu=fc7_pre_relu, pooled=out)
-        return fc7_pre_relu if pre_relu else out
+        return self._classifier(x, train, stages, return_stages, pre_relu)
 
 
 VGG_NAMES = ("vgg16",)
 
 
 def build_vgg(model_cfg: Any) -> VGG16:
-    """Builds VGG-16-BN from a complete model config (dict or ml_collections.ConfigDict;
-    defaults: ssl_jax.presets.base_config). Fields: ``name`` ('vgg16'), ``width`` (float),
-    ``cifar_stem`` (bool), ``sobel`` (bool), ``dropout`` (float in [0, 1)), ``dtype``
-    ('float32' | 'bfloat16'), ``remat`` (bool)."""
-    name = model_cfg["name"]
-    if name not in VGG_NAMES:
-        raise ValueError(f"Unknown VGG name {name!r} in model config; valid names: {', '.join(VGG_NAMES)}.")
-    dropout = float(model_cfg["dropout"])
-    if not 0.0 <= dropout < 1.0:  # also rejects NaN
-        raise ValueError(f"config.model.dropout must be in [0, 1), got {dropout}.")
-    return VGG16(width_multiplier=float(model_cfg["width"]), cifar_stem=bool(model_cfg["cifar_stem"]),
-                 sobel=bool(model_cfg["sobel"]), dropout=dropout, dtype=model_dtype(model_cfg),
-                 remat=bool(model_cfg["remat"]))
+    """VGG-16-BN from a complete model config (fields: `alexnet.build_fc_convnet`)."""
+    return build_fc_convnet(VGG16, VGG_NAMES, model_cfg)
