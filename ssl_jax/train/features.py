@@ -39,8 +39,8 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh):
         images = parallel.shard_batch(batch["image"], mesh)
         out = encode_fn(params, batch_stats, images)
         # Every process gets the whole split's features (kNN memory needs all of them).
-        out, lab, idx, mask = (multihost_utils.process_allgather(x, tiled=True) for x in (
-            out, *(parallel.shard_batch(batch[k], mesh) for k in ("label", "index", "mask"))))
+        out, lab, idx, mask = multihost_utils.process_allgather(
+            (out, *(parallel.shard_batch(batch[k], mesh) for k in ("label", "index", "mask"))), tiled=True)
         mask = np.asarray(mask)
         feats.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[mask], out))
         labels.append(np.asarray(lab)[mask])
