@@ -1,5 +1,8 @@
 """Shared test fixtures: paths of the repository and of the offline TFDS data."""
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -27,6 +30,15 @@ def device_env(devices: int, fast_compile: bool = False) -> dict:
     if fast_compile:
         flags += " --xla_backend_optimization_level=0"
     return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+
+
+def json_from_module_on_devices(module: str, devices: int = 8, timeout: int = 300) -> dict:
+    """Run `python -m module` on `devices` simulated CPU devices; the JSON object on the last
+    line of its output (a test module's `__main__` part prints what the test compares)."""
+    proc = subprocess.run([sys.executable, "-m", module], env=device_env(devices), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture

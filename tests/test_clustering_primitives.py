@@ -2,8 +2,6 @@
 empty-cluster split) and whitened PCA, against scikit-learn, NumPy references written here, and
 8 simulated devices."""
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,7 @@ from sklearn.decomposition import PCA
 
 from ssl_jax.clustering import (_random_init, _split_empty, apply_pca_whitening, kmeans, pca_whiten,
                                 pca_whitening)
-from tests.conftest import REPO_ROOT, device_env
+from tests.conftest import json_from_module_on_devices
 
 
 def _blobs(seed, n, d, k, spread):
@@ -251,11 +249,7 @@ def _sharded_main():
 
 
 def test_sharded_over_8_devices_equals_one_device():
-    proc = subprocess.run([sys.executable, "-m", "tests.test_clustering_primitives"],
-                          env=device_env(8), cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = json_from_module_on_devices("tests.test_clustering_primitives")
     assert info["num_devices"] == 8 and info["input_shards"] == [[32, 6]] * 8
     assert info["assignment_shards_8"] == [[32]] * 8  # the assignments stay sharded
     (a8, i8, n8, c8, s8), (a1, i1, n1, c1, s1) = info["kmeans_8"], info["kmeans_1"]

@@ -2,8 +2,6 @@
 written here, with ignored rows, several heads and crops, underflowing inputs, jit, vmap, grad,
 and 8 simulated devices."""
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ from scipy.special import logsumexp, softmax
 
 from ssl_jax import losses
 from ssl_jax.losses.pseudo_labels import self_label_with_info
-from tests.conftest import REPO_ROOT, device_env
+from tests.conftest import json_from_module_on_devices
 
 
 # ---------------------------------------------------------------- deepcluster_v2
@@ -220,11 +218,7 @@ def _sharded_main():
 
 
 def test_sharded_over_8_devices_equals_one_device():
-    proc = subprocess.run([sys.executable, "-m", "tests.test_pseudo_label_losses"],
-                          env=device_env(8), cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = json_from_module_on_devices("tests.test_pseudo_label_losses")
     assert info["num_devices"] == 8
     assert info["input_shards"] == [[[32, 10]] * 8, [[2, 2, 8, 6]] * 8, [[2, 8]] * 8]
     assert info["self_label_8"] == info["self_label_1"]
