@@ -93,12 +93,15 @@ class DeepCluster(DatasetTargets):
         per_example = dict(method_state[PER_EXAMPLE_KEY], labels=self.padded(labels, -1))
         return params, dict(method_state, **{PER_EXAMPLE_KEY: per_example}), ("top_layer",), metrics
 
+    def sampling_labels(self, per_example) -> np.ndarray:
+        """The labels the epochs sample uniformly over ([num_rows], -1: none yet)."""
+        return np.asarray(per_example["labels"])
+
     def epoch_order(self, per_example, epoch, seed, slice_indices):
-        if not self.cfg.sample_uniformly:
-            return np.random.default_rng([seed, epoch, int(slice_indices[0])]).permutation(slice_indices)
-        labels = np.asarray(per_example["labels"])[slice_indices]
         rng = np.random.default_rng([seed, epoch, int(slice_indices[0])])
-        return slice_indices[uniform_over_labels(labels, rng)]
+        if not self.cfg.sample_uniformly:
+            return rng.permutation(slice_indices)
+        return slice_indices[uniform_over_labels(self.sampling_labels(per_example)[slice_indices], rng)]
 
     def objective(self, out, target, method_state, rng, step, params):
         labels = method_state[PER_EXAMPLE_KEY]["labels"][method_state["batch_index"]]

@@ -29,7 +29,6 @@ import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
 from ssl_jax import losses
-from ssl_jax.methods.dataset_targets import uniform_over_labels
 from ssl_jax.methods.deepcluster import DeepCluster, fresh_linear
 from ssl_jax.models import build_head
 from ssl_jax.parallel import PER_EXAMPLE_KEY
@@ -102,12 +101,10 @@ class DeeperCluster(DeepCluster):
         return (params, dict(method_state, **{PER_EXAMPLE_KEY: per_example}), ("super_head", "sub_heads"),
                 metrics)
 
-    def epoch_order(self, per_example, epoch, seed, slice_indices):
-        rng = np.random.default_rng([seed, epoch, int(slice_indices[0])])
-        if not self.cfg.sample_uniformly:
-            return rng.permutation(slice_indices)
-        composite = (np.asarray(per_example["super"]) * self.k + np.asarray(per_example["sub"]))[slice_indices]
-        return slice_indices[uniform_over_labels(np.where(composite < 0, -1, composite), rng)]
+    def sampling_labels(self, per_example):
+        """(super-cluster, sub-cluster) pairs: uniform over them is uniform within each super-class."""
+        composite = np.asarray(per_example["super"]) * self.k + np.asarray(per_example["sub"])
+        return np.where(composite < 0, -1, composite)
 
     def loss(self, params, batch_stats, method_state, batch, rng, step):
         """The image of each example rotated by its drawn angle, then the usual forward."""
