@@ -37,26 +37,15 @@ PRESETS = ("imagenet", "cifar10", "demo")
 
 def get_config(preset: str = "imagenet"):
     preset, c = P.start("deepcluster_v2.py", preset, PRESETS)
-    c.num_epochs = 800
-    view = P.simclr_views(strength=1.0, blur_prob=0.5)[0]
-    c.data.views = P.multi_crop_views(view, view, 2, 6, 224, 96, (0.14, 1.0), (0.05, 0.14))
+    P.swav_recipe(c, preset)
     c.deepcluster_v2 = dict(projector=P.head(2048, 128, num_layers=2), num_heads=3, num_prototypes=3000,
                             num_views=8, num_global_crops=2, temperature=0.1, kmeans_iters=10, momentum=None,
                             predictor=None, per_view_bn=False)
     # The prototypes are the k-means centroids: never moved by the optimizer (no weight decay either).
-    c.optimizer.update(dict(name="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10.0,
-                            end_lr_factor=0.001, exclude_bias_and_bn_from_wd=False,
-                            frozen_params=("prototypes",)))
-    P.use_dataset(c, preset)
+    c.optimizer.frozen_params = ("prototypes",)
     if preset == "cifar10":
-        view = dict(view, blur_prob=0.0)
         c.num_epochs = 1000
-        c.data.views = P.multi_crop_views(view, view, 2, 0, 32, 16, (0.14, 1.0), (0.05, 0.14))
         c.deepcluster_v2.update(dict(num_views=2, num_prototypes=100))
-        c.optimizer.update(dict(base_lr=0.6, trust_coefficient=0.02))
     elif preset == "demo":
-        view = dict(view, blur_prob=0.0, flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0)
-        c.data.views = P.multi_crop_views(view, view, 2, 2, 16, 8, (0.4, 1.0), (0.1, 0.4))
         c.deepcluster_v2.update(dict(projector=P.head(256, 64, num_layers=2), num_prototypes=100, num_views=4))
-        c.optimizer.update(dict(base_lr=1.0, trust_coefficient=0.02, weight_decay=1e-5))
     return c

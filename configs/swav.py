@@ -47,30 +47,19 @@ PRESETS = ("imagenet", "imagenet_256", "cifar10", "demo")
 
 def get_config(preset: str = "imagenet"):
     preset, c = P.start("swav.py", preset, PRESETS)
-    c.num_epochs = 800
-    view = P.simclr_views(strength=1.0, blur_prob=0.5)[0]
-    c.data.views = P.multi_crop_views(view, view, 2, 6, 224, 96, (0.14, 1.0), (0.05, 0.14))
+    P.swav_recipe(c, "imagenet" if preset.startswith("imagenet") else preset)
     c.swav = dict(projector=P.head(2048, 128, num_layers=2), num_prototypes=3000, num_views=8,
                   num_global_crops=2, temperature=0.1, sinkhorn_epsilon=0.05, sinkhorn_iters=3,
                   queue_length=0, queue_start_epoch=15.0, momentum=None, per_view_bn=False)
-    c.optimizer.update(dict(name="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10.0,
-                            end_lr_factor=0.001, exclude_bias_and_bn_from_wd=False,
-                            freeze_epochs={"prototypes": 1.0}))
-    P.use_dataset(c, "imagenet" if preset.startswith("imagenet") else preset)
+    c.optimizer.freeze_epochs = {"prototypes": 1.0}
     if preset == "imagenet_256":
         c.global_batch_size = 256
         c.num_epochs = 200
         c.swav.queue_length = 3840
         c.optimizer.base_lr = 0.6
     elif preset == "cifar10":
-        view = dict(view, blur_prob=0.0)
-        c.data.views = P.multi_crop_views(view, view, 2, 0, 32, 16, (0.14, 1.0), (0.05, 0.14))
         c.swav.update(dict(num_views=2, queue_length=3840, queue_start_epoch=50.0))
-        c.optimizer.update(dict(base_lr=0.6, trust_coefficient=0.02))
     elif preset == "demo":
-        view = dict(view, blur_prob=0.0, flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0)
-        c.data.views = P.multi_crop_views(view, view, 2, 2, 16, 8, (0.4, 1.0), (0.1, 0.4))
         c.swav.update(dict(projector=P.head(256, 64, num_layers=2), num_prototypes=30, num_views=4,
                            sinkhorn_epsilon=0.01, queue_length=0))
-        c.optimizer.update(dict(base_lr=1.0, trust_coefficient=0.02, weight_decay=1e-5))
     return c

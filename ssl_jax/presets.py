@@ -128,6 +128,29 @@ def crop_flip_views(num_views: int = 1, crop_min: float = 0.08) -> list:
     return [dict(view) for _ in range(num_views)]
 
 
+def swav_recipe(c: ml_collections.ConfigDict, scale: str) -> None:
+    """The multi-crop recipe SwAV and DeepCluster-v2 share (Caron et al., 2020) at `scale`
+    ('imagenet', 'cifar10', 'demo'): 800 epochs; 2 x 224 + 6 x 96 px crops with SimCLR's colour
+    distortion; LARS 0.3 x B/256 (trust on every parameter), wd 1e-6, 10 warm-up epochs, cosine
+    to 1/1000; then the dataset preset (`use_dataset`). cifar10: 2 crops of 32 px, no blur,
+    LARS 0.6 with trust 0.02; demo: 2 x 16 + 2 x 8 px crops without colour, LARS 1.0, trust
+    0.02, wd 1e-5. The method's section (prototypes, crops counted in num_views) is its own."""
+    c.num_epochs = 800
+    view = simclr_views(strength=1.0, blur_prob=0.5)[0]
+    c.data.views = multi_crop_views(view, view, 2, 6, 224, 96, (0.14, 1.0), (0.05, 0.14))
+    c.optimizer.update(dict(name="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10.0,
+                            end_lr_factor=0.001, exclude_bias_and_bn_from_wd=False))
+    use_dataset(c, scale)
+    if scale == "cifar10":
+        view = dict(view, blur_prob=0.0)
+        c.data.views = multi_crop_views(view, view, 2, 0, 32, 16, (0.14, 1.0), (0.05, 0.14))
+        c.optimizer.update(dict(base_lr=0.6, trust_coefficient=0.02))
+    elif scale == "demo":
+        view = dict(view, blur_prob=0.0, flip_prob=0.0, color_jitter_prob=0.0, grayscale_prob=0.0)
+        c.data.views = multi_crop_views(view, view, 2, 2, 16, 8, (0.4, 1.0), (0.1, 0.4))
+        c.optimizer.update(dict(base_lr=1.0, trust_coefficient=0.02, weight_decay=1e-5))
+
+
 def use_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
     """Switch the data, backbone, logging and evaluation of `c` to a dataset preset:
     'imagenet' (as base_config), 'cifar10' (ResNet-18 with the CIFAR stem, 32 px, batch 256,
