@@ -15,10 +15,11 @@ What a subclass adds to a JointEmbeddingMethod (the loop's side: ssl_jax.train.r
   refresh_pass_due(epoch) whether the refresh opening `epoch` needs that pass (default: yes;
                           DeepCluster-v2 needs it only to fill its memory bank at epoch 0)
   refresh(params, batch_stats, method_state, features, epoch)
-                          -> (params, method_state, reset_heads, metrics): host-side, pure in
-                          its inputs and the run's seed (a resumed run recreates the same
-                          labels); `reset_heads` names the heads re-initialised, whose optimizer
-                          state the loop resets too
+                          -> (params, method_state, reset_heads, metrics): method_state and
+                          features on the host, params and batch_stats the devices' arrays
+                          (replace a head, do not copy the rest); pure in its inputs and the
+                          run's seed (a resumed run recreates the same labels); `reset_heads`
+                          names the heads re-initialised, whose optimizer state the loop resets
   samples, epoch_order    a sampled epoch order (DeepCluster's uniform sampling over clusters)
 In `objective`, method_state['batch_index'] holds the batch's dataset indices.
 """

@@ -81,14 +81,21 @@ def run(method, state, step: int, epoch: int, *, config, mesh, optimizer, state_
     if wanted and features is None:
         features = feature_pass(method, state, config, mesh)
     features = features if wanted else None
-    host = parallel.to_host(state)
-    params, method_state, reset, metrics = method.refresh(host.params, host.batch_stats, host.method_state,
-                                                          features, epoch)
+    # The method state (per-example rows) comes to the host; params and statistics stay on the
+    # devices (the refreshes replace heads, they do not read weights), and every leaf the refresh
+    # left as it was keeps its device array: only new leaves are placed.
+    params, method_state, reset, metrics = method.refresh(
+        state.params, state.batch_stats, parallel.to_host(state.method_state), features, epoch)
     method_state = dict(method_state, refreshed_at=np.int32(step))
-    opt_state = optim.reset_state(optimizer, host.opt_state, params, tuple(reset))
-    new = host.replace(params=params, method_state=method_state, opt_state=opt_state)
-    new = parallel.from_host(jax.tree.map(np.asarray, new), state_sharding)
-    return new, dict(metrics, refresh_seconds=time.perf_counter() - t0)
+    opt_state = optim.reset_state(optimizer, state.opt_state, params, tuple(reset))
+    new = state.replace(params=params, method_state=method_state, opt_state=opt_state)
+
+    def place(leaf, sharding):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        return parallel.from_host(np.asarray(leaf), sharding)
+
+    return jax.tree.map(place, new, state_sharding), dict(metrics, refresh_seconds=time.perf_counter() - t0)
 
 
 def epoch_order_fn(method, state, config):
