@@ -197,6 +197,23 @@ def test_self_label_under_vmap_grad_and_max_iters():
         losses.self_label(batch)
 
 
+def test_self_label_ignores_rows_that_are_not_valid():
+    # Padding rows (a sharded [num_rows, K] pass rounded up to the batch) with confident, skewed
+    # log-probabilities: masked out, the labels of the real rows are those of the unpadded solve.
+    log_probs = _log_probs(11, 300, 10, 4.0)
+    garbage = np.full((84, 10), -50.0, np.float32)
+    garbage[:, 3] = 0.0
+    padded = np.concatenate([log_probs, garbage])
+    valid = np.arange(384) < 300
+    labels, t, _ = _self_label(padded, valid=valid)
+    expected, t_expected, _ = _self_label(log_probs)
+    np.testing.assert_array_equal(np.asarray(labels)[:300], np.asarray(expected))
+    assert np.all(np.asarray(labels)[300:] == -1) and int(t) == int(t_expected)
+    # Without the mask the padding rows take part and shift the partition.
+    unmasked, _, _ = _self_label(padded)
+    assert not np.array_equal(np.asarray(unmasked)[:300], np.asarray(expected))
+
+
 # ---------------------------------------------------------------- 8 devices
 
 def _sharded_main():
@@ -210,6 +227,11 @@ def _sharded_main():
                jax.device_put(assignments, NamedSharding(mesh, PartitionSpec(None, "data"))))
     out = {"num_devices": len(jax.devices()),
            "input_shards": [[list(s.data.shape) for s in a.addressable_shards] for a in sharded]}
+    # SeLa's padded rows: 256 real + 64 padding rows, sharded 40 per device.
+    padded = np.concatenate([log_probs, np.zeros((64, 10), np.float32)])
+    valid = np.arange(320) < 256
+    padded_8 = jax.device_put(padded, NamedSharding(mesh, PartitionSpec("data")))
+    out["self_label_padded_8"] = np.asarray(_self_label(padded_8, valid=valid)[0]).tolist()
     for name, (lp, lg, asg) in (("8", sharded), ("1", (log_probs, logits, assignments))):
         labels, t, _ = _self_label(lp)
         out[f"self_label_{name}"] = [np.asarray(labels).tolist(), int(t)]
@@ -222,6 +244,7 @@ def test_sharded_over_8_devices_equals_one_device():
     assert info["num_devices"] == 8
     assert info["input_shards"] == [[[32, 10]] * 8, [[2, 2, 8, 6]] * 8, [[2, 8]] * 8]
     assert info["self_label_8"] == info["self_label_1"]
+    assert info["self_label_padded_8"] == info["self_label_1"][0] + [-1] * 64
     np.testing.assert_allclose(info["deepcluster_v2_8"], info["deepcluster_v2_1"], rtol=1e-6)
 
 

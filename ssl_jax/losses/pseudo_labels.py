@@ -39,15 +39,19 @@ def deepcluster_v2(logits: jax.Array, assignments: jax.Array,
 
 
 def self_label_with_info(log_probs: jax.Array, lam: float = 25.0, tol: float = 0.1,
-                         max_iters: int = 1000) -> tuple[jax.Array, jax.Array, jax.Array]:
+                         max_iters: int = 1000, valid: jax.Array | None = None
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`self_label` with diagnostics: (labels [N] int32, iterations run int32, last err)."""
     if log_probs.ndim != 2:
         raise ValueError(f"self_label: log_probs must be [N, K], got shape {log_probs.shape}")
     n, k = log_probs.shape
+    valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid, bool)
     # log P = λ·log p; P itself is never formed: at λ = 25 a log-probability of −4 already
-    # gives e^−100, below float32's smallest normal (about e^−87).
+    # gives e^−100, below float32's smallest normal (about e^−87). Rows that are not valid
+    # have c = 0 (log c = −inf): they add nothing to Pᵀc, whatever their log p.
     log_p = lam * jax.lax.stop_gradient(log_probs.astype(jnp.float32))
-    log_inv_k, log_inv_n = -math.log(k), -math.log(n)
+    log_inv_k = -math.log(k)
+    log_inv_n = -jnp.log(jnp.sum(valid).astype(jnp.float32))
 
     def not_done(state):
         t, _, _, _, done = state
@@ -57,23 +61,23 @@ def self_label_with_info(log_probs: jax.Array, lam: float = 25.0, tol: float = 0
         t, _, log_c, err, _ = state
         # r ← (1/K) / (Pᵀ c) and c_new ← (1/N) / (P r), as logsumexps.
         log_r = log_inv_k - jax.nn.logsumexp(log_p + log_c[:, None], axis=0)
-        log_c_new = log_inv_n - jax.nn.logsumexp(log_p + log_r[None, :], axis=1)
+        log_c_new = jnp.where(valid, log_inv_n - jax.nn.logsumexp(log_p + log_r[None, :], axis=1), -jnp.inf)
         check = t % 10 == 0
         # Σ_n |c_n / c_new,n − 1|; expm1 keeps the small ratios' differences exact.
-        new_err = jnp.sum(jnp.abs(jnp.expm1(log_c - log_c_new)))
+        new_err = jnp.sum(jnp.where(valid, jnp.abs(jnp.expm1(log_c - log_c_new)), 0.0))
         err = jnp.where(check, new_err, err)
         return t + 1, log_r, log_c_new, err, check & (new_err < tol)
 
     state = (jnp.int32(0), jnp.full((k,), log_inv_k, jnp.float32),
-             jnp.full((n,), log_inv_n, jnp.float32), jnp.float32(jnp.inf), jnp.bool_(False))
+             jnp.where(valid, log_inv_n, -jnp.inf), jnp.float32(jnp.inf), jnp.bool_(False))
     t, log_r, _, err, _ = jax.lax.while_loop(not_done, iteration, state)
     # argmax_k r_k P_nk c_n: c_n is common to row n.
     labels = jnp.argmax(log_p + log_r[None, :], axis=1).astype(jnp.int32)
-    return labels, t, err
+    return jnp.where(valid, labels, -1), t, err
 
 
 def self_label(log_probs: jax.Array, lam: float = 25.0, tol: float = 0.1,
-               max_iters: int = 1000) -> jax.Array:
+               max_iters: int = 1000, valid: jax.Array | None = None) -> jax.Array:
     """SeLa's pseudo-labels (Asano et al., 2020, "Self-labelling via simultaneous clustering and
     representation learning", Sec. 3.1 and their Sinkhorn-Knopp code).
 
@@ -82,12 +86,14 @@ def self_label(log_probs: jax.Array, lam: float = 25.0, tol: float = 0.1,
     err = Σ_n |c_n / c_new,n − 1|; c ← c_new; stop after the first check with err < tol (or
     after max_iters iterations). Returns argmax_k r_k P_nk c_n as int32 [N]: an approximate
     equipartition of the N images over the K labels. No gradient (labels are targets).
+    `valid` [N] bool (default all): only those rows take part (c = 0 for the others, whose label
+    is −1), so padding rows of a sharded [num_rows, K] array change nothing.
 
     Choice: the same iterations in the log domain (log r, log c, logsumexp), so λ·log p far
     below float32's exponent range (e.g. λ = 25, log p = −30) neither underflows to 0/0 nor
     changes the result; it is a `lax.while_loop`, jittable, and a sharded N stays sharded.
     """
-    return self_label_with_info(log_probs, lam, tol, max_iters)[0]
+    return self_label_with_info(log_probs, lam, tol, max_iters, valid)[0]
 
 
 def hierarchical_cross_entropy(super_logits: jax.Array, super_labels: jax.Array, sub_logits: jax.Array,

@@ -1,7 +1,10 @@
 """Frozen-network features of a whole split, computed on the mesh: the one feature pass behind
 evaluation (ssl_jax.evaluate) and the dataset-level refresh passes of the clustering methods
 (ssl_jax.train.loop)."""
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -48,3 +51,44 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh):
     # A batch gathered over processes holds each process's rows in turn: sort them back.
     order = np.argsort(np.concatenate(index), kind="stable")
     return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *feats), np.concatenate(labels)[order]
+
+
+
+@functools.lru_cache(maxsize=8)
+def _row_fns(mesh, num_rows: int):
+    """(zeros, scatter) jitted for one mesh and row count: compiled once for all of a run's
+    passes. Rows are scattered into place on the devices: XLA moves each to the device that
+    owns its index, whatever process read it; padding (mask False) is sent past the end, which
+    writes nothing."""
+    sharding = parallel.batch_sharding(mesh)
+
+    def zeros(out):
+        return jax.tree.map(lambda x: jnp.zeros((num_rows,) + x.shape[1:], jnp.float32), out)
+
+    def scatter(rows, out, index, mask):
+        index = jnp.where(mask, index, num_rows)
+        return jax.tree.map(lambda r, o: r.at[index].set(o.astype(r.dtype), mode="drop"), rows, out)
+
+    return (jax.jit(zeros, out_shardings=sharding),
+            jax.jit(scatter, out_shardings=sharding, donate_argnums=0))
+
+
+def extract_features_on_device(feature_fn, params, batch_stats, batches, mesh, num_rows: int):
+    """The pass of `extract_features` kept on the devices: a pytree of float32 [num_rows, ...]
+    global arrays in dataset-index order, the example axis sharded like the batch (each device
+    holds num_rows / devices rows; nothing is gathered on a host). Rows no example fills (past
+    the split's size) are 0. For passes too large for a host (SeLa's N x heads x K
+    log-probabilities at ImageNet scale). `num_rows` (>= the split's size) must split over the
+    batch's devices: a multiple of the global batch does."""
+    if num_rows % parallel.batch_shards(mesh):
+        raise ValueError(f"extract_features_on_device: num_rows={num_rows} does not split over the "
+                         f"{parallel.batch_shards(mesh)} devices of the batch axes.")
+    zeros, scatter = _row_fns(mesh, int(num_rows))
+    rows = None
+    for batch in batches:
+        images, index, mask = (parallel.shard_batch(batch[k], mesh) for k in ("image", "index", "mask"))
+        out = feature_fn(params, batch_stats, images)
+        rows = scatter(zeros(out) if rows is None else rows, out, index, mask)
+    if rows is None:
+        raise ValueError("extract_features_on_device: the split gave no batch.")
+    return rows

@@ -6,6 +6,7 @@ The method side (ssl_jax.methods.dataset_targets.DatasetTargets):
   refresh_due(epoch) -> bool                 whether a refresh opens that epoch
   refresh_features                           None (no pass), or fn(params, batch_stats, images)
                                              -> per-row outputs, in inference mode
+  refresh_features_on_device                 the pass's rows stay sharded on the devices
   refresh_pass_due(epoch) -> bool            whether this refresh needs that pass
   refresh(params, batch_stats, method_state, features, epoch)
       -> (params, method_state, reset_heads, metrics)
@@ -66,9 +67,14 @@ def _feature_fn(method, mesh):
 
 
 def feature_pass(method, state, config, mesh):
-    """The method's refresh features of every training example (host NumPy, dataset-index order)."""
+    """The method's refresh features of every training example in dataset-index order: host
+    NumPy [N, ...], or, for a method with `refresh_features_on_device`, global device arrays
+    [num_rows, ...] sharded over the example axis (never gathered on a host)."""
     fn = _feature_fn(method, mesh)
     batches = pipeline.eval_iterator(config.data, config.data.train_split, global_batch_size=config.eval.batch_size)
+    if method.refresh_features_on_device:
+        return features_lib.extract_features_on_device(fn, state.params, state.batch_stats, batches, mesh,
+                                                       method.num_rows)
     features, _ = features_lib.extract_features(fn, state.params, state.batch_stats, batches, mesh)
     return features
 
