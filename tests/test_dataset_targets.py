@@ -16,6 +16,7 @@ from ssl_jax.methods.dataset_targets import uniform_over_labels
 from ssl_jax.methods.sela import label_epochs
 from ssl_jax.train import features as features_lib
 from ssl_jax.train import optim
+from tests.conftest import json_from_module_on_devices
 
 
 def _demo_data():
@@ -73,6 +74,33 @@ def test_a_sampled_epoch_order_is_followed_and_resumes_exactly():
                                         epoch_order=lambda e: np.arange(10)))
 
 
+def test_a_sampled_epoch_on_the_streaming_path_has_the_orders_examples_and_resumes():
+    # The streamed slice of process 1 of 2; an order with repeats and left-out examples.
+    data = _demo_data()
+    ds_src, n, info = sources.load_split("digits", "train", None, 1, 2)
+    offset = sources.slice_offset("digits", "train", None, 1, 2)
+    orders = {e: np.random.default_rng(e).choice(n, n) for e in range(2)}
+    spe = n // 32
+
+    def build(start):
+        return pipeline.pretrain_dataset(
+            ds_src, info, arrays=None, views=[dict(data.views[0])], image_size=16, mean=data.mean,
+            std=data.std, local_batch=32, steps_per_epoch=spe, seed=0, process_index=1, shuffle_buffer=100,
+            start_step=start, stream_offset=offset, epoch_order=lambda e: orders[e]).as_numpy_iterator()
+
+    it = build(0)
+    batches = [next(it) for _ in range(spe + 2)]
+    index = np.concatenate([b["index"] for b in batches[:spe]])
+    # Exactly the order's examples, each as often as drawn (as a multiset, not in its order).
+    np.testing.assert_array_equal(np.sort(index), np.sort(offset + orders[0][:spe * 32]))
+    assert not np.array_equal(index, offset + orders[0][:spe * 32])
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches[:spe]]),
+                                  sources._digits_split("train")[1][index])
+    resumed = next(build(spe + 1))
+    np.testing.assert_array_equal(resumed["index"], batches[spe + 1]["index"])
+    np.testing.assert_array_equal(resumed["views"][0], batches[spe + 1]["views"][0])
+
+
 def test_feature_pass_rows_are_in_dataset_index_order():
     data = _demo_data()
     mesh = parallel.make_mesh()
@@ -82,6 +110,35 @@ def test_feature_pass_rows_are_in_dataset_index_order():
     _, true_labels = sources._digits_split("train")
     assert feats.shape == (1437, 3)
     np.testing.assert_array_equal(labels, true_labels)
+
+
+def _on_device_pass():
+    """extract_features_on_device over hand-made batches whose indices come in a shuffled order
+    (as a pass gathered over processes does) with padding rows: (rows, per-device row shapes,
+    the rows expected)."""
+    rng = np.random.default_rng(0)
+    n, num_rows, batch = 53, 64, 16
+    images = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
+    order = np.concatenate([rng.permutation(n), -np.ones(11, int)])  # 4 batches, 11 padding rows
+    batches = [{"image": np.where(order[i:i + batch, None, None, None] >= 0, images[order[i:i + batch]], 0),
+                "index": order[i:i + batch].astype(np.int32), "mask": order[i:i + batch] >= 0}
+               for i in range(0, 64, batch)]
+    mesh = parallel.make_mesh()
+    fn = features_lib.make_feature_fn(lambda p, s, x: {"a": x.reshape(len(x), -1)[:, :5], "b": 2 * x}, mesh)
+    rows = features_lib.extract_features_on_device(fn, {}, {}, batches, mesh, num_rows)
+    expected = {"a": np.zeros((num_rows, 5), np.float32), "b": np.zeros((num_rows, 2, 2, 3), np.float32)}
+    expected["a"][:n], expected["b"][:n] = images.reshape(n, -1)[:, :5], 2 * images
+    shards = sorted({tuple(s.data.shape) for s in rows["a"].addressable_shards})
+    return jax.tree.map(np.asarray, rows), shards, expected
+
+
+def test_feature_pass_kept_on_device_is_in_index_order_and_sharded():
+    rows, shards, expected = _on_device_pass()
+    jax.tree.map(np.testing.assert_array_equal, rows, expected)
+    assert shards == [(64, 5)]
+    info = json_from_module_on_devices("tests.test_dataset_targets")
+    assert info["num_devices"] == 8 and info["shards"] == [[8, 5]]  # 64 rows, 8 per device
+    assert info["equal"]
 
 
 def test_uniform_sampling_over_labels():
@@ -291,3 +348,10 @@ def test_deepercluster_rotation_and_hierarchical_refresh():
     # The super-clusters are kept at later refreshes (as the authors' code).
     again = m.refresh(new_params, stats, new_state, features + 5.0, epoch=3)[1]["per_example"]
     np.testing.assert_array_equal(again["super"], per_example["super"])
+
+
+if __name__ == "__main__":  # on 8 simulated devices, for the test above
+    import json
+    _rows, _shards, _expected = _on_device_pass()
+    print(json.dumps({"num_devices": len(jax.devices()), "shards": [list(x) for x in _shards],
+                      "equal": all(np.array_equal(_rows[k], _expected[k]) for k in _rows)}))

@@ -150,7 +150,9 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     ``epoch_order(epoch)``: the examples of that epoch, in order, as dataset indices of this
     process's slice (at least ``steps_per_epoch`` batches of them; e.g. DeepCluster's uniform
     sampling over pseudo-classes); None: a seeded permutation. It must be a pure function of the
-    epoch (exact resume), and needs an in-memory dataset.
+    epoch (exact resume). In memory the epoch follows it row by row; streamed, the epoch holds
+    exactly its examples, each as many times as drawn, in the stream's shuffled order (see
+    ``pretrain_dataset``).
     """
     plan = _checked_plan(view_plan, num_views)
     pi, pc = _processes(process_index, process_count)
@@ -165,17 +167,12 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
     arrays = _in_memory_slice(dataset, split, data_dir, pi, pc) if _use_memory(info, n) else None
     offset = sources.slice_offset(dataset, split, data_dir, pi, pc)
-    if epoch_order is not None and arrays is None:
-        raise ValueError(f"{dataset}:{split} is streamed (too large to hold in memory), and a sampled "
-                         "epoch order (sampling over pseudo-classes) needs random access to every "
-                         "example; use an in-memory dataset (CIFAR, MNIST, digits, a TFDS subset) or "
-                         "turn the method's sampling off.")
     ds = pretrain_dataset(
         ds_src, info, arrays=arrays, views=_view_cfgs(data_cfg, 1 + max(k for k, _ in plan)),
         image_size=int(image_size), mean=tuple(mean), std=tuple(std), local_batch=b,
         steps_per_epoch=spe, seed=seed, process_index=pi, start_step=start_step,
         shuffle_buffer=int(shuffle_buffer), jit_augment=jit_augment, view_plan=plan,
-        example_index=None if arrays is None else offset + np.arange(len(arrays[1])),
+        example_index=None if arrays is None else offset + np.arange(len(arrays[1])), stream_offset=offset,
         epoch_order=None if epoch_order is None else (lambda e: np.asarray(epoch_order(e)) - offset))
     return ds.as_numpy_iterator()
 
@@ -281,14 +278,19 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
                      image_size: int, mean, std, local_batch: int, steps_per_epoch: int, seed: int,
                      process_index: int = 0, start_step: int = 0, shuffle_buffer: int = 10_000,
                      jit_augment: bool = True, view_plan: Optional[Sequence[tuple]] = None,
-                     example_index: Optional[np.ndarray] = None,
+                     example_index: Optional[np.ndarray] = None, stream_offset: int = 0,
                      epoch_order: Optional[Callable[[int], np.ndarray]] = None) -> tf.data.Dataset:
     """The tf.data graph behind ``pretrain_iterator`` for a given source.
 
     ``arrays=(uint8 [n, H, W, 3], labels [n])`` selects the in-memory path (``ds_src`` unused),
     ``example_index`` [n] the dataset index of each row (default: the row), and
     ``epoch_order(epoch)`` the rows of an epoch in order (default: a seeded permutation);
-    ``arrays=None`` streams ``ds_src`` (elements ``{'image': uint8 or JPEG string, 'label', 'index'}``).
+    ``arrays=None`` streams ``ds_src`` (elements ``{'image': uint8 or JPEG string, 'label', 'index'}``,
+    row r having index ``stream_offset + r``). A streamed ``epoch_order`` has no random access to
+    follow: each example is repeated as many times as the order draws it (0 for those it leaves
+    out) before the epoch's shuffle, so the epoch holds exactly the order's examples with their
+    multiplicities, in an order mixed within ``shuffle_buffer`` (DeepCluster's sampler on
+    ImageNet). Both paths resume exactly.
     View v comes out ``augment.view_size(views[v], image_size)`` px. ``view_plan`` (see
     ``pretrain_iterator``) maps the standard views ``views`` to the output views.
     """
@@ -325,20 +327,23 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
         return tuple(standard) if finish is None else finish(standard, batch["heavy_seed"])
 
     epochs = tf.data.Dataset.range(start_epoch, 2 ** 62)
+    n = len(arrays[1]) if arrays is not None else int(ds_src.cardinality())
+    if epoch_order is not None and n < 0:
+        raise ValueError("A sampled epoch_order needs a stream of known length (ds_src.cardinality()).")
+
+    def sampled_order(epoch):
+        """The first per_epoch rows epoch_order(epoch) gives, checked."""
+        rows = np.asarray(epoch_order(int(epoch)), np.int64)
+        if rows.ndim != 1 or len(rows) < per_epoch or rows.min() < 0 or rows.max() >= n:
+            raise ValueError(f"epoch_order({int(epoch)}) must give >= {per_epoch} rows in [0, {n}); "
+                             f"got shape {rows.shape}, range [{rows.min()}, {rows.max()}].")
+        return rows[:per_epoch]
 
     if arrays is not None:
         images_np, labels_np = arrays
-        n = len(labels_np)
         images, labels = tf.constant(images_np), tf.constant(labels_np)
         rows_index = tf.constant(np.arange(n) if example_index is None else np.asarray(example_index), tf.int64)
         hw = images_np.shape[1:3]
-
-        def sampled_order(epoch):
-            rows = np.asarray(epoch_order(int(epoch)), np.int64)
-            if rows.ndim != 1 or len(rows) < per_epoch or rows.min() < 0 or rows.max() >= n:
-                raise ValueError(f"epoch_order({int(epoch)}) must give >= {per_epoch} rows in [0, {n}); "
-                                 f"got shape {rows.shape}, range [{rows.min()}, {rows.max()}].")
-            return rows[:per_epoch]
 
         def epoch_positions(epoch):
             if epoch_order is None:
@@ -373,10 +378,18 @@ def pretrain_dataset(ds_src: tf.data.Dataset, info: Mapping[str, Any], *, arrays
         pre_blur = _per_view(lambda cfg: augment.make_example_pre_blur_fn(cfg, jit=jit_augment), views)
         post_blur = _per_view(lambda cfg: augment.make_view_post_fn(cfg, mean, std, jit=jit_augment), views)
 
+        def draws_per_row(epoch):
+            return np.bincount(sampled_order(epoch), minlength=n).astype(np.int64)
+
         def epoch_examples(epoch):
             shuffle_seed = augment.fold_in(order_root, epoch)[0]
             keys = view_keys(epoch)
-            return ds_src.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False).take(
+            src = ds_src
+            if epoch_order is not None:
+                draws = tf.ensure_shape(tf.numpy_function(draws_per_row, [epoch], tf.int64, stateful=False), [n])
+                src = src.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(
+                    draws[tf.cast(ex["index"], tf.int64) - stream_offset]))
+            return src.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False).take(
                 per_epoch).enumerate().map(lambda pos, ex: (keys, pos, ex))
 
         def sample(keys, pos, ex):

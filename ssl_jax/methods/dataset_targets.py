@@ -12,6 +12,10 @@ What a subclass adds to a JointEmbeddingMethod (the loop's side: ssl_jax.train.r
   refresh_features        None, or fn(params, batch_stats, images) -> per-row outputs of the
                           network in inference mode, computed over the train split's evaluation
                           view (centre crop, no augmentation) before `refresh`
+  refresh_features_on_device
+                          False: the pass's rows are gathered on every host as NumPy [N, ...];
+                          True: they stay on the devices, [num_rows, ...] sharded over the
+                          example axis (rows past N are 0), for passes too large for a host
   refresh_pass_due(epoch) whether the refresh opening `epoch` needs that pass (default: yes;
                           DeepCluster-v2 needs it only to fill its memory bank at epoch 0)
   refresh(params, batch_stats, method_state, features, epoch)
@@ -39,6 +43,7 @@ class DatasetTargets(JointEmbeddingMethod, abc.ABC):
 
     samples = False
     refresh_features = None
+    refresh_features_on_device = False
     monitor_key = "z"  # the output the collapse monitors read: 'z' (a projection) or 'h'
 
     def __init__(self, config, total_steps, steps_per_epoch=None):
@@ -105,8 +110,10 @@ def uniform_over_labels(labels: np.ndarray, rng: np.random.Generator) -> np.ndar
     if len(present) == 0:
         return rng.permutation(n)
     per_label = n // len(present) + 1
-    draws = []
-    for k in present:
-        members = np.flatnonzero(labels == k)
-        draws.append(rng.choice(members, per_label, replace=len(members) < per_label))
+    # Members of every label at once, each in ascending order (a stable sort): O(N log N), where a
+    # scan per label is O(N·K), minutes at ImageNet's 1.28M images x 10k clusters.
+    by_label = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[by_label], present)
+    ends = np.searchsorted(labels[by_label], present, side="right")
+    draws = [rng.choice(by_label[a:b], per_label, replace=b - a < per_label) for a, b in zip(starts, ends)]
     return rng.permutation(np.concatenate(draws))[:n]
