@@ -6,7 +6,10 @@ setup(
     version="0.1.0",
     description="Self-supervised visual representation learning in JAX/Flax "
     "(BYOL and more) on a sharded, resumable engine.",
-    packages=find_packages(include=["ssl_jax", "ssl_jax.*"]),
+    # configs/ ships inside the package as ssl_jax/configs, so `ssl_jax.config("byol", "demo")`
+    # finds it in an installed wheel too (in a checkout it is read beside the package).
+    packages=find_packages(include=["ssl_jax", "ssl_jax.*"]) + ["ssl_jax.configs", "ssl_jax.configs.eval"],
+    package_dir={"ssl_jax.configs": "configs"},
     package_data={"ssl_jax.native": ["*.cc"]},  # compiled on first use (ssl_jax/native)
     python_requires=">=3.10",
     # Ranges tested: the lower bounds are the versions this was developed and

@@ -9,8 +9,8 @@ with respect to the input and of its gradient with respect to the kernel, each b
 oneDNN's custom calls (ssl_jax.native, where available), and of XLA's three in one compiled
 function, with the GFLOP/s of each (2·N·H·W·9·C_in·C_out FLOPs per convolution).
 
-ssl_jax is imported before JAX so that the convolutions run under the library's own CPU default
-(YNNPACK fusion off, ssl_jax/__init__.py); the XLA flags in effect are printed with the result.
+The library's XLA flags are set before JAX starts so that the convolutions run under the library's own CPU default
+(YNNPACK fusion off, ssl_jax.xla_flags.set_cpu_defaults); the XLA flags in effect are printed with the result.
 Before 2026-11-22 this script imported JAX alone and so measured XLA with YNNPACK on, under which
 the weight gradient at 32²×64 takes 3x as long (benchmarks/RESULTS_train_step.md, section 12).
 """
@@ -19,13 +19,15 @@ import json
 import os
 import time
 
-import ssl_jax  # noqa: F401  (sets the library's XLA CPU flags before JAX starts)
-import jax
-import jax.numpy as jnp
-from jax import lax
+from ssl_jax import xla_flags
 
-from ssl_jax import native
-from ssl_jax.models.conv import onednn_conv
+xla_flags.set_cpu_defaults()  # the commands' XLA CPU flags, before JAX starts
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+from ssl_jax import native  # noqa: E402
+from ssl_jax.models.conv import onednn_conv  # noqa: E402
 
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))
 

@@ -26,6 +26,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import xla_flags  # noqa: E402
+
+xla_flags.set_cpu_defaults()  # the commands' XLA CPU flags, before JAX creates its CPU client
 from ssl_jax import presets  # noqa: E402
 from ssl_jax.evaluate.in_training import pretrain_and_evaluate  # noqa: E402
 

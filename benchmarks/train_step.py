@@ -36,6 +36,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import xla_flags  # noqa: E402
+
+xla_flags.set_cpu_defaults()  # the commands' XLA CPU flags, before JAX creates its CPU client
 from benchmarks.hlo_collectives import collective_bytes, ideal_bytes, strategy_of  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.methods import METHODS, build_method  # noqa: E402

@@ -18,6 +18,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"ssl_jax_tests_xla_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# The tests run under the commands' XLA CPU flags (YNNPACK fusion off: faster, less memory), as
+# they did when `import ssl_jax` set them; importing the package no longer changes the environment.
+from ssl_jax import xla_flags  # noqa: E402  (os only: no JAX yet)
+
+xla_flags.set_cpu_defaults()
+
 
 def device_env(devices: int, fast_compile: bool = False) -> dict:
     """The environment of a test subprocess on `devices` simulated CPU devices (XLA_FLAGS must
@@ -29,7 +35,9 @@ def device_env(devices: int, fast_compile: bool = False) -> dict:
     flags = f"--xla_force_host_platform_device_count={devices}"
     if fast_compile:
         flags += " --xla_backend_optimization_level=0"
-    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    xla_flags.set_cpu_defaults(env)
+    return env
 
 
 def json_from_module_on_devices(module: str, devices: int = 8, timeout: int = 300) -> dict:
