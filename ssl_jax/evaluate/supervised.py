@@ -131,7 +131,7 @@ def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cf
 
     state = resumable.run_steps(
         state, one_step, start=start, total=total, log_every=max(steps_per_epoch, 1), on_log=on_log,
-        nonfinite_message=lambda loss, done: (f"classifier loss is {loss} at step {done}; lower "
+        nonfinite_message=lambda what, done: (f"Classifier training: {what} at step {done}; lower "
                                               "--config.train.optimizer.base_lr."),
         manager=manager, save_every=int(train_cfg.checkpoint_every_steps or steps_per_epoch),
         meta=lambda done: {"step": done, "finetune": finetune})

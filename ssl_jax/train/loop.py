@@ -3,15 +3,18 @@ state to the evaluation hooks its caller supplies (ssl_jax.evaluate.in_training)
 
 Evaluation sits above training: this module never imports it; `run` takes an `Evaluator`.
 """
+import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ssl_jax import monitors, parallel
 from ssl_jax import results as results_lib
@@ -19,6 +22,7 @@ from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.methods import build_method
 from ssl_jax.train import checkpoint, refresh, resumable
+from ssl_jax.train import workdir as workdir_lib
 from ssl_jax.train import step as step_lib
 from ssl_jax.train.logging import MetricWriter, Progress
 from ssl_jax.train.optim import build_optimizer
@@ -54,10 +58,36 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     return config.num_steps if config.num_steps > 0 else int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
-def _nonfinite_message(loss: float, step: int) -> str:
-    return (f"The loss is {loss} at step {step}. Checkpoints already in the workdir are intact "
-            "(a non-finite state is never saved). Lower --config.optimizer.base_lr, lengthen "
-            "--config.optimizer.warmup_epochs, or use float32 (--config.model.dtype=float32).")
+def _nonfinite_message(what: str, step: int) -> str:
+    return (f"At step {step}, {what}: the run diverged. Lower "
+            "--config.optimizer.base_lr, lengthen --config.optimizer.warmup_epochs, or use float32 "
+            "(--config.model.dtype=float32).")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Hold WORKDIR's run lock (ssl_jax.workdir) for the block: process 0 takes it, and every
+    process stops (WorkdirInUse) when it could not, so no process trains alone into a workdir
+    another run owns."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = workdir_lib.acquire(workdir)
+        except workdir_lib.WorkdirInUse as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        held = bool(multihost_utils.broadcast_one_to_all(np.int32(lock is not None)))
+        if not held and error is None:
+            error = workdir_lib.WorkdirInUse(f"{workdir} is in use by another training run (process 0 "
+                                             "names it); pass another --workdir or stop that run.")
+    if error is not None:
+        raise error
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def run_record(config: ml_collections.ConfigDict, method) -> str:
@@ -103,7 +133,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | 
     (ssl_jax.results schema) of the run ('pretrain': train seconds, collapse monitors) and of
     `evaluator.after`. Writes config.json, metrics.jsonl, tensorboard/ and checkpoints/ (not
     results.json: the caller decides what to report)."""
-    storage.makedirs(workdir)
+    workdir_lib.check_writable(workdir)
+    with workdir_lock(workdir):
+        # Before anything is written: another run's workdir keeps its record and checkpoints.
+        workdir_lib.check_same_run(workdir, json.loads(config.to_json_best_effort()))
+        return _run_locked(config, workdir, evaluator)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | None) -> list[dict]:
+    """`run` once its workdir is checked and locked."""
     mesh = parallel.mesh_from_config(config.mesh)
     info, spe, n_steps, method, optimizer, lr_schedule = build(config, mesh)
     this_run = Run(config, mesh, method, info["num_classes"], spe, n_steps)
@@ -117,12 +155,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | 
     data_fingerprint = refresh.fingerprint(config.data) if refresh.refreshes(method) else None
     if data_fingerprint is not None:  # before restoring: the per-example shapes depend on it
         refresh.check_fingerprint(checkpoint.latest_meta(manager), data_fingerprint, manager.directory)
-    restored = checkpoint.restore_latest(manager, checkpoint.abstract(state, state_sh))
     log = print if is_main else (lambda *a, **k: None)  # process 0 speaks for the run
+    # A checkpoint that does not restore, or holds a diverged state (saved before that was
+    # refused), is skipped for the one before it.
+    restored = checkpoint.restore_latest(manager, checkpoint.abstract(state, state_sh),
+                                         validate=checkpoint.state_problem,
+                                         warn=lambda m: log(m, file=sys.stderr, flush=True))
+    meta = {}
     if restored is not None:
         state, meta = restored
         log(f"Resumed from {manager.directory} (input position: {meta}).", flush=True)
     start = int(parallel.to_host(state.step))
+    # Training time and images seen over every segment of the run (a resumed run continues the
+    # counts its checkpoint carries; steps redone after a kill are counted once).
+    seconds_before = float(meta.get("train_seconds", 0.0))
+    examples_before = int(meta.get("examples_seen", start * config.global_batch_size))
+    examples_seen = lambda done: examples_before + (done - start) * config.global_batch_size
     log(f"{config.method}: {n_steps} steps ({spe} per epoch), global batch {config.global_batch_size} "
         f"on {mesh.devices.size} device(s) in {jax.process_count()} process(es), mesh "
         f"{dict(mesh.shape)}; starting at step {start}.", flush=True)
@@ -179,14 +227,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, evaluator: Evaluator | 
         state = resumable.run_steps(
             state, one_step, start=start, total=n_steps, log_every=config.log_every_steps, on_log=on_log,
             nonfinite_message=_nonfinite_message, manager=manager, save_every=ckpt.every_steps,
-            meta=lambda done: {"step": done, "examples_seen": done * config.global_batch_size,
-                               "epoch": done / spe,
+            meta=lambda done: {"step": done, "examples_seen": examples_seen(done), "epoch": done / spe,
+                               "train_seconds": seconds_before + time.perf_counter() - t0,
                                **({"dataset_fingerprint": data_fingerprint} if data_fingerprint else {})})
-        train_seconds = time.perf_counter() - t0
+        train_seconds = seconds_before + time.perf_counter() - t0
+        done = int(parallel.to_host(state.step))
         records = results_lib.make_records(
-            results_lib.run_fields(config, int(parallel.to_host(state.step)), spe), protocol="pretrain",
+            results_lib.run_fields(config, done, spe), protocol="pretrain",
             eval_dataset=config.data.dataset, network="online", wall_seconds=train_seconds,
-            metrics=dict(train_seconds=train_seconds, **_final_monitors(last_logged)))
+            metrics=dict(train_seconds=train_seconds, examples_seen=examples_seen(done),
+                         **_final_monitors(last_logged)))
         if evaluator is not None:
             records += evaluator.after(this_run, state)
     finally:  # also on a preemption or an error: metrics files flushed
