@@ -72,6 +72,15 @@ def _prepared_names(data_dir: str, limit: int = 20):
     return names if len(names) <= limit else names[:limit] + ["..."]
 
 
+def _registered(dataset: str) -> bool:
+    """Whether TFDS knows `dataset` (name[:version][/config]) without any data."""
+    try:
+        tfds.builder_cls(dataset.split(":")[0].split("/")[0])
+    except Exception:  # DatasetNotFoundError and friends
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _builder(dataset: str, data_dir: Optional[str]):
     """A prepared TFDS builder, or one clear error naming the dataset, the data_dir and the fix."""
@@ -80,6 +89,11 @@ def _builder(dataset: str, data_dir: Optional[str]):
         readable = tf.io.gfile.isdir(ddir)
     except tf.errors.OpError:
         readable = False
+    if not readable and not _registered(dataset):  # a misspelt name is not a data_dir problem
+        raise ValueError(
+            f"Unknown dataset {dataset!r}: it is not one of the built-in datasets {list(LOCAL_DATASETS)} "
+            "nor a registered TFDS dataset. Check the name in --config.data.dataset (a dataset of your "
+            "own: prepare it in a TFDS data_dir and pass --config.data.data_dir).")
     if not readable:
         raise FileNotFoundError(
             f"Dataset {dataset!r}: the TFDS data_dir {ddir!r} does not exist or cannot be read. "
