@@ -17,19 +17,21 @@ Formats:
                'batch_stats/stem_bn/mean', heads under 'heads/<name>/params/...'. The metadata
                holds the model config as JSON and the source run (method, dataset, backbone,
                step, network). `unflatten_variables` rebuilds the trees.
-  torchvision  ResNets only: a safetensors file whose keys, shapes and layouts are those of
-               torchvision's resnet18/34/50/101/152 `state_dict()` without `fc` (conv weights
-               OIHW; BatchNorm weight/bias/running_mean/running_var/num_batches_tracked), so
-                   m = torchvision.models.resnet50(); m.fc = torch.nn.Identity()
-                   m.load_state_dict(safetensors.torch.load_file(FILE), strict=True)
-               gives the same pooled features as the Flax encoder. With the CIFAR stem
-               (metadata cifar_stem=true) the keys are the same but the torch model needs
-               `m.conv1 = nn.Conv2d(3, 64*w, 3, 1, 1, bias=False); m.maxpool = nn.Identity()`.
-               A width multiplier w != 1 scales every channel count (stem included), which is
-               NOT torchvision's wide_resnet (that widens only the bottleneck's inner convs):
-               build the torch model with the widths of the metadata. ResNet-200 has the
-               torchvision naming but no constructor:
-               `torchvision.models.resnet.ResNet(Bottleneck, [3, 24, 36, 3])`.
+  torchvision  ResNets only: a safetensors file whose keys, shapes and layouts are those of a
+               torchvision `ResNet`'s `state_dict()` without `fc` (conv weights OIHW; BatchNorm
+               weight/bias/running_mean/running_var/num_batches_tracked). A width multiplier
+               w != 1 scales every channel count, stem included (NOT torchvision's wide_resnet,
+               which widens only the bottleneck's inner convs), and the CIFAR stem is a 3x3/1
+               conv without max-pool, so the torch model is built by `TORCH_BUILDER`, a few lines
+               of pure PyTorch stored in the metadata: `torch_model` is a program that defines
+               `build_resnet` and builds `model` for this file (any depth, width, stem, fc):
+                   scope = {}; exec(metadata["torch_model"], scope); model = scope["model"]
+                   model.load_state_dict(safetensors.torch.load_file(FILE), strict=True)
+               gives the same pooled features as the Flax encoder.
+
+Inputs. Every format records how to feed the network: `layout` (NCHW for torchvision, NHWC for
+flax and safetensors), `image_size`, `mean` and `std` (RGB in [0, 1], then (x - mean) / std per
+channel, as in pretraining): safetensors metadata keys, and the flax file's `input` entry.
 
 Padding. Flax's 'SAME' pads a stride-2 3x3 conv asymmetrically, (0, 1), on even inputs while
 PyTorch pads (1, 1); ssl_jax's ResNet uses explicit symmetric padding everywhere (3x3 convs
@@ -68,7 +70,6 @@ NETWORKS = ("default", "online", "target")
 SAFETENSORS_FORMAT = "ssl_jax.export.safetensors/1"
 TORCHVISION_FORMAT = "ssl_jax.export.torchvision/1"
 SEP = "/"
-TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
 
 
 # ----------------------------------------------------------------------------- flat arrays
@@ -189,26 +190,69 @@ def to_torchvision(pretrained, fc=None) -> dict[str, np.ndarray]:
     return out
 
 
+# A self-contained builder for the torch side: no ssl_jax import, only torch and torchvision.
+# torchvision's constructors fix the widths (64, 128, 256, 512) and the 7x7 stem, and its
+# width_per_group widens only a bottleneck's inner convs, so the ResNet is built at width 1
+# and its stem and four stages are replaced; `_make_layer` (torchvision's own stage builder)
+# reads the input width from `inplanes`, so setting it first gives every block, downsample
+# included, the scaled widths. README.md shows this text; tests/test_export.py runs it.
+TORCH_BUILDER = '''\
+import torch
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
+          152: [3, 8, 36, 3], 200: [3, 24, 36, 3]}
+
+
+def build_resnet(depth, width=1.0, cifar_stem=False, num_classes=0):
+    """torchvision ResNet-`depth`, every channel count scaled by `width` (stem included),
+    the CIFAR stem (3x3/1 conv, no max-pool) if asked, fc = Identity if num_classes is 0."""
+    block, layers = (BasicBlock if depth < 50 else Bottleneck), LAYERS[depth]
+    ch = lambda c: max(1, int(round(c * width)))  # the channel counts ssl_jax uses
+    model = ResNet(block, layers)
+    model.conv1 = torch.nn.Conv2d(3, ch(64), *((3, 1, 1) if cifar_stem else (7, 2, 3)), bias=False)
+    model.bn1 = torch.nn.BatchNorm2d(ch(64))
+    if cifar_stem:
+        model.maxpool = torch.nn.Identity()
+    model.inplanes = ch(64)  # _make_layer reads and advances it
+    for i, blocks in enumerate(layers):
+        stage = model._make_layer(block, ch(64 * 2 ** i), blocks, stride=1 if i == 0 else 2)
+        setattr(model, f"layer{i + 1}", stage)
+    features = ch(512) * block.expansion
+    model.fc = torch.nn.Linear(features, num_classes) if num_classes else torch.nn.Identity()
+    return model
+'''
+
+
+def torch_model_code(depth: int, width: float, cifar_stem: bool, num_classes: int = 0) -> str:
+    """A pure-PyTorch program (TORCH_BUILDER and one call) whose `model` takes the torchvision
+    export of this network with `load_state_dict(..., strict=True)`."""
+    return (f"{TORCH_BUILDER}\n\nmodel = build_resnet({int(depth)}, width={float(width)!r}, "
+            f"cifar_stem={bool(cifar_stem)}, num_classes={int(num_classes or 0)})\n")
+
+
+def input_metadata(pretrained, layout: str) -> dict[str, str]:
+    """How to feed the exported network, as safetensors metadata strings: `layout`, and
+    `image_size`, `mean`, `std` (JSON) where the source run records them."""
+    from ssl_jax import pretrained as pretrained_lib
+
+    spec = pretrained_lib.input_spec(pretrained.data, layout)
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in spec.items()}
+
+
 def torchvision_metadata(pretrained, num_classes: int | None = None) -> dict[str, str]:
-    """cifar_stem, width, depth and how to build the matching torch model (with an `fc` of
-    `num_classes` outputs, or `fc = Identity` when there is no classifier)."""
+    """cifar_stem, width, depth, the input (layout NCHW, image_size, mean, std) and
+    `torch_model`: the pure-PyTorch program that builds the matching torch model (with an `fc`
+    of `num_classes` outputs, or fc = Identity without a classifier)."""
     enc = pretrained.encoder
     depth, width, cifar = int(enc.depth), float(enc.width_multiplier), bool(enc.cifar_stem)
-    stem = max(1, int(round(64 * width)))
-    build = (f"torchvision.models.resnet{depth}()" if depth in TORCHVISION_DEPTHS else
-             "torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [3, 24, 36, 3])")
-    feature_dim = int(pretrained.encoder.feature_dim)
-    build += (f"; model.fc = torch.nn.Linear({feature_dim}, {num_classes})" if num_classes
-              else "; model.fc = torch.nn.Identity()")
-    if cifar:
-        build += (f"; model.conv1 = torch.nn.Conv2d(3, {stem}, 3, 1, 1, bias=False)"
-                  "; model.maxpool = torch.nn.Identity()")
     meta = {"cifar_stem": json.dumps(cifar), "width": f"{width:g}", "depth": str(depth),
-            "torch_model": build}
+            "torch_model": torch_model_code(depth, width, cifar, num_classes or 0),
+            **input_metadata(pretrained, "NCHW")}
     if width != 1.0:
         meta["width_note"] = (f"every channel count (stem included) is scaled by {width:g}; this "
                               "is not torchvision's wide_resnet, whose width_per_group widens only "
-                              "the bottleneck's inner convs: build the torch ResNet with these widths.")
+                              "the bottleneck's inner convs: torch_model builds the right widths.")
     return meta
 
 
@@ -324,7 +368,7 @@ def export(source: str, fmt: str, output: str, network: str = "default", step: i
                 **torchvision_metadata(pre, None if fc is None else fc[0].shape[1])}
     elif fmt == "safetensors":
         arrays = flatten_variables(pre.variables, pre.heads if include_heads else None)
-        meta = _run_metadata(pre, SAFETENSORS_FORMAT)
+        meta = {**_run_metadata(pre, SAFETENSORS_FORMAT), **input_metadata(pre, "NHWC")}
         if fc is not None:
             arrays.update({f"classifier{SEP}kernel": fc[0], f"classifier{SEP}bias": fc[1]})
     if fc is not None:
@@ -389,6 +433,9 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ssl_jax import xla_flags
+
+    xla_flags.set_cpu_defaults()  # the commands' XLA CPU default, before JAX starts
     from absl import app
 
     _define_flags()

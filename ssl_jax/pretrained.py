@@ -60,6 +60,22 @@ def _data_fields(config) -> dict:
     return {k: data[k] for k in DATA_FIELDS if k in data}
 
 
+INPUT_PIXELS = "RGB scaled to [0, 1], then (x - mean) / std per channel"
+
+
+def input_spec(data: dict, layout: str) -> dict:
+    """How an export's network is fed: {'layout': 'NCHW' | 'NHWC', 'pixels', and the run's
+    'image_size', 'mean', 'std' where `data` (Pretrained.data) has them}."""
+    spec = {"layout": layout, "pixels": INPUT_PIXELS}
+    spec.update({k: data[k] for k in ("image_size", "mean", "std") if data.get(k) not in (None, "", ())})
+    if "image_size" in spec:
+        spec["image_size"] = int(spec["image_size"])
+    for k in ("mean", "std"):
+        if k in spec:
+            spec[k] = [float(v) for v in spec[k]]
+    return spec
+
+
 def random_init(pretrained: Pretrained, seed: int = 0) -> Pretrained:
     """The same encoder at a seeded random initialisation (the 'what did pretraining buy' baseline)."""
     import jax.numpy as jnp
@@ -140,6 +156,7 @@ def save_flax(path: str, pretrained: Pretrained, include_heads: bool = False) ->
         "run": json.dumps(pretrained.run),
         "network": pretrained.network,
         "data": json.dumps(pretrained.data),
+        "input": json.dumps(input_spec(pretrained.data, "NHWC")),  # what every export format records
         "variables": jax.device_get(pretrained.variables),
         "heads": jax.device_get(pretrained.heads) if include_heads else {},
     }

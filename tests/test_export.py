@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -24,7 +25,9 @@ from ssl_jax.models import build_encoder
 from tests.conftest import REPO_ROOT
 
 TORCH_BN_EPS = 1e-5
-LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3],
+          200: [3, 24, 36, 3]}
+DATA = {"image_size": 32, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
 
 
 # ----------------------------------------------------------------------------- NumPy torchvision
@@ -166,7 +169,7 @@ def _random_resnet(name, width, cifar_stem, seed=0):
                            np.random.default_rng(seed))
     run = {"method": "byol", "dataset": "test", "backbone": f"{name}_w{width:g}", "step": 7}
     return pretrained_lib.Pretrained(encoder=encoder, variables=variables, heads={},
-                                     model_config=cfg, run=run, network="online")
+                                     model_config=cfg, run=run, network="online", data=dict(DATA))
 
 
 def _features(pre, x_nhwc):
@@ -248,6 +251,83 @@ def test_torchvision_keys_resnet18_count():
     assert len(torchvision_shapes(18)) == 122 - 2
 
 
+# ----------------------------------------------------------------------------- the torch builder
+
+def _torch_builder_shapes(depth, width, cifar_stem, num_classes=0):
+    """{key: shape} of the `model` that the metadata's pure-PyTorch program builds, run
+    against the shape-only torch/torchvision stand-in (tests/torch_stub.py)."""
+    from tests import torch_stub
+
+    saved = {name: sys.modules.get(name) for name in torch_stub.modules()}
+    sys.modules.update(torch_stub.modules())
+    try:
+        scope = {}
+        exec(export_lib.torch_model_code(depth, width, cifar_stem, num_classes), scope)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return scope["model"].state_dict()
+
+
+@pytest.mark.parametrize("depth", sorted(LAYERS))
+def test_torch_builder_every_depth_and_width(depth):
+    # Every depth the library trains at the widths its presets use (1/8 .. 2), both stems:
+    # the builder's state dict is the export's key and shape set (torchvision_shapes, which the
+    # export matches: test_torchvision_keys_*, test_torch_builder_matches_the_export).
+    for width in (0.125, 0.25, 0.5, 1.0, 2.0):
+        for cifar_stem in (False, True):
+            assert _torch_builder_shapes(depth, width, cifar_stem) == torchvision_shapes(depth, width, cifar_stem)
+
+
+@pytest.mark.parametrize("name,width,cifar_stem", [("resnet18", 0.125, True), ("resnet50", 0.25, False),
+                                                   ("resnet34", 0.5, True)])
+def test_torch_builder_matches_the_export(name, width, cifar_stem):
+    pre = _random_resnet(name, width, cifar_stem)
+    rng = np.random.default_rng(0)
+    fc = (rng.normal(size=(pre.encoder.feature_dim, 7)), rng.normal(size=7))
+    sd = export_lib.to_torchvision(pre, fc=fc)
+    meta = export_lib.torchvision_metadata(pre, num_classes=7)
+    depth = int(name[6:])
+    assert meta["torch_model"] == export_lib.torch_model_code(depth, width, cifar_stem, 7)
+    assert _torch_builder_shapes(depth, width, cifar_stem, 7) == {k: v.shape for k, v in sd.items()}
+
+
+def test_readme_shows_the_torch_builder():
+    readme = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
+    assert export_lib.TORCH_BUILDER in readme
+
+
+# Real PyTorch where it is installed (not in CI: the package and its tests need no PyTorch;
+# the stand-in above runs the same builder there). Widths 1/8 and 1, depths 18 and 50.
+@pytest.mark.parametrize("name,width,cifar_stem", [("resnet18", 0.125, True), ("resnet18", 1.0, False),
+                                                   ("resnet50", 0.125, False), ("resnet50", 1.0, True)])
+def test_torch_builder_in_real_torchvision(name, width, cifar_stem, tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    import safetensors.torch
+
+    pre = _random_resnet(name, width, cifar_stem)
+    path = str(tmp_path / "model.safetensors")
+    export_lib.save_safetensors(path, export_lib.to_torchvision(pre), export_lib.torchvision_metadata(pre))
+    with safetensors.safe_open(path, "np") as f:
+        md = f.metadata()
+    scope = {}
+    exec(md["torch_model"], scope)  # the user's path: the metadata's program, no ssl_jax
+    model = scope["model"]
+    model.load_state_dict(safetensors.torch.load_file(path), strict=True)
+    model.eval()
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    expected = _features(pre, x)
+    print(f"{name} w{width:g} cifar_stem={cifar_stem}: max |torch - flax| = {np.abs(got - expected).max():.3g} "
+          f"(max |flax| {np.abs(expected).max():.3g})")
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 def _random_vit():
     cfg = _model_cfg(name="vit_tiny", patch_size=8)
     encoder = build_encoder(cfg)
@@ -312,7 +392,10 @@ def test_safetensors_round_trip(tmp_path):
     assert (md["method"], md["step"], md["network"]) == ("byol", "7", "online")
     assert json.loads(md["model_config"])["name"] == "resnet18"
     assert "wide_resnet" in md["width_note"]
-    assert "model.maxpool = torch.nn.Identity()" in md["torch_model"]
+    assert md["torch_model"].startswith(export_lib.TORCH_BUILDER)
+    assert md["torch_model"].endswith("model = build_resnet(18, width=0.125, cifar_stem=True, num_classes=0)\n")
+    assert (md["layout"], md["image_size"]) == ("NCHW", "32")
+    assert (json.loads(md["mean"]), json.loads(md["std"])) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     with pytest.raises(TypeError, match="strings"):
         export_lib.save_safetensors(path, sd, {"step": 3})
 
@@ -367,6 +450,12 @@ def test_cli_flax_round_trip_and_networks(tiny_run, tmp_path):
         md = f.metadata()
     assert (md["format"], md["network"], md["step"], md["method"]) == (
         export_lib.SAFETENSORS_FORMAT, "online", "352", "byol")
+    # Every format records the input: layout, size, normalisation (the flax file in `input`).
+    assert (md["layout"], md["image_size"]) == ("NHWC", "16")
+    payload = flax.serialization.msgpack_restore(open(online_out, "rb").read())
+    spec = json.loads(payload["input"])
+    assert (spec["layout"], spec["image_size"]) == ("NHWC", 16)
+    assert (spec["mean"], spec["std"]) == (json.loads(md["mean"]), json.loads(md["std"]))
     assert oct(os.stat(st).st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
@@ -385,6 +474,10 @@ def test_cli_torchvision_on_run(tiny_run, tmp_path):
     with safetensors.safe_open(out, "np") as f:
         md = f.metadata()
     assert (md["cifar_stem"], md["width"], md["depth"], md["network"]) == ("true", "0.125", "18", "online")
+    # What a PyTorch user needs to feed it, from the run's data config (the demo: digits at 16 px).
+    run_data = json.load(open(os.path.join(tiny_run, "config.json")))["data"]
+    assert (md["layout"], md["image_size"]) == ("NCHW", "16")
+    assert (json.loads(md["mean"]), json.loads(md["std"])) == (list(run_data["mean"]), list(run_data["std"]))
     pre = pretrained_lib.load(tiny_run)
     x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
     expected = _features(pre, x)
@@ -466,7 +559,7 @@ def test_cli_exports_a_trained_classifier_as_fc(tiny_run, tmp_path, finetune):
     sd = safetensors.numpy.load_file(out)
     assert sd["fc.weight"].shape == (10, pre.encoder.feature_dim) and sd["fc.bias"].shape == (10,)
     with safetensors.safe_open(out, "np") as f:
-        assert f"torch.nn.Linear({pre.encoder.feature_dim}, 10)" in f.metadata()["torch_model"]
+        assert "cifar_stem=True, num_classes=10)" in f.metadata()["torch_model"]
     x = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
     feats = pre.encoder.apply(trained["encoder"], x, train=False)
     expected = np.asarray(trained["head"].apply(trained["head_variables"], feats, train=False))
