@@ -15,15 +15,42 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
 from typing import Callable
 
 from absl import app, flags, logging
 
+from ssl_jax import xla_flags
+
 # Errors a user can cause (a bad config value, a missing dataset or checkpoint, a file in the
-# way, a diverging loss): one message naming the cause and the fix, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+# way, a diverging loss, a path this user cannot write): one message naming the cause and the
+# fix, no traceback. OSError covers permissions, read-only or full disks and files in the way.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+# The fix of an OS error that reached the handler without a message of ssl_jax's own.
+_OS_FIXES = {
+    errno.EACCES: "make it accessible to this user or pass another path",
+    errno.EPERM: "make it accessible to this user or pass another path",
+    errno.EROFS: "the filesystem is read-only: pass a --workdir on a writable one",
+    errno.ENOSPC: "the disk is full: free space and rerun (checkpoints already written are whole)",
+    errno.EDQUOT: "the disk quota is exhausted: free space and rerun (checkpoints already written are whole)",
+    errno.ENOTDIR: "a file is in the way where a directory is needed: move it or pass another path",
+    errno.EEXIST: "a file is in the way: move it or pass another path",
+    errno.EISDIR: "a directory is in the way where a file is needed: pass a file path",
+    errno.ENOENT: "check the path (or create it)",
+}
+
+
+def error_message(e: BaseException) -> str:
+    """The one line of a user error: ssl_jax's own message, or for a bare OS error its cause,
+    the path and the fix."""
+    if isinstance(e, OSError) and e.strerror and len(e.args) >= 2:  # raised by the OS, not by us
+        path = f": {e.filename}" if e.filename else ""
+        fix = _OS_FIXES.get(e.errno, "check the path and its permissions")
+        return f"{e.strerror}{path} ({type(e).__name__}); {fix}."
+    return str(e) or type(e).__name__
 
 
 def fail(message: str, code: int = 1):
@@ -68,8 +95,9 @@ def define_run_flags(config_example: str, workdir_help: str = "Directory for che
 
 
 def parse_flags(argv):
-    """absl flag parsing; a bad flag, a config file that raises or an unknown config field
-    is one message and exit code 2, no traceback."""
+    """absl flag parsing; a bad flag, a missing config file, a config file that raises or an
+    unknown config field is one message and exit code 2, no traceback."""
+    check_config_file(argv)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -81,6 +109,17 @@ def parse_flags(argv):
         path = _unknown_override(argv)
         fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
              f"{argv_config(argv)}. Check the spelling (the config file lists the fields).", code=2)
+
+
+def check_config_file(argv) -> None:
+    """A --config file that does not exist is one line at once (config_flags would report it
+    only when the config is first read, after the heavy imports)."""
+    spec = argv_config(argv)
+    path = spec.partition(":")[0]
+    if spec != "the config" and not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+        fail(f"config file {path} does not exist{where}; pass a file of configs/, e.g. "
+             "--config=configs/byol.py:demo.", code=2)
 
 
 def argv_config(argv) -> str:
@@ -134,20 +173,28 @@ def user_errors(name: str = "ssl_jax"):
         print(f"{name}: {e}", file=sys.stderr, flush=True)
         sys.exit(preemption.PREEMPTED_EXIT_CODE)
     except USER_ERRORS as e:
-        fail(str(e))
+        fail(error_message(e))
 
 
-def run(body: Callable[[object, str], object], run_flags: RunFlags, name: str = "ssl_jax") -> None:
-    """The whole life of a run command: parse the flags, quiet the logs, start the processes,
-    call body(config, workdir) with user errors reported in one line."""
+def run(body: Callable[[object, str], object], run_flags: RunFlags, name: str = "ssl_jax",
+        check_workdir: Callable[[str], None] | None = None) -> None:
+    """The whole life of a run command: parse the flags, quiet the logs, check the workdir
+    (`check_workdir(workdir)`, before the processes start and the heavy imports), start the
+    processes, call body(config, workdir) with user errors reported in one line."""
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         quiet_library_logs()
+        if check_workdir is not None:  # outside user_errors, which imports JAX
+            try:
+                check_workdir(run_flags.workdir.value)
+            except USER_ERRORS as e:
+                fail(error_message(e))
         with user_errors(name):
             initialize_distributed(run_flags)
             body(run_flags.config.value, run_flags.workdir.value)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    xla_flags.set_cpu_defaults()  # the commands' XLA CPU default, before JAX starts
     app.run(main, flags_parser=parse_flags)

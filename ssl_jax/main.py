@@ -6,6 +6,7 @@ field can be overridden from the command line, e.g. --config.optimizer.base_lr=0
 --config.global_batch_size=512. Flags and error handling: ssl_jax.cli.
 """
 from ssl_jax import cli
+from ssl_jax.train import workdir as workdir_lib
 
 FLAGS = cli.define_run_flags("configs/byol.py:cifar10")
 
@@ -18,4 +19,5 @@ def pretrain(config, workdir: str) -> list[dict]:
 
 
 if __name__ == "__main__":
-    cli.run(pretrain, FLAGS, name="ssl_jax")
+    # The workdir is checked (a file, not writable) before JAX and TensorFlow are imported.
+    cli.run(pretrain, FLAGS, name="ssl_jax", check_workdir=workdir_lib.check_writable)
