@@ -87,7 +87,8 @@ def state_problem(state: Any) -> str | None:
     parameters or optimizer state above NORM_BOUND), or None. One small jitted reduction: the
     state stays on its devices. Works on a TrainState and on a classifier's state dict
     ('trainable', 'opt_state')."""
-    fields = state if isinstance(state, dict) else {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    fields = (state if isinstance(state, dict) else
+              {f.name: getattr(state, f.name) for f in dataclasses.fields(state)})
     params = fields.get("params", fields.get("trainable"))
     opt_state = fields.get("opt_state")
     rest = {k: v for k, v in fields.items() if k not in ("params", "trainable", "opt_state")}

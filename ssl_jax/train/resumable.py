@@ -71,8 +71,8 @@ def run_steps(state: Any, step_fn: Callable[[Any, int], tuple[Any, dict]], *, st
             if save:
                 problem = checkpoint.state_problem(state)
                 if problem is not None:
-                    raise NonFiniteLossError(
-                        f"{nonfinite_message(f'the train state {problem}', done)} {_last_good(manager, last_good)}")
+                    message = nonfinite_message(f"the train state {problem}", done)
+                    raise NonFiniteLossError(f"{message} {_last_good(manager, last_good)}")
                 checkpoint.save(manager, state, meta(done), step=done)
                 last_good = done
             if preempted:
