@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -281,6 +282,33 @@ def test_exploding_learning_rate_end_to_end(run_copy, capsys):
     line = _one_line(capsys, lambda: loop.run(config, str(run_copy)))
     assert "At step 5, the train state" in line and "last good checkpoint is step 4" in line and "base_lr" in line
     assert sorted(os.listdir(run_copy / "checkpoints")) == before
+
+
+# ------------------------------------------------------------------ SIGTERM during evaluation
+
+def test_sigterm_during_final_evaluation(run_copy, capsys):
+    """SIGTERM while the trained run is evaluated (here: the rerun of the finished run, which
+    trains no step and says so): one line and exit code 75, not a silent death; nothing lost."""
+    from ssl_jax.train import loop
+
+    def after(run, state):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the evaluation")
+
+    before, handler = _snapshot(run_copy / "checkpoints"), signal.getsignal(signal.SIGTERM)
+    evaluator = loop.Evaluator(during=lambda run, state, step: {}, after=after)
+    with pytest.raises(SystemExit) as exit_info:
+        with cli.user_errors():
+            loop.run(_config(), str(run_copy), evaluator=evaluator)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 75
+    assert f"Training is complete ({STEPS} of {STEPS} steps" in out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "during the evaluation after training" in lines[0], err
+    assert f"checkpoint at step {STEPS} saved" in lines[0] and "rerun the same command" in lines[0]
+    assert signal.getsignal(signal.SIGTERM) == handler  # given back
+    assert _snapshot(run_copy / "checkpoints") == before
 
 
 # --------------------------------------------------------------------- another run's workdir

@@ -5,6 +5,7 @@ import time
 import numpy as np
 
 from ssl_jax import storage
+from ssl_jax.train import tensorboard
 
 
 def _to_python(value):
@@ -30,8 +31,7 @@ class MetricWriter:
             self._lines = [line + "\n" for line in storage.read_text(self.path).splitlines()
                            if line.strip() and json.loads(line)["step"] <= resume_step]
         storage.write_file(self.path, "".join(self._lines))
-        from tensorboardX import SummaryWriter  # event files without the tensorboard package
-        self._tb = SummaryWriter(str(storage.join(workdir, "tensorboard")))
+        self._tb = tensorboard.Writer(workdir, step=resume_step)  # grouped tags, config as text
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -44,6 +44,14 @@ class MetricWriter:
             if k != "step" and isinstance(v, (int, float)):
                 self._tb.add_scalar(k, v, global_step=int(step))
         self._tb.flush()
+
+    def last(self) -> dict:
+        """The metrics of the last line written or kept from an earlier segment ({} if none)."""
+        if not self._lines:
+            return {}
+        record = json.loads(self._lines[-1])
+        record.pop("step", None)
+        return record
 
     def close(self) -> None:
         if self._tb is not None:

@@ -21,7 +21,7 @@ from ssl_jax import results as results_lib
 from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.methods import build_method
-from ssl_jax.train import checkpoint, refresh, resumable
+from ssl_jax.train import checkpoint, preemption, refresh, resumable
 from ssl_jax.train import workdir as workdir_lib
 from ssl_jax.train import step as step_lib
 from ssl_jax.train.logging import MetricWriter, Progress
@@ -166,6 +166,9 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
         state, meta = restored
         log(f"Resumed from {manager.directory} (input position: {meta}).", flush=True)
     start = int(parallel.to_host(state.step))
+    if start >= n_steps:
+        log(f"Training is complete ({start} of {n_steps} steps in {manager.directory}); evaluating only.",
+            flush=True)
     # Training time and images seen over every segment of the run (a resumed run continues the
     # counts its checkpoint carries; steps redone after a kill are counted once).
     seconds_before = float(meta.get("train_seconds", 0.0))
@@ -176,6 +179,9 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
         f"{dict(mesh.shape)}; starting at step {start}.", flush=True)
 
     writer = MetricWriter(workdir, resume_step=start, enabled=is_main)
+    # A rerun of a finished run (stopped during its final evaluation) trains no step: its
+    # collapse monitors are those of the last line the training logged.
+    last_logged = writer.last() if start >= n_steps else {}
 
     def make_batches(state, step):
         return pipeline.pretrain_iterator(config.data, global_batch_size=config.global_batch_size,
@@ -184,7 +190,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
                                           epoch_order=refresh.epoch_order_fn(method, state, config))
 
     train_step = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
-    compiled, progress, last_logged, collapse_reported, batches = None, None, {}, False, None
+    compiled, progress, collapse_reported, batches = None, None, False, None
     refresh_metrics = {}
 
     def one_step(state, step):
@@ -223,7 +229,6 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
 
     try:
         t0 = time.perf_counter()
-        # A SIGTERM after the last step (during the evaluation below) stops the process as usual.
         state = resumable.run_steps(
             state, one_step, start=start, total=n_steps, log_every=config.log_every_steps, on_log=on_log,
             nonfinite_message=_nonfinite_message, manager=manager, save_every=ckpt.every_steps,
@@ -238,7 +243,10 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
             metrics=dict(train_seconds=train_seconds, examples_seen=examples_seen(done),
                          **_final_monitors(last_logged)))
         if evaluator is not None:
-            records += evaluator.after(this_run, state)
+            # Training is over and checkpointed: a SIGTERM now ends with the usual message and
+            # exit code 75 (not silently), and the rerun evaluates the final checkpoint.
+            with preemption.sigterm_stops_evaluation(done):
+                records += evaluator.after(this_run, state)
     finally:  # also on a preemption or an error: metrics files flushed
         writer.close()
     return records

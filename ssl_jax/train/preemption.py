@@ -8,6 +8,7 @@ jax.distributed.initialize, which handles SIGTERM itself) agrees on that step th
 coordination service, without a device collective. A single process handles SIGTERM here.
 Periodic checkpoints stay the guarantee against a hard kill (SIGKILL, a lost host).
 """
+import contextlib
 import signal
 
 import jax
@@ -25,6 +26,37 @@ class Preempted(Exception):
         super().__init__(f"preempted (SIGTERM): stopped after step {step} and saved a checkpoint "
                          "there; rerun the same command to resume.")
         self.step = step
+
+
+class PreemptedAfterTraining(Preempted):
+    """SIGTERM after the last training step (during the final evaluation): training is complete
+    and its final checkpoint saved; the rerun only evaluates."""
+
+    def __init__(self, step: int):
+        Exception.__init__(self, f"preempted (SIGTERM) during the evaluation after training: training is "
+                           f"complete and its checkpoint at step {step} saved; rerun the same command "
+                           "to evaluate it.")
+        self.step = step
+
+
+@contextlib.contextmanager
+def sigterm_stops_evaluation(step: int):
+    """Within the block, SIGTERM raises PreemptedAfterTraining(step) at once: the work left
+    (evaluating the final checkpoint) is redone by the rerun, so nothing needs saving. One
+    process only: in a multi-process run JAX's preemption service owns SIGTERM."""
+    if jax.process_count() > 1:
+        yield
+        return
+
+    def stop(signum, frame):
+        del signum, frame
+        raise PreemptedAfterTraining(step)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class PreemptionWatcher:
