@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
+import re
 from typing import Iterable
 
 from ssl_jax import storage
@@ -100,6 +102,23 @@ def write_records(run_dir: str, records: Iterable[dict]) -> list[dict]:
     storage.write_file(path_of(run_dir), json.dumps({"schema_version": SCHEMA_VERSION, "records": merged},
                                                     indent=1))
     return merged
+
+
+def clean_exponents(text: str) -> str:
+    """'1e-05' -> '1e-5', '2.5e+20' -> '2.5e20' wherever they occur in `text` (e.g. 'l2=1e-05')."""
+    return re.sub(r"(\d)e([+-])0*(\d)",
+                  lambda m: m.group(1) + "e" + ("-" if m.group(2) == "-" else "") + m.group(3), text)
+
+
+def format_number(value: float, digits: int = 6) -> str:
+    """A number as a reader writes it: 1e-5 and 5e-4 (not 1e-05, 0.0005 or 0.0000), 0.07, 4096,
+    2.5e20: an exponent below 1e-3 and from 1e6 on, where counting zeros is error-prone."""
+    value = float(value)
+    if value and (abs(value) < 1e-3 or abs(value) >= 1e6) and math.isfinite(value):
+        mantissa, _, exponent = f"{value:.{digits - 1}e}".partition("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
+    return clean_exponents(f"{value:.{digits}g}")
 
 
 def select(records: Iterable[dict], **match) -> list[dict]:

@@ -22,7 +22,7 @@ from ssl_jax import parallel, presets
 from ssl_jax import pretrained as pretrained_lib
 from ssl_jax import results as results_lib
 from ssl_jax.evaluate import run as run_lib
-from ssl_jax.train import loop
+from ssl_jax.train import loop, tensorboard
 from ssl_jax.train import step as step_lib
 
 
@@ -32,6 +32,7 @@ def pretrain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> li
     records = loop.run(config, workdir, evaluator=evaluator())
     if jax.process_index() == 0:
         results_lib.write_records(workdir, records)
+        tensorboard.write_records(workdir, records)  # next to the training curves, under eval/
         print(format_results(records), flush=True)
     return records
 

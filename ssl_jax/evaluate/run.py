@@ -2,7 +2,8 @@
 
 Loads the encoder (ssl_jax.pretrained: a training workdir's checkpoint or an exported file),
 fills the data fields the eval config leaves empty from the pretraining run, runs the protocol
-on the mesh and merges its records into WORKDIR/results.json (ssl_jax.results schema).
+on the mesh and merges its records into WORKDIR/results.json (ssl_jax.results schema); they
+also go to WORKDIR/tensorboard under eval/ (ssl_jax.train.tensorboard).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib, storage
 from ssl_jax.data import pipeline, sources
-from ssl_jax.train import features as features_lib
+from ssl_jax.train import features as features_lib, tensorboard
 from ssl_jax.evaluate import supervised
 from ssl_jax.evaluate.knn import knn_accuracy, shard_memory
 from ssl_jax.evaluate.linear import linear_probe_accuracy
@@ -243,6 +244,7 @@ def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[di
     records = timed_records(ctx, [PROTOCOLS[eval_cfg.protocol]])
     if jax.process_index() == 0:
         results_lib.write_records(workdir, records)
+        tensorboard.write_records(workdir, records)  # next to the training curves, under eval/
         for r in records:
             log(f"  {r['protocol']:13s} {r['setting']:24s} {r['metric']:14s} {r['value']:.4f}")
     return records
