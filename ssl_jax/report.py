@@ -1,29 +1,40 @@
-"""Summarise finished runs: a Markdown results table and training-curve plots.
+"""Summarise finished runs: Markdown results tables and training-curve plots.
 
 Usage:
   python -m ssl_jax.report RUN_DIR [RUN_DIR ...] [--output_dir=DIR] [--no_plots] [--all_steps]
+                           [--protocols=knn,linear_cached,...]
 
-Prints (stdout) one Markdown table built from every run's DIR/results.json (see
-ssl_jax/results.py): one row per (run, evaluated network, evaluation dataset) with the columns
-run, method, backbone, dataset (the pretraining dataset; 'A → B' for a transfer evaluation on B),
-epochs, then one column per (protocol, setting, metric) found in any run, e.g.
-'kNN top-1 (k=20,T=0.07)', 'linear top-1', 'fine-tune 1% top-1', 'NMI', and 'train time' (h:mm:ss)
-when the runs recorded it. Accuracies are percentages with one decimal, other numbers have three
-significant digits, '–' marks a number a run does not have. Evaluations of the randomly initialised
-network are rows of their own ('byol (random init)'), those of the EMA / teacher network too
-('byol (target)'). Only each run's latest evaluated step is shown unless --all_steps is given.
+Prints (stdout) Markdown built from every run's DIR/results.json (see ssl_jax/results.py): one
+section per protocol ('pretrain', 'knn', 'linear', 'linear_cached', 'online_probe', 'finetune',
+'clustering', 'layer_probe', 'monitor'; --protocols picks and orders them), each a heading, a
+line saying what was measured and in which unit, and a table with one row per (run, evaluated
+network, evaluation dataset, setting) and a column per metric of that protocol only:
+
+  run | method | backbone | dataset | epochs | setting | top-1 % | top-5 % | ...
+
+One unit everywhere: accuracies, NMI and ARI in percent with one decimal (91.2, never 0.912);
+hyper-parameters as a reader writes them (l2 1e-5); other numbers to three significant
+digits; '–' a number the run does not have. A randomly initialised network's row ('byol
+(random init)') sits under the trained network's row of the same setting; 'dataset' reads
+'A → B' for a transfer evaluation on B. Only each run's latest evaluated step is shown unless
+--all_steps is given.
 
 Writes (unless --no_plots) PNG plots from every run's DIR/metrics.jsonl into --output_dir
 (default ./report), one line per run:
-  loss.png      training loss vs step;
-  accuracy.png  online probe top-1 and periodic kNN top-1 vs step (one panel each);
-  collapse.png  collapse_std vs step, with a dashed line at 1/sqrt(D) where the run logged
-                collapse_std_reference.
+  loss.png      training loss against step;
+  accuracy.png  top-1 (%) against step on a fixed 0-100 % axis (no auto-zoom): the online probe
+                (a linear classifier trained on the training batches, scored on them: augmented
+                views, not the test split) and the periodic kNN on the test split, with the
+                random-init network's kNN top-1 (results.json, same k and T) as a dashed line;
+  collapse.png  the collapse monitors of the training batch: per-dimension std of L2-normalised
+                features with its healthy value 1/sqrt(D), and the effective rank (RankMe) of
+                the projector outputs with D, both axes from 0.
 A plot no run has data for is skipped with a note. Notes and the list of written files go to
-stderr, so `python -m ssl_jax.report runs/* > results.md` keeps the table alone.
+stderr, so `python -m ssl_jax.report runs/* > results.md` keeps the tables alone.
 
-From Python: `markdown_table({run_name: records})` builds the table, `write_plots({run_name:
-metrics.jsonl lines}, output_dir)` the plots (it returns the written paths).
+From Python: `markdown_tables({run_name: records})` builds the tables, `write_plots({run_name:
+metrics.jsonl lines}, output_dir)` the plots (it returns the written paths); `accuracy_figure`,
+`collapse_figure` and `loss_figure` return the matplotlib figures themselves.
 """
 from __future__ import annotations
 
@@ -40,22 +51,48 @@ from ssl_jax import results as results_lib
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "report", "Directory the PNG plots are written to "
                                   "(created if missing).")
-_NO_PLOTS = flags.DEFINE_bool("no_plots", False, "Print the table only; write no plots.")
+_NO_PLOTS = flags.DEFINE_bool("no_plots", False, "Print the tables only; write no plots.")
 _ALL_STEPS = flags.DEFINE_bool("all_steps", False, "One row per evaluated step, not only each run's "
                                "latest step.")
+_PROTOCOLS = flags.DEFINE_list("protocols", [], "Tables to print, in this order (default: every "
+                               "protocol the runs have), e.g. knn,linear_cached.")
 
 METRICS_FILENAME = "metrics.jsonl"
-PROTOCOL_ORDER = ("knn", "linear", "linear_cached", "online_probe", "finetune", "clustering",
-                  "layer_probe", "monitor")
-_PROTOCOL_NAMES = {"knn": "kNN", "linear": "linear", "linear_cached": "linear (cached)",
-                   "online_probe": "online probe", "finetune": "fine-tune", "clustering": "",
-                   "layer_probe": "layer probe", "monitor": ""}
-_METRIC_ORDER = ("top1", "top5", "nmi", "ari", "acc", "acc_many_to_one")
-_METRIC_NAMES = {"top1": "top-1", "top5": "top-5", "nmi": "NMI", "ari": "ARI", "acc": "acc",
-                 "acc_many_to_one": "acc (many-to-one)"}
-_CLUSTER_METRIC_NAMES = {"acc": "cluster acc", "acc_many_to_one": "cluster acc (many-to-one)"}
-ACCURACY_METRICS = frozenset({"top1", "top5", "acc", "acc_many_to_one"})
-_INLINE_SETTINGS = ("labels", "layer")  # 'labels=1%' -> 'fine-tune 1% top-1'
+PROTOCOL_ORDER = ("pretrain", "knn", "linear", "linear_cached", "online_probe", "finetune",
+                  "clustering", "layer_probe", "monitor")
+# (heading, what the table measures and in which unit)
+PROTOCOL_TITLES = {
+    "pretrain": ("Pretraining", "Training time (h:mm:ss, every segment of a resumed run), images "
+                 "seen, and whether the collapse monitors flagged a collapse."),
+    "knn": ("kNN", "Weighted k-nearest-neighbour classifier on frozen features (memory: the "
+            "training images; queries: the test split). Accuracy in %."),
+    "linear": ("Linear evaluation", "A linear classifier trained on frozen features with "
+               "augmentations; accuracy on the test split in %."),
+    "linear_cached": ("Linear probe (cached features)", "L2-regularised logistic regression on "
+                      "frozen features, l2 chosen on held-out training images; accuracy on the "
+                      "test split in %."),
+    "online_probe": ("Online probe", "The linear classifier trained alongside pretraining on the "
+                     "training batches, scored on the test split; accuracy in %."),
+    "finetune": ("Fine-tuning", "Encoder and classifier trained on the labels of the setting; "
+                 "accuracy on the test split in %."),
+    "clustering": ("Clustering", "k-means on frozen features against the classes: NMI, ARI and "
+                   "cluster accuracy in % (×100)."),
+    "layer_probe": ("Layer probe", "kNN and linear probe on the features of each stage; accuracy "
+                    "in %."),
+    "monitor": ("Representation monitors", "On augmented views: per-dimension std of "
+                "L2-normalised features (0 = collapsed, healthy ≈ 1/√D), effective rank (RankMe), "
+                "alignment and uniformity."),
+}
+_METRIC_ORDER = ("top1", "top5", "knn_top1", "linear_top1", "nmi", "ari", "acc", "acc_many_to_one",
+                 "l2", "train_seconds", "examples_seen", "collapsed")
+_METRIC_NAMES = {"top1": "top-1", "top5": "top-5", "nmi": "NMI", "ari": "ARI", "acc": "cluster acc",
+                 "acc_many_to_one": "cluster acc (many-to-one)", "knn_top1": "kNN top-1",
+                 "linear_top1": "linear top-1", "train_seconds": "train time",
+                 "examples_seen": "images seen", "collapse_std_reference": "1/√D"}
+# Scores in [0, 1] shown x100 with one decimal; the table says '%' once, in the header.
+PERCENT_METRICS = frozenset({"top1", "top5", "acc", "acc_many_to_one", "nmi", "ari"})
+HPARAM_METRICS = frozenset({"l2"})  # chosen hyper-parameters: written exactly, readably
+_PRETRAIN_METRICS = ("train_seconds", "examples_seen", "collapsed")  # the rest: per-step curves
 _NETWORK_ORDER = {"online": 0, "target": 1, "random_init": 3}
 _NETWORK_LABELS = {"online": "", "random_init": " (random init)"}
 MISSING = "–"
@@ -69,48 +106,47 @@ def _natural_key(text: str):
             for part in re.split(r"(\d+(?:\.\d+)?)", text) if part]
 
 
-def _column_sort_key(column: tuple[str, str, str]):
-    protocol, setting, metric = column
-    p = (PROTOCOL_ORDER.index(protocol), "") if protocol in PROTOCOL_ORDER else (len(PROTOCOL_ORDER), protocol)
-    m = (_METRIC_ORDER.index(metric), "") if metric in _METRIC_ORDER else (len(_METRIC_ORDER), metric)
-    return p, _natural_key(setting), m
+def is_percent(metric: str) -> bool:
+    """Whether `metric` is a score in [0, 1] that the tables show in percent."""
+    return metric in PERCENT_METRICS or metric.endswith(("_top1", "_top5"))
 
 
-def column_header(protocol: str, setting: str, metric: str) -> str:
-    """A readable column name, e.g. ('knn', 'k=20,T=0.07', 'top1') -> 'kNN top-1 (k=20,T=0.07)'."""
-    name = _PROTOCOL_NAMES.get(protocol, protocol.replace("_", " "))
-    if protocol == "clustering":
-        metric_name = _CLUSTER_METRIC_NAMES.get(metric, _METRIC_NAMES.get(metric, metric.replace("_", " ")))
-    else:
-        metric_name = _METRIC_NAMES.get(metric, metric.replace("_", " "))
-    suffix = ""
-    key, eq, value = setting.partition("=")
-    if eq and key in _INLINE_SETTINGS and "," not in setting:
-        name = f"{name} {value}".strip()
-    elif setting:
-        suffix = f" ({setting})"
-    return f"{name} {metric_name}".strip() + suffix
+def metric_header(metric: str) -> str:
+    """A column name with its unit, e.g. 'top1' -> 'top-1 %', 'l2' -> 'l2'."""
+    name = _METRIC_NAMES.get(metric, metric.replace("_", " "))
+    return f"{name} %" if is_percent(metric) else name
 
 
 def format_value(metric: str, value) -> str:
-    """Accuracies (fractions) as percentages with one decimal; anything else to 3 significant digits."""
+    """A number in the unit of its column: percent with one decimal for scores in [0, 1],
+    h:mm:ss for train_seconds, exact and readable for hyper-parameters (1e-5), an integer with
+    thousands separators for counts, else 3 significant digits."""
     if value is None:
         return MISSING
     value = float(value)
     if not math.isfinite(value):
         return str(value)  # 'nan' / 'inf': a number the run did produce, shown as such
-    if metric in ACCURACY_METRICS:
+    if is_percent(metric):
         return f"{100 * value:.1f}"
+    if metric == "train_seconds":
+        return format_seconds(value)
+    if metric == "examples_seen":
+        return f"{int(round(value)):,}"
+    if metric == "collapsed":
+        return "yes" if value else "no"
+    if metric in HPARAM_METRICS:
+        return results_lib.format_number(value)
     return format_sig(value)
 
 
 def format_sig(value: float, digits: int = 3) -> str:
-    """`value` to `digits` significant digits, in plain notation between 1e-4 and 1e15."""
+    """`value` to `digits` significant digits, in plain notation between 1e-4 and 1e15 and as
+    1.23e-5 (not 1.23e-05) outside."""
     if value == 0:
         return "0"
     magnitude = math.floor(math.log10(abs(value)))
     if magnitude < -4 or magnitude >= 15:
-        return f"{value:.{digits}g}"
+        return results_lib.format_number(value, digits)
     rounded = round(value, digits - 1 - magnitude)
     magnitude = math.floor(math.log10(abs(rounded)))  # 9.996 rounds to 10.0: one decimal fewer
     decimals = max(0, digits - 1 - magnitude)
@@ -145,75 +181,17 @@ def latest_step_records(records: list[dict]) -> list[dict]:
     return [r for r in records if _step_of(r) == last]
 
 
-def markdown_table(records_by_run: dict[str, list[dict]], all_steps: bool = False) -> str:
-    """The Markdown table of {run name: results.json records} ('' when there are no records).
+def _metric_sort_key(metric: str):
+    return (_METRIC_ORDER.index(metric), "") if metric in _METRIC_ORDER else (len(_METRIC_ORDER), metric)
 
-    One row per (run, step, eval_dataset, network), keeping only each run's latest step unless
-    `all_steps`; one column per (protocol, setting, metric) of any run ('pretrain' records only
-    give the 'train time' column, from their 'train_seconds' metric).
-    """
-    cells: dict[tuple, dict] = {}  # row key -> {column: record}
-    row_info: dict[tuple, dict] = {}  # row key -> a record of the row (method, backbone, ...)
-    train_seconds: dict[tuple, dict] = {}  # (run, step) -> pretrain record
-    columns: set[tuple[str, str, str]] = set()
-    for run_index, (run, records) in enumerate(records_by_run.items()):
-        if not all_steps:
-            records = latest_step_records(list(records))
-        for rec in records:
-            protocol = str(rec.get("protocol", ""))
-            network = str(rec.get("network", ""))
-            dataset = str(rec.get("dataset", ""))
-            eval_dataset = str(rec.get("eval_dataset") or dataset)
-            step = _step_of(rec)
-            if protocol == "pretrain":
-                if rec.get("metric") == "train_seconds":
-                    old = train_seconds.get((run, step))
-                    if old is None or str(rec.get("time", "")) >= str(old.get("time", "")):
-                        train_seconds[(run, step)] = rec
-                if network == "random_init":
-                    continue
-            row = (run_index, step, eval_dataset != dataset, eval_dataset,
-                   _NETWORK_ORDER.get(network, 2), network)
-            row_info.setdefault(row, dict(rec, run=run, eval_dataset=eval_dataset))
-            cells.setdefault(row, {})
-            if protocol == "pretrain":
-                continue
-            column = (protocol, str(rec.get("setting") or ""), str(rec.get("metric", "")))
-            columns.add(column)
-            old = cells[row].get(column)
-            if old is None or str(rec.get("time", "")) >= str(old.get("time", "")):
-                cells[row][column] = rec
-    if not row_info:
-        return ""
 
-    ordered_columns = sorted(columns, key=_column_sort_key)
-    header = ["run", "method", "backbone", "dataset", "epochs"]
-    header += [column_header(*c) for c in ordered_columns]
-    with_time = bool(train_seconds)
-    if with_time:
-        header.append("train time")
-    numeric_from = 4  # epochs and every later column are numbers: right-aligned
+def _protocol_sort_key(protocol: str):
+    return (PROTOCOL_ORDER.index(protocol), "") if protocol in PROTOCOL_ORDER else (len(PROTOCOL_ORDER), protocol)
 
-    body = []
-    for row in sorted(row_info):
-        info = row_info[row]
-        network = row[-1]
-        method = str(info.get("method", "")) + _NETWORK_LABELS.get(network, f" ({network})")
-        dataset = str(info.get("dataset", ""))
-        if info["eval_dataset"] != dataset:
-            dataset = f"{dataset} → {info['eval_dataset']}"
-        line = [info["run"], method, str(info.get("backbone", "")), dataset,
-                _format_epochs(info.get("epochs"))]
-        for column in ordered_columns:
-            rec = cells[row].get(column)
-            line.append(MISSING if rec is None else format_value(column[2], rec.get("value")))
-        if with_time:
-            rec = None if network == "random_init" else train_seconds.get((info["run"], row[1]))
-            line.append(MISSING if rec is None else format_seconds(rec.get("value")))
-        body.append(line)
 
-    table = [header] + body
-    table = [[str(cell).replace("|", "\\|") for cell in line] for line in table]
+def _render(header: list[str], body: list[list[str]], numeric_from: int) -> str:
+    """A Markdown table, text columns left-aligned, numbers (column numeric_from on) right-aligned."""
+    table = [[str(cell).replace("|", "\\|") for cell in line] for line in [header] + body]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
 
     def fmt(line):
@@ -224,6 +202,77 @@ def markdown_table(records_by_run: dict[str, list[dict]], all_steps: bool = Fals
     rule = "|" + "|".join("-" * (w + 1) + ":" if i >= numeric_from else ":" + "-" * (w + 1)
                           for i, w in enumerate(widths)) + "|"
     return "\n".join([fmt(table[0]), rule] + [fmt(line) for line in table[1:]]) + "\n"
+
+
+def protocol_tables(records_by_run: dict[str, list[dict]], all_steps: bool = False) -> dict[str, str]:
+    """{protocol: its Markdown table} of {run name: results.json records}, in PROTOCOL_ORDER.
+
+    Rows: one per (run, step, eval_dataset, setting, network), each run's latest step only
+    unless `all_steps`, the random-init row under the trained one; columns: run, method,
+    backbone, dataset, epochs, 'setting' (where any row has one), then the protocol's metrics.
+    The 'pretrain' table has train time, images seen and the collapse verdict only.
+    """
+    cells: dict[str, dict[tuple, dict]] = {}  # protocol -> row key -> {metric: record}
+    info: dict[tuple, dict] = {}  # row key -> a record of the row (method, backbone, ...)
+    for run_index, (run, records) in enumerate(records_by_run.items()):
+        if not all_steps:
+            records = latest_step_records(list(records))
+        for rec in records:
+            protocol, metric = str(rec.get("protocol", "")), str(rec.get("metric", ""))
+            network = str(rec.get("network", ""))
+            if protocol == "pretrain" and (metric not in _PRETRAIN_METRICS or network == "random_init"):
+                continue
+            dataset = str(rec.get("dataset", ""))
+            eval_dataset = str(rec.get("eval_dataset") or dataset)
+            setting = results_lib.clean_exponents(str(rec.get("setting") or ""))
+            # A layer probe's 'pooled' output after its stages; labels=1% before 10% (natural order).
+            order = tuple(_natural_key(setting.replace("pooled", "~pooled")))
+            row = (run_index, _step_of(rec), eval_dataset != dataset, eval_dataset, order,
+                   _NETWORK_ORDER.get(network, 2), network)
+            info.setdefault(row, dict(rec, run=run, eval_dataset=eval_dataset, setting=setting))
+            old = cells.setdefault(protocol, {}).setdefault(row, {}).get(metric)
+            if old is None or str(rec.get("time", "")) >= str(old.get("time", "")):
+                cells[protocol][row][metric] = rec
+
+    tables = {}
+    for protocol in sorted(cells, key=_protocol_sort_key):
+        rows = cells[protocol]
+        metrics = sorted({m for by_metric in rows.values() for m in by_metric}, key=_metric_sort_key)
+        with_setting = any(info[row]["setting"] for row in rows)
+        header = ["run", "method", "backbone", "dataset"] + (["setting"] if with_setting else []) + ["epochs"]
+        body = []
+        for row in sorted(rows):
+            rec, network = info[row], row[-1]
+            dataset = str(rec.get("dataset", ""))
+            if rec["eval_dataset"] != dataset:
+                dataset = f"{dataset} → {rec['eval_dataset']}"
+            method = str(rec.get("method", "")) + _NETWORK_LABELS.get(network, f" ({network})")
+            line = [rec["run"], method, str(rec.get("backbone", "")), dataset]
+            line += [rec["setting"]] if with_setting else []
+            line.append(_format_epochs(rec.get("epochs")))
+            line += [MISSING if m not in rows[row] else format_value(m, rows[row][m].get("value"))
+                     for m in metrics]
+            body.append(line)
+        tables[protocol] = _render(header + [metric_header(m) for m in metrics], body,
+                                   numeric_from=len(header) - 1)  # epochs and the metrics: numbers
+    return tables
+
+
+def markdown_tables(records_by_run: dict[str, list[dict]], all_steps: bool = False,
+                    protocols: list[str] | None = None) -> str:
+    """The Markdown report: per protocol a heading, what it measures in which unit, its table
+    ('' when there are no records). `protocols` picks and orders the tables; a name no run has
+    is skipped (the CLI checks names)."""
+    tables = protocol_tables(records_by_run, all_steps)
+    chosen = [p for p in (protocols or tables) if p in tables]
+    sections = []
+    for protocol in chosen:
+        title, what = PROTOCOL_TITLES.get(protocol, (protocol.replace("_", " "), ""))
+        sections.append(f"## {title}\n\n" + (f"{what}\n\n" if what else "") + tables[protocol])
+    return "\n".join(sections)
+
+
+markdown_table = markdown_tables  # the name of earlier versions
 
 
 # ----------------------------------------------------------------------------- plots
@@ -269,81 +318,159 @@ def _reference(lines: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def write_plots(metrics_by_run: dict[str, list[dict]], output_dir: str,
-                labels: dict[str, str] | None = None) -> list[str]:
-    """loss.png, accuracy.png and collapse.png from {run name: metrics.jsonl lines}.
+def knn_setting(config: dict | None) -> str | None:
+    """The setting of the periodic kNN of a run's config.json ('k=20,T=0.1'), as its records name it."""
+    try:
+        ev = config["eval"]
+        return f"k={int(ev['knn_k'])},T={float(ev['knn_temperature']):g}"
+    except (TypeError, KeyError, ValueError):
+        return None
 
-    One line per run (labelled labels[run], default the run name); a plot whose series no run
-    has is skipped with a note on stderr. Returns the paths written.
-    """
+
+def random_init_knn(records: list[dict], setting: str | None = None) -> tuple[float, str] | None:
+    """(top-1 fraction, setting) of the random-init network's kNN on the pretraining dataset:
+    at `setting` (the periodic kNN's), or the only setting there is; None if neither exists."""
+    recs = [r for r in records if r.get("protocol") == "knn" and r.get("network") == "random_init"
+            and r.get("metric") == "top1" and (r.get("eval_dataset") or r.get("dataset")) == r.get("dataset")
+            and _is_number(r.get("value"))]
+    settings = {str(r.get("setting") or "") for r in recs}
+    if setting is None and len(settings) == 1:
+        setting = settings.pop()
+    recs = [r for r in recs if str(r.get("setting") or "") == setting]
+    if not recs:
+        return None
+    latest = max(recs, key=lambda r: (_step_of(r), str(r.get("time", ""))))
+    return float(latest["value"]), setting
+
+
+def _new_figure(panels: int):
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state: safe headless
 
+    fig = Figure(figsize=(6.5 * panels, 4.5), layout="constrained")
+    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+
+
+def _plot_runs(ax, metrics_by_run, key, labels, scale=1.0, **style):
+    for i, (run, lines) in enumerate(metrics_by_run.items()):
+        steps, values = series(lines, key)
+        if steps:
+            run_style = dict(style)
+            if len(steps) == 1:  # a lone point is invisible as a line
+                run_style = {"marker": "o", "markersize": 3, **run_style}
+            ax.plot(steps, [v * scale for v in values], color=f"C{i % 10}", label=labels.get(run, run),
+                    **run_style)
+
+
+def _has(metrics_by_run, key) -> bool:
+    return any(series(lines, key)[0] for lines in metrics_by_run.values())
+
+
+def _finish(ax, xlabel, ylabel, title):
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def loss_figure(metrics_by_run: dict[str, list[dict]], labels: dict[str, str] | None = None):
+    """The training loss against step, or None if no run logged it."""
+    if not _has(metrics_by_run, "loss"):
+        return None
+    fig, (ax,) = _new_figure(1)
+    _plot_runs(ax, metrics_by_run, "loss", labels or {}, linewidth=1.2)
+    _finish(ax, "pretraining step", "training loss", "Training loss (per log step)")
+    return fig
+
+
+def accuracy_figure(metrics_by_run: dict[str, list[dict]], labels: dict[str, str] | None = None,
+                    baselines: dict[str, tuple[float, str]] | None = None):
+    """Online-probe and periodic-kNN top-1 (%) against step on a fixed 0-100 % axis, one panel
+    each; `baselines` {run: (random-init kNN top-1 fraction, setting)} drawn as dashed lines on
+    the kNN panel. None if no run logged either."""
+    labels, baselines = labels or {}, baselines or {}
+    keys = [k for k in ("probe_top1", "knn_top1") if _has(metrics_by_run, k)]
+    if not keys:
+        return None
+    fig, axes = _new_figure(len(keys))
+    colors = {run: f"C{i % 10}" for i, run in enumerate(metrics_by_run)}
+    for ax, key in zip(axes, keys):
+        if key == "probe_top1":
+            _plot_runs(ax, metrics_by_run, key, labels, scale=100.0, linewidth=1.2)
+            title = "Online linear probe top-1 on training batches\n(augmented views, not the test split)"
+        else:
+            _plot_runs(ax, metrics_by_run, key, labels, scale=100.0, marker="o", markersize=3)
+            settings = {setting for _, setting in baselines.values()}
+            at = f" ({settings.pop()})" if len(settings) == 1 else ""
+            title = f"kNN top-1 on the test split during training{at}\ndashed: the same network at random init"
+            for run, value in _reference_lines({r: v for r, (v, _) in baselines.items()}).items():
+                who = "" if run is None else f", {labels.get(run, run)}"
+                ax.axhline(100 * value, color=colors.get(run, "black"), linestyle="--", linewidth=1.0,
+                           label=f"random init{who}: {100 * value:.1f} %")
+        # A fixed axis: an auto-zoomed 77-82 % makes a 5-point change look like a leap.
+        ax.set_ylim(0, 100)
+        _finish(ax, "pretraining step", "top-1 accuracy (%), axis 0-100", title)
+    return fig
+
+
+def _reference_lines(values: dict[str, float]) -> dict[str | None, float]:
+    """{run: value} of per-run reference lines, or {None: value} when every run has the same
+    one (the same seed gives every method the same random init): one line, not one per run."""
+    distinct = set(values.values())
+    return {None: distinct.pop()} if len(distinct) == 1 else dict(values)
+
+
+def collapse_figure(metrics_by_run: dict[str, list[dict]], labels: dict[str, str] | None = None):
+    """The training-batch collapse monitors against step, one panel each where logged:
+    collapse_std with 1/sqrt(D), z_effective_rank with D (both from 0). None if neither."""
     labels = labels or {}
+    panels = [k for k in ("collapse_std", "z_effective_rank") if _has(metrics_by_run, k)]
+    if not panels:
+        return None
+    fig, axes = _new_figure(len(panels))
+    colors = {run: f"C{i % 10}" for i, run in enumerate(metrics_by_run)}
+    for ax, key in zip(axes, panels):
+        _plot_runs(ax, metrics_by_run, key, labels, linewidth=1.2)
+        ref_key = "collapse_std_reference" if key == "collapse_std" else "z_std_reference"
+        refs = {run: _reference(lines, ref_key) for run, lines in metrics_by_run.items()
+                if series(lines, key)[0]}
+        refs = {run: ref for run, ref in refs.items() if ref}
+        top = 0.0
+        for run, ref in _reference_lines(refs).items():
+            who = "" if run is None else f" ({labels.get(run, run)})"
+            if key == "collapse_std":
+                y, label = ref, f"1/√D{who}"
+            else:  # the rank of D-dimensional outputs is at most D
+                y = round(1.0 / ref ** 2)
+                label = f"D = {y}{who}"
+            ax.axhline(y, color=colors.get(run, "black"), linestyle="--", linewidth=1.0, label=label)
+            top = max(top, y)
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1.08 * top))  # from 0, the reference in view
+        if key == "collapse_std":
+            _finish(ax, "pretraining step", "per-dimension std (0 = collapsed)",
+                    "Std of L2-normalised encoder features\n(training batch)")
+        else:
+            _finish(ax, "pretraining step", "effective rank (RankMe)",
+                    "Effective rank of the projector outputs\n(training batch)")
+    return fig
+
+
+def write_plots(metrics_by_run: dict[str, list[dict]], output_dir: str,
+                labels: dict[str, str] | None = None,
+                baselines: dict[str, tuple[float, str]] | None = None) -> list[str]:
+    """loss.png, accuracy.png and collapse.png from {run name: metrics.jsonl lines} (see
+    accuracy_figure for `baselines`). A plot whose series no run has is skipped with a note on
+    stderr. Returns the paths written."""
     os.makedirs(output_dir, exist_ok=True)
     written = []
-    colors = {run: f"C{i % 10}" for i, run in enumerate(metrics_by_run)}
-
-    def has(key):
-        return any(series(lines, key)[0] for lines in metrics_by_run.values())
-
-    def plot_lines(ax, key, scale=1.0, **style):
-        for run, lines in metrics_by_run.items():
-            steps, values = series(lines, key)
-            if steps:
-                if len(steps) == 1:  # a lone point is invisible as a line
-                    style = {"marker": "o", "markersize": 3, **style}
-                ax.plot(steps, [v * scale for v in values], color=colors[run],
-                        label=labels.get(run, run), **style)
-
-    def save(fig, name):
+    for name, fig, missing in (
+            ("loss.png", loss_figure(metrics_by_run, labels), "'loss'"),
+            ("accuracy.png", accuracy_figure(metrics_by_run, labels, baselines), "'probe_top1' or 'knn_top1'"),
+            ("collapse.png", collapse_figure(metrics_by_run, labels), "'collapse_std' or 'z_effective_rank'")):
+        if fig is None:
+            _note(f"no run logged {missing} in metrics.jsonl: {name} not written")
+            continue
         path = os.path.join(output_dir, name)
         fig.savefig(path, dpi=110)
         written.append(path)
-
-    if has("loss"):
-        fig = Figure(figsize=(7, 4.5), layout="constrained")
-        ax = fig.add_subplot()
-        plot_lines(ax, "loss", linewidth=1.2)
-        ax.set(xlabel="step", ylabel="training loss", title="Training loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        save(fig, "loss.png")
-    else:
-        _note("no run logged 'loss' in metrics.jsonl: loss.png not written")
-
-    panels = [(key, title) for key, title in (("probe_top1", "Online probe top-1"),
-                                              ("knn_top1", "kNN top-1")) if has(key)]
-    if panels:
-        fig = Figure(figsize=(6.5 * len(panels), 4.5), layout="constrained")
-        for i, (key, title) in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), i + 1)
-            style = {"marker": "o", "markersize": 3} if key == "knn_top1" else {"linewidth": 1.2}
-            plot_lines(ax, key, scale=100.0, **style)
-            ax.set(xlabel="step", ylabel="top-1 (%)", title=title)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small")
-        save(fig, "accuracy.png")
-    else:
-        _note("no run logged 'probe_top1' or 'knn_top1' in metrics.jsonl: accuracy.png not written")
-
-    if has("collapse_std"):
-        fig = Figure(figsize=(7, 4.5), layout="constrained")
-        ax = fig.add_subplot()
-        plot_lines(ax, "collapse_std", linewidth=1.2)
-        references = {run: _reference(lines, "collapse_std_reference")
-                      for run, lines in metrics_by_run.items() if series(lines, "collapse_std")[0]}
-        references = {run: ref for run, ref in references.items() if ref is not None}
-        for run, ref in references.items():
-            label = "1/sqrt(D)" if len(references) == 1 else f"1/sqrt(D) ({labels.get(run, run)})"
-            ax.axhline(ref, color=colors[run], linestyle="--", linewidth=1.0, label=label)
-        ax.set(xlabel="step", ylabel="collapse std (0 = collapsed)",
-               title="Std of L2-normalised embeddings")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        save(fig, "collapse.png")
-    else:
-        _note("no run logged 'collapse_std' in metrics.jsonl: collapse.png not written")
     return written
 
 
@@ -359,16 +486,33 @@ def run_names(run_dirs: list[str]) -> list[str]:
     return [b if bases.count(b) == 1 else os.path.normpath(d) for b, d in zip(bases, run_dirs)]
 
 
+def _config_of(run_dir: str) -> dict | None:
+    """The config.json the training loop saved (None if absent or unreadable)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+        return config if isinstance(config, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
 def _method_of(run_dir: str, records: list[dict]) -> str | None:
     for rec in records:
         if rec.get("method"):
             return str(rec["method"])
-    try:  # a run without results yet: the config the training loop saved
-        with open(os.path.join(run_dir, "config.json")) as f:
-            method = json.load(f).get("method")
-        return str(method) if method else None
-    except (OSError, ValueError, AttributeError):
-        return None
+    method = (_config_of(run_dir) or {}).get("method")  # a run without results yet
+    return str(method) if method else None
+
+
+def baselines_of(run_dirs: list[str], records_by_run: dict[str, list[dict]]) -> dict[str, tuple[float, str]]:
+    """{run name: (random-init kNN top-1, setting)} for the runs whose results.json has one at
+    the setting of their periodic kNN (config.json's eval.knn_k, eval.knn_temperature)."""
+    out = {}
+    for run_dir, name in zip(run_dirs, run_names(run_dirs)):
+        baseline = random_init_knn(records_by_run.get(name, []), knn_setting(_config_of(run_dir)))
+        if baseline is not None:
+            out[name] = baseline
+    return out
 
 
 def load_runs(run_dirs: list[str]):
@@ -398,15 +542,22 @@ def main(argv):
     run_dirs = argv[1:]
     if not run_dirs:
         cli.fail("pass one or more run directories: python -m ssl_jax.report RUN_DIR [RUN_DIR ...] "
-              "[--output_dir=DIR] [--no_plots] [--all_steps]", code=2)
+                 "[--output_dir=DIR] [--no_plots] [--all_steps] [--protocols=knn,...]", code=2)
+    unknown = [p for p in _PROTOCOLS.value if p not in PROTOCOL_ORDER]
+    if unknown:
+        cli.fail(f"--protocols: unknown protocol(s) {', '.join(unknown)}; valid: {','.join(PROTOCOL_ORDER)}.",
+                 code=2)
     records_by_run, metrics_by_run, labels = load_runs(run_dirs)
-    table = markdown_table(records_by_run, all_steps=_ALL_STEPS.value)
-    if table:
-        print(table, end="", flush=True)
+    tables = markdown_tables(records_by_run, all_steps=_ALL_STEPS.value, protocols=_PROTOCOLS.value or None)
+    if tables:
+        print(tables, end="", flush=True)
+    elif _PROTOCOLS.value and any(records_by_run.values()):
+        _note(f"these runs have no records of {','.join(_PROTOCOLS.value)}: no table")
     else:
         _note("no results.json records in these runs: no table (plots only)")
     if not _NO_PLOTS.value:
-        for path in write_plots(metrics_by_run, _OUTPUT_DIR.value, labels):
+        baselines = baselines_of(run_dirs, records_by_run)
+        for path in write_plots(metrics_by_run, _OUTPUT_DIR.value, labels, baselines):
             print(f"ssl_jax: wrote {path}", file=sys.stderr)
 
 
