@@ -1,8 +1,10 @@
 """The README's first command: the demo preset trains, its loss falls, and it beats random init."""
 import json
-import os
+
+import pytest
 
 from ssl_jax import results
+from tests.test_tensorboard import scalars
 
 
 def test_demo_preset_end_to_end(demo_run):
@@ -28,4 +30,8 @@ def test_demo_preset_end_to_end(demo_run):
     assert top1[("online_probe", "online")] > 0.5, top1
     (train,) = results.select(records, protocol="pretrain", metric="train_seconds")
     assert train["step"] == 352 and train["epochs"] == 32.0 and train["backbone"] == "resnet18_w0.125"
-    assert os.listdir(workdir / "tensorboard")
+    # TensorBoard: grouped tags, and the end-of-training evaluation next to the curves.
+    tags = scalars(workdir / "tensorboard")
+    assert {"train/loss", "train/probe_top1", "monitor/collapse_std", "eval/knn_top1",
+            "eval/knn/top1/k20_T0.1", "eval/knn/top1/k20_T0.1/random_init", "train/train_seconds"} <= set(tags)
+    assert tags["eval/knn/top1/k20_T0.1"] == [(352, pytest.approx(top1[("knn", "online")]))]

@@ -201,6 +201,12 @@ def test_evaluate_cli_writes_results_and_reports_errors(demo_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = results.read_records(str(tmp_path))
     assert {r["metric"] for r in recs} == {"top1", "top5", "l2"} and recs[0]["protocol"] == "linear_cached"
+    # ... and to TensorBoard, under eval/ at the evaluated checkpoint's step.
+    from tests.test_tensorboard import scalars
+
+    tags = scalars(tmp_path / "tensorboard")
+    assert sorted(tags) == ["eval/linear_cached/l2", "eval/linear_cached/top1", "eval/linear_cached/top5"]
+    assert tags["eval/linear_cached/top1"] == [(352, pytest.approx(results.select(recs, metric="top1")[0]["value"]))]
 
     empty = tmp_path / "not_a_run"
     empty.mkdir()
