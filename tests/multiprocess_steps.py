@@ -1,4 +1,4 @@
-"""Five train steps of BYOL, SimCLR and DeepCluster (after its refresh pass over the training
+"""Five train steps of BYOL, SimCLR, DeepCluster and SeLa (after their refresh pass over the training
 set) on a fixed global batch, in however many processes (with
 --coordinator_address/--num_processes/--process_id) and devices there are; process 0
 saves the final state and losses to OUT_DIR/<method>.npz.
@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from ssl_jax import parallel  # noqa: E402
 
-METHODS, STEPS = ("byol", "simclr", "deepcluster"), 5
+METHODS, STEPS = ("byol", "simclr", "deepcluster", "sela"), 5
 
 
 def main():

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT, device_env
 
-METHODS = ("byol", "simclr", "deepcluster")  # deepcluster: its refresh pass over 2 processes
+METHODS = ("byol", "simclr", "deepcluster", "sela")  # deepcluster: its refresh pass gathered over 2
+# processes; sela: its pass kept on the devices and Sinkhorn-Knopp over both processes
 
 
 def free_port() -> int:
@@ -50,8 +51,15 @@ def test_two_processes_equal_one_process(results, method):
     assert one.files == two.files and any("opt_state" in k for k in one.files)
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
     for k in one.files:
+        if "per_example" in k:  # pseudo-labels: the same labels, not merely close ones
+            np.testing.assert_array_equal(two[k], one[k], err_msg=k)
+    # SeLa (AlexNet-BN, SGD with momentum): its BN-scale momenta drift to ~1e-6 absolute by
+    # step 5 with the gradient all-reduce summed in another order (gloo vs in-process; measured
+    # 1.2e-6 on one of 8 entries); a plumbing bug differs at O(1).
+    atol = 5e-6 if method == "sela" else 1e-6
+    for k in one.files:
         if k != "processes":
-            np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=atol, err_msg=k)
 
 
 # ------------------------------------------------------- the training command, end to end
