@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tests.conftest import REPO_ROOT, SHARED_TFDS
+from tests.conftest import REPO_ROOT
 
 STEPS = 25  # 11 steps per epoch at batch 128: refreshes open steps 0, 11 and 22
 ARGS = ["--config=configs/deepcluster.py:demo", f"--config.num_steps={STEPS}",
@@ -65,10 +65,10 @@ def test_sigkill_after_a_refresh_then_resume_matches_uninterrupted(tmp_path):
             {k: v for k, v in y.items() if k != "refresh_seconds"}
     assert "refresh_nmi_previous" in ma[11] and "refresh_nmi_previous" not in ma[0]
 
-    if not os.path.isdir(os.path.join(SHARED_TFDS, "mnist")):
-        return
-    # The same workdir on another training set: one clear line, before anything is restored.
-    proc = subprocess.run(_cmd(run, "--config.data.dataset=mnist", f"--config.data.data_dir={SHARED_TFDS}"),
+    # The same workdir on another split of its dataset (another dataset is refused earlier, as
+    # another run's workdir: tests/test_faults.py): one clear line, before anything is restored.
+    proc = subprocess.run(_cmd(run, "--config.data.train_split=test"),
                           env=_env(), cwd=REPO_ROOT, timeout=600, capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "per-example state" in proc.stderr and "new --workdir" in proc.stderr, proc.stderr[-2000:]
+    assert "per-example state" in proc.stderr and "digits:test (360 examples)" in proc.stderr and \
+        "new --workdir" in proc.stderr, proc.stderr[-2000:]

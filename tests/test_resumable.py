@@ -19,7 +19,7 @@ def _run(tmp_path, state, start, total, logged=None):
     return resumable.run_steps(
         state, _step, start=start, total=total, log_every=4,
         on_log=lambda done, s, m: (logged if logged is not None else []).append(done),
-        nonfinite_message=lambda loss, done: f"loss {loss} at {done}", manager=manager, save_every=3)
+        nonfinite_message=lambda what, done: f"{what} at {done}.", manager=manager, save_every=3)
 
 
 def _saved(tmp_path):
@@ -34,7 +34,7 @@ def test_cadence_logs_and_saves(tmp_path):
 
 
 def test_nonfinite_loss_is_never_saved(tmp_path):
-    with pytest.raises(resumable.NonFiniteLossError, match="loss nan at 9"):
+    with pytest.raises(resumable.NonFiniteLossError, match=r"the loss is nan at 9\. .*last good checkpoint is step 6"):
         _run(tmp_path, {"count": jnp.int32(0), "poison": True}, 0, 10)
     assert _saved(tmp_path) == [3, 6]  # checked at the save of step 9, not only at log steps
 
