@@ -107,6 +107,44 @@ if [[ -z $PYTHON ]]; then
   if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
 fi
 
+PIDS=()        # PIDS[i]: pid of process i while it runs, empty once it has been reaped
+STOPPING=0     # 1 once the processes were asked to stop (SIGTERM sent)
+
+signal_all() {  # signal_all SIG: send SIG to every process still running
+  local pid
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    [[ -n $pid ]] && kill "-$1" "$pid" 2>/dev/null || true
+  done
+}
+
+# The traps are set before the first external command: a Ctrl-C that comes while bash waits
+# for a foreground command (mkdir, mkfifo, ...) that does not die of it is dropped without a
+# trap (bash's wait-and-cooperative-exit). A signal that comes before the processes are all
+# started is only noted, and acted on once
+# the loop has recorded the pid of every process it forked: bash runs a trap between two
+# commands, so a trap run between `CMD &` and `PIDS[i]=$!` would not see process i, which
+# then never got SIGTERM and kept the script waiting (a Ctrl-C "lost" under load).
+STARTING=1
+PENDING=()     # the signals noted while STARTING, as "NAME RC"
+# shellcheck disable=SC2329
+on_signal() {  # first Ctrl-C / SIGTERM: forward SIGTERM (checkpoint, exit 75); second: SIGKILL
+  if ((STARTING)); then
+    PENDING+=("$1 $2")
+  elif ((STOPPING)); then
+    echo "$PROG: $1 again: killing every process" >&2
+    signal_all KILL
+  else
+    STOPPING=1
+    SIGNAL_RC=$2
+    echo "$PROG: $1: forwarding SIGTERM to every process (they checkpoint and exit 75; $1 again to kill)" >&2
+    signal_all TERM
+  fi
+}
+SIGNAL_RC=0    # 128 + the signal that stopped the script, if one did
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGTERM 143' TERM
+trap 'on_signal SIGHUP 129' HUP
+
 if [[ -z $PORT ]]; then
   # A port that is free now (the OS picks it); the coordinator binds it a moment later.
   PORT=$("$PYTHON" -c 'import socket
@@ -147,17 +185,9 @@ else
 fi
 echo "$PROG: $NUM_PROCESSES processes x $DEVICES_PER_PROCESS CPU devices, coordinator 127.0.0.1:$PORT, logs in $LOG_DIR" >&2
 
-PIDS=()        # PIDS[i]: pid of process i while it runs, empty once it has been reaped
 TEE_PID=""
 FIFO="$LOG_DIR/.process_0.fifo"
-STOPPING=0     # 1 once the processes were asked to stop (SIGTERM sent)
 
-signal_all() {  # signal_all SIG: send SIG to every process still running
-  local pid
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-    [[ -n $pid ]] && kill "-$1" "$pid" 2>/dev/null || true
-  done
-}
 
 # shellcheck disable=SC2329  # called by the traps below
 cleanup() {  # on exit, whatever the reason: no process is left behind
@@ -167,45 +197,43 @@ cleanup() {  # on exit, whatever the reason: no process is left behind
 }
 trap cleanup EXIT
 
-# shellcheck disable=SC2329
-on_signal() {  # first Ctrl-C / SIGTERM: forward SIGTERM (checkpoint, exit 75); second: SIGKILL
-  if ((STOPPING)); then
-    echo "$PROG: $1 again: killing every process" >&2
-    signal_all KILL
-  else
-    STOPPING=1
-    SIGNAL_RC=$2
-    echo "$PROG: $1: forwarding SIGTERM to every process (they checkpoint and exit 75; $1 again to kill)" >&2
-    signal_all TERM
-  fi
-}
-SIGNAL_RC=0    # 128 + the signal that stopped the script, if one did
-trap 'on_signal SIGINT 130' INT
-trap 'on_signal SIGTERM 143' TERM
-trap 'on_signal SIGHUP 129' HUP
 
 # Process 0 writes into a FIFO read by tee, so that its output reaches the terminal and its
 # log; the others write to their log only. Each background command execs the interpreter,
 # so $! is the pid of the process itself.
+# The script holds the FIFO open (fd 3, read-write) while it starts the processes, so that
+# neither tee's open nor process 0's blocks: a process 0 killed before it opened the FIFO
+# once left tee blocked in open() and the script in `wait $TEE_PID` for ever. fd 3 is closed
+# in every child and, once the processes are started, in the script: tee then ends when
+# process 0 does.
 rm -f "$FIFO"
 mkfifo "$FIFO"
-tee "$LOG_DIR/process_0.log" <"$FIFO" &
+exec 3<>"$FIFO"
+tee "$LOG_DIR/process_0.log" <"$FIFO" 3>&- &
 TEE_PID=$!
 for ((i = 0; i < NUM_PROCESSES; i++)); do PIDS[i]=""; done
 running=0
 for ((i = 0; i < NUM_PROCESSES; i++)); do
-  ((STOPPING)) && break   # a signal came while starting: start no more
+  ((${#PENDING[@]})) && break   # a signal came while starting: start no more
   command_for "$i"
   if ((i == 0)); then
-    XLA_FLAGS=$XLA JAX_PLATFORMS=cpu "${CMD[@]}" >"$FIFO" 2>&1 </dev/null &
+    XLA_FLAGS=$XLA JAX_PLATFORMS=cpu "${CMD[@]}" >"$FIFO" 2>&1 </dev/null 3>&- &
   else
-    XLA_FLAGS=$XLA JAX_PLATFORMS=cpu "${CMD[@]}" >"$LOG_DIR/process_$i.log" 2>&1 </dev/null &
+    XLA_FLAGS=$XLA JAX_PLATFORMS=cpu "${CMD[@]}" >"$LOG_DIR/process_$i.log" 2>&1 </dev/null 3>&- &
   fi
   PIDS[i]=$!
   ((i == 0)) && STARTED_0=1
   running=$((running + 1))
 done
 started=$running
+exec 3>&-
+STARTING=0
+# Every forked process is in PIDS now: act on the signals that came meanwhile (in order; a
+# second one kills). One that comes from here on runs on_signal itself.
+for sig in ${PENDING[@]+"${PENDING[@]}"}; do
+  # shellcheck disable=SC2086  # "NAME RC": two words
+  on_signal $sig
+done
 
 # Wait for all, polling (portable to old bash without `wait -n`; traps run between polls).
 FIRST_RC=0

@@ -217,17 +217,28 @@ train_command() {  # the ssl_jax.main command line, quoted for the remote shell
   printf '%s' "$cmd"
 }
 
+# shellcheck disable=SC2088
+LOCK='~/ssl_jax_run.lock'        # flock'ed by the run's shell from the check to the exit code
+
+# One run per worker: the start takes an flock on LOCK (atomic check-and-claim: two starts
+# cannot both pass, as two `[ -f PIDFILE ] && kill -0` checks could), and the detached shell
+# inherits it and holds it until it has written EXITFILE; the kernel drops it when that shell
+# dies, so a killed run leaves no stale claim, and no pid is trusted (pid reuse). The pid file
+# is written by the run's own subshell before it execs the program, so it exists (for stop
+# and follow) before the program can do anything.
 start_command() {  # refuse if a run is going; else start one detached, pid and exit code in files
   local inner
-  inner="$(train_command) & echo \$! > $PIDFILE; wait \$!; echo \$? > $EXITFILE"
-  printf '%s' "cd ~/$REMOTE_DIR || exit 1; if [ -f $PIDFILE ] && kill -0 \"\$(cat $PIDFILE)\" 2>/dev/null; then echo \"\$(hostname): a run is already going (pid \$(cat $PIDFILE)); stop it first: launch/tpu_vm.sh stop\" >&2; exit 1; fi; rm -f $PIDFILE $EXITFILE; nohup bash -c $(quote "$inner") > $LOG 2>&1 < /dev/null & echo \"\$(hostname): started\""
+  inner="( echo \$BASHPID > $PIDFILE.tmp && mv -f $PIDFILE.tmp $PIDFILE && exec $(train_command) 9>&- ) & wait \$!; echo \$? > $EXITFILE.tmp; mv -f $EXITFILE.tmp $EXITFILE"
+  printf '%s' "cd ~/$REMOTE_DIR || exit 1; exec 9>>$LOCK; if ! flock -n 9; then echo \"\$(hostname): a run is already going (pid \$(cat $PIDFILE 2>/dev/null)); stop it first: launch/tpu_vm.sh stop\" >&2; exit 1; fi; rm -f $PIDFILE $EXITFILE; nohup bash -c $(quote "$inner") > $LOG 2>&1 < /dev/null & echo \"\$(hostname): started\""
 }
 
 # Follow the log until the exit-code file appears; exit with that code (254: the run vanished
 # without one, e.g. the VM restarted).
 FOLLOW_COMMAND="for i in \$(seq 60); do [ -f $PIDFILE ] && break; sleep 1; done; [ -f $PIDFILE ] || { echo 'no run on worker 0 (no $PIDFILE): start one with launch/tpu_vm.sh run' >&2; exit 1; }; tail -n +1 -F $LOG & t=\$!; while [ ! -f $EXITFILE ]; do if ! kill -0 \"\$(cat $PIDFILE)\" 2>/dev/null; then sleep 2; [ -f $EXITFILE ] || { kill \$t; echo 'the run is gone without an exit code (VM restarted?)' >&2; exit 254; }; fi; sleep 1; done; sleep 1; kill \$t 2>/dev/null; exit \"\$(cat $EXITFILE)\""
 
-STOP_COMMAND="if [ -f $PIDFILE ] && kill -TERM \"\$(cat $PIDFILE)\" 2>/dev/null; then echo \"\$(hostname): SIGTERM sent\"; else echo \"\$(hostname): no run going\"; fi"
+# Signal the pid in PIDFILE only while a run holds LOCK (a pid file left by an ended run may
+# name a reused pid).
+STOP_COMMAND="if [ -f $PIDFILE ] && ! flock -n $LOCK true && kill -TERM \"\$(cat $PIDFILE)\" 2>/dev/null; then echo \"\$(hostname): SIGTERM sent\"; else echo \"\$(hostname): no run going\"; fi"
 
 # --- steps -------------------------------------------------------------------------------
 wait_until_active() {  # a queued resource: poll until ACTIVE

@@ -431,3 +431,34 @@ def test_slurm_forwards_sigterm_and_requeues(fake_slurm):
     assert proc.returncode == 75, stderr
     assert "forwarding to the job step" in stderr
     assert (tmp / "scontrol.args").read_text().split() == ["requeue", "4242"]
+
+
+def test_tpu_start_claims_the_worker_at_once(tmp_path):
+    """A second start right after the first returned (before the run wrote anything), or two
+    starts at the same moment: exactly one run (the pid-file check-then-write race)."""
+    home = tmp_path / "home"
+    (home / "ssl_jax").mkdir(parents=True)
+    fake_python = write_exe(tmp_path / "python3", f"""#!{BASH}
+trap 'kill $! 2>/dev/null; exit 75' TERM
+sleep 30 & wait $!
+""")
+    args = ["--tpu=t", "--zone=z", f"--python={fake_python}", "--config=c", "--workdir=gs://b/w",
+            "--dry_run"]
+    start, _ = map(command_of, gcloud_lines(run(TPU, "run", *args).stdout))
+    (stop,) = map(command_of, gcloud_lines(run(TPU, "stop", *args).stdout))
+    worker = dict(clean_env(), HOME=str(home))
+    starts = [subprocess.Popen([BASH, "-c", start], env=worker, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=30), p.stderr.read()) for p in starts]
+    assert sorted(rc for rc, _ in results) == [0, 1, 1], results
+    assert all("a run is already going" in err for rc, err in results if rc == 1)
+    again = subprocess.run([BASH, "-c", start], env=worker, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "a run is already going" in again.stderr
+    wait_for_files([home / "ssl_jax_run.pid"])
+    assert "SIGTERM sent" in subprocess.run([BASH, "-c", stop], env=worker, capture_output=True,
+                                            text=True, timeout=30).stdout
+    wait_for_files([home / "ssl_jax_run.exit"])
+    assert (home / "ssl_jax_run.exit").read_text().strip() == "75"
+    # the run has ended: the pid file may name a reused pid; stop must not signal it
+    assert "no run going" in subprocess.run([BASH, "-c", stop], env=worker, capture_output=True,
+                                            text=True, timeout=30).stdout
