@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import errno
 import os
 import sys
@@ -68,6 +69,7 @@ class RunFlags:
     coordinator_address: flags.FlagHolder
     num_processes: flags.FlagHolder
     process_id: flags.FlagHolder
+    print_config: flags.FlagHolder
 
 
 def define_run_flags(config_example: str, workdir_help: str = "Directory for checkpoints, metrics and "
@@ -89,8 +91,11 @@ def define_run_flags(config_example: str, workdir_help: str = "Directory for che
         num_processes=flags.DEFINE_integer("num_processes", None,
                                            "Number of processes of an explicit multi-process run."),
         process_id=flags.DEFINE_integer("process_id", None,
-                                        "This process's index in an explicit multi-process run."))
-    flags.mark_flags_as_required(["config", "workdir"])
+                                        "This process's index in an explicit multi-process run."),
+        print_config=flags.DEFINE_bool("print_config", False, "Print the resolved config (the file's "
+                                       "preset with every --config.* override applied) and exit; "
+                                       "needs no --workdir."))
+    flags.mark_flags_as_required(["config"])  # --workdir: checked in `run` (not for --print_config)
     return run_flags
 
 
@@ -106,9 +111,12 @@ def parse_flags(argv):
             message = f"{argv_config(argv)}: " + message.strip().splitlines()[-1]
         fail(f"{message.rstrip('.')}. Pass --helpshort for the flags.", code=2)
     except (AttributeError, KeyError) as e:  # config_flags on an override of a missing field
-        path = _unknown_override(argv)
+        path, close = _unknown_override(argv)
+        hint = f" Did you mean {close}?" if close else ""
         fail(f"unknown config field {path or e!s} in the command line: it is not a field of "
-             f"{argv_config(argv)}. Check the spelling (the config file lists the fields).", code=2)
+             f"{argv_config(argv)}.{hint} The method's own fields are in its config file; the shared "
+             "ones (data, model, optimizer, eval, checkpoint, mesh, ...) in ssl_jax/presets.py "
+             "(base_config); --print_config shows them all.", code=2)
 
 
 def check_config_file(argv) -> None:
@@ -127,23 +135,27 @@ def argv_config(argv) -> str:
     return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "the config")
 
 
-def _unknown_override(argv) -> str | None:
-    """The first --config.a.b=... override whose path is not a field of the config."""
+def _unknown_override(argv) -> tuple[str | None, str | None]:
+    """(the first --config.a.b=... override whose path is not a field of the config, the
+    closest existing path at the level where it went wrong or None)."""
     from ssl_jax import presets
 
     try:
         config = presets.load_config_file(argv_config(argv))
     except Exception:  # the config itself is broken: flag parsing reports that
-        return None
+        return None, None
     for arg in argv:
         if not arg.startswith("--config."):
             continue
         node, path = config, arg[len("--config."):].split("=", 1)[0]
-        for key in path.split("."):
+        keys = path.split(".")
+        for depth, key in enumerate(keys):
             if not hasattr(node, "keys") or key not in node.keys():
-                return path
+                names = list(node.keys()) if hasattr(node, "keys") else []
+                close = difflib.get_close_matches(key, names, n=1)
+                return path, ".".join(keys[:depth] + close) if close else None
             node = node[key]
-    return None
+    return None, None
 
 
 def quiet_library_logs():
@@ -185,6 +197,12 @@ def run(body: Callable[[object, str], object], run_flags: RunFlags, name: str = 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        if run_flags.print_config.value:
+            print(run_flags.config.value.to_json_best_effort(indent=2, sort_keys=True))
+            return
+        if run_flags.workdir.value is None:
+            fail("--workdir is required: the directory of the run's checkpoints, metrics and results.",
+                 code=2)
         quiet_library_logs()
         if check_workdir is not None:  # outside user_errors, which imports JAX
             try:

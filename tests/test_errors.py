@@ -54,3 +54,39 @@ def test_nan_loss_stops_and_keeps_checkpoints(tmp_path):
     assert "last good checkpoint is step 4" in message
     # That the intact checkpoint resumes after a failed run is tests/test_faults.py's
     # (test_truncated_latest_checkpoint trains on from it): not a third run here.
+
+
+def test_print_config_shows_the_resolved_config_and_writes_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ssl_jax.main", "--config=configs/byol.py:demo",
+                           "--config.optimizer.base_lr=0.3", "--print_config"], env=device_env(1), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2  # configs/byol.py is relative to the repository: one clear line
+    assert "configs/byol.py does not exist" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ssl_jax.main", f"--config={REPO_ROOT}/configs/byol.py:demo",
+                           "--config.optimizer.base_lr=0.3", "--print_config"], env=device_env(1), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    config = json.loads(proc.stdout)
+    assert config["optimizer"]["base_lr"] == 0.3 and config["method"] == "byol"
+    assert config["data"]["dataset"] == "digits" and "momentum" in config["byol"]
+    assert os.listdir(tmp_path) == []  # no workdir needed, nothing written
+
+
+@pytest.mark.parametrize("override,needles", [
+    ("--config.optimizer.base_lrr=1", ["optimizer.base_lrr", "Did you mean optimizer.base_lr?", "ssl_jax/presets.py"]),
+    ("--config.optimzer.base_lr=1", ["optimzer.base_lr", "Did you mean optimizer?"]),
+    ("--config.byol.zzz=1", ["byol.zzz", "--print_config"]),
+])
+def test_an_unknown_field_names_the_closest_one_and_where_fields_live(tmp_path, override, needles):
+    message = _error_line(_main(DEMO + [override], tmp_path))
+    for needle in needles:
+        assert needle in message, message
+    if "zzz" in override:  # nothing close to suggest
+        assert "Did you mean" not in message, message
+
+
+def test_a_missing_workdir_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ssl_jax.main", *DEMO], env=device_env(1), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert "--workdir is required" in _error_line(proc) and proc.returncode == 2
