@@ -1,5 +1,6 @@
 """The README's first command: the demo preset trains, its loss falls, and it beats random init."""
 import json
+import re
 
 import pytest
 
@@ -10,6 +11,10 @@ from tests.test_tensorboard import scalars
 def test_demo_preset_end_to_end(demo_run):
     workdir, proc = demo_run
     assert "random init" in proc.stdout and "kNN top-1" in proc.stdout
+    # Compilation is announced, and its time said, before the first step's line.
+    out = proc.stdout
+    first_step_line = re.search(r"^step \d+/", out, re.M).start()
+    assert out.index("Compiling the train step...") < out.index("Compiled the train step and ran its first step in ") < first_step_line
 
     with open(workdir / "metrics.jsonl") as f:
         metrics = [json.loads(line) for line in f]

@@ -59,19 +59,26 @@ class MetricWriter:
 
 
 class Progress:
-    """The stdout progress line: step, loss, images/s and ETA, measured between log steps."""
+    """The stdout progress line: step, loss, images/s and ETA, measured between log steps over
+    training time only (`exclude` takes out an evaluation run in between)."""
 
     def __init__(self, total_steps: int, global_batch_size: int, start_step: int):
         self.total_steps = total_steps
         self.batch = global_batch_size
         self._t, self._step = time.perf_counter(), start_step
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (e.g. a periodic kNN evaluation) out of the current interval."""
+        self._t += seconds
+
     def line(self, step: int, metrics: dict) -> str:
         now = time.perf_counter()
-        steps = max(step - self._step, 1)
-        rate = steps * self.batch / max(now - self._t, 1e-9)
+        extras = " ".join(f"{k} {float(metrics[k]):.4f}" for k in ("probe_top1", "lr") if k in metrics)
+        head = f"step {step}/{self.total_steps} | loss {float(metrics['loss']):.4f} | {extras} | "
+        if step <= self._step:  # no step timed yet (the first, compiling step is not): no rate
+            self._t = now
+            return head + "-- img/s | ETA --:--:--"
+        rate = (step - self._step) * self.batch / max(now - self._t, 1e-9)
         eta = (self.total_steps - step) * self.batch / max(rate, 1e-9)
         self._t, self._step = now, step
-        extras = " ".join(f"{k} {float(metrics[k]):.4f}" for k in ("probe_top1", "lr") if k in metrics)
-        return (f"step {step}/{self.total_steps} | loss {float(metrics['loss']):.4f} | {extras} | "
-                f"{rate:.1f} img/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        return head + f"{rate:.1f} img/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"

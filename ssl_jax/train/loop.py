@@ -206,17 +206,27 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
             batches = make_batches(state, step)
         batch = parallel.shard_batch(next(batches), mesh)
         if compiled is None:
+            # Minutes for a large network on a CPU: said, so that it does not look like a hang.
+            log("Compiling the train step...", flush=True)
+            t_first = time.perf_counter()
             compiled = step_lib.compile_step(train_step, state, batch, mesh)
         state, metrics = compiled(state, batch)
         if progress is None:  # start timing after the first (compiling) step
             jax.block_until_ready(metrics)
+            log(f"Compiled the train step and ran its first step in {time.perf_counter() - t_first:.1f} s.",
+                flush=True)
             progress = Progress(n_steps, config.global_batch_size, step + 1)
         return state, metrics
+
+    eval_seconds = [0.0]  # periodic evaluations: not training time (rates, ETA, train_seconds)
 
     def on_log(done, state, metrics):
         nonlocal last_logged, collapse_reported
         if evaluator is not None:
+            t_eval = time.perf_counter()
             metrics = dict(metrics, **evaluator.during(this_run, state, done))
+            progress.exclude(time.perf_counter() - t_eval)
+            eval_seconds[0] += time.perf_counter() - t_eval
         metrics = dict(metrics, **refresh_metrics)
         refresh_metrics.clear()
         writer.write(done, metrics)
@@ -233,9 +243,9 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
             state, one_step, start=start, total=n_steps, log_every=config.log_every_steps, on_log=on_log,
             nonfinite_message=_nonfinite_message, manager=manager, save_every=ckpt.every_steps,
             meta=lambda done: {"step": done, "examples_seen": examples_seen(done), "epoch": done / spe,
-                               "train_seconds": seconds_before + time.perf_counter() - t0,
+                               "train_seconds": seconds_before + time.perf_counter() - t0 - eval_seconds[0],
                                **({"dataset_fingerprint": data_fingerprint} if data_fingerprint else {})})
-        train_seconds = seconds_before + time.perf_counter() - t0
+        train_seconds = seconds_before + time.perf_counter() - t0 - eval_seconds[0]
         done = int(parallel.to_host(state.step))
         records = results_lib.make_records(
             results_lib.run_fields(config, done, spe), protocol="pretrain",
