@@ -11,6 +11,8 @@ from tests.test_tensorboard import scalars
 def test_demo_preset_end_to_end(demo_run):
     workdir, proc = demo_run
     assert "random init" in proc.stdout and "kNN top-1" in proc.stdout
+    assert f"Results in {workdir}/results.json" in proc.stdout
+    assert f"--config=configs/eval/linear.py:demo --workdir={workdir}" in proc.stdout
     # Compilation is announced, and its time said, before the first step's line.
     out = proc.stdout
     first_step_line = re.search(r"^step \d+/", out, re.M).start()

@@ -1,4 +1,4 @@
-"""The console progress line: rates over training time only."""
+"""The console: the progress line (rates over training time only) and the end-of-run pointers."""
 import re
 
 from ssl_jax.train import logging as logging_lib
@@ -22,3 +22,14 @@ def test_rates_need_a_timed_step_and_leave_out_evaluations(monkeypatch):
     line = progress.line(4, {"loss": 1.0, "lr": 0.1})
     assert _rate(line) == 32.0 and "lr 0.1000" in line
     assert line.endswith("ETA 00:00:06")  # 6 steps left at 1 step/s
+
+
+def test_the_end_of_run_points_at_results_and_the_next_commands():
+    from ssl_jax.evaluate.in_training import next_commands
+    text = next_commands("/tmp/run", "digits")
+    assert "/tmp/run/results.json" in text and "tensorboard --logdir /tmp/run" in text
+    assert "python -m ssl_jax.evaluate --config=configs/eval/linear.py:demo --workdir=/tmp/run" in text
+    assert "python -m ssl_jax.export --workdir=/tmp/run --format=torchvision" in text
+    assert "python -m ssl_jax.report /tmp/run" in text
+    assert "configs/eval/linear.py:cifar10" in next_commands("w", "cifar10")
+    assert "configs/eval/linear.py:PRESET" in next_commands("w", "mnist")  # no preset to name

@@ -34,7 +34,25 @@ def pretrain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> li
         results_lib.write_records(workdir, records)
         tensorboard.write_records(workdir, records)  # next to the training curves, under eval/
         print(format_results(records), flush=True)
+        print(next_commands(workdir, config.data.dataset), flush=True)
     return records
+
+
+# The evaluation presets of configs/eval/*.py for the datasets the training presets use.
+_EVAL_PRESETS = {"digits": "demo", "cifar10": "cifar10", "imagenet2012": "imagenet"}
+
+
+def next_commands(workdir: str, dataset: str) -> str:
+    """Where the run's results are and the commands a user runs next on it."""
+    preset = _EVAL_PRESETS.get(dataset, "PRESET")
+    return "\n".join([
+        f"Results in {workdir}/results.json; training curves in metrics.jsonl (or: tensorboard --logdir {workdir}).",
+        "Next:",
+        f"  python -m ssl_jax.evaluate --config=configs/eval/linear.py:{preset} --workdir={workdir}"
+        "   # linear evaluation (also knn, finetune, clustering, ...)",
+        f"  python -m ssl_jax.export --workdir={workdir} --format=torchvision --output=encoder.safetensors"
+        "   # or --format=flax / safetensors",
+        f"  python -m ssl_jax.report {workdir} --output_dir={workdir}/report   # tables and plots"])
 
 
 def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
