@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -195,33 +196,9 @@ def to_torchvision(pretrained, fc=None) -> dict[str, np.ndarray]:
 # width_per_group widens only a bottleneck's inner convs, so the ResNet is built at width 1
 # and its stem and four stages are replaced; `_make_layer` (torchvision's own stage builder)
 # reads the input width from `inplanes`, so setting it first gives every block, downsample
-# included, the scaled widths. README.md shows this text; tests/test_export.py runs it.
-TORCH_BUILDER = '''\
-import torch
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-
-LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
-          152: [3, 8, 36, 3], 200: [3, 24, 36, 3]}
-
-
-def build_resnet(depth, width=1.0, cifar_stem=False, num_classes=0):
-    """torchvision ResNet-`depth`, every channel count scaled by `width` (stem included),
-    the CIFAR stem (3x3/1 conv, no max-pool) if asked, fc = Identity if num_classes is 0."""
-    block, layers = (BasicBlock if depth < 50 else Bottleneck), LAYERS[depth]
-    ch = lambda c: max(1, int(round(c * width)))  # the channel counts ssl_jax uses
-    model = ResNet(block, layers)
-    model.conv1 = torch.nn.Conv2d(3, ch(64), *((3, 1, 1) if cifar_stem else (7, 2, 3)), bias=False)
-    model.bn1 = torch.nn.BatchNorm2d(ch(64))
-    if cifar_stem:
-        model.maxpool = torch.nn.Identity()
-    model.inplanes = ch(64)  # _make_layer reads and advances it
-    for i, blocks in enumerate(layers):
-        stage = model._make_layer(block, ch(64 * 2 ** i), blocks, stride=1 if i == 0 else 2)
-        setattr(model, f"layer{i + 1}", stage)
-    features = ch(512) * block.expansion
-    model.fc = torch.nn.Linear(features, num_classes) if num_classes else torch.nn.Identity()
-    return model
-'''
+# included, the scaled widths. The program is a text file beside this module (ssl_jax itself
+# imports no PyTorch); README.md shows it; tests/test_export.py runs it on a shape-only stand-in.
+TORCH_BUILDER = (pathlib.Path(__file__).parent / "torch_builder.txt").read_text()  # text: never imported here
 
 
 def torch_model_code(depth: int, width: float, cifar_stem: bool, num_classes: int = 0) -> str:

@@ -300,34 +300,6 @@ def test_readme_shows_the_torch_builder():
     assert export_lib.TORCH_BUILDER in readme
 
 
-# Real PyTorch where it is installed (not in CI: the package and its tests need no PyTorch;
-# the stand-in above runs the same builder there). Widths 1/8 and 1, depths 18 and 50.
-@pytest.mark.parametrize("name,width,cifar_stem", [("resnet18", 0.125, True), ("resnet18", 1.0, False),
-                                                   ("resnet50", 0.125, False), ("resnet50", 1.0, True)])
-def test_torch_builder_in_real_torchvision(name, width, cifar_stem, tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("torchvision")
-    import safetensors.torch
-
-    pre = _random_resnet(name, width, cifar_stem)
-    path = str(tmp_path / "model.safetensors")
-    export_lib.save_safetensors(path, export_lib.to_torchvision(pre), export_lib.torchvision_metadata(pre))
-    with safetensors.safe_open(path, "np") as f:
-        md = f.metadata()
-    scope = {}
-    exec(md["torch_model"], scope)  # the user's path: the metadata's program, no ssl_jax
-    model = scope["model"]
-    model.load_state_dict(safetensors.torch.load_file(path), strict=True)
-    model.eval()
-    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    with torch.no_grad():
-        got = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
-    expected = _features(pre, x)
-    print(f"{name} w{width:g} cifar_stem={cifar_stem}: max |torch - flax| = {np.abs(got - expected).max():.3g} "
-          f"(max |flax| {np.abs(expected).max():.3g})")
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-
-
 def _random_vit():
     cfg = _model_cfg(name="vit_tiny", patch_size=8)
     encoder = build_encoder(cfg)

@@ -6,8 +6,8 @@ torch's naming (children in assignment order, a replaced child keeps its place).
 part follows torchvision 0.28's resnet.py in what the builder relies on: `ResNet.__init__`
 (stem, `inplanes`, four `_make_layer` stages, fc), `_make_layer` (a downsample where the
 stride or the width changes, `inplanes` advanced to planes * expansion) and the blocks'
-layers. tests/test_export.py runs the same builder against real torchvision when it is
-installed, which checks this stand-in too.
+layers. The builder was checked once by hand against real torchvision 0.28 (README, Export):
+the same key/shape sets for all 60 depth x width x stem combinations.
 """
 import types
 
