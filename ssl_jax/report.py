@@ -381,18 +381,27 @@ def loss_figure(metrics_by_run: dict[str, list[dict]], labels: dict[str, str] | 
     return fig
 
 
+def _panels(metrics_by_run: dict[str, list[dict]], keys: tuple[str, ...]):
+    """(figure, [(axis, key)] one panel per key some run logged, {run: colour}), or None when
+    no run logged any of `keys`."""
+    keys = [k for k in keys if _has(metrics_by_run, k)]
+    if not keys:
+        return None
+    fig, axes = _new_figure(len(keys))
+    return fig, list(zip(axes, keys)), {run: f"C{i % 10}" for i, run in enumerate(metrics_by_run)}
+
+
 def accuracy_figure(metrics_by_run: dict[str, list[dict]], labels: dict[str, str] | None = None,
                     baselines: dict[str, tuple[float, str]] | None = None):
     """Online-probe and periodic-kNN top-1 (%) against step on a fixed 0-100 % axis, one panel
     each; `baselines` {run: (random-init kNN top-1 fraction, setting)} drawn as dashed lines on
     the kNN panel. None if no run logged either."""
     labels, baselines = labels or {}, baselines or {}
-    keys = [k for k in ("probe_top1", "knn_top1") if _has(metrics_by_run, k)]
-    if not keys:
+    panels = _panels(metrics_by_run, ("probe_top1", "knn_top1"))
+    if panels is None:
         return None
-    fig, axes = _new_figure(len(keys))
-    colors = {run: f"C{i % 10}" for i, run in enumerate(metrics_by_run)}
-    for ax, key in zip(axes, keys):
+    fig, axes_keys, colors = panels
+    for ax, key in axes_keys:
         if key == "probe_top1":
             _plot_runs(ax, metrics_by_run, key, labels, scale=100.0, linewidth=1.2)
             title = "Online linear probe top-1 on training batches\n(augmented views, not the test split)"
@@ -422,12 +431,11 @@ def collapse_figure(metrics_by_run: dict[str, list[dict]], labels: dict[str, str
     """The training-batch collapse monitors against step, one panel each where logged:
     collapse_std with 1/sqrt(D), z_effective_rank with D (both from 0). None if neither."""
     labels = labels or {}
-    panels = [k for k in ("collapse_std", "z_effective_rank") if _has(metrics_by_run, k)]
-    if not panels:
+    panels = _panels(metrics_by_run, ("collapse_std", "z_effective_rank"))
+    if panels is None:
         return None
-    fig, axes = _new_figure(len(panels))
-    colors = {run: f"C{i % 10}" for i, run in enumerate(metrics_by_run)}
-    for ax, key in zip(axes, panels):
+    fig, axes_keys, colors = panels
+    for ax, key in axes_keys:
         _plot_runs(ax, metrics_by_run, key, labels, linewidth=1.2)
         ref_key = "collapse_std_reference" if key == "collapse_std" else "z_std_reference"
         refs = {run: _reference(lines, ref_key) for run, lines in metrics_by_run.items()
