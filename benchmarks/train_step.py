@@ -9,7 +9,7 @@ Prints one JSON line per run: images/s (an image = one example with all its view
 FLOPs per image from the compiled cost analysis next to the analytic count (see
 `analytic_step_flops`), peak memory from the compiled memory analysis, and the bytes of
 the collectives in the compiled (SPMD-partitioned) step per kind, next to the least a
-data-parallel / FSDP step needs (`benchmarks/hlo_collectives.py` defines both, per device)
+data-parallel / FSDP step needs (`ssl_jax/hlo_collectives.py` defines both, per device)
 and their ratio. Extra XLA flags can be passed through the XLA_FLAGS environment variable;
 simulate devices on a CPU with
 
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssl_jax import xla_flags  # noqa: E402
 
 xla_flags.set_cpu_defaults()  # the commands' XLA CPU flags, before JAX creates its CPU client
-from benchmarks.hlo_collectives import collective_bytes, ideal_bytes, strategy_of  # noqa: E402
+from ssl_jax.hlo_collectives import collective_report  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.methods import METHODS, build_method  # noqa: E402
 from ssl_jax.models import DINOHead, Prototypes  # noqa: E402
@@ -198,54 +198,6 @@ def parse_mesh(text: str) -> dict:
             raise argparse.ArgumentTypeError(f"--mesh expects data=D,fsdp=F, got {text!r}")
         out[key.strip()] = int(value)
     return out
-
-
-def tree_bytes(tree) -> int:
-    return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x)))
-                   for x in jax.tree.leaves(tree)))
-
-
-def split_bytes(tree, fsdp: int) -> tuple[int, int]:
-    """(bytes of the leaves split over `fsdp`, bytes of those kept whole), per fsdp_spec."""
-    split = whole = 0
-    for x in jax.tree.leaves(tree):
-        n = np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x)))
-        if parallel.fsdp_spec(tuple(np.shape(x)), fsdp) == parallel.P():
-            whole += n
-        else:
-            split += n
-    return split, whole
-
-
-def collective_report(hlo_text: str, state, mesh) -> dict:
-    """The collective bytes per kind of a compiled step's HLO, the ideal for its mesh and
-    the ratio (see benchmarks/hlo_collectives.py for the per-device buffer convention)."""
-    data, fsdp = mesh.shape[parallel.DATA_AXIS], mesh.shape[parallel.FSDP_AXIS]
-    strategy = strategy_of(data, fsdp)
-    measured = collective_bytes(hlo_text)
-    trained = state.params
-    # Weights that are read but not trained (a momentum target) are gathered under FSDP.
-    ms = state.method_state
-    target = ms.get("target", {}).get("params", {}) if hasattr(ms, "get") else {}
-    if strategy == "dp":
-        ideal = ideal_bytes(tree_bytes(trained), "dp")
-    else:
-        split, whole = split_bytes(trained, fsdp)
-        ideal = ideal_bytes(split, strategy, data=data, fsdp=fsdp, replicated_bytes=whole,
-                            forward_only_bytes=split_bytes(target, fsdp)[0])
-    if mesh.devices.size == 1:
-        ideal = {k: 0 for k in ideal}
-    total = measured["total"]["bytes"]
-    return {
-        "strategy": strategy,
-        "param_bytes": tree_bytes(trained),
-        "target_param_bytes": tree_bytes(target),
-        "collectives": {k: {"count": v["count"], "bytes": v["bytes"],
-                            "link_bytes": None if math.isnan(v["link_bytes"]) else int(v["link_bytes"])}
-                        for k, v in measured.items() if v["count"] or k == "total"},
-        "ideal_collective_bytes": ideal,
-        "collective_over_ideal": round(total / ideal["total"], 4) if ideal["total"] else None,
-    }
 
 
 def _num(x: float, digits: int):

@@ -1,4 +1,4 @@
-"""benchmarks/hlo_collectives.py: collective bytes read from compiled HLO text.
+"""ssl_jax/hlo_collectives.py: collective bytes read from compiled HLO text.
 
 Hand-written HLO snippets with byte counts worked out by hand, and one real compile on 8
 simulated CPU devices (in a subprocess: the device count must be set before JAX starts)."""
@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from benchmarks.hlo_collectives import (KINDS, collective_bytes, group_size, ideal_bytes,
+from ssl_jax.hlo_collectives import (KINDS, collective_bytes, group_size, ideal_bytes,
                                         parse_collectives, shape_bytes, split_tuple, strategy_of)
 from tests.conftest import REPO_ROOT, device_env
 
@@ -142,7 +142,7 @@ REAL = textwrap.dedent("""\
     import json
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from benchmarks.hlo_collectives import collective_bytes
+    from ssl_jax.hlo_collectives import collective_bytes
     mesh = Mesh(np.array(jax.devices()), ("x",))
     split, whole = NamedSharding(mesh, P("x")), NamedSharding(mesh, P())
     # A batch split 8 ways reduced over the batch: partial sums, one all-reduce of f32[1024].

@@ -1,7 +1,10 @@
 """Bytes moved by the collectives of a compiled XLA program, read from its HLO text.
 
-    from benchmarks.hlo_collectives import collective_bytes, ideal_bytes
+    from ssl_jax.hlo_collectives import collective_bytes, ideal_bytes
     stats = collective_bytes(jitted.lower(*args).compile().as_text())
+
+(`collective_report` does both for a compiled train step and its mesh: the benchmarks and
+`python -m ssl_jax.compile` use it.)
 
 `collective_bytes` parses the post-optimisation, SPMD-partitioned HLO (`compiled.as_text()`:
 one program per device, so every shape in it is a per-device shape) and sums, per kind of
@@ -35,7 +38,10 @@ Counting rules:
 """
 from __future__ import annotations
 
+import math
 import re
+
+import numpy as np
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -270,3 +276,56 @@ def ideal_bytes(param_bytes: int, strategy: str, *, data: int = 1, fsdp: int = 1
 def strategy_of(data: int, fsdp: int) -> str:
     """'dp' if fsdp == 1, 'fsdp' if data == 1, else 'hsdp'."""
     return "dp" if fsdp == 1 else ("fsdp" if data == 1 else "hsdp")
+
+
+def tree_bytes(tree) -> int:
+    """Bytes of every leaf of a pytree of arrays or ShapeDtypeStructs."""
+    import jax
+    return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree)))
+
+
+def split_bytes(tree, fsdp: int) -> tuple[int, int]:
+    """(bytes of the leaves split over `fsdp`, bytes of those kept whole), per parallel.fsdp_spec."""
+    import jax
+    from ssl_jax import parallel
+    split = whole = 0
+    for x in jax.tree.leaves(tree):
+        n = np.dtype(x.dtype).itemsize * int(np.prod(np.shape(x)))
+        if parallel.fsdp_spec(tuple(np.shape(x)), fsdp) == parallel.P():
+            whole += n
+        else:
+            split += n
+    return split, whole
+
+
+def collective_report(hlo_text: str, state, mesh) -> dict:
+    """The collective bytes per kind of a compiled train step's HLO, the ideal for its mesh
+    (`ideal_bytes`: the state's trained params, and a momentum target's weights as read-only
+    under FSDP) and the ratio measured/ideal of the totals (None on one device)."""
+    from ssl_jax import parallel
+    data, fsdp = mesh.shape[parallel.DATA_AXIS], mesh.shape[parallel.FSDP_AXIS]
+    strategy = strategy_of(data, fsdp)
+    measured = collective_bytes(hlo_text)
+    trained = state.params
+    # Weights that are read but not trained (a momentum target) are gathered under FSDP.
+    ms = state.method_state
+    target = ms.get("target", {}).get("params", {}) if hasattr(ms, "get") else {}
+    if strategy == "dp":
+        ideal = ideal_bytes(tree_bytes(trained), "dp")
+    else:
+        split, whole = split_bytes(trained, fsdp)
+        ideal = ideal_bytes(split, strategy, data=data, fsdp=fsdp, replicated_bytes=whole,
+                            forward_only_bytes=split_bytes(target, fsdp)[0])
+    if mesh.devices.size == 1:
+        ideal = {k: 0 for k in ideal}
+    total = measured["total"]["bytes"]
+    return {
+        "strategy": strategy,
+        "param_bytes": tree_bytes(trained),
+        "target_param_bytes": tree_bytes(target),
+        "collectives": {k: {"count": v["count"], "bytes": v["bytes"],
+                            "link_bytes": None if math.isnan(v["link_bytes"]) else int(v["link_bytes"])}
+                        for k, v in measured.items() if v["count"] or k == "total"},
+        "ideal_collective_bytes": ideal,
+        "collective_over_ideal": round(total / ideal["total"], 4) if ideal["total"] else None,
+    }
