@@ -30,14 +30,17 @@ FSDP_MIN_SIZE = 2 ** 12
 PER_EXAMPLE_KEY = "per_example"
 
 
-def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1) -> Mesh:
+def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     """A (data, fsdp) mesh over all (or the first `num_devices`) devices.
+
+    `devices`: the devices to lay out (default jax.devices()); python -m ssl_jax.compile passes
+    a TPU topology's compile-only devices here, so its mesh is the one training would build.
 
     `data=-1` takes the devices `fsdp` leaves. Devices are laid out by
     mesh_utils.create_device_mesh (the physical topology on TPU), with `fsdp` the inner axis,
     so that the heavier FSDP collectives run between the closest devices.
     """
-    devices = jax.devices()
+    devices = list(jax.devices() if devices is None else devices)
     if num_devices is not None and num_devices > 0:
         if num_devices > len(devices):
             raise ValueError(
@@ -56,9 +59,10 @@ def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1) -> 
     return Mesh(mesh_utils.create_device_mesh((data, fsdp), devices=devices), BATCH_AXES)
 
 
-def mesh_from_config(mesh_cfg) -> Mesh:
-    """make_mesh from a complete config.mesh section (num_devices, data, fsdp)."""
-    return make_mesh(mesh_cfg.num_devices, mesh_cfg.data, mesh_cfg.fsdp)
+def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
+    """make_mesh from a complete config.mesh section (num_devices, data, fsdp), over `devices`
+    (default: jax.devices())."""
+    return make_mesh(mesh_cfg.num_devices, mesh_cfg.data, mesh_cfg.fsdp, devices=devices)
 
 
 def batch_shards(mesh: Mesh) -> int:

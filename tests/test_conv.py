@@ -1,6 +1,7 @@
 """oneDNN's convolutions (ssl_jax/native, ssl_jax.models.conv) against XLA's convolution and its autodiff."""
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -148,12 +149,22 @@ def test_resolve_conv_backend_choices():
             resolve_conv_backend("onednn")
 
 
+def test_resolve_conv_backend_follows_the_target_devices_not_the_host():
+    """A compile for one TPU (python -m ssl_jax.compile) from this one-CPU host: 'auto' is XLA,
+    'onednn' an error; one CPU device given explicitly resolves as the host does."""
+    tpu = types.SimpleNamespace(platform="tpu")
+    assert resolve_conv_backend("auto", devices=[tpu]) == "xla"
+    with pytest.raises(ValueError, match="runs on 1 tpu device"):
+        resolve_conv_backend("onednn", devices=[tpu])
+    assert resolve_conv_backend("auto", devices=jax.devices()[:1]) == resolve_conv_backend("auto")
+
+
 def test_resolve_conv_backend_on_eight_devices_keeps_xla():
     """The custom calls are not partitioned: with 8 devices 'auto' is XLA and 'onednn' an error."""
     code = ("from ssl_jax.models.conv import resolve_conv_backend\n"
             "assert resolve_conv_backend('auto') == 'xla'\n"
             "try:\n    resolve_conv_backend('onednn')\nexcept ValueError as e:\n"
-            "    assert 'one CPU device, this process has 8' in str(e), e\n"
+            "    assert 'one CPU device, the model runs on 8 cpu device(s)' in str(e), e\n"
             "else:\n    raise AssertionError('no error')\n")
     subprocess.run([sys.executable, "-c", code], env=device_env(8), cwd=REPO_ROOT, check=True, timeout=300)
 

@@ -31,18 +31,24 @@ CONV_BACKENDS = ("auto", "xla", "onednn")
 MIN_ONEDNN_OUTPUT_PIXELS = 64
 
 
-def resolve_conv_backend(choice: str) -> str:
+def resolve_conv_backend(choice: str, devices=None) -> str:
     """'xla' or 'onednn' for the model option `conv_backend`: 'auto' is 'onednn' on a single
     CPU device where the kernels build, else 'xla'; 'onednn' where it cannot be used is an
-    error naming why."""
+    error naming why.
+
+    `devices`: the devices the model will run on (default jax.devices()). A compile for
+    another platform (python -m ssl_jax.compile: a TPU topology from a CPU host) passes its
+    target devices, so that the host's CPU never picks the oneDNN custom calls for it."""
     if choice not in CONV_BACKENDS:
         raise ValueError(f"model.conv_backend={choice!r} is not one of {CONV_BACKENDS}.")
     if choice == "xla":
         return "xla"
-    if jax.device_count() != 1:
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) != 1 or devices[0].platform != "cpu":
         if choice == "onednn":
-            raise ValueError(f"model.conv_backend='onednn' runs on one CPU device, this process has "
-                             f"{jax.device_count()}; set --config.model.conv_backend=auto (or xla).")
+            raise ValueError(f"model.conv_backend='onednn' runs on one CPU device, the model runs on "
+                             f"{len(devices)} {devices[0].platform} device(s); set "
+                             "--config.model.conv_backend=auto (or xla).")
         return "xla"
     if not native.onednn_conv_available():
         if choice == "onednn":
