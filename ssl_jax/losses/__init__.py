@@ -24,7 +24,9 @@ collectives). Stop-gradients that belong to the loss are applied inside it.
 | `directional(preds, reps, alpha, beta, gamma, delta, term_scale, pair_loss)` | DSSL's Eq. 6 over four views (v, v', t̂(v), t̂'(v')); returns (loss, terms) |
 | `deepcluster_v2(logits, assignments, temperature=0.1)` | logits [H, V, N, K] (prototype scores of V crops for H heads), assignments [H, N] int, −1 = no label yet (ignored); mean over heads of the mean cross-entropy over the V·N rows that have a label, of softmax(logits/T) against the image's assignment (a head with no labelled row: 0) |
 | `self_label(log_probs, lam=25.0, tol=0.1, max_iters=1000, valid=None)` | SeLa's Sinkhorn-Knopp labels for log_probs [N, K]: P = exp(λ·log_probs), r = 1/K, c = 1/N; iterations t = 0, 1, …: r ← (1/K)/(Pᵀ·c), c_new ← (1/N)/(P·r); at every t divisible by 10 err = Σ_n abs(c_n/c_new,n − 1); c ← c_new; stop after the first check with err < tol (or max_iters); returns argmax_k r_k·P_nk·c_n as int32 [N] (log domain inside: no underflow at λ = 25); rows with `valid` False (padding) take no part and get −1 |
+| `rotation_cross_entropy(logits)` | RotNet: logits [R, N, R] of copy r (rotated by r·360/R degrees) of image n; mean over the R·N rows of the cross-entropy against class r |
 | `hierarchical_cross_entropy(super_logits, super_labels, sub_logits, sub_labels)` | DeeperCluster: mean over n of CE(super_logits [N, S], s_n) + CE(sub_logits [N, k], z_n), sub_logits being the logits of the sub-class classifier of image n's own super-class |
+| `iic(p1, p2, eps=2.220446049250313e-16)` | p1, p2 [N, C] softmax outputs of two views; P = Σ_i p1_i p2_iᵀ, symmetrised (P + Pᵀ)/2, divided by its sum; marginals Pr, Pc from P; then P, Pr, Pc clamped below at eps; returns −Σ P·(log P − log Pr − log Pc) (= −I, to minimise; 0 ≤ I ≤ ln C) |
 
 Helpers with the same conventions: `l2_normalize`, `cosine_similarity`, `neg_cosine`
 (D(p, y) = −cos(p, stop_grad(y)), the D term of DSSL), `whiten`, `carp_permutation`.
@@ -32,12 +34,14 @@ A new loss is added here with the same conventions, its equation and source in i
 """
 from ssl_jax.losses.contrastive import info_nce, nt_xent
 from ssl_jax.losses.directional import directional, neg_cosine
+from ssl_jax.losses.iic import iic
 from ssl_jax.losses.prototypes import carl, carp, carp_permutation, dino, sinkhorn, swav
 from ssl_jax.losses.pseudo_labels import deepcluster_v2, hierarchical_cross_entropy, self_label
 from ssl_jax.losses.redundancy import barlow_twins, vicreg, whiten, wmse
 from ssl_jax.losses.regression import byol, cosine_similarity, l2_normalize, simsiam
+from ssl_jax.losses.rotation import rotation_cross_entropy
 
 __all__ = ["byol", "simsiam", "cosine_similarity", "l2_normalize", "nt_xent", "info_nce",
            "barlow_twins", "vicreg", "whiten", "wmse", "sinkhorn", "swav", "dino", "carl", "carp",
            "carp_permutation", "directional", "neg_cosine", "deepcluster_v2", "self_label",
-           "hierarchical_cross_entropy"]
+           "hierarchical_cross_entropy", "rotation_cross_entropy", "iic"]
