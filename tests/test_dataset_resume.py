@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ssl_jax.train.logging import unstamped
 from tests.conftest import REPO_ROOT
 
 STEPS = 25  # 11 steps per epoch at batch 128: refreshes open steps 0, 11 and 22
@@ -41,7 +42,7 @@ def test_sigkill_after_a_refresh_then_resume_matches_uninterrupted(tmp_path):
     proc = subprocess.Popen(_cmd(run), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
-        if line.startswith("Refresh at epoch 1"):
+        if unstamped(line).startswith("Refresh at epoch 1"):
             proc.send_signal(signal.SIGKILL)
             break
     proc.communicate(timeout=120)

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from ssl_jax import results
+from ssl_jax.train.logging import unstamped
 from tests.test_tensorboard import scalars
 
 
@@ -14,7 +15,11 @@ def test_demo_preset_end_to_end(demo_run):
     assert f"Results in {workdir}/results.json" in proc.stdout
     assert f"--config=configs/eval/linear.py:demo --workdir={workdir}" in proc.stdout
     # Compilation is announced, and its time said, before the first step's line.
-    out = proc.stdout
+    # Every message starts with its UTC time (ssl_jax.train.logging.stamp); read without it.
+    step_lines = [line for line in proc.stdout.splitlines() if re.search(r"\bstep \d+/352 \|", line)]
+    assert len(step_lines) == 352 // 20 + 1, step_lines  # every log_every_steps=20 and the last
+    assert all(unstamped(line) != line and unstamped(line).startswith("step ") for line in step_lines)
+    out = "\n".join(unstamped(line) for line in proc.stdout.splitlines())
     first_step_line = re.search(r"^step \d+/", out, re.M).start()
     assert out.index("Compiling the train step...") < out.index("Compiled the train step and ran its first step in ") < first_step_line
 

@@ -2,6 +2,7 @@
 and every protocol of `python -m ssl_jax.evaluate` on the demo run."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -169,8 +170,15 @@ def test_every_protocol_on_the_demo_run(demo_run, tmp_path):
     rand = run.run(_eval_config("knn", source=str(workdir), network="random_init"), out, log=log)
     assert results.select(rand, setting=ours["setting"], metric="top1")[0]["value"] < ours["value"] - 0.05
 
-    lin = run.run(_eval_config("linear", source=str(workdir)), out, log=log)
+    said = []
+    lin = run.run(_eval_config("linear", source=str(workdir)), out, log=lambda *a, **k: said.append(" ".join(a)))
     assert results.select(lin, metric="top1")[0]["value"] > 0.8, lin
+    # Progress as pretraining's: a line per epoch (20) with images/s and the ETA.
+    epochs = [line for line in said if line.startswith("  linear epoch ")]
+    assert len(epochs) == 20 and epochs[-1].startswith("  linear epoch 20/20 step "), said
+    assert all(re.search(r"\| elapsed \d\d:\d\d:\d\d \| [0-9.]+ img/s \| ETA \d\d:\d\d:\d\d$", line)
+               for line in epochs), epochs
+    assert epochs[-1].endswith("ETA 00:00:00")
     fine = run.run(_eval_config("finetune", source=str(workdir)), out, log=log)
     assert fine[0]["setting"] == "labels=10%" and results.select(fine, metric="top1")[0]["value"] > 0.6, fine
     assert os.path.exists(os.path.join(out, "label_subset_0.1_seed0.json"))

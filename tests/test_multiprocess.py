@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from ssl_jax.train.logging import unstamped
 from tests.conftest import REPO_ROOT, device_env
 
 METHODS = ("byol", "simclr", "deepcluster", "sela")  # deepcluster: its refresh pass gathered over 2
@@ -104,7 +105,7 @@ def test_preempt_kill_and_resume_match_uninterrupted(tmp_path):
     def interrupt(at_line, signal_it):
         proc = _launch(run, stdout=subprocess.PIPE)
         for line in proc.stdout:
-            if line.startswith(at_line):
+            if unstamped(line).startswith(at_line):
                 signal_it(proc)
                 break
         proc.communicate(timeout=120)

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ssl_jax.train.logging import unstamped
 from ssl_jax.train.preemption import PREEMPTED_EXIT_CODE
 
 from tests.conftest import REPO_ROOT
@@ -48,7 +49,7 @@ def _interrupt(workdir, at_line: str, signum) -> tuple[int, str]:
     proc = subprocess.Popen(_cmd(workdir), env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if line.startswith(at_line):
+        if unstamped(line).startswith(at_line):
             proc.send_signal(signum)
             break
     _, err = proc.communicate(timeout=120)

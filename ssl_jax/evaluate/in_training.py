@@ -23,6 +23,7 @@ from ssl_jax import pretrained as pretrained_lib
 from ssl_jax import results as results_lib
 from ssl_jax.evaluate import run as run_lib
 from ssl_jax.train import loop, tensorboard
+from ssl_jax.train.logging import console
 from ssl_jax.train import step as step_lib
 
 
@@ -33,8 +34,8 @@ def pretrain_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> li
     if jax.process_index() == 0:
         results_lib.write_records(workdir, records)
         tensorboard.write_records(workdir, records)  # next to the training curves, under eval/
-        print(format_results(records), flush=True)
-        print(next_commands(workdir, config.data.dataset), flush=True)
+        console(format_results(records))
+        console(next_commands(workdir, config.data.dataset))
     return records
 
 
@@ -78,8 +79,9 @@ def context(run: loop.Run, state, network: str = "online", step: int | None = No
                                 epochs=step / run.steps_per_epoch)
     data = ml_collections.ConfigDict(config.data.to_dict())
     data.train_split = config.data.eval_train_split
-    return run_lib.Context(eval_config(config), pre, data, run.mesh, run.num_classes, workdir=None,
-                           log=lambda *_: None)
+    # Process 0 reports the feature passes (minutes on a large split); the periodic kNN's too.
+    log = console if jax.process_index() == 0 else (lambda *_, **__: None)
+    return run_lib.Context(eval_config(config), pre, data, run.mesh, run.num_classes, workdir=None, log=log)
 
 
 def evaluator() -> loop.Evaluator:
@@ -118,7 +120,11 @@ def final_records(run: loop.Run, state, online_context=context) -> list[dict]:
     ev = run.config.eval
     linear = [run_lib.protocol_linear_cached] if ev.linear_probe else []
     probe = online_probe(parallel.to_host(state.params["probe"]))
-    records = run_lib.timed_records(online_context(run, state), [run_lib.protocol_knn, probe, *linear])
+    ctx = online_context(run, state)
+    baseline = "; then kNN" + (" and linear probe" if linear else "") + " at random init"
+    ctx.log(f"Evaluating the trained network on {ctx.data.dataset} (kNN, online probe"
+            f"{', linear probe' if linear else ''}{baseline if ev.compare_random_init else ''}).")
+    records = run_lib.timed_records(ctx, [run_lib.protocol_knn, probe, *linear])
     if ev.compare_random_init:
         fresh, _ = loop.init_state(run.config, run.method, optax.identity(), {"num_classes": run.num_classes},
                                    run.mesh)

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib, storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.train import features as features_lib, tensorboard
+from ssl_jax.train import logging as logging_lib
 from ssl_jax.evaluate import supervised
 from ssl_jax.evaluate.knn import knn_accuracy, shard_memory
 from ssl_jax.evaluate.linear import linear_probe_accuracy
@@ -70,8 +71,11 @@ class Context:
         if (split, stages) not in self._features:
             encode = features_lib.make_encode_fn(self.pre.encoder, self.mesh, stages=stages)
             v = self.pre.variables
+            n = pipeline.num_eval_batches(self.data, split, self.cfg.batch_size)
+            report = logging_lib.pass_reporter(f"features of {self.data.dataset}:{split} ({self.pre.network})",
+                                               n, int(self.cfg.batch_size), self.log)
             self._features[split, stages] = features_lib.extract_features(
-                encode, v["params"], v["batch_stats"], self.batches(split), self.mesh)
+                encode, v["params"], v["batch_stats"], self.batches(split), self.mesh, report)
         return self._features[split, stages]
 
     def train_test_features(self, stages=False):
@@ -226,7 +230,7 @@ def timed_records(ctx, protocols) -> list[dict]:
         metrics=metrics, setting=setting, wall_seconds=seconds)]
 
 
-def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
+def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=logging_lib.console) -> list[dict]:
     """Evaluate, merge the records into WORKDIR/results.json (process 0) and return them."""
     if eval_cfg.protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {eval_cfg.protocol!r}; valid: {sorted(PROTOCOLS)}.")
@@ -246,5 +250,7 @@ def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=print) -> list[di
         results_lib.write_records(workdir, records)
         tensorboard.write_records(workdir, records)  # next to the training curves, under eval/
         for r in records:
-            log(f"  {r['protocol']:13s} {r['setting']:24s} {r['metric']:14s} {r['value']:.4f}")
+            # format_number: 1e-5 for an l2 strength, not 0.0000
+            value = results_lib.format_number(r["value"], 4)
+            log(f"  {r['protocol']:13s} {r['setting']:24s} {r['metric']:14s} {value}")
     return records

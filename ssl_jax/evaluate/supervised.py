@@ -23,6 +23,7 @@ import optax
 from ssl_jax import parallel
 from ssl_jax.train import features as features_lib
 from ssl_jax.train import checkpoint, resumable
+from ssl_jax.train.logging import Progress, console
 from ssl_jax.train.optim import build_optimizer
 
 
@@ -79,7 +80,7 @@ def make_classifier_step(encoder, head, optimizer, lr_schedule, finetune: bool, 
 
 
 def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cfg, num_classes: int,
-                     mesh, seed: int = 0, log=print, checkpoint_dir: str | None = None) -> dict:
+                     mesh, seed: int = 0, log=console, checkpoint_dir: str | None = None) -> dict:
     """Train a linear head (and the encoder if train_cfg.finetune) on augmented batches.
 
     Args:
@@ -121,16 +122,31 @@ def train_classifier(pretrained, make_batches, *, steps_per_epoch: int, train_cf
     t0 = time.perf_counter()
     batches = make_batches(start)
 
+    progress, last_line = None, [start]
+    spe = max(int(steps_per_epoch), 1)
+
     def one_step(state, step):
+        nonlocal progress
         batch = parallel.shard_batch(next(batches), mesh)
-        return step_fn(state, encoder_params, batch["views"][0], batch["label"])
+        state, metrics = step_fn(state, encoder_params, batch["views"][0], batch["label"])
+        if progress is None:  # timed from the second step: the first one compiles
+            jax.block_until_ready(metrics)
+            progress = Progress(total, int(train_cfg.batch_size), step + 1)
+        return state, metrics
 
     def on_log(done, state, m):
-        log(f"  {'fine-tune' if finetune else 'linear'} step {done}/{total} | loss {float(m['loss']):.4f} | "
-            f"train top-1 {float(m['top1']):.4f} | lr {float(m['lr']):.4g}")
+        # A line at the end of every epoch, and every 30 s within a long one (ImageNet: 1251
+        # steps per epoch at batch 1024), with images/s and the ETA as pretraining's.
+        if done // spe == last_line[0] // spe and done != total and not progress.due(30.0):
+            return
+        last_line[0] = done
+        log(f"  {'fine-tune' if finetune else 'linear'} epoch {done / spe:.4g}/{epochs:g} step {done}/{total} | "
+            f"loss {float(m['loss']):.4f} | train top-1 {float(m['top1']):.4f} | lr {float(m['lr']):.4g} | "
+            + progress.timing(done))
 
     state = resumable.run_steps(
-        state, one_step, start=start, total=total, log_every=max(steps_per_epoch, 1), on_log=on_log,
+        # Checked (loss finite, a line due) at most every 50 steps, so a long epoch still reports.
+        state, one_step, start=start, total=total, log_every=min(spe, 50), on_log=on_log,
         nonfinite_message=lambda what, done: (f"Classifier training: {what} at step {done}; lower "
                                               "--config.train.optimizer.base_lr."),
         manager=manager, save_every=int(train_cfg.checkpoint_every_steps or steps_per_epoch),

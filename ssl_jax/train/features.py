@@ -33,12 +33,13 @@ def make_feature_fn(fn, mesh):
                    out_shardings=parallel.batch_sharding(mesh))
 
 
-def extract_features(encode_fn, params, batch_stats, batches, mesh):
+def extract_features(encode_fn, params, batch_stats, batches, mesh, report=None):
     """(features, labels [N]) over an eval iterator, rows in dataset-index order (the examples'
     stable indices, whatever the number of devices and processes), padding rows dropped;
-    features is a float32 [N, D] array, or a dict of them when `encode_fn` returns a dict."""
+    features is a float32 [N, D] array, or a dict of them when `encode_fn` returns a dict.
+    `report(done_batches)`, if given, is called after each batch (logging.pass_reporter)."""
     feats, labels, index = [], [], []
-    for batch in batches:
+    for done, batch in enumerate(batches, 1):
         images = parallel.shard_batch(batch["image"], mesh)
         out = encode_fn(params, batch_stats, images)
         # Every process gets the whole split's features (kNN memory needs all of them).
@@ -48,6 +49,8 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh):
         feats.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[mask], out))
         labels.append(np.asarray(lab)[mask])
         index.append(np.asarray(idx)[mask])
+        if report is not None:
+            report(done)
     # A batch gathered over processes holds each process's rows in turn: sort them back.
     order = np.argsort(np.concatenate(index), kind="stable")
     return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *feats), np.concatenate(labels)[order]

@@ -24,7 +24,7 @@ from ssl_jax.methods import build_method
 from ssl_jax.train import checkpoint, preemption, refresh, resumable
 from ssl_jax.train import workdir as workdir_lib
 from ssl_jax.train import step as step_lib
-from ssl_jax.train.logging import MetricWriter, Progress
+from ssl_jax.train.logging import MetricWriter, Progress, console
 from ssl_jax.train.optim import build_optimizer
 
 
@@ -155,7 +155,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
     data_fingerprint = refresh.fingerprint(config.data) if refresh.refreshes(method) else None
     if data_fingerprint is not None:  # before restoring: the per-example shapes depend on it
         refresh.check_fingerprint(checkpoint.latest_meta(manager), data_fingerprint, manager.directory)
-    log = print if is_main else (lambda *a, **k: None)  # process 0 speaks for the run
+    log = console if is_main else (lambda *a, **k: None)  # process 0 speaks for the run, timestamped
     # A checkpoint that does not restore, or holds a diverged state (saved before that was
     # refused), is skipped for the one before it.
     restored = checkpoint.restore_latest(manager, checkpoint.abstract(state, state_sh),
