@@ -10,12 +10,15 @@ Presets:
                       adaptation; weight decay 1.5e-6, 10 warm-up epochs, cosine down to 1/1000 of the
                       peak; projector 8192-8192-8192 (BN + ReLU between, last layer without bias);
                       lambda 0.0051; BYOL's views. Hardware: 32 V100-class GPUs, ~124 h in the paper.
-                      Paper: 73.2% linear top-1 (paper's number, not measured here).
+                      Paper: 73.2% linear top-1 (paper's Table 1; not measured here).
   cifar10             ResNet-18 with the CIFAR stem, 32 px, batch 256, 1000 epochs, projector
                       2048-2048-2048, LARS 0.3 x B/256 with trust 0.02 and weight decay 1e-4
-                      (solo-learn's CIFAR setting; the paper has none), no blur. One GPU.
+                      (solo-learn's CIFAR setting; the paper has none), no blur. One GPU; runtime and
+                      result not measured here.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, offline,
                       ~3 min on 2 CPU cores.
+                      Measured (README, Methods; 2026-11-22, XLA's convolutions): kNN / linear probe
+                      0.864 / 0.953 (random init 0.644 / 0.761).
 """
 from ssl_jax import presets as P
 

@@ -11,13 +11,15 @@ Presets (the argument after the colon):
                       projector and predictor MLP 4096 -> 256 with BN, asymmetric augmentations
                       (blur 1.0 / 0.1, solarize 0.0 / 0.2). Hardware: a TPU v3-512 / v4-256 class
                       slice or a large GPU cluster; the paper reports ~8 h for 300 epochs on 512 TPU v3
-                      cores and 74.3% linear top-1 (paper's number, not measured here).
+                      cores and 74.3% linear top-1 (paper's Table 1a; not measured here).
   resnet200x2         As imagenet with a ResNet-200 at width 2 (250 M params in the encoder), params
                       and optimizer state split over 8 devices (mesh.fsdp=8; fsdp must divide the
-                      device count). Paper: 79.6% linear top-1 (not measured here). Add
+                      device count). Paper: 79.6% linear top-1 (Table 1b; not measured here). Hardware: a
+                      TPU slice of the imagenet class; runtime not given in the paper, not measured here. Add
                       --config.model.remat=True when activations do not fit.
   imagenet_300        As imagenet for 300 epochs with the paper's 300-epoch settings (base LR 0.3,
-                      weight decay 1e-6, tau 0.99; BYOL appendix). Paper: 72.5% linear top-1.
+                      weight decay 1e-6, tau 0.99; BYOL appendix). Paper: 72.5% linear top-1. Hardware
+                      as imagenet; the paper's ~8 h on 512 TPU v3 cores is for these 300 epochs.
   cifar10             ResNet-18 with the CIFAR stem at 32 px on CIFAR-10 (TFDS cifar10 in data_dir),
                       1000 epochs at batch 256. Recipe: the widely reproduced CIFAR setting of the
                       solo-learn library, because the BYOL paper gives no CIFAR recipe: LARS base
@@ -35,7 +37,8 @@ Presets (the argument after the colon):
                       of the pretrained network next to the same network at random initialisation.
                       Measured on a 2-core CPU (README, Results; 2026-11-22): 1 min 50 s; kNN top-1
                       0.819 vs 0.644 at random init, linear probe 0.931 vs 0.761 (with XLA's
-                      convolutions, model.conv_backend=xla: 2 min 35 s, 0.825 and 0.919).
+                      convolutions, model.conv_backend=xla: 2 min 35 s, 0.825 and 0.919); since the
+                      optax schedule (2026-12-06): 0.833 / 0.942 (README, Results).
 """
 from ssl_jax import presets as P
 

@@ -10,12 +10,17 @@ Presets:
                       over 100 epochs (the thesis's CIFAR ablation values; its main runs do not give
                       them); SimCLR's augmentations (jitter 0.8/0.8/0.8/0.2, blur p=0.5). Not in the
                       thesis, chosen here: LARS trust coefficient 0.02 (batch 256) and momentum 0.9.
-                      One GPU. Thesis: 78.94% linear top-1 (its number, not measured here).
+                      One GPU; runtime not given in the thesis, not measured here. Thesis Table 5.2: 78.94%
+                      linear top-1 at 200 epochs (its number, not measured here).
   imagenet            ResNet-50, ImageNet 224 px, 3000 prototypes ("following SwAV"), projector
                       2048 -> 2048 -> 128, the same optimizer settings: the thesis gives no CARL-specific
-                      ImageNet hyperparameters, so this is a starting point (thesis: 65.7% at 200 epochs).
+                      ImageNet hyperparameters, so this is a starting point (thesis Table 6.1: 65.7% at 200
+                      epochs). Hardware: a multi-GPU machine or a TPU slice (the thesis does not say);
+                      runtime not measured here.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, 30 prototypes;
                       offline, ~3 min on 2 CPU cores.
+                      Measured (README, Methods; 2026-11-22, XLA's convolutions): kNN / linear probe
+                      0.889 / 0.936 (random init 0.644 / 0.761).
 """
 from ssl_jax import presets as P
 

@@ -9,13 +9,14 @@ Presets:
                       2048 -> 2048 -> 128 and assigner 128 -> 2048 -> 3000, both with BN; 3000 prototypes
                       as 12 random blocks of 250 per step; λ_e 2.0 -> 0.15 over the first 30 epochs; the
                       listing's views (crop scale (0.15, 0.925), jitter 0.8/0.8/0.8/0.2 p=0.8, grayscale
-                      0.2, blur 1.0 / 0.1, solarize 0.0 / 0.2). Hardware: 4 GPUs in the thesis. Thesis:
-                      68.6% linear top-1 at 200 epochs, 70.1% at 300 (its numbers, not measured here).
-  imagenet_300        As imagenet for 300 epochs.
+                      0.2, blur 1.0 / 0.1, solarize 0.0 / 0.2). Hardware: 4 GPUs in the thesis (runtime not
+                      given, not measured here). Thesis Table 6.1: 68.6% linear top-1 at 200 epochs
+                      (its number, not measured here).
+  imagenet_300        As imagenet for 300 epochs. Thesis Table 6.1: 70.1% (not measured here).
   cifar10             ResNet-18 with the CIFAR stem, 32 px, batch 256, 200 epochs, projector and assigner
                       512 wide, 300 prototypes as 3 blocks of 100, CARL's CIFAR optimizer (LARS
                       0.6 -> 0.0006, trust 0.02, weight decay 5e-4), no blur. The thesis has no CARP CIFAR
-                      recipe: a starting point.
+                      recipe: a starting point. One GPU; runtime and result not measured here.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, 60 prototypes as
                       3 blocks of 20, λ_e 2.0 -> 1.5 over 16 epochs; offline, ~2 min on 2 CPU cores.
                       Choice: the thesis's λ_e end value 0.15 (reached here after 8 epochs) let the

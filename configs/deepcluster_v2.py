@@ -20,7 +20,8 @@ Presets:
                       at 32 px), LARS 0.6 x B/256 with trust 0.02, weight decay 1e-6, no blur: SwAV's
                       cifar10 preset. 3 heads x 100 prototypes (our choice): 10x the classes as our DeepCluster
                       cifar10 preset, and ~500 images per cluster, close to the paper's ImageNet ratio (1.28M
-                      images / 3000 = 427). One GPU. No measured result (the paper has no CIFAR recipe).
+                      images / 3000 = 427). One GPU. Runtime and result not measured here (the paper has
+                      no CIFAR recipe).
   demo                scikit-learn digits: 2 x 16 px + 2 x 8 px crops, ResNet-18 at width 1/8, 32 epochs,
                       projector 256 -> 64, 3 heads x 100 prototypes (10x the classes), no colour jitter or
                       grayscale (the digits are grey; SwAV's demo explains why jitter hurts there), LARS

@@ -10,9 +10,11 @@ Presets:
                       4096 (capped by the feature size), 10 k-means iterations, super-clusters computed
                       once (as their code), SGD LR 0.1 momentum 0.9 (heads without), wd 1e-5, global
                       batch 3072 (48 per GPU x 64 GPUs), 100 epochs. Their headline runs are on 96M
-                      YFCC100M images with 320k clusters, which are not available here.
+                      YFCC100M images with 320k clusters, which are not available here. Hardware: 64
+                      GPUs as the authors'; runtime and an ImageNet result: not measured here.
   cifar10             ResNet-18 with the CIFAR stem at 32 px, batch 256, 200 epochs, 4 rotations x 2
-                      super-clusters x 50 sub-clusters, re-clustering every 3 epochs (our choice).
+                      super-clusters x 50 sub-clusters, re-clustering every 3 epochs (our choice). One GPU;
+                      runtime and result not measured here.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, 4 rotations x 2
                       super-clusters x 25 sub-clusters, re-clustering every 4 epochs at LR 0.2 (as
                       DeepCluster's demo). Measured (2026-12-06, 2 cores, seed 0, 117 s end to

@@ -15,17 +15,20 @@ Presets:
                       set teacher_temp=0.07, warmup_teacher_temp_epochs=30 for the authors' longer runs),
                       student temperature 0.1, centre momentum 0.9; BYOL-style views (global crop 1 blur
                       1.0, global crop 2 blur 0.1 + solarize 0.2, local crops blur 0.5). Hardware: 16
-                      V100-class GPUs in the paper. Paper: 77.0% linear top-1 for ViT-S/16 trained 800
-                      epochs (paper's number, not measured here); 100 epochs score lower.
+                      V100-class GPUs in the paper (runtime not measured here). Paper: 77.0% linear top-1
+                      for ViT-S/16 trained 800 epochs (paper's Table 2, not measured here); 100 epochs
+                      score lower.
   vit_base            The same settings with ViT-B/16 (the authors tuned ViT-B separately; see their
                       repository for those values). Params and optimizer state split over 8 devices
-                      (mesh.fsdp=8; fsdp must divide the device count).
+                      (mesh.fsdp=8; fsdp must divide the device count). Hardware: 8 or more accelerators;
+                      runtime and result not measured here.
   resnet50            The authors' ResNet-50 command: SGD LR 0.03 x B/256, weight decay 1e-4 constant,
-                      global crop scale (0.14, 1), local (0.05, 0.14); otherwise as vit_small.
+                      global crop scale (0.14, 1), local (0.05, 0.14); otherwise as vit_small. Hardware as
+                      vit_small; runtime and result not measured here.
   cifar10             ResNet-18 with the CIFAR stem, 32 px, batch 256, 1000 epochs, 2 crops, LARS 0.3 x
                       B/256 (trust 0.02), weight decay 1e-6, 4096 outputs, teacher EMA 0.99 -> 1, teacher
                       temperature 0.04 -> 0.07 over 50 epochs, no blur (solo-learn's CIFAR setting; the
-                      paper has none). One GPU.
+                      paper has none). One GPU; runtime and result not measured here.
   demo                scikit-learn digits: 2 x 16 px + 2 x 8 px crops, ResNet-18 at width 1/8, 32 epochs,
                       head 256 -> 64 -> 512 outputs with BatchNorm (see below); offline, about 3 minutes on
                       2 CPU cores. Measured (2026-11-22, commit 0562ab3): kNN top-1 0.778 vs 0.644 at random

@@ -11,7 +11,9 @@ Presets (CIFAR-10 rows of the paper's Tables 2-3; the setting is in ssl_jax.pres
                         four encoder passes as DSSL).
   cifar10_ra4_10, cifar10_heavy_ra4_10, cifar10_ra8_16, cifar10_heavy_ra8_16
                         The same with RandAugment(4, 10) / (8, 16) as the heavy policy (Table 3).
-  demo                  BYOL's demo preset (scikit-learn digits, offline) with DSSL.
+  demo                  BYOL's demo preset (scikit-learn digits, offline) with DSSL; 2 CPU
+                        cores, four views per image (about twice the plain demo's steps' work); runtime
+                        and result not measured here.
 Hardware: one GPU for the CIFAR-10 presets (800 epochs at batch 512 with four views per image:
 about twice the time of plain BYOL); far too slow for a 2-core CPU. The paper (Table 2/3): BYOL 92.6 repro. vs 93.3 w/ DSSL at RA(2,5)+Jigsaw(4); RA(8,16) hurts w/ T̂ much more than w/ DSSL
 (paper's numbers, linear top-1 on CIFAR-10 with ResNet-18, not measured here).

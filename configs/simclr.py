@@ -9,9 +9,12 @@ Presets:
                       gives the paper's square-root option), weight decay 1e-6, 10 warm-up epochs
                       then cosine, temperature 0.1, projector 2048 -> 2048 -> 128 with BN (v1),
                       colour strength 1.0, blur p=0.5 on both views, global BN over both views.
-                      Hardware: a TPU v3-128 class slice. Paper: 69.3% linear top-1 (paper's
-                      number, not measured here).
+                      Hardware: a TPU v3-128 class slice; the paper: ~1.5 h per 100 epochs at batch
+                      4096 on 128 TPU v3 cores, so ~15 h for 1000 (not measured here). Paper: 69.3%
+                      linear top-1 (paper's Table 6, not measured here).
   imagenet_v2         As imagenet with SimCLR v2's 3-layer projector (2048-2048-128) and 800 epochs.
+                      Hardware as imagenet; runtime and result not measured here (the SimCLR v2
+                      paper's ResNet-50 numbers are for its selective-kernel variants too).
   cifar10             ResNet-18 with the CIFAR stem, 32 px, batch 256, 1000 epochs. The paper's
                       CIFAR choices (App. B.9): temperature 0.5, colour strength 0.5, no blur; LARS
                       base LR 0.4 x B/256 with trust 0.02 and weight decay 1e-5 (solo-learn's CIFAR
@@ -20,6 +23,8 @@ Presets:
                       (their number, not measured here).
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, offline, ~3 min
                       on 2 CPU cores; prints kNN and linear-probe accuracy next to random init.
+                      Measured (README, Methods; 2026-11-22, XLA's convolutions): kNN / linear probe
+                      0.969 / 0.983 (random init 0.644 / 0.761).
 """
 from ssl_jax import presets as P
 

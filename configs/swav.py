@@ -11,13 +11,15 @@ Presets:
                       the peak; projector 2048 -> 2048 -> 128, 3000 prototypes frozen for the first epoch;
                       Sinkhorn epsilon 0.05, 3 iterations; temperature 0.1; no queue at this batch size;
                       SimCLR colour distortion (strength 1.0), blur p=0.5. Hardware: 64 V100-class GPUs
-                      in the paper. Paper: 75.3% linear top-1 (paper's number, not measured here).
+                      in the paper (runtime not measured here). Paper: 75.3% linear top-1 (paper's
+                      Table 1, not measured here).
   imagenet_256        The paper's small-batch setting: batch 256, a queue of 3840 embeddings from
-                      epoch 15, 200 epochs (base LR 0.6 x B/256 as the authors' batch-256 script).
+                      epoch 15, 200 epochs (base LR 0.6 x B/256 as the authors' batch-256 script). A few
+                      GPUs; runtime and result not measured here.
   cifar10             ResNet-18 with the CIFAR stem, 32 px, batch 256, 1000 epochs, 2 crops (no local
                       crops at 32 px), LARS 0.6 x B/256 with trust 0.02, weight decay 1e-6, 3000
                       prototypes, queue 3840 from epoch 50, no blur (solo-learn's CIFAR setting; the
-                      paper has none). One GPU.
+                      paper has none). One GPU; runtime and result not measured here.
   demo                scikit-learn digits: 2 x 16 px + 2 x 8 px crops, ResNet-18 at width 1/8, 32
                       epochs, 30 prototypes, no colour jitter, Sinkhorn epsilon 0.01, no queue; offline,
                       about 2 minutes on 2 CPU cores. kNN / linear probe 0.814 / 0.931 (random init
@@ -58,6 +60,7 @@ def get_config(preset: str = "imagenet"):
         c.swav.queue_length = 3840
         c.optimizer.base_lr = 0.6
     elif preset == "cifar10":
+        c.num_epochs = 1000  # solo-learn's CIFAR setting (swav_recipe's 800 is the ImageNet paper's)
         c.swav.update(dict(num_views=2, queue_length=3840, queue_start_epoch=50.0))
     elif preset == "demo":
         c.swav.update(dict(projector=P.head(256, 64, num_layers=2), num_prototypes=30, num_views=4,

@@ -10,13 +10,16 @@ Presets:
                       of the peak; expander 8192-8192-8192; loss weights 25 / 25 / 1 (the paper's
                       Eq. 6; the released code halves the variance term: add
                       --config.vicreg.var_weight=12.5 to match it); BYOL's views.
-                      Hardware: 32 V100-class GPUs. Paper: 73.2% linear top-1 (paper's number, not
-                      measured here).
+                      Hardware: 32 V100-class GPUs (runtime not measured here). Paper: 73.2% linear
+                      top-1 (paper's Table 1, not measured here).
   cifar10             ResNet-18 with the CIFAR stem, 32 px, batch 256, 1000 epochs, expander
                       2048-2048-2048, LARS 0.3 x B/256 with trust 0.02 and weight decay 1e-4
-                      (solo-learn's CIFAR setting; the paper has none), no blur. One GPU.
+                      (solo-learn's CIFAR setting; the paper has none), no blur. One GPU; runtime and
+                      result not measured here.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, offline,
                       ~3 min on 2 CPU cores.
+                      Measured (README, Methods; 2026-11-22, XLA's convolutions): kNN / linear probe
+                      0.975 / 0.983 (random init 0.644 / 0.761).
 """
 from ssl_jax import presets as P
 

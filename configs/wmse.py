@@ -10,14 +10,18 @@ Presets:
                       (coupled, as PyTorch's Adam), 500-iteration warm-up (~2.5 epochs), LR x0.2 at 50
                       and 25 epochs before the end; projector 1024 (BN, ReLU) -> 64; whitening
                       sub-batches of w_size 128, one iteration; views: crop (0.2, 1), jitter
-                      (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.1, flip, no blur. One GPU. The paper
+                      (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.1, flip, no blur. One GPU, runtime not
+                      measured here. The paper
                       reports about 92% linear top-1 (paper's number, not measured here).
   imagenet            ResNet-50 on ImageNet at 224 px with the authors' larger-dataset settings
                       (embedding 128, w_size 256, Adam 2e-3) at batch 1024 x 4 views, 800 epochs
                       (the W-MSE4 baseline scale of the FUSSL paper), blur as BYOL's first view.
-                      Not a published recipe of the W-MSE paper: a starting point.
+                      Not a published recipe of the W-MSE paper: a starting point. Hardware: a multi-GPU
+                      machine or TPU slice; runtime and result not measured here.
   demo                scikit-learn digits at 16 px, ResNet-18 at width 1/8, 32 epochs, 4 views,
                       offline, ~3 min on 2 CPU cores.
+                      Measured (README, Methods; 2026-11-22, XLA's convolutions): kNN / linear probe
+                      0.975 / 0.978 (random init 0.644 / 0.761).
 """
 from ssl_jax import presets as P
 

@@ -93,3 +93,36 @@ def test_the_layer_table_catches_an_upward_import(tmp_path):
     path.write_text("from ssl_jax.train import optim\n")
     upward = [i for i in _imports(str(path), "ssl_jax.methods.bad") if _layer(i) > _layer("ssl_jax.methods.bad")]
     assert upward == ["ssl_jax.train.optim"]
+
+
+# ------------------------------------------------------------------ self-documenting configs
+
+def _config_files():
+    root = os.path.join(REPO_ROOT, "configs")
+    for sub in ("", "eval"):
+        d = os.path.join(root, sub)
+        yield from sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".py") and not f.startswith("_"))
+
+
+CONFIG_FILES = list(_config_files())
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=[os.path.relpath(p, REPO_ROOT) for p in CONFIG_FILES])
+def test_every_config_docstring_gives_its_command_and_every_preset(path):
+    """DESIGN.md: a docstring on top of every config: the command, and for each preset of its
+    PRESETS the hardware, runtime and expected result (read by people; here: that the command
+    line is there and no preset is left out)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("config_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = module.__doc__ or ""
+    rel = os.path.relpath(path, REPO_ROOT).replace(os.sep, "/")
+    command = "ssl_jax.evaluate" if "/eval/" in rel else "ssl_jax.main"
+    assert f"python -m {command} --config={rel}" in doc, f"{rel}: no command line in its docstring"
+    assert "Presets" in doc, f"{rel}: no Presets section in its docstring"
+    section = doc[doc.index("Presets"):]
+    missing = [p for p in module.PRESETS if not re.search(rf"(?<![\w.]){re.escape(p)}(?!\w)", section)]
+    assert not missing, f"{rel}: presets {missing} are not described in its docstring"

@@ -11,9 +11,13 @@ accuracy and, for more clusters than classes, the many-to-one accuracy.
 
 Presets:
   kmeans (default)  k = number of classes, 3 restarts, up to 300 Lloyd iterations: the
-                    protocol of DeepCluster / IIC / SeLa-style clustering tables.
+                    protocol of DeepCluster / IIC / SeLa-style clustering tables. Any hardware the
+                    run trained on; runtime and result not measured here.
   overcluster       k = 5 x the classes: reports the many-to-one accuracy (IIC's over-clustering).
-  demo              a `demo` run (digits).
+                    Runtime and result not measured here.
+  demo              a `demo` run (digits): seconds on 2 CPU cores. Measured (README, Methods):
+                    NMI 0.438 / 0.530 / 0.471 / 0.621 on the DeepCluster / DeepCluster-v2 /
+                    DeeperCluster / SeLa demo runs, 0.291 at random init.
 """
 from ssl_jax import presets as P
 

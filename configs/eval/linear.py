@@ -14,13 +14,16 @@ Presets (the recipe each comes from; accuracies quoted are the papers', not meas
                       (SimCLR 90; BYOL 80). 8 GPUs or a v3-8, ~10 h. BYOL ResNet-50: 74.3%.
   imagenet_moco       MoCo v1/v2: SGD momentum 0.9, LR 30 (no batch scaling), batch 256,
                       100 epochs, LR x0.1 at epochs 60 and 80, no weight decay. MoCo v2: 71.1%.
+                      8 GPUs; runtime not measured here.
   imagenet_lars       MoCo v3 / large-batch style: LARS, LR 0.1 x B/256 at batch 4096 (peak 1.6),
                       90 epochs, cosine, 10 warm-up epochs, no weight decay. MoCo v3 ResNet-50: 74.6%.
+                      A TPU slice / multi-GPU host for batch 4096; runtime not measured here.
   cifar10             CIFAR-10 from a cifar10 run (32 px): SGD Nesterov 0.9, LR 0.1 x B/256, batch
                       256, 100 epochs, cosine, no weight decay, crops scale (0.08, 1) + flip.
                       One GPU, ~15 min.
   transfer_cifar10    Transfer: the same CIFAR recipe on CIFAR-10 for an encoder pretrained on
-                      another dataset (images at the pretraining run's size).
+                      another dataset (images at the pretraining run's size). One GPU; runtime and
+                      result not measured here.
   demo                a `demo` run (digits): 20 epochs, batch 120, LR 2.0 x B/256, a BatchNorm
                       without affine before the classifier; ~40 s on 2 CPU cores. Measured on the
                       BYOL demo run: 85.6% (the cached-feature probe: 93.3%).
