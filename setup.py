@@ -38,5 +38,8 @@ setup(
         "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     # pytest-xdist: the README's test command runs the tests in 2 processes.
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5,<4"]},
+    # tpu: libtpu, the TPU compiler, for `python -m ssl_jax.compile` (compile a run for a TPU
+    # topology on any machine, tests/test_tpu_compile.py) and for training on a Cloud TPU VM; the
+    # jax[tpu] extra pins the libtpu of the installed jax (0.0.42.* for 0.10.2; a 213 MB wheel).
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5,<4"], "tpu": ["jax[tpu]>=0.10.2,<0.11"]},
 )

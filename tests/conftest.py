@@ -17,6 +17,10 @@ SHARED_TFDS = os.path.abspath(os.path.join(REPO_ROOT, "..", "shared", "tfds"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"ssl_jax_tests_xla_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# CPU tests: with libtpu installed (the `tpu` extra, for tests/test_tpu_compile.py) JAX would
+# otherwise look for a TPU in every test process and print five lines of warnings on stderr
+# (checked by the one-line-error tests). Compiling for a TPU topology works without that backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # The tests run under the commands' XLA CPU flags (YNNPACK fusion off: faster, less memory), as
 # they did when `import ssl_jax` set them; importing the package no longer changes the environment.
