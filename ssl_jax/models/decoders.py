@@ -62,8 +62,8 @@ class ColorizationHead(nn.Module):
     hidden: int = 256
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        norm = norm_layer(train, jnp.float32, 1)
+    def __call__(self, x, train: bool, bn_views: int = 1):
+        norm = norm_layer(train, jnp.float32, bn_views)
         x = nn.Conv(self.hidden, (3, 3), padding="SAME", use_bias=False, name="conv")(x.astype(jnp.float32))
         x = nn.relu(norm(name="bn")(x))
         return nn.Conv(self.num_bins, (1, 1), name="logits")(x)
@@ -80,8 +80,8 @@ class ContextDecoder(nn.Module):
     hidden: int = 256
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        norm = norm_layer(train, jnp.float32, 1)
+    def __call__(self, x, train: bool, bn_views: int = 1):
+        norm = norm_layer(train, jnp.float32, bn_views)
         x = nn.Conv(self.hidden, (1, 1), use_bias=False, name="fc")(x.astype(jnp.float32))
         x = nn.relu(norm(name="fc_bn")(x))
         width, i = self.hidden, 0
