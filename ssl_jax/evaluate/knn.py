@@ -1,4 +1,5 @@
-"""Weighted k-nearest-neighbour evaluation of frozen features (InstDisc / DINO protocol).
+"""k-nearest-neighbour evaluation of frozen features: weighted (InstDisc / DINO protocol) and
+plurality vote (RotNet / AET / SSL++ per-block protocol, `plurality_knn_accuracy`).
 
 Every query is compared by cosine similarity with every memory (train) feature; its k most
 similar neighbours vote for their class with weight exp(similarity / temperature) and the class
@@ -161,3 +162,77 @@ def shard_memory(features, labels, mesh):
     # Every process holds the whole memory; each device takes its rows (works across hosts).
     return tuple(jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: x[idx])
                  for x in (features, labels, valid))
+
+
+KNN_METRICS = ("cosine", "euclidean")
+
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk_size", "metric"))
+def _knn_neighbours(train_features, train_labels, train_valid, test_features, *, k, chunk_size, metric):
+    """Labels [Nt, k] of every query's k nearest memory rows, nearest first (ties: lower index)."""
+    memory = jnp.asarray(train_features, jnp.float32)
+    queries = jnp.asarray(test_features, jnp.float32)
+    if metric == "cosine":
+        memory, queries = l2_normalize(memory), l2_normalize(queries)
+    n_test, dim = queries.shape
+    num_chunks = -(-n_test // chunk_size)
+    queries = jnp.pad(queries, ((0, num_chunks * chunk_size - n_test), (0, 0))).reshape(num_chunks, chunk_size, dim)
+    sq_norms = jnp.sum(memory * memory, axis=1)
+
+    def chunk_neighbours(q):
+        dots = jnp.dot(q, memory.T, precision=jax.lax.Precision.HIGHEST)
+        # Euclidean: -|q - m|² up to the query's own |q|², which does not change the order.
+        score = dots if metric == "cosine" else 2.0 * dots - sq_norms[None, :]
+        score = jnp.where(train_valid[None, :], score, -jnp.inf)
+        return train_labels.astype(jnp.int32)[jax.lax.top_k(score, k)[1]]
+
+    return jax.lax.map(chunk_neighbours, queries).reshape(num_chunks * chunk_size, k)[:n_test]
+
+
+def plurality_votes(neighbour_labels, num_classes: int, k: int) -> np.ndarray:
+    """Predictions [Nt] of a plurality vote of the first k of `neighbour_labels` [Nt, >= k]
+    (nearest first): the class most of them have; a tie goes to the lowest class index, as
+    scikit-learn's KNeighborsClassifier with uniform weights."""
+    votes = np.asarray(neighbour_labels)[:, :k].astype(np.int64)
+    counts = np.zeros((votes.shape[0], num_classes), np.int64)
+    np.add.at(counts, (np.arange(votes.shape[0])[:, None], votes), 1)
+    return np.argmax(counts, axis=1)
+
+
+def plurality_knn_accuracy(train_features, train_labels, test_features, test_labels, *, num_classes: int,
+                           ks=(1, 3, 5, 10, 15, 20), metric: str = "cosine", chunk_size: int = 256,
+                           train_valid=None) -> dict:
+    """{k: top-1 accuracy} of a plurality-vote kNN for every k in `ks`: each query takes the
+    class most of its k nearest training features have (unweighted; ties to the lowest class
+    index), the classifier SSL++ (Tables V, VI: K in {1, 3, 5, 10, 15, 20}) and RotNet / AET
+    use on average-pooled block features. One neighbour search (the largest k) serves every k.
+
+    metric: 'cosine' (the library's kNN, and SSL++'s retrieval; the paper does not name its
+    kNN metric) or 'euclidean'. train_valid: optional bool [N], False for padding rows of a
+    sharded memory (`shard_memory`), which are never neighbours."""
+    if metric not in KNN_METRICS:
+        raise ValueError(f"plurality_knn_accuracy: metric={metric!r}; valid: {KNN_METRICS}.")
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"plurality_knn_accuracy: ks must be non-empty and >= 1; got {ks}.")
+    train_features, test_features = jnp.asarray(train_features), jnp.asarray(test_features)
+    if train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]:
+        raise ValueError("plurality_knn_accuracy: features must be [N, D] and [Nt, D] with one D; got "
+                         f"{train_features.shape} and {test_features.shape}.")
+    if train_valid is None:
+        train_valid = jnp.ones((train_features.shape[0],), bool)
+        n_train = int(train_features.shape[0])
+    else:
+        n_train = int(np.sum(parallel.to_host(train_valid)))
+    if max(ks) > n_train:
+        raise ValueError(f"plurality_knn_accuracy: k={max(ks)} exceeds the {n_train} training features.")
+    test_labels = np.asarray(test_labels).astype(np.int64)
+    if test_labels.shape != (test_features.shape[0],):
+        raise ValueError(f"plurality_knn_accuracy: test_labels shape {test_labels.shape} does not match "
+                         f"{test_features.shape[0]} test features.")
+    if test_labels.size == 0:
+        return {k: float("nan") for k in ks}
+    neighbours = parallel.to_host(_knn_neighbours(
+        train_features, jnp.asarray(train_labels), train_valid, test_features, k=max(ks),
+        chunk_size=int(min(chunk_size, test_features.shape[0])), metric=metric))
+    return {k: float(np.mean(plurality_votes(neighbours, num_classes, k) == test_labels)) for k in ks}
