@@ -59,12 +59,8 @@ import itertools
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 
-try:  # TF shares the host with JAX; it must never take an accelerator.
-    tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):  # devices already initialised, or no GPU support
-    pass
+from ssl_jax.data.tf_host import tf
 
 VIEW_KEYS = ("crop_scale", "crop_ratio", "flip_prob", "color_jitter_prob", "brightness",
              "contrast", "saturation", "hue", "grayscale_prob", "blur_prob", "blur_sigma",

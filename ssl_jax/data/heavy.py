@@ -79,7 +79,7 @@ import re
 from typing import Dict, Tuple, Union
 
 import numpy as np
-import tensorflow as tf
+from ssl_jax.data.tf_host import tf
 
 from ssl_jax.data import augment
 

@@ -34,7 +34,7 @@ import math
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
+from ssl_jax.data.tf_host import tf
 
 from ssl_jax.data import augment, heavy, sources
 

@@ -8,14 +8,10 @@ import os
 from typing import Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
 
-try:  # TF shares the host with JAX; it must never take an accelerator.
-    tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):
-    pass
+from ssl_jax.data.tf_host import tf  # before tfds: TF's first import is tf_host's
 
-import tensorflow_datasets as tfds  # noqa: E402  (after hiding the GPU from TF)
+import tensorflow_datasets as tfds  # noqa: E402
 
 LOCAL_DATASETS = ("digits",)
 _DIGITS_TEST_SIZE = 360
