@@ -24,6 +24,7 @@ per epoch, per-example state and schedules are those of the real dataset.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -36,13 +37,14 @@ from typing import Any
 # Chip generation -> (device_kind prefix, peak bf16 FLOP/s per chip, HBM bytes per chip, HBM
 # bytes/s per chip, JAX devices per chip, source). v3 shows each of a chip's 2 TensorCores as
 # a device; v4 and v5p run megacore (one device per chip), v5e and v6e have one core per chip.
+# Capacities as the pages give them: GiB for v3, v4, v5e; GB (10^9) for v5p and v6e.
 GiB = 2 ** 30
 CHIPS = {
     "v3": ("TPU v3", 123e12, 32 * GiB, 900e9, 2, "cloud.google.com/tpu/docs/v3 (123 TFLOPs, 32 GiB, 900 GB/s per chip)"),
     "v4": ("TPU v4", 275e12, 32 * GiB, 1200e9, 1, "cloud.google.com/tpu/docs/v4 (275 TFLOPs, 32 GiB, 1200 GB/s per chip)"),
     "v5e": ("TPU v5 lite", 197e12, 16 * GiB, 819e9, 1, "cloud.google.com/tpu/docs/v5e (197 TFLOPs, 16 GiB, 819 GB/s per chip)"),
-    "v5p": ("TPU v5", 459e12, 95 * GiB, 2765e9, 1, "cloud.google.com/tpu/docs/v5p (459 TFLOPs, 95 GiB, 2765 GB/s per chip)"),
-    "v6e": ("TPU v6 lite", 918e12, 32 * GiB, 1640e9, 1, "cloud.google.com/tpu/docs/v6e (918 TFLOPs, 32 GiB, 1640 GB/s per chip)"),
+    "v5p": ("TPU v5", 459e12, 95 * 10 ** 9, 2765e9, 1, "cloud.google.com/tpu/docs/v5p (459 TFLOPs, 95 GB, 2765 GB/s per chip)"),
+    "v6e": ("TPU v6 lite", 918e12, 32 * 10 ** 9, 1640e9, 1, "cloud.google.com/tpu/docs/v6e (918 TFLOPs, 32 GB, 1640 GB/s per chip)"),
 }
 # Split sizes of datasets a preset names, for compiling where the data is not prepared
 # (TFDS catalog: imagenet2012 5.1.0).
@@ -158,6 +160,19 @@ class Program:
     notes: list
 
 
+@contextlib.contextmanager
+def _no_persistent_cache():
+    """JAX's persistent compilation cache off for the block: a compile-only TPU executable
+    cannot be read back without a TPU client (each read was a warning and a recompile)."""
+    import jax
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+
+
 def build_programs(config, devices) -> Program:
     """Build the run of `config` as ssl_jax.train.loop does, over `devices` (a TPU topology's),
     and compile its train step and evaluation feature pass from abstract shapes."""
@@ -186,7 +201,8 @@ def build_programs(config, devices) -> Program:
     state = jax.eval_shape(make, jax.random.PRNGKey(config.seed))
     batch = batch_spec(config, method)
     train_fn = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
-    train = step_lib.compile_step(train_fn, state, batch, mesh).lower(state, batch).compile()
+    with _no_persistent_cache():
+        train = step_lib.compile_step(train_fn, state, batch, mesh).lower(state, batch).compile()
 
     # The evaluation feature pass (kNN, linear probe, clustering): the encoder in inference
     # mode on eval.batch_size centre crops, params replicated (ssl_jax.train.features).
@@ -197,8 +213,9 @@ def build_programs(config, devices) -> Program:
         notes.append(f"eval.batch_size {config.eval.batch_size} rounded up to {eval_batch}, a multiple of "
                      f"the {shards} devices (the evaluation needs it too: set --config.eval.batch_size)")
     encode = features_lib.make_encode_fn(method.encoder, mesh)
-    feats = encode.lower(state.params["encoder"], state.batch_stats.get("encoder", {}),
-                         jax.ShapeDtypeStruct((eval_batch, s, s, 3), jnp.float32)).compile()
+    with _no_persistent_cache():
+        feats = encode.lower(state.params["encoder"], state.batch_stats.get("encoder", {}),
+                             jax.ShapeDtypeStruct((eval_batch, s, s, 3), jnp.float32)).compile()
     return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes)
 
 
@@ -210,15 +227,33 @@ def _dot_flops(eqn) -> int:
     return 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lc)
 
 
+def _valid_taps(size_in: int, size_out: int, kernel: int, stride: int, pad_lo: int, lhs_dilation: int,
+                rhs_dilation: int) -> int:
+    """(output position, kernel tap) pairs of one spatial dimension that read a real input
+    element: not the zero padding, not a hole of a dilated (transposed) input."""
+    last = (size_in - 1) * lhs_dilation
+    return sum(1 for o in range(size_out) for k in range(kernel)
+               if 0 <= (p := o * stride - pad_lo + k * rhs_dilation) <= last and p % lhs_dilation == 0)
+
+
 def _conv_flops(eqn) -> int:
-    rhs = eqn.invars[1].aval.shape
-    spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, spatial...)
-    per_output = rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
-    return 2 * math.prod(eqn.outvars[0].aval.shape) * per_output
+    """2 x the multiply-adds of a convolution that touch real input (the zero-padding taps left
+    out, as XLA's count does: a 3x3 'SAME' convolution on a 2x2 map does 4/9 of the full count)."""
+    lhs, rhs, out = (eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape)
+    dn, p = eqn.params["dimension_numbers"], eqn.params
+    spatial = len(dn.rhs_spec) - 2
+    taps = 1
+    for i in range(spatial):
+        taps *= _valid_taps(lhs[dn.lhs_spec[2 + i]], out[dn.out_spec[2 + i]], rhs[dn.rhs_spec[2 + i]],
+                            p["window_strides"][i], p["padding"][i][0], (p["lhs_dilation"] or (1,) * spatial)[i],
+                            (p["rhs_dilation"] or (1,) * spatial)[i])
+    # Output batch x output features x input features per group x valid taps.
+    return 2 * out[dn.out_spec[0]] * out[dn.out_spec[1]] * rhs[dn.rhs_spec[1]] * taps
 
 
 def matmul_flops(jaxpr) -> int:
-    """2 x multiply-adds of every dot_general and convolution in a (closed) jaxpr, nested
+    """2 x multiply-adds of every dot_general and convolution (zero-padding taps excluded) in a
+    (closed) jaxpr, nested
     jaxprs included (a scan's body times its length; a cond's costliest branch; a while
     loop's body once, its trip count being unknown)."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)

@@ -4,6 +4,9 @@ Pretrains config.method, resuming from DIR if it holds a checkpoint, then evalua
 linear probe, random-init baseline as the config asks) into DIR/results.json. Every config
 field can be overridden from the command line, e.g. --config.optimizer.base_lr=0.3
 --config.global_batch_size=512. Flags and error handling: ssl_jax.cli.
+
+Before renting a TPU slice, compile the same run for it on any machine (memory per device, FLOPs,
+collectives, a step-time estimate): python -m ssl_jax.compile --config=... --topology=v4:2x2x4.
 """
 from ssl_jax import cli
 from ssl_jax.train import workdir as workdir_lib
