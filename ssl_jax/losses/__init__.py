@@ -27,15 +27,20 @@ collectives). Stop-gradients that belong to the loss are applied inside it.
 | `rotation_cross_entropy(logits)` | RotNet: logits [R, N, R] of copy r (rotated by r·360/R degrees) of image n; mean over the R·N rows of the cross-entropy against class r |
 | `hierarchical_cross_entropy(super_logits, super_labels, sub_logits, sub_labels)` | DeeperCluster: mean over n of CE(super_logits [N, S], s_n) + CE(sub_logits [N, k], z_n), sub_logits being the logits of the sub-class classifier of image n's own super-class |
 | `iic(p1, p2, eps=2.220446049250313e-16)` | p1, p2 [N, C] softmax outputs of two views; P = Σ_i p1_i p2_iᵀ, symmetrised (P + Pᵀ)/2, divided by its sum; marginals Pr, Pc from P; then P, Pr, Pc clamped below at eps; returns −Σ P·(log P − log Pr − log Pc) (= −I, to minimise; 0 ≤ I ≤ ln C) |
+| `colorization(logits, targets, weights=None)` | Zhang et al. 2016 Eq. 2: per-pixel logits [..., Q], soft targets [..., Q] (`soft_encode`: 5 nearest ab bins, Gaussian σ 5), optional rebalancing weights [Q] (`rebalance_weights`); mean over pixels of −w[argmax Z]·Σ_q Z_q log softmax(logits)_q |
+| `context_encoder(pred, target, weight=None)` | Pathak et al. 2016, L2 only: mean of weight[h, w]·(pred − target)² over [N, h, w, C] (10 on the overlap band, 1 in the hole) |
+| `aet(pred, target)` | AET (Zhang et al. 2019): mean over n of ½·‖pred_n − target_n‖² (the free entries of the transformation matrix) |
 
 Helpers with the same conventions: `l2_normalize`, `cosine_similarity`, `neg_cosine`
-(D(p, y) = −cos(p, stop_grad(y)), the D term of DSSL), `whiten`, `carp_permutation`.
+(D(p, y) = −cos(p, stop_grad(y)), the D term of DSSL), `whiten`, `carp_permutation`, `soft_encode`,
+`rebalance_weights` (colorization's targets and weights).
 A new loss is added here with the same conventions, its equation and source in its docstring.
 """
 from ssl_jax.losses.contrastive import info_nce, nt_xent
 from ssl_jax.losses.directional import directional, neg_cosine
 from ssl_jax.losses.iic import iic
 from ssl_jax.losses.prototypes import carl, carp, carp_permutation, dino, sinkhorn, swav
+from ssl_jax.losses.proxy import aet, colorization, context_encoder, rebalance_weights, soft_encode
 from ssl_jax.losses.pseudo_labels import deepcluster_v2, hierarchical_cross_entropy, self_label
 from ssl_jax.losses.redundancy import barlow_twins, vicreg, whiten, wmse
 from ssl_jax.losses.regression import byol, cosine_similarity, l2_normalize, simsiam
@@ -44,4 +49,5 @@ from ssl_jax.losses.rotation import rotation_cross_entropy
 __all__ = ["byol", "simsiam", "cosine_similarity", "l2_normalize", "nt_xent", "info_nce",
            "barlow_twins", "vicreg", "whiten", "wmse", "sinkhorn", "swav", "dino", "carl", "carp",
            "carp_permutation", "directional", "neg_cosine", "deepcluster_v2", "self_label",
-           "hierarchical_cross_entropy", "rotation_cross_entropy", "iic"]
+           "hierarchical_cross_entropy", "rotation_cross_entropy", "iic",
+           "colorization", "context_encoder", "aet", "soft_encode", "rebalance_weights"]
