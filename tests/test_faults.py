@@ -270,6 +270,20 @@ def test_exploding_learning_rate_is_never_saved(run_copy, capsys):
     assert sorted(os.listdir(run_copy / "checkpoints")) == ["2", "4"]
 
 
+def test_nan_loss_stops_and_keeps_checkpoints(run_copy, capsys):
+    """Resuming the run at base_lr=inf: the first step's loss is NaN; training stops with one
+    line naming the cause, base_lr and the last good checkpoint, and no checkpoint changes. In-process
+    on the module's run (one new step program to compile), not two command-line runs."""
+    from ssl_jax.train import loop
+
+    before = _snapshot(run_copy / "checkpoints")
+    config = _config(num_steps=8, **{"optimizer.base_lr": float("inf")})
+    line = _one_line(capsys, lambda: loop.run(config, str(run_copy)))
+    assert "loss is nan" in line.lower() and "base_lr" in line, line
+    assert "last good checkpoint is step 4" in line, line
+    assert _snapshot(run_copy / "checkpoints") == before
+
+
 @pytest.mark.slow
 def test_exploding_learning_rate_end_to_end(run_copy, capsys):
     """The same through the real train step at base_lr 1e10 (LARS scales each update to
