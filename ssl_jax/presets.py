@@ -250,8 +250,20 @@ def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
         c.clustering = ml_collections.ConfigDict(dict(num_clusters=-1, split="test", num_restarts=3,
                                                       num_iters=300, l2_normalize=True))
     elif protocol == "layer_probe":
+        # SSL++'s per-block protocol (configs/eval/layer_probe.py:nin): plurality-vote kNN for
+        # every K in plurality_ks (() = none) with knn_metric ('cosine' | 'euclidean'), and the
+        # NIN-block probe (ssl_jax.evaluate.nin_probe) on every block in probe_blocks (() = none;
+        # NIN encoders), trained with probe_train (SSL++ Table II's CIFAR-10 evaluation recipe).
+        probe_opt = base_config("eval").optimizer
+        probe_opt.update(dict(name="sgd", base_lr=0.1, lr_scaling="none", momentum=0.9, nesterov=True,
+                              weight_decay=5e-4, exclude_bias_and_bn_from_wd=False, warmup_epochs=0.0,
+                              decay="steps", decay_epochs=(100, 150), decay_factor=0.1))
+        probe_train = ml_collections.ConfigDict(dict(epochs=200.0, batch_size=128, optimizer=probe_opt,
+                                                     checkpoint_every_steps=0))
         c.layer_probe = ml_collections.ConfigDict(dict(k=20, temperature=0.07,
-                                                       l2_grid=(1e-4, 1e-3, 1e-2, 1e-1)))
+                                                       l2_grid=(1e-4, 1e-3, 1e-2, 1e-1),
+                                                       plurality_ks=(), knn_metric="cosine",
+                                                       probe_blocks=(), probe_train=probe_train))
     elif protocol == "monitor":
         c.monitor = ml_collections.ConfigDict(dict(num_examples=2048))
     return c

@@ -21,7 +21,7 @@ from ssl_jax.data import pipeline, sources
 from ssl_jax.train import features as features_lib, tensorboard
 from ssl_jax.train import logging as logging_lib
 from ssl_jax.evaluate import supervised
-from ssl_jax.evaluate.knn import knn_accuracy, shard_memory
+from ssl_jax.evaluate.knn import knn_accuracy, plurality_knn_accuracy, shard_memory
 from ssl_jax.evaluate.linear import linear_probe_accuracy
 
 def resolve_data(eval_cfg, pre) -> ml_collections.ConfigDict:
@@ -175,8 +175,10 @@ def protocol_clustering(ctx):
 
 
 def protocol_layer_probe(ctx):
-    """kNN and linear probes of every ResNet stage (average-pooled) or of the class token at a
-    quarter, half and three quarters of a ViT's depth, then of the output ('pooled')."""
+    """kNN and linear probes of every ResNet stage or NIN block (average-pooled) or of the class
+    token at a quarter, half and three quarters of a ViT's depth, then of the output ('pooled');
+    with layer_probe.plurality_ks, plurality-vote kNN per K on each; with probe_blocks, NIN-block
+    probes (configs/eval/layer_probe.py)."""
     lp = ctx.cfg.layer_probe
     (tr, tr_y), (te, te_y) = ctx.train_test_features(stages=True)
     out = []
@@ -187,6 +189,16 @@ def protocol_layer_probe(ctx):
                                     l2_grid=tuple(lp.l2_grid), seed=ctx.cfg.seed)
         out.append(("layer_probe", f"layer={layer},k={lp.k},T={lp.temperature:g}",
                     {"knn_top1": knn["top1"], "linear_top1": lin["top1"]}))
+        if lp.plurality_ks:  # SSL++'s per-block kNN (Tables V, VI)
+            memory, labels, valid = shard_memory(tr[layer], tr_y, ctx.mesh)
+            accs = plurality_knn_accuracy(memory, labels, te[layer], te_y, num_classes=ctx.num_classes,
+                                          ks=tuple(lp.plurality_ks), metric=lp.knn_metric, train_valid=valid)
+            out += [("layer_probe", f"layer={layer},k={k},vote=plurality", {"knn_top1": acc})
+                    for k, acc in accs.items()]
+    if lp.probe_blocks:
+        from ssl_jax.evaluate.nin_probe import block_probe_records
+
+        out += block_probe_records(ctx, tuple(lp.probe_blocks))
     return out
 
 
