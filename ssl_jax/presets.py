@@ -247,8 +247,10 @@ def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
                                                  label_fraction=1.0, head_batchnorm=False, optimizer=opt,
                                                  checkpoint_every_steps=0))  # 0: every epoch
     elif protocol == "clustering":
+        # assign: 'auto' (a clusterer's own head where the run has one: IIC; else k-means),
+        # 'kmeans' (k-means on the encoder's features) or 'heads' (the IIC heads).
         c.clustering = ml_collections.ConfigDict(dict(num_clusters=-1, split="test", num_restarts=3,
-                                                      num_iters=300, l2_normalize=True))
+                                                      num_iters=300, l2_normalize=True, assign="auto"))
     elif protocol == "layer_probe":
         # SSL++'s per-block protocol (configs/eval/layer_probe.py:nin): plurality-vote kNN for
         # every K in plurality_ks (() = none) with knn_metric ('cosine' | 'euclidean'), and the

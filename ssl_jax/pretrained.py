@@ -40,6 +40,8 @@ class Pretrained:
     data:        the pretraining data fields evaluation defaults to (dataset, data_dir,
                  train_split, test_split, image_size, mean, std, views); {} if unknown.
     config:      the full pretraining config when loaded from a workdir (None from a file).
+    method_state: the run's method state at that checkpoint (NumPy; {} from a file or a live
+                 state): what a method's own evaluation reads (IIC's sub-head losses).
     """
 
     encoder: Any
@@ -50,6 +52,7 @@ class Pretrained:
     network: str
     data: dict = dataclasses.field(default_factory=dict)
     config: ml_collections.ConfigDict | None = None
+    method_state: dict = dataclasses.field(default_factory=dict)
 
 
 DATA_FIELDS = ("dataset", "data_dir", "train_split", "test_split", "image_size", "mean", "std", "views")
@@ -145,6 +148,7 @@ def load_workdir(workdir: str, network: str = "default", step: int | None = None
              for name in params if name not in ("encoder", "probe")}
     pre = of_run(config, build_encoder(config.model), network=network, step=step, epochs=meta.get("epoch"),
                  variables={"params": params["encoder"], "batch_stats": stats.get("encoder", {})}, heads=heads)
+    pre.method_state = state.get("method_state") or {}
     return random_init(pre, int(config.seed)) if network == "random_init" else pre
 
 

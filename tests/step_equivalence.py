@@ -52,6 +52,11 @@ def tiny_config(name: str):
         # k-means run to its fixed point (10 iterations stop mid-way, where the other device
         # count's float32 rounding of the PCA moves a few borderline points and the run diverges).
         config.deepercluster.kmeans_iters = 200
+    if method == "iic":
+        # The random views of a pair are independent images: with the authors' 0.01-std heads the
+        # outputs are ~uniform and the mutual information (the loss) is ~1e-8, float32 rounding
+        # noise that differs with the summation order. Confident heads make it a real number.
+        config.iic.head_init_std = 1.0
     if method == "swav":  # the queue joins the Sinkhorn normalisation from the second step
         config.swav.update(dict(queue_length=GLOBAL_BATCH, queue_start_epoch=0.0))
     return config

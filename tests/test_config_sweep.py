@@ -41,7 +41,7 @@ def test_every_config_lists_its_presets_and_rejects_unknown_ones():
 def _scale(name, preset):
     """'imagenet', 'cifar10' or 'demo': the dataset preset a config preset builds on."""
     dataset = importlib.import_module(f"configs.{name}").get_config(preset).data.dataset
-    return {"imagenet2012": "imagenet", "cifar10": "cifar10", "digits": "demo"}[dataset]
+    return {"imagenet2012": "imagenet", "cifar10": "cifar10", "mnist": "cifar10", "digits": "demo"}[dataset]
 
 
 def _run_sweep(pairs):

@@ -142,3 +142,140 @@ def test_iic_gradient_matches_finite_differences():
 def test_iic_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
         losses.iic(np.ones((4, 3)) / 3, np.ones((4, 5)) / 5)
+
+
+# ---------------------------------------------------------------- the method
+
+def _demo_config():
+    import importlib
+
+    return importlib.import_module("configs.iic").get_config("demo")
+
+
+def test_head_schedule_is_a_function_of_the_epoch():
+    from ssl_jax.methods import build_method
+
+    config = _demo_config()
+    config.iic.head_schedule = ("main", "main", "overcluster")
+    method = build_method(config, total_steps=70, steps_per_epoch=7)
+    trains = np.asarray(jax.jit(jax.vmap(method.trains_main))(jnp.arange(70)))
+    expected = [(s // 7) % 3 != 2 for s in range(70)]  # B, B, A per epoch of 7 steps
+    assert trains.tolist() == expected
+    config.iic.head_schedule = ("overcluster", "main", "main")  # the CIFAR-10 order (A first)
+    method = build_method(config, total_steps=70, steps_per_epoch=7)
+    trains = np.asarray(jax.vmap(method.trains_main)(jnp.asarray([0, 6, 7, 20, 21])))
+    assert trains.tolist() == [False, False, True, True, False]
+    config.iic.head_schedule = ("main", "head_c")
+    with pytest.raises(ValueError, match="head_schedule"):
+        build_method(config, total_steps=70, steps_per_epoch=7)
+
+
+def test_method_needs_one_view_config_per_view():
+    from ssl_jax.methods import build_method
+
+    config = _demo_config()
+    config.iic.num_views = 6  # 5 repeats, but data.views still lists 1 + 3
+    with pytest.raises(ValueError, match="one per view"):
+        build_method(config, total_steps=10, steps_per_epoch=5)
+
+
+def test_objective_pairs_view_zero_with_every_repeat_and_averages_sub_heads():
+    """The objective on given head outputs against the reference: per head, the mean over
+    sub-heads of IIC over the R·N pairs (view 0 of image n, view r of image n); the loss is the
+    scheduled head's; the sub-head losses' moving average and its argmin."""
+    from ssl_jax.methods import build_method
+
+    config = _demo_config()
+    r, n, s = 3, 6, config.iic.num_subheads
+    method = build_method(config, total_steps=40, steps_per_epoch=4)
+    rng = np.random.default_rng(0)
+    out = {"overcluster": softmax(2 * rng.normal(size=(1 + r, n, s, config.iic.num_overclusters)), -1),
+           "main": softmax(2 * rng.normal(size=(1 + r, n, s, config.iic.num_clusters)), -1)}
+    out["main"][1:] = 0.7 * out["main"][:1] + 0.3 * out["main"][1:]  # views that agree: I > 0
+    ref = {head: np.array([_reference_iic(np.concatenate([out[head][0, :, k]] * r),
+                                          np.concatenate([out[head][v, :, k] for v in range(1, 1 + r)]))
+                           for k in range(s)]) for head in out}
+    previous = np.linspace(-1, -2, 2 * s).reshape(2, s).astype(np.float32)
+    state = {"subhead_loss": jnp.asarray(previous)}
+    for step, head in [(0, "main"), (4, "main"), (8, "overcluster"), (12, "main")]:
+        loss, metrics, updates = method.objective({k: jnp.asarray(v, jnp.float32) for k, v in out.items()}, None,
+                                                  state, None, jnp.int32(step), None)
+        np.testing.assert_allclose(float(loss), ref[head].mean(), rtol=1e-5)
+        assert float(metrics["iic_trains_main"]) == (head == "main")
+    averaged = 0.99 * previous + 0.01 * np.stack([ref["overcluster"], ref["main"]])
+    np.testing.assert_allclose(np.asarray(updates["subhead_loss"]), averaged, rtol=1e-5)
+    assert int(metrics["iic_best_main_subhead"]) == int(np.argmin(averaged[1]))
+
+
+# ---------------------------------------------------------------- a tiny run: labels and evaluation
+
+@pytest.fixture(scope="module")
+def tiny_iic_run(tmp_path_factory):
+    """Two train steps of the demo preset (batch 16, 2 repeats), checkpointed: an IIC workdir."""
+    from ssl_jax.train import loop
+
+    config = _demo_config()
+    config.global_batch_size = 16
+    config.num_steps = 2
+    config.iic.num_views = 3
+    config.data.views = config.data.views[:3]
+    config.checkpoint.update(dict(every_steps=2, async_save=False))
+    config.eval.update(dict(every_steps=0, linear_probe=False, compare_random_init=False))
+    workdir = str(tmp_path_factory.mktemp("iic_tiny"))
+    loop.run(config, workdir)
+    return workdir
+
+
+def test_label_dataset_gives_the_best_sub_heads_labels_in_index_order(tiny_iic_run):
+    from ssl_jax import pretrained
+    from ssl_jax.data import pipeline, sources
+    from ssl_jax.methods import iic
+
+    pre = pretrained.load_workdir(tiny_iic_run)
+    losses_ = np.asarray(pre.method_state["subhead_loss"])
+    assert losses_.shape == (2, 5) and np.all(losses_ != 0)  # both heads' averages moved
+    out = iic.label_dataset(pre, head="main", batch_size=128)
+    n = sources.dataset_info("digits", "train")["num_examples_total"]
+    assert out["labels"].shape == (n,) and out["labels"].dtype == np.int32
+    assert out["subhead"] == int(np.argmin(losses_[1])) and out["num_clusters"] == 10
+    assert out["labels"].min() >= 0 and out["labels"].max() < 10
+    # Direct: the first and last training images (by dataset index) through the network and
+    # the chosen sub-head, outside the feature pass.
+    images = next(pipeline.eval_iterator(pre.config.data, "train", global_batch_size=n))["image"]
+    pick = np.array([0, 1, 2, n - 2, n - 1])
+    h = pre.encoder.apply(pre.variables, images[pick], train=False)
+    logits = iic.build_subheads(pre.config.iic, "main").apply({"params": pre.heads["main"]["params"]}, h)
+    np.testing.assert_array_equal(out["labels"][pick], np.argmax(np.asarray(logits)[:, out["subhead"]], -1))
+    over = iic.label_dataset(pre, head="overcluster", split="test", batch_size=128)
+    assert over["labels"].shape == (360,) and over["labels"].max() < 50 and over["split"] == "test"
+
+
+def test_clustering_protocol_scores_the_main_heads_best_sub_head(tiny_iic_run, tmp_path):
+    import importlib
+
+    from ssl_jax import pretrained
+    from ssl_jax.evaluate import run as run_lib
+    from ssl_jax.evaluate.clustering import hungarian_accuracy
+    from ssl_jax.methods import iic
+
+    eval_cfg = importlib.import_module("configs.eval.clustering").get_config("demo")
+    eval_cfg.source = tiny_iic_run
+    records = run_lib.run(eval_cfg, str(tmp_path), log=lambda *_: None)
+    pre = pretrained.load_workdir(tiny_iic_run)
+    best = iic.best_subhead(pre.method_state, "main")
+    acc = [r["value"] for r in records if r["metric"] == "acc" and r["setting"].startswith("iic_head=main")]
+    test = iic.label_dataset(pre, split="test", batch_size=360)
+    y = np.asarray([lab for _, lab in iic_test_labels()])
+    assert acc == [pytest.approx(hungarian_accuracy(y, test["labels"]))]
+    assert {r["setting"] for r in records} == {f"iic_head=main,subhead={best},k=10",
+                                               f"iic_head=overcluster,subhead={iic.best_subhead(pre.method_state, 'overcluster')},k=50"}
+    eval_cfg.clustering.assign = "no_such"
+    with pytest.raises(ValueError, match="assign"):
+        run_lib.run(eval_cfg, str(tmp_path), log=lambda *_: None)
+
+
+def iic_test_labels():
+    from ssl_jax.data import sources
+
+    ds, _, _ = sources.load_split("digits", "test")
+    return [(int(ex["index"]), int(ex["label"])) for ex in ds.as_numpy_iterator()]

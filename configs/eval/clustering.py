@@ -9,6 +9,11 @@ clusters as classes (or clustering.num_clusters); the clusters are scored agains
 with normalised mutual information, adjusted Rand index, the Hungarian (one-to-one) matched
 accuracy and, for more clusters than classes, the many-to-one accuracy.
 
+A clusterer with its own assignments (an IIC run: configs/iic.py) is scored on them instead
+(clustering.assign 'auto'; 'kmeans' forces k-means on its features): the argmax of its main
+head's sub-head with the lowest training loss, and of its over-clustering head
+(ssl_jax.methods.iic.clustering_records).
+
 Presets:
   kmeans (default)  k = number of classes, 3 restarts, up to 300 Lloyd iterations: the
                     protocol of DeepCluster / IIC / SeLa-style clustering tables. Any hardware the

@@ -162,10 +162,21 @@ def classifier_dir(workdir: str, kind: str, eval_cfg, data) -> str:
     return storage.join(workdir, "classifiers", f"{kind}-{digest}")
 
 
+CLUSTERING_ASSIGN = ("auto", "kmeans", "heads")
+
+
 def protocol_clustering(ctx):
+    """k-means on the encoder's features, or a clusterer's own assignments (clustering.assign:
+    'auto' takes an IIC run's heads, ssl_jax.methods.iic.clustering_records)."""
     from ssl_jax.evaluate.clustering import clustering_scores
 
     c = ctx.cfg.clustering
+    if c.assign not in CLUSTERING_ASSIGN:
+        raise ValueError(f"clustering.assign={c.assign!r}; valid: {CLUSTERING_ASSIGN}.")
+    if c.assign == "heads" or (c.assign == "auto" and (ctx.pre.config or {}).get("method") == "iic"):
+        from ssl_jax.methods import iic
+
+        return iic.clustering_records(ctx)
     x, y = ctx.features(c.split or ctx.data.test_split)
     k = c.num_clusters if c.num_clusters > 0 else abs(c.num_clusters or -1) * ctx.num_classes
     x = jax.device_put(np.asarray(x), parallel.replicated(ctx.mesh))
