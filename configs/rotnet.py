@@ -19,7 +19,14 @@ Presets:
   demo               scikit-learn digits at 16 px (upright digits: the rotation is predictable), NIN
                      at width 1/8 (24 channels), batch 128 x 4 copies, 32 epochs, SGD 0.1, x 0.1 at
                      epochs 20 and 28; crop (0.4, 1) without flip and no translation (an 8x8 digit
-                     upsampled to 16 px has no room to shift). Offline, ~2 min on 2 cores.
+                     upsampled to 16 px has no room to shift). Offline. Measured (2026-12-06, seed
+                     0, 2 CPU cores shared with other jobs: 6 min training + 1.5 min evaluation;
+                     at the 280 img/s of its least-contended first 60 steps training takes 2.7 min):
+                     rotation loss 0.74 (step 20) -> 0.27 (step 352), rotation top-1 0.56 -> 0.89;
+                     end-of-training kNN (pooled block 4) 65.3% against 79.2% at random init, linear probe 77.2 / 86.9%: the last block is
+                     rotation-specific, SSL++'s finding (Table V: B4 18.2 vs random 36.9). Blocks 2
+                     and 3 are above random init: configs/eval/layer_probe.py:nin_demo (kNN K=10 B2
+                     91.7% vs 68.1%).
 """
 from ssl_jax import presets as P
 
