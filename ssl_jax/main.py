@@ -23,4 +23,4 @@ def pretrain(config, workdir: str) -> list[dict]:
 
 if __name__ == "__main__":
     # The workdir is checked (a file, not writable) before JAX and TensorFlow are imported.
-    cli.run(pretrain, FLAGS, name="ssl_jax", check_workdir=workdir_lib.check_writable)
+    cli.run(pretrain, FLAGS, name="ssl_jax", check_workdir=workdir_lib.check_before_start)

@@ -111,7 +111,8 @@ def _holder(workdir, start: float) -> subprocess.Popen:
 def test_two_processes_racing_for_one_workdir(run_copy, capsys):
     """Two processes start on one workdir at the same moment: exactly one owns it, the other
     stops at once with one line naming the owner's host and pid. Training in the workdir is
-    then refused the same way while the owner lives; nothing in the workdir changes."""
+    then refused the same way while the owner lives, by the command line before it imports JAX
+    or TensorFlow; nothing in the workdir changes."""
     from ssl_jax.train import loop
 
     before = _snapshot(run_copy)
@@ -128,6 +129,16 @@ def test_two_processes_racing_for_one_workdir(run_copy, capsys):
     try:
         line = _one_line(capsys, lambda: loop.run(_config(), str(run_copy)))
         assert f"pid {owner.pid} on host {socket.gethostname()}" in line, line
+        # The command line refuses it before its heavy imports (workdir.check_before_start).
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "ssl_jax.main",
+                               "--config=configs/byol.py:demo", f"--workdir={run_copy}"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT))
+        errors = [x for x in proc.stderr.splitlines() if x.startswith("ssl_jax: error: ")]
+        assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
+        assert f"pid {owner.pid} on host {socket.gethostname()}" in errors[0], errors
+        imported = [x.split("|")[-1].strip() for x in proc.stderr.splitlines() if x.startswith("import time:")]
+        assert "ml_collections" in imported and "jax" not in imported and "tensorflow" not in imported
     finally:
         owner.stdin.close()
         owner.wait(timeout=30)

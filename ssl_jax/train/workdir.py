@@ -270,6 +270,43 @@ def check_writable(workdir) -> None:
                               "--workdir.")
 
 
+def _flock_holders(path: str) -> set[int] | None:
+    """PIDs holding an exclusive flock on `path`, from /proc/locks (Linux), or None where that
+    cannot be read. Reading it takes no lock: the probe cannot make a starting run fail."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    holders = set()
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE":
+            try:  # MAJOR:MINOR:INODE, the device numbers in hex
+                major, minor, inode = fields[5].split(":")
+                if (int(major, 16), int(minor, 16), int(inode)) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
+                    holders.add(int(fields[4]))
+            except ValueError:
+                continue
+    return holders
+
+
+def check_before_start(workdir) -> None:
+    """The command line's checks before its heavy imports: `check_writable`, and a workdir whose
+    run lock a live process on this host holds is refused at once (not after 10-30 s of imports
+    and set-up). Local workdirs on Linux only; everywhere `acquire` still decides."""
+    check_writable(workdir)
+    if storage.is_remote(workdir):
+        return
+    path = os.path.join(os.path.abspath(str(workdir)), LOCK_NAME)
+    holders = _flock_holders(path) if os.path.exists(path) else None
+    if holders and os.getpid() not in holders:
+        raise _in_use(workdir, _read_record(path, wait=True), advisory=False)
+
+
 def _field(record: dict, dotted: str):
     node = record
     for key in dotted.split("."):
