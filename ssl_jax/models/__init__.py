@@ -30,7 +30,7 @@ NIN_FIELDS = ("width", "sobel", "dtype", "remat", "conv_backend")
 
 
 def build_encoder(model_cfg: Any):
-    """A ResNet (name 'resnet18' ... 'resnet200'; fields RESNET_FIELDS), a ViT (name
+    """A ResNet (name 'resnet10', 'resnet18' ... 'resnet200'; fields RESNET_FIELDS), a ViT (name
     'vit_tiny' ... 'vit_large'; fields VIT_FIELDS), AlexNet-BN (name 'alexnet'; fields
     ALEXNET_FIELDS), VGG-16-BN (name 'vgg16'; fields VGG_FIELDS) or RotNet's NIN (name 'nin';
     fields NIN_FIELDS) from a complete

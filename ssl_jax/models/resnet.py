@@ -25,6 +25,8 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 STAGE_SIZES = {
+    # ResNet-10: one basic block per stage, the smallest of the family (CPU-scale runs, tests).
+    10: (1, 1, 1, 1),
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
     50: (3, 4, 6, 3),
@@ -125,7 +127,7 @@ class ResNet(nn.Module):
     """ResNet encoder returning globally average-pooled features.
 
     Attributes:
-      depth: one of 18, 34, 50, 101, 152, 200.
+      depth: one of 10, 18, 34, 50, 101, 152, 200.
       width_multiplier: scales every channel count, stem included (base 64).
       cifar_stem: 3x3 stride-1 conv and no max-pool (for 32 px inputs) instead of
         the ImageNet 7x7/2 conv + 3x3/2 max-pool.
