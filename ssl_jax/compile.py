@@ -10,7 +10,9 @@ ssl_jax.train.step and the evaluation feature pass of ssl_jax.train.features), c
 step and the feature pass for that TPU topology from abstract shapes (jax.eval_shape: nothing of
 ImageNet size is allocated on the host), and prints per device: HBM used against the chip's
 capacity, FLOPs per image against an analytic count, collective bytes against the ideal for the
-mesh, and a step-time ESTIMATE turned into images/s per chip and the preset's wall-clock.
+mesh, and a step-time ESTIMATE turned into images/s per chip and the preset's wall-clock. A
+program that does not fit is refused by the TPU compiler itself (RESOURCE_EXHAUSTED): the report
+then gives the memory it asked for and the state's largest leaves per device.
 
 The estimate is a roofline bound, not a measurement: max(FLOPs / peak FLOP/s, bytes accessed /
 HBM bandwidth) per device, with the chips' published peaks (CHIPS). It ignores collective time,
@@ -151,13 +153,49 @@ class Program:
     mesh: Any
     state: Any                # abstract TrainState (ShapeDtypeStructs)
     batch: Any                # abstract global batch
-    train: Any                # jax.stages.Compiled of the train step
+    train: Any                # jax.stages.Compiled of the train step, or OutOfMemory
     train_fn: Any             # the (uncompiled) train step, for the analytic FLOP count
-    features: Any             # jax.stages.Compiled of the evaluation feature pass
+    features: Any             # jax.stages.Compiled of the evaluation feature pass, or OutOfMemory
     eval_batch: int
     steps_per_epoch: int
     total_steps: int
     notes: list
+
+
+@dataclasses.dataclass(frozen=True)
+class OutOfMemory:
+    """The TPU compiler's refusal of a program that does not fit in HBM (it does not produce an
+    executable): its message, and the bytes it said were required and available (None where
+    the message does not give them)."""
+    message: str
+    required_bytes: int | None
+    available_bytes: int | None
+
+
+_OOM_SIZES = re.compile(r"\(([\d.]+)([KMGT])\)")
+
+
+def out_of_memory(message: str) -> OutOfMemory | None:
+    """An OutOfMemory for a compile error that is XLA's 'Ran out of memory' (RESOURCE_EXHAUSTED),
+    else None. Sizes like '(32.80G)' are read as binary units (XLA prints GiB)."""
+    if "RESOURCE_EXHAUSTED" not in message or "memory" not in message:
+        return None
+    line = next((l for l in message.splitlines() if "RESOURCE_EXHAUSTED" in l), message).strip()
+    sizes = [int(float(v) * 2 ** (10 * "KMGT".index(u) + 10)) for v, u in _OOM_SIZES.findall(line)]
+    return OutOfMemory(line[line.index("RESOURCE_EXHAUSTED"):], *(sizes + [None, None])[:2])
+
+
+def _compile(lowered):
+    """lowered.compile() for the TPU, or an OutOfMemory where the program does not fit."""
+    import jax
+    with _no_persistent_cache():
+        try:
+            return lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            oom = out_of_memory(str(e))
+            if oom is None:
+                raise
+            return oom
 
 
 @contextlib.contextmanager
@@ -165,12 +203,16 @@ def _no_persistent_cache():
     """JAX's persistent compilation cache off for the block: a compile-only TPU executable
     cannot be read back without a TPU client (each read was a warning and a recompile)."""
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
     before = jax.config.jax_enable_compilation_cache
+    # JAX decides once per process whether the cache is used: reset, so the setting is read again.
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     try:
         yield
     finally:
         jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
 
 
 def build_programs(config, devices) -> Program:
@@ -194,6 +236,11 @@ def build_programs(config, devices) -> Program:
     if note:
         notes.append(note)
     mesh = parallel.mesh_from_config(config.mesh, devices=devices)
+    # Each host of the slice feeds global_batch / hosts examples (parallel.shard_batch).
+    hosts = len({d.process_index for d in mesh.devices.flat})
+    if config.global_batch_size % hosts:
+        raise ValueError(f"global_batch_size={config.global_batch_size} does not split over the {hosts} hosts of "
+                         f"the slice; set --config.global_batch_size to a multiple of {hosts}.")
     info, spe, n_steps, method, optimizer, lr_schedule = loop.build(config, mesh)
     s = config.data.image_size
     sample = jnp.zeros((2, s, s, 3), jnp.float32)
@@ -201,8 +248,7 @@ def build_programs(config, devices) -> Program:
     state = jax.eval_shape(make, jax.random.PRNGKey(config.seed))
     batch = batch_spec(config, method)
     train_fn = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
-    with _no_persistent_cache():
-        train = step_lib.compile_step(train_fn, state, batch, mesh).lower(state, batch).compile()
+    train = _compile(step_lib.compile_step(train_fn, state, batch, mesh).lower(state, batch))
 
     # The evaluation feature pass (kNN, linear probe, clustering): the encoder in inference
     # mode on eval.batch_size centre crops, params replicated (ssl_jax.train.features).
@@ -213,9 +259,8 @@ def build_programs(config, devices) -> Program:
         notes.append(f"eval.batch_size {config.eval.batch_size} rounded up to {eval_batch}, a multiple of "
                      f"the {shards} devices (the evaluation needs it too: set --config.eval.batch_size)")
     encode = features_lib.make_encode_fn(method.encoder, mesh)
-    with _no_persistent_cache():
-        feats = encode.lower(state.params["encoder"], state.batch_stats.get("encoder", {}),
-                             jax.ShapeDtypeStruct((eval_batch, s, s, 3), jnp.float32)).compile()
+    feats = _compile(encode.lower(state.params["encoder"], state.batch_stats.get("encoder", {}),
+                                  jax.ShapeDtypeStruct((eval_batch, s, s, 3), jnp.float32)))
     return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes)
 
 
@@ -352,12 +397,19 @@ def report(program: Program, spec: Chip, topology: str) -> dict:
     devices = int(mesh.devices.size)
     chips = devices // spec.devices_per_chip
     batch = int(config.global_batch_size)
-    out = {"topology": topology, "chip": spec.generation, "devices": devices, "chips": chips,
+    hosts = len({d.process_index for d in mesh.devices.flat})
+    out = {"topology": topology, "chip": spec.generation, "devices": devices, "chips": chips, "hosts": hosts,
            "mesh": dict(mesh.shape), "method": config.method, "model": config.model.name,
            "dtype": config.model.dtype, "remat": bool(config.model.remat), "global_batch_size": batch,
            "steps_per_epoch": program.steps_per_epoch, "total_steps": program.total_steps,
            "chip_source": spec.source, "notes": list(program.notes)}
     for name, compiled, images in (("train", program.train, batch), ("features", program.features, program.eval_batch)):
+        if isinstance(compiled, OutOfMemory):  # no executable: what the compiler said, and the state
+            out[name] = {"fits": False, "hbm_used_bytes": compiled.required_bytes,
+                         "hbm_capacity_bytes": spec.device_hbm, "compiler_available_bytes": compiled.available_bytes,
+                         "compile_error": compiled.message,
+                         "largest_state_leaves": largest_state_leaves(program.state, mesh)}
+            continue
         text = compiled.as_text()
         memory = compiled.memory_analysis()
         cost = compiled.cost_analysis()
@@ -379,10 +431,11 @@ def report(program: Program, spec: Chip, topology: str) -> dict:
             if not rec["fits"]:
                 rec["largest_state_leaves"] = largest_state_leaves(program.state, mesh)
     analytic = analytic_flops(program.train_fn, program.state, program.batch)
-    out["train"]["analytic_flops_per_image"] = analytic / batch
-    out["train"]["flops_over_analytic"] = out["train"]["flops_per_image"] / (analytic / batch) if analytic else None
-    step_s = out["train"]["estimate"]["step_s"]
-    out["train"]["estimated_hours"] = program.total_steps * step_s / 3600
+    t = out["train"]
+    t["analytic_flops_per_image"] = analytic / batch
+    if "estimate" in t:
+        t["flops_over_analytic"] = t["flops_per_image"] / (analytic / batch) if analytic else None
+        t["estimated_hours"] = program.total_steps * t["estimate"]["step_s"] / 3600
     return out
 
 
@@ -392,12 +445,22 @@ def _gib(n) -> str:
 
 def format_report(r: dict) -> str:
     """The report as the command prints it."""
-    t, f, c = r["train"], r["features"], r["collectives"]
+    t, f, c = r["train"], r["features"], r.get("collectives")
     lines = [f"{r['method']} ({r['model']}, {r['dtype']}{', remat' if r['remat'] else ''}) on {r['topology']}: "
-             f"{r['devices']} devices ({r['chips']} chips), mesh {r['mesh']}, global batch {r['global_batch_size']}, "
+             f"{r['devices']} devices ({r['chips']} chips, {r['hosts']} host{'s' if r['hosts'] != 1 else ''}), mesh "
+             f"{r['mesh']}, global batch "
+             f"{r['global_batch_size']}, "
              f"{r['total_steps']} steps ({r['steps_per_epoch']} per epoch)."]
     lines += [f"note: {n}." for n in r["notes"]]
     for name, rec in (("train step", t), ("eval features", f)):
+        if "compile_error" in rec:
+            need = _gib(rec["hbm_used_bytes"]) if rec["hbm_used_bytes"] else "more"
+            lines.append(f"{name}: DOES NOT FIT: needs {need} of {_gib(rec['hbm_capacity_bytes'])} per device; the "
+                         f"TPU compiler refused it: {rec['compile_error']}")
+            lines += [f"  largest state leaf per device: {p} {_gib(b)}" for p, b in rec["largest_state_leaves"]]
+            lines.append("  (more devices, --config.mesh.fsdp > 1, --config.model.remat=True or a smaller "
+                         "--config.global_batch_size lower it)")
+            continue
         lines.append(f"{name}: HBM {_gib(rec['hbm_used_bytes'])} of {_gib(rec['hbm_capacity_bytes'])} per device: "
                      f"{'fits' if rec['fits'] else 'DOES NOT FIT'} (arguments {_gib(rec['argument_bytes'])}, "
                      f"temporaries {_gib(rec['temp_bytes'])}).")
@@ -406,6 +469,10 @@ def format_report(r: dict) -> str:
             lines += [f"  largest value in the program: {s} {_gib(b)}" for s, b in rec["largest_values"]]
         lines.append(f"{name}: CPU-only custom calls: {rec['cpu_only_calls'] or 'none'}; custom calls: "
                      f"{rec['custom_calls'] or 'none'}.")
+    if c is None:  # the train step did not compile: no program to count or time
+        lines.append(f"train step: {t['analytic_flops_per_image'] / 1e9:.2f} GFLOP per image analytic (matmuls and "
+                     "convolutions of the step's jaxpr); no compiled program to compare, time or read collectives from.")
+        return "\n".join(lines)
     lines.append(f"train step: {t['flops_per_image'] / 1e9:.2f} GFLOP per image compiled, "
                  f"{t['analytic_flops_per_image'] / 1e9:.2f} analytic (matmuls and convolutions of the step's "
                  f"jaxpr): ratio {t['flops_over_analytic']:.3f}.")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 
 from ssl_jax import compile as compile_lib
-from ssl_jax import presets
+from ssl_jax import parallel, presets
 from tests.conftest import REPO_ROOT
 
 TOPOLOGY = "v5e:2x2"
@@ -79,7 +79,7 @@ def test_collectives_follow_the_mesh(compiled):
 def test_report_fields(compiled):
     program, r = compiled
     t, f = r["train"], r["features"]
-    assert (r["devices"], r["chips"], r["mesh"]) == (4, 4, {"data": 2, "fsdp": 2})
+    assert (r["devices"], r["chips"], r["hosts"], r["mesh"]) == (4, 4, 1, {"data": 2, "fsdp": 2})
     for rec in (t, f):
         assert 0 < rec["hbm_used_bytes"] <= rec["hbm_capacity_bytes"] == 16 * 2 ** 30 and rec["fits"]
     # Matmuls and convolutions are nearly all of the work: XLA's count adds the elementwise
@@ -89,6 +89,14 @@ def test_report_fields(compiled):
     assert e["step_s"] >= e["roofline_s"] > 0
     assert t["images_per_s_per_chip"] == pytest.approx(16 / e["step_s"] / 4)
     assert t["estimated_hours"] == pytest.approx(program.total_steps * e["step_s"] / 3600)
+    # What the report lists when a program does not fit: the state's largest leaves per device
+    # (FSDP halves a split kernel's bytes) and the program's largest values.
+    leaves = compile_lib.largest_state_leaves(program.state, program.mesh)
+    assert len(leaves) == 5 and [b for _, b in leaves] == sorted((b for _, b in leaves), reverse=True)
+    expected = sorted(((x.size * x.dtype.itemsize) // (1 if parallel.fsdp_spec(x.shape, 2) == parallel.P() else 2)
+                       for x in jax.tree.leaves(program.state)), reverse=True)[:5]
+    assert [b for _, b in leaves] == expected
+    assert compile_lib.largest_values(program.train.as_text())[0][1] > 0
     text = compile_lib.format_report(r)
     for needle in ("fits", "GFLOP per image", "collectives per device (hsdp)", "ESTIMATE", "images/s per chip",
                    "not a measurement", "CPU-only custom calls: none"):
@@ -148,3 +156,23 @@ def test_bad_topology_is_one_line():
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
     assert "v9" in lines[0] and "v5e" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_out_of_memory_is_read_from_the_compiler_error():
+    # The TPU compiler's refusal of BYOL's ImageNet step on v5e:4x4 at batch 4096 (256 per chip).
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(32.80G) exceeds available HBM (15.75G).")
+    oom = compile_lib.out_of_memory("jax.errors.JaxRuntimeError: " + message)
+    assert (oom.required_bytes, oom.available_bytes) == (int(32.80 * 2 ** 30), int(15.75 * 2 ** 30))
+    assert oom.message == message
+    assert compile_lib.out_of_memory("INVALID_ARGUMENT: bad shape") is None
+    # What the command prints for it: does not fit, how much, the largest state leaves.
+    record = {"fits": False, "hbm_used_bytes": oom.required_bytes, "hbm_capacity_bytes": 16 * 2 ** 30,
+              "compile_error": oom.message, "largest_state_leaves": [(".params['w']", 2 ** 30)]}
+    report = {"method": "byol", "model": "resnet50", "dtype": "bfloat16", "remat": False, "topology": "v5e:4x4",
+              "devices": 16, "chips": 16, "hosts": 4, "mesh": {"data": 16, "fsdp": 1}, "global_batch_size": 4096,
+              "total_steps": 312000, "steps_per_epoch": 312, "notes": [],
+              "train": dict(record, analytic_flops_per_image=63.4e9), "features": dict(record)}
+    text = compile_lib.format_report(report)
+    assert "train step: DOES NOT FIT: needs 32.80 GiB of 16.00 GiB per device" in text
+    assert "largest state leaf per device: .params['w'] 1.00 GiB" in text and "63.40 GFLOP per image analytic" in text
