@@ -1,6 +1,6 @@
 """python -m ssl_jax.compile: a run compiled for a TPU topology on this CPU machine.
 
-One compile (module fixture) of SwAV's demo preset (multi-crop: 2 x 16 px + 2 x 8 px, ResNet-18
+One compile (module fixture) of SwAV's demo preset (multi-crop: 2 x 16 px + 2 x 8 px, a ResNet-10
 at width 1/8, batch 16) for v5e:2x2 (4 chips) with a (data 2, fsdp 2) mesh: the TPU compiler
 must accept the step and the evaluation feature pass, no CPU-only custom call (oneDNN) may leak
 into them, the collectives must be those of the mesh, and the report must carry its fields.
@@ -41,6 +41,7 @@ def compiled():
     config = presets.load_config_file("configs/swav.py:demo")
     config.global_batch_size = 16
     config.mesh.fsdp = 2
+    config.model.name = "resnet10"  # the demo's ResNet-18 layers at one block per stage: less to compile
     assert config.model.conv_backend == "auto"  # resolved for the TPU, not for this 1-CPU host
     devices, spec = compile_lib.topology_devices(TOPOLOGY)
     program = compile_lib.build_programs(config, devices)
