@@ -254,8 +254,10 @@ def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
     elif protocol == "layer_probe":
         # SSL++'s per-block protocol (configs/eval/layer_probe.py:nin): plurality-vote kNN for
         # every K in plurality_ks (() = none) with knn_metric ('cosine' | 'euclidean'), and the
-        # NIN-block probe (ssl_jax.evaluate.nin_probe) on every block in probe_blocks (() = none;
-        # NIN encoders), trained with probe_train (SSL++ Table II's CIFAR-10 evaluation recipe).
+        # probes of probe_heads ('nin_block', 'fc1', 'fc2', 'fc3': ssl_jax.evaluate.nin_probe) on
+        # every block in probe_blocks (() = none; NIN encoders), trained with probe_train (SSL++
+        # Table II's CIFAR-10 evaluation recipe), on all labels (0) or n per class for every n in
+        # probe_labels_per_class (SSL++ Table VIII: 20, 100, 400, 1000).
         probe_opt = base_config("eval").optimizer
         probe_opt.update(dict(name="sgd", base_lr=0.1, lr_scaling="none", momentum=0.9, nesterov=True,
                               weight_decay=5e-4, exclude_bias_and_bn_from_wd=False, warmup_epochs=0.0,
@@ -265,7 +267,9 @@ def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
         c.layer_probe = ml_collections.ConfigDict(dict(k=20, temperature=0.07,
                                                        l2_grid=(1e-4, 1e-3, 1e-2, 1e-1),
                                                        plurality_ks=(), knn_metric="cosine",
-                                                       probe_blocks=(), probe_train=probe_train))
+                                                       probe_blocks=(), probe_heads=("nin_block",),
+                                                       probe_labels_per_class=(0,),
+                                                       probe_train=probe_train))
     elif protocol == "monitor":
         c.monitor = ml_collections.ConfigDict(dict(num_examples=2048))
     return c

@@ -68,3 +68,40 @@ def test_probe_needs_a_nin():
         dict(name="resnet18")), run={}, network="online")
     with pytest.raises(ValueError, match="NIN encoder"):
         nin_probe.probe_pretrained(pre, block=2, image_size=16, seed=0)
+
+
+def test_fc_probes_follow_rotnet_layouts():
+    """fc1: the map through a BN without affine parameters, flattened (C·H·W features); fc2 / fc3:
+    1 / 2 hidden layers of min(20·classes, 2048) = 200 units; nin_block: 192·width."""
+    nin = NIN(width_multiplier=0.125)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    variables = jax.device_get(nin.init(jax.random.PRNGKey(1), x, train=False))
+    pre = Pretrained(encoder=nin, variables=variables, heads={}, model_config=ml_collections.ConfigDict(
+        dict(name="nin")), run={}, network="online")
+    dims = {"nin_block": 24, "fc1": 24 * 4 * 4, "fc2": 200, "fc3": 200}
+    trainable = {"nin_block": {"probe_block"}, "fc1": set(), "fc2": {"fc1", "fc1_bn"},
+                 "fc3": {"fc1", "fc1_bn", "fc2", "fc2_bn"}}  # fc1's BN has no affine parameters
+    for head, dim in dims.items():
+        probe = nin_probe.probe_pretrained(pre, block=4, image_size=16, seed=0, head=head, num_classes=10)
+        assert probe.encoder.feature_dim == dim
+        out = probe.encoder.apply(probe.variables, x, train=False)
+        assert out.shape == (2, dim) and out.dtype == np.float32
+        assert set(probe.variables["params"]) == {"backbone"} | trainable[head], head
+    probe = nin_probe.probe_pretrained(pre, block=4, image_size=16, seed=0, head="fc1")
+    block4 = np.asarray(nin.apply(variables, x, train=False, return_maps=True)["block4"])
+    # Fresh running statistics (mean 0, variance 1): inference-mode BN divides by sqrt(1 + eps).
+    np.testing.assert_allclose(probe.encoder.apply(probe.variables, x, train=False),
+                               block4.reshape(2, -1) / np.sqrt(1 + 1e-5), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="probe_heads"):
+        nin_probe.probe_pretrained(pre, block=4, image_size=16, seed=0, head="fc4")
+
+
+def test_per_class_subset_takes_n_of_every_class():
+    labels = np.repeat(np.arange(4), [30, 5, 12, 50])
+    idx = nin_probe.per_class_subset(labels, 10, seed=3)
+    assert np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(np.bincount(labels[idx]), [10, 5, 10, 10])  # class 1 has only 5
+    np.testing.assert_array_equal(idx, nin_probe.per_class_subset(labels, 10, seed=3))
+    assert not np.array_equal(idx, nin_probe.per_class_subset(labels, 10, seed=4))
+    with pytest.raises(ValueError, match="per_class"):
+        nin_probe.per_class_subset(labels, 0, seed=0)

@@ -15,9 +15,14 @@ linear_top1.
 With layer_probe.plurality_ks (SSL++ Tables V, VI) every layer also gets a plurality-vote kNN
 per K (setting 'layer=NAME,k=K,vote=plurality', metric knn_top1; layer_probe.knn_metric
 'cosine' or 'euclidean': the paper does not name its metric); with layer_probe.probe_blocks
-(NIN only) a NIN-block probe is trained per block (ssl_jax.evaluate.nin_probe; setting
-'layer=blockK,probe=nin_block', metrics nin_block_top1 / top5), on the eval config's view or
-else the pretraining run's.
+(NIN only) a probe is trained per block and per head of layer_probe.probe_heads
+(ssl_jax.evaluate.nin_probe: 'nin_block', RotNet's 'fc1', 'fc2', 'fc3'; setting
+'layer=blockK,probe=HEAD', metrics HEAD_top1 / top5), on the eval config's view or else the
+pretraining run's, with every training label or, for each n > 0 of
+layer_probe.probe_labels_per_class, n per class (setting suffix ',labels=n/class'). SSL++
+Table IV: --config.layer_probe.probe_blocks='(4,)'
+--config.layer_probe.probe_heads='("fc1","fc2","fc3","nin_block")'; Table VIII:
+--config.layer_probe.probe_labels_per_class='(20,100,400,1000)'.
 
 Presets:
   sslpp (default)  k=20, T=0.07; l2 grid 1e-4 ... 1e-1. Hardware: one GPU for a CIFAR-10 or

@@ -209,7 +209,8 @@ def protocol_layer_probe(ctx):
     if lp.probe_blocks:
         from ssl_jax.evaluate.nin_probe import block_probe_records
 
-        out += block_probe_records(ctx, tuple(lp.probe_blocks))
+        out += block_probe_records(ctx, tuple(lp.probe_blocks), tuple(lp.probe_heads),
+                                   tuple(lp.probe_labels_per_class))
     return out
 
 
