@@ -16,8 +16,11 @@ pass per head of the head schedule, so E of their epochs are 3·E passes here):
                      their epochs (6000 passes). tf1: random 20x20 crop resized to 32 (+ Sobel);
                      tf2: the same crop, flip, colour jitter (0.4, 0.4, 0.4, 0.125) (+ Sobel).
                      Paper: 61.7% clustering accuracy (not measured here; GPU-days).
-  mnist              Their MNIST run (model 685): greyscale (no Sobel), VGG-16-BN (CIFAR stem,
-                     no dropout; theirs: ClusterNet6c, a 4-conv VGG-like net), heads of 50 and 10,
+  mnist              Their MNIST run (model 685): greyscale (no Sobel), ResNet-18 (CIFAR stem;
+                     theirs: ClusterNet6c, a 4-conv VGG-like net with the heads on its flattened
+                     conv maps; the library's VGG-16-BN ends in two FC layers initialised
+                     N(0, 0.01²) as DeepCluster's, whose near-constant outputs collapsed IIC in a
+                     trial run: effective rank 1.6 by step 20), heads of 50 and 10,
                      5 sub-heads, schedule B, B, A (--head_B_epochs 2), Adam 1e-4, 700 pairs =
                      140 images x 5 repeats, 24 px, 3200 of their epochs (9600 passes); tf1:
                      random 20x20 crop (theirs: random or centre, p 0.5 each) resized to 24;
@@ -32,9 +35,14 @@ pass per head of the head schedule, so E of their epochs are 3·E passes here):
                      luma greyscale before the Sobel layer's own mean-of-channels greyscale). SSL++
                      states no architecture, optimizer, epochs or batch for its clusterer: IIC's.
   demo               scikit-learn digits at 16 px, ResNet-18 at width 1/8 (no Sobel: the digits are
-                     grey), heads of 50 and 10, 5 sub-heads, schedule B, B, A, batch 128 images x
-                     3 repeats, Adam LR 1e-3 (10x the paper's, for a short run). See the measured
-                     numbers in the README (IIC row).
+                     grey), heads of 50 and 10, 5 sub-heads of std 1, schedule B, B, A, batch 128
+                     images x 3 repeats, 30 epochs (330 steps), Adam LR 4e-3 (40x the paper's, for
+                     a short run: after 132 steps, 1e-3 reached 33% and 4e-3 51% accuracy).
+                     Measured (2026-12-06, 2 shared cores at load ~10, seed 0; 5.1 min of CPU,
+                     13.8 min wall there): main head, best sub-head by loss (0): Hungarian
+                     accuracy 0.644 on the test split (chance 0.10), NMI 0.659, ARI 0.516, 10
+                     clusters used; over-clustering head many-to-one 0.825; encoder kNN 0.925 /
+                     linear 0.969 against 0.644 / 0.761 at random initialisation.
 """
 from ssl_jax import presets as P
 
@@ -79,7 +87,7 @@ def get_config(preset: str = "cifar10"):
         P.use_dataset(c, "cifar10")  # 32-px scale settings, then MNIST's own fields
         repeats = 5
         c.data.update(dict(dataset="mnist", image_size=24))
-        c.model.update(dict(name="vgg16", cifar_stem=True, sobel=False, dropout=0.0))
+        c.model.update(dict(name="resnet18", cifar_stem=True, sobel=False))
         c.global_batch_size = 140
         c.num_epochs = 3 * 3200
         c.data.views = iic_views(crop_view((20, 20), 28, flip=False, jitter=False),
@@ -88,7 +96,7 @@ def get_config(preset: str = "cifar10"):
     elif preset == "demo":
         P.use_dataset(c, "demo")
         c.global_batch_size = 128
-        c.num_epochs = 60
+        c.num_epochs = 30
         # Digits of 8x8 px upscaled to 16: crops of at least 60% of the side keep the digit.
         c.data.views = iic_views(crop_view((10, 16), 16, flip=False, jitter=False),
                                  crop_view((10, 16), 16, flip=False, jitter=True), repeats)
@@ -96,5 +104,5 @@ def get_config(preset: str = "cifar10"):
         # across images, so 0.01-std heads give near-uniform outputs whose mutual information
         # (~1e-6) is below the float32 resolution of the loss: no gradient signal, no learning.
         c.iic.update(dict(num_overclusters=50, head_schedule=("main", "main", "overcluster"), head_init_std=1.0))
-        c.optimizer.update(dict(base_lr=1e-3, warmup_epochs=0.0))
+        c.optimizer.update(dict(base_lr=4e-3, warmup_epochs=0.0))
     return c

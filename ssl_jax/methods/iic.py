@@ -3,8 +3,8 @@ ends in softmax cluster assignments, trained to maximise the mutual information 
 assignments of two views of each image (losses.iic). SSL++ (seed 002) uses it as its clusterer.
 
 Network: a backbone of the library (config.model; the presets: ResNet-34 with the Sobel layer
-for CIFAR-10, the paper's ClusterNet5g being a ResNet-34 trunk on Sobel input; VGG-16-BN for
-MNIST, the library's VGG where the paper's ClusterNet6c is a 4-conv VGG-like net) and two
+for CIFAR-10, the paper's ClusterNet5g being a ResNet-34 trunk on Sobel input; ResNet-18 for
+MNIST, where the paper's ClusterNet6c is a 4-conv VGG-like net: configs/iic.py says why) and two
 heads on its pooled output h, each `num_subheads` independent linear classifiers followed by a
 softmax (weights N(0, head_init_std²), biases 0; the authors' std is 0.01):
   'overcluster'  head A, `num_overclusters` outputs (70 for CIFAR-10 and SSL++, 50 for MNIST);
