@@ -90,3 +90,25 @@ def test_built_from_config_and_forward_is_finite():
     with pytest.raises(ValueError, match="Unknown NIN name"):
         from ssl_jax.models.nin import build_nin
         build_nin(dict(cfg, name="nin5"))
+
+
+def test_export_flattens_nin_params_and_refuses_torchvision():
+    """Params export (safetensors / flax layout) round-trips; the torchvision format, which has
+    no NIN, is one error naming the formats that work."""
+    import ml_collections
+
+    from ssl_jax import export
+    from ssl_jax.pretrained import Pretrained
+
+    model = NIN(width_multiplier=0.125)
+    variables = jax.device_get(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False))
+    flat = export.flatten_variables(variables)
+    assert any("block4" in k for k in flat)
+    back, heads = export.unflatten_variables(flat)
+    assert heads == {} and jax.tree.structure(back) == jax.tree.structure(dict(variables))
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(dict(variables))):
+        np.testing.assert_array_equal(a, b)
+    pre = Pretrained(encoder=model, variables=variables, heads={}, model_config=ml_collections.ConfigDict(
+        dict(name="nin")), run={}, network="online")
+    with pytest.raises(ValueError, match="safetensors"):
+        export.to_torchvision(pre)
