@@ -32,7 +32,9 @@ def main():
 
     assert len(jax.devices()) == 8, jax.devices()
     for method in METHODS:
-        config = tiny_config(method)
+        # ResNet-18 (the demo's): its BYOL trajectory at LR 0.1 stays within the tolerances
+        # below; ResNet-10's drifts to 1e-3 in a BN momentum by step 5 (measured).
+        config = tiny_config(method, resnet10=False)
         # At the demo LR (LARS 1.0, trust 0.02) BYOL's trajectory amplifies float32 rounding:
         # with the gradient all-reduce summed in another order (gloo across processes vs
         # in-process), losses agree to 1e-7 for 3 steps, then drift to 7e-6 by step 5 and the

@@ -20,8 +20,9 @@ from tests.tiny_run import train_steps  # noqa: E402
 GLOBAL_BATCH, SIZE, STEPS = 16, 16, 2
 
 
-def tiny_config(name: str):
-    """The method's demo preset at a global batch of 16, a ResNet-18 demo on ResNet-10 (W-MSE: whitening over all 16; SwAV:
+def tiny_config(name: str, resnet10: bool = True):
+    """The method's demo preset at a global batch of 16, a ResNet-18 demo on ResNet-10 unless
+    `resnet10` is False (W-MSE: whitening over all 16; SwAV:
     a queue of one batch, in use from the second step). 'METHOD+MODE' (e.g. 'byol+dssl'): with
     config.dssl.mode = MODE (four views per image); 'dino_vit': DINO with a ViT-Ti/4 student
     using stochastic depth."""
@@ -37,7 +38,7 @@ def tiny_config(name: str):
         # device 'auto' would take oneDNN's, another summation order (parameters
         # up to ~1e-3 apart after a few LARS steps; oneDNN against XLA is tests/test_conv.py).
         config.model.conv_backend = "xla"
-        if config.model.name == "resnet18":
+        if resnet10 and config.model.name == "resnet18":
             # One block per stage: the same layers and sharding, ~20% less compiling per method.
             config.model.name = "resnet10"
     if mode:
