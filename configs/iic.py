@@ -5,7 +5,7 @@ Command:
     python -m ssl_jax.main --config=configs/iic.py[:PRESET] --workdir=DIR [--config.data.data_dir=TFDS_DIR]
     python -m ssl_jax.evaluate --config=configs/eval/clustering.py[:demo] --workdir=DIR
 The clustering evaluation of an IIC run scores its main head (best sub-head by training loss):
-Hungarian accuracy 'acc', NMI, ARI (ssl_jax.methods.iic.clustering_records).
+Hungarian accuracy 'acc', NMI, ARI (ssl_jax.evaluate.iic.clustering_records).
 
 Presets (the authors' scripts, examples/commands.txt of github.com/xu-ji/IIC; their "epoch" is one
 pass per head of the head schedule, so E of their epochs are 3·E passes here):
@@ -30,7 +30,7 @@ pass per head of the head schedule, so E of their epochs are 3·E passes here):
                      data.data_dir. Paper: 99.2% (not measured at this budget).
   sslpp              SSL++'s clusterer (seed 002, Sec. IV-B, Tables XIII-XIV): the cifar10 preset,
                      whose 70-cluster head A is SSL++'s C = 70 (its stage B labels come from that
-                     head: ssl_jax.methods.iic.label_dataset(..., head='overcluster')), with its
+                     head: ssl_jax.evaluate.iic.label_dataset(..., head='overcluster')), with its
                      best augmentation written out: weak = Cr+G+S, strong = Cr+F+Co+G+S (the G, a
                      luma greyscale before the Sobel layer's own mean-of-channels greyscale). SSL++
                      states no architecture, optimizer, epochs or batch for its clusterer: IIC's.

@@ -232,12 +232,13 @@ def tiny_iic_run(tmp_path_factory):
 def test_label_dataset_gives_the_best_sub_heads_labels_in_index_order(tiny_iic_run):
     from ssl_jax import pretrained
     from ssl_jax.data import pipeline, sources
+    from ssl_jax.evaluate import iic as iic_eval
     from ssl_jax.methods import iic
 
     pre = pretrained.load_workdir(tiny_iic_run)
     losses_ = np.asarray(pre.method_state["subhead_loss"])
     assert losses_.shape == (2, 5) and np.all(losses_ != 0)  # both heads' averages moved
-    out = iic.label_dataset(pre, head="main", batch_size=128)
+    out = iic_eval.label_dataset(pre, head="main", batch_size=128)
     n = sources.dataset_info("digits", "train")["num_examples_total"]
     assert out["labels"].shape == (n,) and out["labels"].dtype == np.int32
     assert out["subhead"] == int(np.argmin(losses_[1])) and out["num_clusters"] == 10
@@ -249,7 +250,7 @@ def test_label_dataset_gives_the_best_sub_heads_labels_in_index_order(tiny_iic_r
     h = pre.encoder.apply(pre.variables, images[pick], train=False)
     logits = iic.build_subheads(pre.config.iic, "main").apply({"params": pre.heads["main"]["params"]}, h)
     np.testing.assert_array_equal(out["labels"][pick], np.argmax(np.asarray(logits)[:, out["subhead"]], -1))
-    over = iic.label_dataset(pre, head="overcluster", split="test", batch_size=128)
+    over = iic_eval.label_dataset(pre, head="overcluster", split="test", batch_size=128)
     assert over["labels"].shape == (360,) and over["labels"].max() < 50 and over["split"] == "test"
 
 
@@ -259,6 +260,7 @@ def test_clustering_protocol_scores_the_main_heads_best_sub_head(tiny_iic_run, t
 
     from ssl_jax import pretrained
     from ssl_jax.evaluate import run as run_lib
+    from ssl_jax.evaluate import iic as iic_eval
     from ssl_jax.evaluate.clustering import hungarian_accuracy
     from ssl_jax.methods import iic
 
@@ -268,7 +270,7 @@ def test_clustering_protocol_scores_the_main_heads_best_sub_head(tiny_iic_run, t
     pre = pretrained.load_workdir(tiny_iic_run)
     best = iic.best_subhead(pre.method_state, "main")
     acc = [r["value"] for r in records if r["metric"] == "acc" and r["setting"].startswith("iic_head=main")]
-    test = iic.label_dataset(pre, split="test", batch_size=360)
+    test = iic_eval.label_dataset(pre, split="test", batch_size=360)
     y = np.asarray([lab for _, lab in iic_test_labels()])
     assert acc == [pytest.approx(hungarian_accuracy(y, test["labels"]))]
     assert {r["setting"] for r in records} == {f"iic_head=main,subhead={best},k=10",

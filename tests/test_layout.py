@@ -16,12 +16,13 @@ PACKAGE = os.path.join(REPO_ROOT, "ssl_jax")
 LAYERS = [
     {"ssl_jax.losses", "ssl_jax.monitors", "ssl_jax.schedules", "ssl_jax.storage", "ssl_jax.native",
      "ssl_jax.clustering", "ssl_jax.xla_flags"},
-    {"ssl_jax.models", "ssl_jax.data", "ssl_jax.parallel", "ssl_jax.presets", "ssl_jax.results"},
+    {"ssl_jax.models", "ssl_jax.data", "ssl_jax.parallel", "ssl_jax.presets", "ssl_jax.results",
+     "ssl_jax.hlo_collectives"},
     {"ssl_jax.methods"},
     {"ssl_jax.train"},
     # cli: what every command line shares (export and report are commands too).
     {"ssl_jax.evaluate", "ssl_jax.pretrained", "ssl_jax.export", "ssl_jax.report", "ssl_jax.cli",
-     "ssl_jax.api"},
+     "ssl_jax.api", "ssl_jax.compile"},
     {"ssl_jax.main", "ssl_jax.evaluate.__main__"},
 ]
 

@@ -12,7 +12,7 @@ accuracy and, for more clusters than classes, the many-to-one accuracy.
 A clusterer with its own assignments (an IIC run: configs/iic.py) is scored on them instead
 (clustering.assign 'auto'; 'kmeans' forces k-means on its features): the argmax of its main
 head's sub-head with the lowest training loss, and of its over-clustering head
-(ssl_jax.methods.iic.clustering_records).
+(ssl_jax.evaluate.iic.clustering_records).
 
 Presets:
   kmeans (default)  k = number of classes, 3 restarts, up to 300 Lloyd iterations: the

@@ -167,14 +167,14 @@ CLUSTERING_ASSIGN = ("auto", "kmeans", "heads")
 
 def protocol_clustering(ctx):
     """k-means on the encoder's features, or a clusterer's own assignments (clustering.assign:
-    'auto' takes an IIC run's heads, ssl_jax.methods.iic.clustering_records)."""
+    'auto' takes an IIC run's heads, ssl_jax.evaluate.iic.clustering_records)."""
     from ssl_jax.evaluate.clustering import clustering_scores
 
     c = ctx.cfg.clustering
     if c.assign not in CLUSTERING_ASSIGN:
         raise ValueError(f"clustering.assign={c.assign!r}; valid: {CLUSTERING_ASSIGN}.")
     if c.assign == "heads" or (c.assign == "auto" and (ctx.pre.config or {}).get("method") == "iic"):
-        from ssl_jax.methods import iic
+        from ssl_jax.evaluate import iic
 
         return iic.clustering_records(ctx)
     x, y = ctx.features(c.split or ctx.data.test_split)
