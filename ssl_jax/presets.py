@@ -110,6 +110,11 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # method as its paper has it. See ssl_jax.methods.dssl.
     c.dssl = ml_collections.ConfigDict(dict(mode="none", heavy_policy="ra(2,5)+jigsaw(4)", alpha=1.0,
                                             beta=0.0, gamma=1.0, delta=0.0, term_scale=0.25))
+    # SSL++'s semantic head V2 on a proxy task (ssl_jax.methods.sslpp); labels '' = off. weight (λ)
+    # has no default: configs/sslpp.py sets the paper's per-task value.
+    c.sslpp = ml_collections.ConfigDict(dict(
+        labels="", num_classes=70, weight=ml_collections.FieldReference(None, field_type=float),
+        proxy_weight=1.0, head_hidden_dim=0, view="features"))
     # Devices used (-1: all) as a (data, fsdp) mesh; data=-1 takes what fsdp leaves. fsdp > 1
     # shards params and optimizer state over that axis (ssl_jax.parallel); the batch is split
     # over both axes either way.

