@@ -18,6 +18,9 @@ def pretrain(config, workdir: str) -> list[dict]:
     """Train and evaluate; the records written to WORKDIR/results.json."""
     from ssl_jax.evaluate import in_training  # after flag parsing: importing JAX/TF is slow
 
+    if config.method == "sslpp":  # SSL++'s stages A, B, C (configs/sslpp.py)
+        from ssl_jax import stages
+        return stages.run(config, workdir)
     return in_training.pretrain_and_evaluate(config, workdir)
 
 

@@ -55,6 +55,9 @@ def run_fields(config, step: int, steps_per_epoch: int | None) -> dict:
     dssl = config.get("dssl")
     if dssl is not None and dssl.mode != "none":  # e.g. 'simsiam+dssl:ra(2,5)+jigsaw(4)', 'byol+repro'
         method += f"+{dssl.mode}" + (f":{dssl.heavy_policy}" if dssl.mode != "repro" else "")
+    sslpp = config.get("sslpp")
+    if sslpp is not None and sslpp.labels:  # SSL++'s semantic head on the proxy task: 'rotnet+sslpp'
+        method += "+sslpp"
     return {"method": method, "dataset": str(config.data.dataset), "backbone": backbone,
             "epochs": round(step / steps_per_epoch, 3) if steps_per_epoch else float("nan"),
             "step": int(step)}

@@ -1,0 +1,80 @@
+"""SSL++ (Chen et al., IEEE TIP; seed 002) as one staged run: stage A trains the IIC clusterer,
+stage B labels every training image once, stage C trains a proxy task with the semantic head V₂
+(L = L_s + λ·L_c; ssl_jax.methods.sslpp). ssl_jax.stages runs the stages.
+
+Command:
+    python -m ssl_jax.main --config=configs/sslpp.py[:PRESET] --workdir=DIR [--config.stage_a_workdir=IIC_DIR]
+    python -m ssl_jax.evaluate --config=configs/eval/layer_probe.py:nin_demo --workdir=DIR/stage_c
+
+DIR/stage_a (the clusterer, a normal workdir), DIR/stage_b_labels.npz (labels + fingerprint),
+DIR/stage_c (the backbone, a normal workdir for evaluate and export). Rerunning the command continues
+where it stopped: a stage with a results.json (A, C) or a labels file (B) is done; an unfinished one
+resumes from its own checkpoint. Override a stage's settings under its section, e.g.
+--config.stage_c.num_epochs=10 --config.stage_a.iic.num_overclusters=50.
+
+Presets: SCALE[_PROXY][_ABLATION].
+  SCALE    cifar10  the paper's recipe: stage A = configs/iic.py:sslpp (C = 70, the over-clustering
+                    head's best sub-head labels), stage C = the proxy's cifar10 preset (the paper's
+                    Table II NIN recipe). GPU-days for stage A at IIC's schedule; not run here.
+           demo     digits at 16 px: stage A = configs/iic.py:demo for 10 epochs (its 50-cluster
+                    over-clustering head), stage C = configs/rotnet.py:demo for 16 epochs.
+  PROXY    (none)   rotation (RotNet), λ = 0.05; V₂ on all four rotated copies (sslpp.view
+                    'all_copies': Eqs. 3-4 put both heads on the same inputs x_n, the rotated copies)
+           colorization, context_encoder (λ = 1), aet (λ = 0.05): V₂ on the features each method
+                    reports (sslpp.view 'features'; each method's docstring names them).
+  ABLATION (none)   IIC labels (Table IX's "Ours")
+           proxy_only     the proxy alone (no stage A or B, no V₂): the baseline of Tables III-V
+                          (λ = 0 with V₂ present: --config.stage_c.sslpp.weight=0)
+           semantic_only  L_s weighted 0: the pseudo-labels alone (Table XI, "SPL")
+           gt             the dataset's labels (C = its classes; no stage A) (Table XII)
+           random         seeded uniform labels over C classes (no stage A) (Table XII)
+"""
+import importlib
+
+import ml_collections
+
+PROXIES = {"rotnet": 0.05, "colorization": 1.0, "context_encoder": 1.0, "aet": 0.05}  # λ, seed 002 §IV-C
+ABLATIONS = ("proxy_only", "semantic_only", "gt", "random")
+PRESETS = tuple(f"{scale}{'' if p == 'rotnet' else '_' + p}{'_' + a if a else ''}"
+                for scale in ("cifar10", "demo") for p in PROXIES for a in ("",) + ABLATIONS)
+
+
+def _parse(preset: str) -> tuple:
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r} for configs/sslpp.py; use SCALE[_PROXY][_ABLATION], "
+                         f"one of: {', '.join(PRESETS)}.")
+    scale, _, rest = preset.partition("_")
+    ablation = next((a for a in ABLATIONS if rest == a or rest.endswith("_" + a)), "")
+    proxy = rest[:len(rest) - len(ablation)].rstrip("_") or "rotnet"
+    return scale, proxy, ablation
+
+
+def get_config(preset: str = "cifar10"):
+    scale, proxy, ablation = _parse(preset or "cifar10")
+    c = ml_collections.ConfigDict()
+    c.method = "sslpp"
+    c.stage_a = importlib.import_module("configs.iic").get_config("sslpp" if scale == "cifar10" else "demo")
+    # A finished IIC workdir to label with instead of training stage A ('' = train into DIR/stage_a).
+    c.stage_a_workdir = ""
+    # Stage B: where the labels come from ('iic', 'ground_truth', 'random', 'none' = no V₂), the IIC
+    # head ('overcluster': SSL++'s C = 70), the seed of 'random' and its C, the labelling batch.
+    c.stage_b = ml_collections.ConfigDict(dict(source="iic", head="overcluster", seed=0,
+                                               num_classes=c.stage_a.iic.num_overclusters, batch_size=256))
+    c.stage_c = importlib.import_module(f"configs.{proxy}").get_config(scale)
+    # labels and num_classes are filled in by the staged run from stage B's file.
+    c.stage_c.sslpp.update(dict(weight=PROXIES[proxy], view="all_copies" if proxy == "rotnet" else "features"))
+    if scale == "demo":
+        c.stage_a.num_epochs = 10  # a third of the IIC demo: the chain in a few minutes
+        c.stage_c.num_epochs = 16
+        if proxy == "rotnet":
+            c.stage_c.optimizer.decay_epochs = (10, 14)
+        c.stage_b.batch_size = 128
+    if ablation == "proxy_only":
+        c.stage_b.source = "none"
+    elif ablation == "semantic_only":
+        c.stage_c.sslpp.proxy_weight = 0.0
+    elif ablation == "gt":
+        c.stage_b.source = "ground_truth"
+    elif ablation == "random":
+        c.stage_b.source = "random"
+    return c

@@ -1,0 +1,112 @@
+"""SSL++'s staged run (configs/sslpp.py; `ssl_jax.main` calls `run` when config.method == 'sslpp').
+
+  A  the IIC clusterer: config.stage_a trained into DIR/stage_a (a normal workdir, resumed as any
+     run), or config.stage_a_workdir, a finished IIC run, used as it is;
+  B  every training example labelled once (ssl_jax.evaluate.iic.label_dataset: the best sub-head of
+     stage_b.head) into DIR/stage_b_labels.npz with the training set's fingerprint and stage A's step,
+     written atomically; or the dataset's labels ('ground_truth') or seeded random ones ('random');
+  C  config.stage_c (a proxy-task config) with config.stage_c.sslpp.labels pointing at that file,
+     trained into DIR/stage_c (a normal workdir: `python -m ssl_jax.evaluate` and `ssl_jax.export`
+     read it as any other).
+
+Rerunning the command continues where it stopped: a stage whose workdir holds results.json (written
+after its training and evaluation) is done; an unfinished one resumes from its checkpoint; stage B
+is skipped when its file exists with this run's fingerprint and source, and a file made otherwise
+(another training set, another label source or clusterer step) is one error, never overwritten.
+"""
+from __future__ import annotations
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from ssl_jax import pretrained as pretrained_lib
+from ssl_jax import storage
+from ssl_jax.data import pipeline, sources
+from ssl_jax.evaluate import in_training
+from ssl_jax.evaluate import iic as iic_eval
+from ssl_jax.methods import sslpp
+from ssl_jax.train.logging import console
+
+SOURCES = ("iic", "ground_truth", "random", "none")
+LABELS_FILE = "stage_b_labels.npz"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Stages A, B, C of SSL++ into `workdir`; the records of stage C."""
+    source = config.stage_b.source
+    if source not in SOURCES:
+        raise ValueError(f"config.stage_b.source={source!r}; choose one of {SOURCES}.")
+    stage_c = config.stage_c.copy_and_resolve_references()
+    storage.makedirs(workdir)
+    if source != "none":
+        stage_a_dir = stage_a(config, workdir) if source == "iic" else None
+        path = storage.join(workdir, LABELS_FILE)
+        num_classes = stage_b(config, stage_a_dir, path)
+        stage_c.sslpp.update(dict(labels=str(path), num_classes=num_classes))
+    return _stage(stage_c, storage.join(workdir, "stage_c"), "C (the proxy task + SSL++'s semantic head)")
+
+
+def _stage(config, workdir: str, what: str) -> list[dict]:
+    """A training stage: skipped when finished (its results.json), else trained / resumed."""
+    results = storage.join(workdir, "results.json")
+    if storage.exists(results):
+        console(f"Stage {what}: done ({results}).", flush=True)
+        return []
+    console(f"Stage {what} in {workdir}.", flush=True)
+    return in_training.pretrain_and_evaluate(config, workdir)
+
+
+def stage_a(config, workdir: str) -> str:
+    """The workdir of the finished IIC clusterer."""
+    if config.stage_a_workdir:
+        given = config.stage_a_workdir
+        run_config = pretrained_lib.load_run_config(given)
+        if run_config.get("method") != "iic" or not storage.exists(storage.join(given, "results.json")):
+            raise ValueError(f"config.stage_a_workdir={given!r} is not a finished IIC run (an IIC workdir "
+                             "with results.json); train one with configs/iic.py, or leave it '' to train "
+                             "stage A here.")
+        console(f"Stage A (IIC clusterer): using {given}.", flush=True)
+        return given
+    if config.stage_a.method != "iic":
+        raise ValueError(f"config.stage_a.method={config.stage_a.method!r}: stage A trains IIC (configs/iic.py).")
+    path = storage.join(workdir, "stage_a")
+    _stage(config.stage_a, path, "A (the IIC clusterer)")
+    return path
+
+
+def stage_b(config, stage_a_dir: str | None, path: str) -> int:
+    """The labels file at `path` (made unless present for this run); returns its C."""
+    b, data = config.stage_b, config.stage_c.data
+    fingerprint = sslpp.training_fingerprint(data)
+    pre = pretrained_lib.load_workdir(stage_a_dir, "online") if stage_a_dir else None
+    step = int(pre.run["step"]) if pre is not None else -1
+    if storage.exists(path):
+        stored = sslpp.read_labels(path)
+        sslpp.check_fingerprint(stored["fingerprint"], fingerprint, path)
+        if stored["source"] != b.source or stored["stage_a_step"] != step:
+            raise ValueError(f"{path} holds {stored['source']} labels (clusterer step {stored['stage_a_step']}), "
+                             f"but this run asks for {b.source} labels (clusterer step {step}). Use a new "
+                             "--workdir, or delete the file (and stage_c/) to relabel.")
+        console(f"Stage B (labels): done ({path}).", flush=True)
+        return int(stored["num_classes"])
+    console(f"Stage B (labels from {b.source}) into {path}.", flush=True)
+    if b.source == "iic":
+        if pre.config.data.dataset != data.dataset or pre.config.data.train_split != data.train_split:
+            raise ValueError(f"Stage A clustered {pre.config.data.dataset}:{pre.config.data.train_split} but "
+                             f"stage C trains on {data.dataset}:{data.train_split}; set both to one training set.")
+        out = iic_eval.label_dataset(pre, split=data.train_split, head=b.head, batch_size=int(b.batch_size))
+        labels, num_classes = out["labels"], out["num_classes"]
+    elif b.source == "ground_truth":
+        labels = pipeline.train_labels(data, process_index=0, process_count=1)
+        num_classes = int(sources.dataset_info(data.dataset, data.train_split, data.data_dir)["num_classes"])
+    else:  # random: uniform over C, a function of the seed alone
+        num_classes = int(b.num_classes)
+        labels = np.random.default_rng(int(b.seed)).integers(0, num_classes, fingerprint["num_examples"])
+    if jax.process_index() == 0:
+        sslpp.write_labels(path, labels, fingerprint, num_classes=num_classes, source=b.source, stage_a_step=step)
+    if jax.process_count() > 1:  # every process reads the file in stage C
+        multihost_utils.sync_global_devices("sslpp stage B")
+    return int(num_classes)
+
