@@ -88,3 +88,60 @@ def test_fingerprint_mismatch_is_one_clear_error(tmp_path):
     config.sslpp.weight = None
     with pytest.raises(ValueError, match="sslpp.weight"):
         build_method(config, total_steps=10, steps_per_epoch=5)
+
+
+def staged_config(preset="demo_random", steps=4):
+    """configs/sslpp.py at test size: stage C at batch 16 for `steps` steps, a checkpoint every 2,
+    evaluation by kNN only."""
+    from configs import sslpp as sslpp_config
+    c = sslpp_config.get_config(preset)
+    c.stage_c.global_batch_size = 16
+    c.stage_c.num_steps = steps
+    c.stage_c.log_every_steps = 2
+    c.stage_c.checkpoint.update(dict(every_steps=2, async_save=False))
+    c.stage_c.eval.update(dict(linear_probe=False, compare_random_init=False, batch_size=256))
+    c.stage_c.model.conv_backend = "xla"
+    return c
+
+
+def test_staged_run_skips_stage_b_and_resumes_stage_c(tmp_path):
+    """A rerun after stage C's first checkpoint (its last one and results.json removed, as a kill
+    after step 2 leaves it) resumes there, keeps stage B's file untouched, and ends with the state of
+    the uninterrupted run."""
+    import shutil
+
+    from ssl_jax import stages
+    from ssl_jax.train import checkpoint
+
+    config, workdir = staged_config(), str(tmp_path / "run")
+    stages.run(config, workdir)
+    labels_path = os.path.join(workdir, stages.LABELS_FILE)
+    labels_bytes, labels_mtime = open(labels_path, "rb").read(), os.stat(labels_path).st_mtime_ns
+    stored = sslpp.read_labels(labels_path)
+    assert stored["source"] == "random" and stored["fingerprint"] == dict(dataset="digits", split="train",
+                                                                         num_examples=1437)
+    stage_c = os.path.join(workdir, "stage_c")
+    final, step, _ = checkpoint.restore_raw(stage_c)
+    assert step == 4 and "semantic_head" in final["params"]
+    assert json_method(stage_c) == "rotnet+sslpp"
+
+    shutil.rmtree(os.path.join(stage_c, "checkpoints", "4"))
+    os.remove(os.path.join(stage_c, "results.json"))
+    stages.run(config, workdir)
+    assert open(labels_path, "rb").read() == labels_bytes and os.stat(labels_path).st_mtime_ns == labels_mtime
+    resumed, step, _ = checkpoint.restore_raw(stage_c)
+    assert step == 4
+    for a, b in zip(jax.tree.leaves(final["params"]), jax.tree.leaves(resumed["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # Stage B's file made for another label source is one error, not overwritten.
+    other = staged_config("demo_gt")
+    with pytest.raises(ValueError, match="holds random labels"):
+        stages.run(other, workdir)
+
+
+
+def json_method(workdir):
+    import json
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)["records"][0]["method"]
