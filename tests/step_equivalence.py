@@ -25,7 +25,7 @@ def tiny_config(name: str, resnet10: bool = True):
     `resnet10` is False (W-MSE: whitening over all 16; SwAV:
     a queue of one batch, in use from the second step). 'METHOD+MODE' (e.g. 'byol+dssl'): with
     config.dssl.mode = MODE (four views per image); 'dino_vit': DINO with a ViT-Ti/4 student
-    using stochastic depth."""
+    using stochastic depth; 'rotnet+sslpp': with SSL++'s semantic head (ssl_jax.methods.sslpp)."""
     method, _, mode = name.partition("+")
     if method == "dino_vit":  # DINO's ViT student with stochastic depth (a per-example rng)
         method, mode = "dino", ""
@@ -41,6 +41,10 @@ def tiny_config(name: str, resnet10: bool = True):
         if resnet10 and config.model.name == "resnet18":
             # One block per stage: the same layers and sharding, ~20% less compiling per method.
             config.model.name = "resnet10"
+    if mode == "sslpp":  # SSL++'s semantic head on all four copies, on synthetic digits labels
+        config.sslpp.update(dict(labels=sslpp_labels(config.data), num_classes=SSLPP_CLASSES, weight=0.05,
+                                 view="all_copies"))
+        mode = ""
     if mode:
         config.dssl.update(dict(mode=mode, beta=0.5, delta=0.5) if method != "moco_v2" else dict(mode=mode))
     config.global_batch_size = GLOBAL_BATCH
@@ -64,6 +68,21 @@ def tiny_config(name: str, resnet10: bool = True):
     if method == "swav":  # the queue joins the Sinkhorn normalisation from the second step
         config.swav.update(dict(queue_length=GLOBAL_BATCH, queue_start_epoch=0.0))
     return config
+
+
+SSLPP_CLASSES = 7
+
+
+def sslpp_labels(data_cfg) -> str:
+    """A labels file of seeded random labels for the config's training set (the digits), as stage B
+    writes it; the same bytes from every process that makes it (written atomically)."""
+    from ssl_jax.methods import sslpp
+    import tempfile
+    fingerprint = sslpp.training_fingerprint(data_cfg)
+    path = os.path.join(tempfile.gettempdir(), f"ssl_jax_sslpp_{fingerprint['dataset']}_labels.npz")
+    labels = np.random.default_rng(0).integers(0, SSLPP_CLASSES, fingerprint["num_examples"])
+    sslpp.write_labels(path, labels, fingerprint, num_classes=SSLPP_CLASSES, source="random")
+    return path
 
 
 def run(method: str, out_path: str) -> None:

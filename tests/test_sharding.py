@@ -12,8 +12,9 @@ from ssl_jax.methods import METHODS
 from tests.conftest import REPO_ROOT, device_env
 
 # DSSL's four-view objective on top of a predictive, a contrastive and a queue method (all
-# four Eq. 6 groups for BYOL and SimCLR); DINO with a ViT using stochastic depth.
-ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit"]
+# four Eq. 6 groups for BYOL and SimCLR); DINO with a ViT using stochastic depth; SSL++'s semantic
+# head on RotNet (its labels gathered by the sharded dataset indices).
+ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit", "rotnet+sslpp"]
 
 
 def _run(out_dir, devices: int):
