@@ -45,7 +45,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         path = storage.join(workdir, LABELS_FILE)
         num_classes = stage_b(config, stage_a_dir, path)
         stage_c.sslpp.update(dict(labels=str(path), num_classes=num_classes))
-    return _stage(stage_c, storage.join(workdir, "stage_c"), "C (the proxy task + SSL++'s semantic head)")
+    what = "C (the proxy task + SSL++'s semantic head)" if stage_c.sslpp.labels else "C (the proxy task alone)"
+    return _stage(stage_c, storage.join(workdir, "stage_c"), what)
 
 
 def _stage(config, workdir: str, what: str) -> list[dict]:
