@@ -98,7 +98,7 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
             raise ValueError(f"Stage A clustered {pre.config.data.dataset}:{pre.config.data.train_split} but "
                              f"stage C trains on {data.dataset}:{data.train_split}; set both to one training set.")
         out = iic_eval.label_dataset(pre, split=data.train_split, head=b.head, batch_size=int(b.batch_size))
-        labels, num_classes = out["labels"], out["num_classes"]
+        labels, num_classes = out["labels"], out["num_clusters"]
     elif b.source == "ground_truth":
         labels = pipeline.train_labels(data, process_index=0, process_count=1)
         num_classes = int(sources.dataset_info(data.dataset, data.train_split, data.data_dir)["num_classes"])
