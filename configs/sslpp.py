@@ -33,7 +33,9 @@ demo_aet, demo_proxy_only, demo_semantic_only, demo_gt, demo_random.
                     79.4%. At λ = 0.05 V₂ barely trains in 176 steps (its pseudo-label agreement
                     0.21; λ also scales V₂'s own gradient); at λ = 1 it reaches 0.63 and B4 no
                     longer falls below B3 by much: SSL++'s finding, at this scale only with a
-                    larger λ.
+                    larger λ. Label schemes at λ = 1, pooled kNN (k 20, T 0.07) / linear probe:
+                    ground truth (demo_gt) 95.8 / 98.3%, IIC 79.2 / 87.8%, random (demo_random)
+                    67.2 / 76.7%, rotation alone 64.4 / 78.1%, random init 79.2 / 86.9%.
   PROXY    (none)   rotation (RotNet), λ = 0.05; V₂ on all four rotated copies (sslpp.view
                     'all_copies': Eqs. 3-4 put both heads on the same inputs x_n, the rotated copies)
            colorization, context_encoder (λ = 1), aet (λ = 0.05): V₂ on the features each method
