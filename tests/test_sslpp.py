@@ -215,3 +215,23 @@ def test_sigkill_during_stage_c_then_rerun_matches_uninterrupted(tmp_path):
     strip = lambda ms: [{k: v for k, v in m.items() if "per_sec" not in k and "seconds" not in k} for m in ms]
     assert [m["step"] for m in metrics(ref)] == [m["step"] for m in metrics(run)] == list(range(1, KILL_STEPS + 1))
     assert strip(metrics(ref)) == strip(metrics(run))
+
+
+def test_ground_truth_labels_are_the_labels_stage_c_batches_carry(tmp_path):
+    """Stage B's 'ground_truth' file, indexed by a training batch's dataset indices, gives that batch's
+    labels (the file is in dataset-index order); 'random' labels are a function of the seed."""
+    from ssl_jax import stages
+    from ssl_jax.data import pipeline
+
+    config = staged_config("demo_gt")
+    path = str(tmp_path / "gt.npz")
+    assert stages.stage_b(config, None, path) == 10
+    labels = sslpp.read_labels(path)["labels"]
+    batch = next(pipeline.pretrain_iterator(config.stage_c.data, global_batch_size=64, seed=3, num_views=1))
+    np.testing.assert_array_equal(labels[batch["index"]], batch["label"])
+
+    config = staged_config("demo_random")
+    a, b = str(tmp_path / "r1.npz"), str(tmp_path / "r2.npz")
+    assert stages.stage_b(config, None, a) == stages.stage_b(config, None, b) == 50
+    assert open(a, "rb").read() == open(b, "rb").read()
+    assert len(np.unique(sslpp.read_labels(a)["labels"])) == 50
