@@ -186,9 +186,11 @@ def block_probe_records(ctx, blocks, heads=("nin_block",), labels_per_class=(0,)
                 trained = supervised.train_classifier(pre, make_batches, steps_per_epoch=spe, train_cfg=t,
                                                       num_classes=ctx.num_classes, mesh=ctx.mesh, seed=cfg.seed,
                                                       log=ctx.log, checkpoint_dir=ckpt_dir)
+                report = ctx.pass_reporter(f"{head} probe on block{block}: {data.dataset}:{data.test_split}",
+                                           data.test_split)
                 acc = supervised.classifier_accuracy(pre.encoder, trained["encoder"], trained["head"],
                                                      trained["head_variables"], ctx.batches(data.test_split),
-                                                     ctx.mesh)
+                                                     ctx.mesh, report)
                 out.append(("layer_probe", f"layer=block{block},probe={head}{labels}",
                             {f"{head}_top1": acc["top1"], f"{head}_top5": acc["top5"]}))
     return out

@@ -71,12 +71,15 @@ class Context:
         if (split, stages) not in self._features:
             encode = features_lib.make_encode_fn(self.pre.encoder, self.mesh, stages=stages)
             v = self.pre.variables
-            n = pipeline.num_eval_batches(self.data, split, self.cfg.batch_size)
-            report = logging_lib.pass_reporter(f"features of {self.data.dataset}:{split} ({self.pre.network})",
-                                               n, int(self.cfg.batch_size), self.log)
+            report = self.pass_reporter(f"features of {self.data.dataset}:{split} ({self.pre.network})", split)
             self._features[split, stages] = features_lib.extract_features(
                 encode, v["params"], v["batch_stats"], self.batches(split), self.mesh, report)
         return self._features[split, stages]
+
+    def pass_reporter(self, what: str, split: str):
+        """Progress lines of a pass over `split` at the protocol's batch size (silent when short)."""
+        n = pipeline.num_eval_batches(self.data, split, self.cfg.batch_size)
+        return logging_lib.pass_reporter(what, n, int(self.cfg.batch_size), self.log)
 
     def train_test_features(self, stages=False):
         train = self.features(self.data.train_split, stages)
@@ -147,8 +150,9 @@ def protocol_trained(ctx):
     trained = supervised.train_classifier(ctx.pre, make_batches, steps_per_epoch=spe, train_cfg=t,
                                           num_classes=ctx.num_classes, mesh=ctx.mesh, seed=cfg.seed,
                                           log=ctx.log, checkpoint_dir=ckpt_dir)
+    report = ctx.pass_reporter(f"{kind} classifier on {data.dataset}:{data.test_split}", data.test_split)
     acc = supervised.classifier_accuracy(ctx.pre.encoder, trained["encoder"], trained["head"],
-                                         trained["head_variables"], ctx.batches(data.test_split), ctx.mesh)
+                                         trained["head_variables"], ctx.batches(data.test_split), ctx.mesh, report)
     return [(kind, setting, acc)]
 
 

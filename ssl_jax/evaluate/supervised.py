@@ -186,11 +186,12 @@ def load_classifier(checkpoint_dir: str) -> dict:
             "encoder": encoder, "step": int(step)}
 
 
-def classifier_accuracy(encoder, encoder_variables, head, head_variables, batches, mesh) -> dict:
-    """Top-1 / top-5 of encoder + linear head over an eval iterator (inference mode)."""
+def classifier_accuracy(encoder, encoder_variables, head, head_variables, batches, mesh, report=None) -> dict:
+    """Top-1 / top-5 of encoder + linear head over an eval iterator (inference mode);
+    `report(done_batches)` as in features.extract_features (logging.pass_reporter)."""
     encode = features_lib.make_encode_fn(encoder, mesh)
     feats, labels = features_lib.extract_features(encode, encoder_variables["params"],
-                                                  encoder_variables["batch_stats"], batches, mesh)
+                                                  encoder_variables["batch_stats"], batches, mesh, report)
     logits = np.asarray(head.apply(head_variables, feats, train=False), np.float64)
     return topk_accuracy(logits, labels)
 

@@ -76,22 +76,24 @@ def _row_fns(mesh, num_rows: int):
             jax.jit(scatter, out_shardings=sharding, donate_argnums=0))
 
 
-def extract_features_on_device(feature_fn, params, batch_stats, batches, mesh, num_rows: int):
+def extract_features_on_device(feature_fn, params, batch_stats, batches, mesh, num_rows: int, report=None):
     """The pass of `extract_features` kept on the devices: a pytree of float32 [num_rows, ...]
     global arrays in dataset-index order, the example axis sharded like the batch (each device
     holds num_rows / devices rows; nothing is gathered on a host). Rows no example fills (past
     the split's size) are 0. For passes too large for a host (SeLa's N x heads x K
     log-probabilities at ImageNet scale). `num_rows` (>= the split's size) must split over the
-    batch's devices: a multiple of the global batch does."""
+    batch's devices: a multiple of the global batch does. `report` as in `extract_features`."""
     if num_rows % parallel.batch_shards(mesh):
         raise ValueError(f"extract_features_on_device: num_rows={num_rows} does not split over the "
                          f"{parallel.batch_shards(mesh)} devices of the batch axes.")
     zeros, scatter = _row_fns(mesh, int(num_rows))
     rows = None
-    for batch in batches:
+    for done, batch in enumerate(batches, 1):
         images, index, mask = (parallel.shard_batch(batch[k], mesh) for k in ("image", "index", "mask"))
         out = feature_fn(params, batch_stats, images)
         rows = scatter(zeros(out) if rows is None else rows, out, index, mask)
+        if report is not None:
+            report(done)
     if rows is None:
         raise ValueError("extract_features_on_device: the split gave no batch.")
     return rows

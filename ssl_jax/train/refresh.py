@@ -27,6 +27,7 @@ import numpy as np
 from ssl_jax import parallel
 from ssl_jax.data import pipeline, sources
 from ssl_jax.train import features as features_lib
+from ssl_jax.train import logging as logging_lib
 from ssl_jax.train import optim
 
 
@@ -71,11 +72,15 @@ def feature_pass(method, state, config, mesh):
     NumPy [N, ...], or, for a method with `refresh_features_on_device`, global device arrays
     [num_rows, ...] sharded over the example axis (never gathered on a host)."""
     fn = _feature_fn(method, mesh)
-    batches = pipeline.eval_iterator(config.data, config.data.train_split, global_batch_size=config.eval.batch_size)
+    data, batch_size = config.data, int(config.eval.batch_size)
+    batches = pipeline.eval_iterator(data, data.train_split, global_batch_size=batch_size)
+    # A line every 30 s on a long pass (ImageNet: minutes); silent on the demo's ~1 s.
+    report = logging_lib.pass_reporter(f"refresh features of {data.dataset}:{data.train_split}",
+                                       pipeline.num_eval_batches(data, data.train_split, batch_size), batch_size)
     if method.refresh_features_on_device:
         return features_lib.extract_features_on_device(fn, state.params, state.batch_stats, batches, mesh,
-                                                       method.num_rows)
-    features, _ = features_lib.extract_features(fn, state.params, state.batch_stats, batches, mesh)
+                                                       method.num_rows, report)
+    features, _ = features_lib.extract_features(fn, state.params, state.batch_stats, batches, mesh, report)
     return features
 
 
