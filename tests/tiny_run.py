@@ -40,7 +40,10 @@ def offline_training_set(config) -> None:
 
 def tiny_image_size(config, size: int) -> int:
     """`size`, or the smallest the preset's backbone takes when that is larger (AlexNet's
-    ImageNet layout: three unpadded max-pools need 63 px)."""
+    ImageNet layout: three unpadded max-pools need 63 px); the context encoder's own size (its
+    decoder is built for the central region of data.image_size px)."""
+    if config.method == "context_encoder":
+        return int(config.data.image_size)
     return max(size, 64) if config.model.name == "alexnet" and not config.model.cifar_stem else size
 
 
