@@ -15,7 +15,9 @@ Presets:
                      SSL++ Table III (NIN-block probe): 90.7 / 86.2 / 59.4 on B2 / B3 / B4; kNN K=10:
                      70.4 / 68.3 / 25.1 (paper numbers, not measured here).
   demo               scikit-learn digits at 16 px, ResNet-18 at width 1/8, batch 128, 32 epochs, SGD
-                     0.1 x 0.2 at epochs 20 and 28; crop (0.4, 1), no flip.
+                     0.1 x 0.2 at epochs 20 and 28; crop (0.4, 1), no flip. 2 CPU cores: 2 min 38 s
+                     with evaluation (2026-12-06, warm compilation cache); kNN / linear 0.778 / 0.881
+                     against 0.644 / 0.761 at random init.
 """
 from ssl_jax import presets as P
 

@@ -16,7 +16,9 @@ Presets:
   demo               scikit-learn digits at 16 px, ResNet-18 at width 1/8 (2x2 output map), batch 128,
                      32 epochs, Adam 0.01 x 0.1 at epochs 20 and 28, head width 64; crop (0.4, 1), no
                      flip. The digits are grey: every target is the ab bin at (0, 0), so the task is
-                     trivial here and the demo only shows the pipeline running (README: measured kNN).
+                     trivial here and the demo only shows the pipeline running: measured on 2 CPU
+                     cores (1 min 34 s with evaluation, 2026-12-06) it collapses, kNN / linear 0.281 /
+                     0.731 against 0.644 / 0.761 at random init. Colour images are needed to learn.
 """
 from ssl_jax import presets as P
 

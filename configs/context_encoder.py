@@ -17,7 +17,9 @@ Presets:
                      kNN K=10: 41.5 / 39.7 / 30.9 (paper numbers, not measured here).
   demo               scikit-learn digits at 16 px, ResNet-18 at width 1/8 (2x2 output map), batch 128,
                      32 epochs, SGD 0.1 x 0.1 at epochs 20 and 28, the central 8x8 region with a 1-px
-                     overlap band, decoder width 64; crop (0.4, 1), no flip.
+                     overlap band, decoder width 64; crop (0.4, 1), no flip. 2 CPU cores: 1 min 11 s
+                     with evaluation (2026-12-06, warm compilation cache); kNN / linear 0.858 / 0.928
+                     against 0.644 / 0.761 at random init.
 """
 from ssl_jax import presets as P
 
