@@ -154,11 +154,8 @@ def block_probe_records(ctx, blocks, heads=("nin_block",), labels_per_class=(0,)
     A few-label run keeps probe_train.epochs over its subset, so it takes fewer steps (SSL++ does
     not give its few-label schedule): 20 labels per class at batch 128 is 1 step per epoch."""
     cfg, lp = ctx.cfg, ctx.cfg.layer_probe
-    if not ctx.data.views:
-        raise ValueError("layer_probe.probe_blocks: config.data.views is empty and the source run has none; "
-                         "set config.data.views to the probe's training augmentation.")
-    data = ml_collections.ConfigDict(ctx.data.to_dict())
-    data.views = [ctx.data.views[0]]
+    data = ctx.train_view_data("layer_probe.probe_blocks: config.data.views is empty and the source run has "
+                               "none; set config.data.views to the probe's training augmentation.")
     t = probe_train_config(lp.probe_train)
     out = []
     for n in labels_per_class:

@@ -76,6 +76,15 @@ class Context:
                 encode, v["params"], v["batch_stats"], self.batches(split), self.mesh, report)
         return self._features[split, stages]
 
+    def train_view_data(self, empty_message: str):
+        """The data config with one view, the protocol's training augmentation (the first of
+        data.views); ValueError(empty_message) when data.views is empty."""
+        if not self.data.views:
+            raise ValueError(empty_message)
+        data = ml_collections.ConfigDict(self.data.to_dict())
+        data.views = [self.data.views[0]]
+        return data
+
     def pass_reporter(self, what: str, split: str):
         """Progress lines of a pass over `split` at the protocol's batch size (silent when short)."""
         n = pipeline.num_eval_batches(self.data, split, self.cfg.batch_size)
@@ -119,11 +128,8 @@ def protocol_linear_cached(ctx):
 def protocol_trained(ctx):
     """Linear evaluation or fine-tuning, on all labels or a class-balanced fraction."""
     t, cfg = ctx.cfg.train, ctx.cfg
-    if not ctx.data.views:
-        raise ValueError("config.data.views is empty: the linear / fine-tuning protocols need their "
-                         "training augmentation (see presets.eval_train_view).")
-    data = ml_collections.ConfigDict(ctx.data.to_dict())
-    data.views = [ctx.data.views[0]]
+    data = ctx.train_view_data("config.data.views is empty: the linear / fine-tuning protocols need their "
+                               "training augmentation (see presets.eval_train_view).")
     fraction = float(t.label_fraction)
     if fraction < 1.0:
         indices = pipeline.class_balanced_subset(pipeline.train_labels(data), fraction, cfg.seed)
