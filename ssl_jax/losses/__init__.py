@@ -29,15 +29,18 @@ collectives). Stop-gradients that belong to the loss are applied inside it.
 | `iic(p1, p2, eps=2.220446049250313e-16)` | p1, p2 [N, C] softmax outputs of two views; P = Σ_i p1_i p2_iᵀ, symmetrised (P + Pᵀ)/2, divided by its sum; marginals Pr, Pc from P; then P, Pr, Pc clamped below at eps; returns −Σ P·(log P − log Pr − log Pc) (= −I, to minimise; 0 ≤ I ≤ ln C) |
 | `colorization(logits, targets, weights=None)` | Zhang et al. 2016 Eq. 2: per-pixel logits [..., Q], soft targets [..., Q] (`soft_encode`: 5 nearest ab bins, Gaussian σ 5), optional rebalancing weights [Q] (`rebalance_weights`); mean over pixels of −w[argmax Z]·Σ_q Z_q log softmax(logits)_q |
 | `context_encoder(pred, target, weight=None)` | Pathak et al. 2016, L2 only: mean of weight[h, w]·(pred − target)² over [N, h, w, C] (10 on the overlap band, 1 in the hole) |
+| `soft_cross_entropy(logits, targets, temperature=0.1, normalize=True)` | FUSSL's phase 2: mean over n of −Σ_j y_nj·log softmax(ℓ_n/T)_j, ℓ the projector output [N, D] (L2-normalised first when `normalize`), targets [N, D] rows summing to 1 |
 | `aet(pred, target)` | AET (Zhang et al. 2019): mean over n of ½·‖pred_n − target_n‖² (the free entries of the transformation matrix) |
 
 Helpers with the same conventions: `l2_normalize`, `cosine_similarity`, `neg_cosine`
 (D(p, y) = −cos(p, stop_grad(y)), the D term of DSSL), `whiten`, `carp_permutation`, `soft_encode`,
-`rebalance_weights` (colorization's targets and weights).
+`rebalance_weights` (colorization's targets and weights); FUSSL's pseudo-labels `fuzzy_labels`,
+`dense_labels`, `block_errors` (ssl_jax.losses.fuzzy).
 A new loss is added here with the same conventions, its equation and source in its docstring.
 """
 from ssl_jax.losses.contrastive import info_nce, nt_xent
 from ssl_jax.losses.directional import directional, neg_cosine
+from ssl_jax.losses.fuzzy import block_errors, dense_labels, fuzzy_labels, soft_cross_entropy
 from ssl_jax.losses.iic import iic
 from ssl_jax.losses.prototypes import carl, carp, carp_permutation, dino, sinkhorn, swav
 from ssl_jax.losses.proxy import aet, colorization, context_encoder, rebalance_weights, soft_encode
@@ -50,4 +53,5 @@ __all__ = ["byol", "simsiam", "cosine_similarity", "l2_normalize", "nt_xent", "i
            "barlow_twins", "vicreg", "whiten", "wmse", "sinkhorn", "swav", "dino", "carl", "carp",
            "carp_permutation", "directional", "neg_cosine", "deepcluster_v2", "self_label",
            "hierarchical_cross_entropy", "rotation_cross_entropy", "iic",
-           "colorization", "context_encoder", "aet", "soft_encode", "rebalance_weights"]
+           "colorization", "context_encoder", "aet", "soft_encode", "rebalance_weights",
+           "soft_cross_entropy", "fuzzy_labels", "dense_labels", "block_errors"]
