@@ -25,7 +25,7 @@ from ssl_jax import parallel
 from ssl_jax import pretrained as pretrained_lib
 from ssl_jax import presets
 from ssl_jax.data import pipeline
-from ssl_jax.methods import build_method
+from ssl_jax.methods import build_method, ensemble
 from ssl_jax.train import loop, refresh
 from ssl_jax.train import step as step_lib
 from ssl_jax.train.optim import build_optimizer
@@ -185,6 +185,7 @@ def pretrained_of(training: Training, state: TrainState, network: str = "default
     `save_pretrained` and the export formats. `network`: 'default' (the method paper's choice:
     DINO's teacher, else online), 'online' or 'target' (the momentum copy)."""
     method = training.method
+    state = ensemble.evaluated_state(method, state)  # an ensemble: its config.ensemble.eval_block
     network = method.evaluated_network if network == "default" else network
     if network == "online":
         params, stats = state.params, state.batch_stats

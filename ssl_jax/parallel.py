@@ -113,14 +113,22 @@ def state_sharding(state: Any, mesh: Mesh) -> Any:
     """Sharding for every leaf of the train state (arrays or ShapeDtypeStructs): replicated
     over `data`, split by `fsdp_spec` over `fsdp`; per-example arrays (under a
     PER_EXAMPLE_KEY dict: example axis first) split along that axis like the batch, when it
-    divides."""
+    divides.
+
+    An ensemble's state (ssl_jax.methods.ensemble.EnsembleState) names in `stacked_fields` the
+    fields whose leaves carry a leading block axis: that axis is never split (every device holds
+    every block, each block's step is the 1-block step), and the rules above apply to the rest
+    of the leaf's shape, so FSDP splits a real parameter axis."""
     fsdp, shards = mesh.shape[FSDP_AXIS], batch_shards(mesh)
+    stacked = tuple(getattr(state, "stacked_fields", ()))
 
     def sharding(path, x):
-        shape = tuple(np.shape(x))
+        shape, lead = tuple(np.shape(x)), ()
+        if stacked and path and getattr(path[0], "name", None) in stacked:
+            shape, lead = shape[1:], (None,)
         if _is_per_example(path) and shape and shape[0] % shards == 0:
-            return NamedSharding(mesh, P(BATCH_AXES))
-        return NamedSharding(mesh, fsdp_spec(shape, fsdp))
+            return NamedSharding(mesh, P(*lead, BATCH_AXES))
+        return NamedSharding(mesh, P(*lead, *fsdp_spec(shape, fsdp)))
 
     return jax.tree_util.tree_map_with_path(sharding, state)
 

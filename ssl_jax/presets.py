@@ -115,6 +115,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.sslpp = ml_collections.ConfigDict(dict(
         labels="", num_classes=70, weight=ml_collections.FieldReference(None, field_type=float),
         proxy_weight=1.0, head_hidden_dim=0, view="features"))
+    # An ensemble of `size` identically initialised copies of the method trained as one program
+    # (FUSSL's phase 1; ssl_jax.methods.ensemble); 1 = the method alone. eval_block: the block
+    # that evaluation and export read.
+    c.ensemble = ml_collections.ConfigDict(dict(size=1, eval_block=0))
     # Devices used (-1: all) as a (data, fsdp) mesh; data=-1 takes what fsdp leaves. fsdp > 1
     # shards params and optimizer state over that axis (ssl_jax.parallel); the batch is split
     # over both axes either way.

@@ -20,6 +20,7 @@ import ml_collections
 from ssl_jax import presets
 from ssl_jax import results as results_lib
 from ssl_jax import storage
+from ssl_jax.methods import ensemble
 from ssl_jax.models import build_encoder
 from ssl_jax.train import checkpoint
 
@@ -141,6 +142,7 @@ def load_workdir(workdir: str, network: str = "default", step: int | None = None
         raise ValueError(f"network={network!r}; choose one of {NETWORKS}.")
     config = load_run_config(workdir)
     state, step, meta = checkpoint.restore_raw(workdir, step)
+    state = ensemble.checkpoint_block(state, config)  # an ensemble's config.ensemble.eval_block
     if network == "default":
         network = default_network(config)
     params, stats = _network_trees(state, "online" if network == "random_init" else network)

@@ -58,6 +58,9 @@ def run_fields(config, step: int, steps_per_epoch: int | None) -> dict:
     sslpp = config.get("sslpp")
     if sslpp is not None and sslpp.labels:  # SSL++'s semantic head on the proxy task: 'rotnet+sslpp'
         method += "+sslpp"
+    blocks = config.get("ensemble")
+    if blocks is not None and int(blocks.size) > 1:  # one block of an ensemble: 'simclr+ensemble3'
+        method += f"+ensemble{int(blocks.size)}"
     return {"method": method, "dataset": str(config.data.dataset), "backbone": backbone,
             "epochs": round(step / steps_per_epoch, 3) if steps_per_epoch else float("nan"),
             "step": int(step)}

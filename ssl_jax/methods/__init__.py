@@ -17,7 +17,7 @@ import pkgutil
 
 import ml_collections
 
-from ssl_jax.methods import dssl, sslpp
+from ssl_jax.methods import dssl, ensemble, sslpp
 from ssl_jax.methods.base import JointEmbeddingMethod
 
 
@@ -39,11 +39,13 @@ METHODS = _registered()
 
 
 def build_method(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int | None = None):
-    """The method object named by config.method, wrapped as config.dssl asks (ssl_jax.methods.dssl)
-    and with SSL++'s semantic head where config.sslpp.labels is set (ssl_jax.methods.sslpp)
+    """The method object named by config.method, wrapped as config.dssl asks (ssl_jax.methods.dssl),
+    with SSL++'s semantic head where config.sslpp.labels is set (ssl_jax.methods.sslpp), and as an
+    ensemble of config.ensemble.size blocks where it is > 1 (ssl_jax.methods.ensemble)
     (steps_per_epoch: for epoch-based settings; default total_steps / num_epochs)."""
     if config.method not in METHODS:
         raise ValueError(f"Unknown method {config.method!r}; known methods: {sorted(METHODS)}. "
                          "Use one of the configs in configs/.")
-    return sslpp.wrap(dssl.wrap(METHODS[config.method](config, total_steps, steps_per_epoch), config.dssl),
-                      config)
+    method = sslpp.wrap(dssl.wrap(METHODS[config.method](config, total_steps, steps_per_epoch), config.dssl),
+                        config)
+    return ensemble.wrap(method, config)

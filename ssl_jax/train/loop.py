@@ -20,7 +20,7 @@ from ssl_jax import monitors, parallel
 from ssl_jax import results as results_lib
 from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
-from ssl_jax.methods import build_method
+from ssl_jax.methods import build_method, ensemble
 from ssl_jax.train import checkpoint, preemption, refresh, resumable
 from ssl_jax.train import workdir as workdir_lib
 from ssl_jax.train import step as step_lib
@@ -145,6 +145,8 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
     mesh = parallel.mesh_from_config(config.mesh)
     info, spe, n_steps, method, optimizer, lr_schedule = build(config, mesh)
     this_run = Run(config, mesh, method, info["num_classes"], spe, n_steps)
+    # What the evaluation sees: an ensemble's config.ensemble.eval_block as a 1-block run.
+    eval_run = dataclasses.replace(this_run, method=ensemble.block_method(method))
     is_main = jax.process_index() == 0
     if is_main:
         storage.write_file(storage.join(workdir, "config.json"), run_record(config, method))
@@ -224,7 +226,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
         nonlocal last_logged, collapse_reported
         if evaluator is not None:
             t_eval = time.perf_counter()
-            metrics = dict(metrics, **evaluator.during(this_run, state, done))
+            metrics = dict(metrics, **evaluator.during(eval_run, ensemble.evaluated_state(method, state), done))
             progress.exclude(time.perf_counter() - t_eval)
             eval_seconds[0] += time.perf_counter() - t_eval
         metrics = dict(metrics, **refresh_metrics)
@@ -256,7 +258,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
             # Training is over and checkpointed: a SIGTERM now ends with the usual message and
             # exit code 75 (not silently), and the rerun evaluates the final checkpoint.
             with preemption.sigterm_stops_evaluation(done):
-                records += evaluator.after(this_run, state)
+                records += evaluator.after(eval_run, ensemble.evaluated_state(method, state))
     finally:  # also on a preemption or an error: metrics files flushed
         writer.close()
     return records

@@ -3,6 +3,9 @@
 train_step(state, batch) -> (state, metrics): method loss + online linear probe -> grads
 -> optax -> the method's post-update (EMA, queue, centre). Compiled once by `compile_step`
 with jax.jit over the mesh; schedules are evaluated inside from state.step.
+
+An ensemble (config.ensemble.size > 1, ssl_jax.methods.ensemble) is the 1-block state stacked
+and the 1-block step vmapped over its blocks: the two hooks below.
 """
 from typing import Any, Callable
 
@@ -13,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from ssl_jax import parallel
+from ssl_jax.methods import ensemble
 from ssl_jax.monitors import collapse_std
 from ssl_jax.train.state import TrainState
 
@@ -44,7 +48,11 @@ def init_key(rng: jax.Array) -> jax.Array:
 
 def create_state(method, optimizer: optax.GradientTransformation, rng: jax.Array,
                  sample_images: jax.Array, num_classes: int) -> TrainState:
-    """Initial state: method params/stats/state, the probe, optimizer state, step 0."""
+    """Initial state: method params/stats/state, the probe, optimizer state, step 0 (an
+    ensemble: one block's, copied into every block)."""
+    if ensemble.num_blocks(method) > 1:
+        one = create_state(ensemble.block_method(method), optimizer, rng, sample_images, num_classes)
+        return method.stack_state(one)
     init_rng, probe_rng, run_rng = jax.random.split(rng, 3)
     params, batch_stats, method_state = method.init(init_key(init_rng), sample_images)
     params["probe"] = PROBE(num_classes).init(
@@ -55,7 +63,10 @@ def create_state(method, optimizer: optax.GradientTransformation, rng: jax.Array
 
 def make_train_step(method, optimizer: optax.GradientTransformation,
                     lr_schedule: Callable[[Any], Any], num_classes: int):
-    """The pure step function for `method` (not yet compiled)."""
+    """The pure step function for `method` (not yet compiled; an ensemble's: its block's, vmapped)."""
+    if ensemble.num_blocks(method) > 1:
+        return method.vmap_step(make_train_step(ensemble.block_method(method), optimizer, lr_schedule,
+                                                num_classes))
 
     def loss_fn(params, state: TrainState, batch, rng):
         loss, aux = method.loss(params, state.batch_stats, state.method_state, batch, rng, state.step)
