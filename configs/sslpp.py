@@ -14,8 +14,8 @@ resumes from its own checkpoint. Override a stage's settings under its section, 
 
 Presets: SCALE[_PROXY] and SCALE[_ABLATION] (the ablations on rotation, as the paper's Tables IX, XI,
 XII): cifar10, cifar10_colorization, cifar10_context_encoder, cifar10_aet, cifar10_proxy_only,
-cifar10_semantic_only, cifar10_gt, cifar10_random; demo, demo_colorization, demo_context_encoder,
-demo_aet, demo_proxy_only, demo_semantic_only, demo_gt, demo_random.
+cifar10_semantic_only, cifar10_gt, cifar10_random, cifar10_kmeans; demo, demo_colorization,
+demo_context_encoder, demo_aet, demo_proxy_only, demo_semantic_only, demo_gt, demo_random, demo_kmeans.
   SCALE    cifar10  the paper's recipe: stage A = configs/iic.py:sslpp (C = 70, the over-clustering
                     head's best sub-head labels), stage C = the proxy's cifar10 preset (the paper's
                     Table II NIN recipe). One GPU; stage A at IIC's schedule takes GPU-days; the
@@ -44,15 +44,19 @@ demo_aet, demo_proxy_only, demo_semantic_only, demo_gt, demo_random.
            proxy_only     rotation alone (no stage A or B, no V₂): the baseline of Tables III-V, in
                           the same stage-C schedule (λ = 0 with V₂ present: --config.stage_c.sslpp.weight=0)
            semantic_only  L_s weighted 0: the pseudo-labels alone (Table XI, "SPL")
-           gt             the dataset's labels (C = its classes; no stage A) (Table XII)
-           random         seeded uniform labels over C classes (no stage A) (Table XII)
+           gt             the dataset's labels (C = its classes; no stage A) (Table IX)
+           random         seeded uniform labels over C classes (no stage A) (Table IX)
+           kmeans         PCA + k-means on the pixels (no stage A) (Table IX's "K-means"): the
+                          training images' evaluation views projected on 256 principal
+                          components (not whitened), k-means++ then Lloyd with K = C (70; the
+                          demo's 50), seeded by stage_b.seed (ssl_jax.stages.kmeans_labels)
 """
 import importlib
 
 import ml_collections
 
 PROXIES = {"rotnet": 0.05, "colorization": 1.0, "context_encoder": 1.0, "aet": 0.05}  # λ, seed 002 §IV-C
-ABLATIONS = ("proxy_only", "semantic_only", "gt", "random")
+ABLATIONS = ("proxy_only", "semantic_only", "gt", "random", "kmeans")
 PRESETS = tuple(f"{scale}{'_' + v if v else ''}" for scale in ("cifar10", "demo")
                 for v in ("",) + tuple(p for p in PROXIES if p != "rotnet") + ABLATIONS)
 
@@ -72,10 +76,13 @@ def get_config(preset: str = "cifar10"):
     c.stage_a = importlib.import_module("configs.iic").get_config("sslpp" if scale == "cifar10" else "demo")
     # A finished IIC workdir to label with instead of training stage A ('' = train into DIR/stage_a).
     c.stage_a_workdir = ""
-    # Stage B: where the labels come from ('iic', 'ground_truth', 'random', 'none' = no V₂), the IIC
-    # head ('overcluster': SSL++'s C = 70), the seed of 'random' and its C, the labelling batch.
+    # Stage B: where the labels come from ('iic', 'ground_truth', 'random', 'kmeans', 'none' = no V₂),
+    # the IIC head ('overcluster': SSL++'s C = 70), the seed and C of 'random' and 'kmeans', the
+    # labelling batch; 'kmeans' only: principal components kept, whitening, Lloyd iterations
+    # (ssl_jax.stages.kmeans_labels says why these defaults; the paper gives none).
     c.stage_b = ml_collections.ConfigDict(dict(source="iic", head="overcluster", seed=0,
-                                               num_classes=c.stage_a.iic.num_overclusters, batch_size=256))
+                                               num_classes=c.stage_a.iic.num_overclusters, batch_size=256,
+                                               pca_dim=256, whiten=False, kmeans_iters=300))
     c.stage_c = importlib.import_module(f"configs.{proxy}").get_config(scale)
     # labels and num_classes are filled in by the staged run from stage B's file.
     c.stage_c.sslpp.update(dict(weight=PROXIES[proxy], view="all_copies" if proxy == "rotnet" else "features"))
@@ -93,4 +100,6 @@ def get_config(preset: str = "cifar10"):
         c.stage_b.source = "ground_truth"
     elif ablation == "random":
         c.stage_b.source = "random"
+    elif ablation == "kmeans":
+        c.stage_b.source = "kmeans"
     return c

@@ -11,7 +11,8 @@ App. A; cosine k-means on unit vectors): spherical (cosine) k-means, row-chunked
 the empty-cluster split rule of Faiss' k-means.
 
 PCA: `pca_whiten` is DeepCluster's feature preprocessing (Faiss PCAMatrix with eigen_power=-0.5,
-then row L2 normalisation).
+then row L2 normalisation); `pca_project` the plain (unwhitened) projection, SSL++'s reduction of
+raw pixels before k-means (ssl_jax.stages, label source 'kmeans').
 
 Nothing here is device specific: `features` may be a jax.Array sharded over its first axis and
 XLA inserts the cross-device reductions (no shard_map, no host round trip inside).
@@ -337,8 +338,9 @@ def kmeans(features, num_clusters: int, *, num_iters: int = 100, num_restarts: i
 
 # ---------------------------------------------------------------- whitened PCA
 
-@functools.partial(jax.jit, static_argnames=("dim",))
-def _pca_whitening(features, eps, *, dim):
+def _pca_basis(features, dim: int):
+    """(mean [D], eigenvalues [dim] descending, eigenvectors [D, dim]) of the biased covariance,
+    each eigenvector signed so that its largest-|value| entry is positive."""
     x = features.astype(jnp.float32)
     mean = jnp.mean(x, axis=0)
     x = x - mean
@@ -347,7 +349,30 @@ def _pca_whitening(features, eps, *, dim):
     evals, evecs = evals[::-1][:dim], evecs[:, ::-1][:, :dim]
     # Eigenvectors are defined up to sign: make each one's largest-|value| entry positive.
     pivot = jnp.take_along_axis(evecs, jnp.argmax(jnp.abs(evecs), axis=0)[None], axis=0)[0]
-    evecs = evecs * jnp.where(pivot < 0, -1.0, 1.0)[None]
+    return mean, evals, evecs * jnp.where(pivot < 0, -1.0, 1.0)[None]
+
+
+@functools.partial(jax.jit, static_argnames=("dim",))
+def _pca_projection(features, *, dim):
+    mean, _, evecs = _pca_basis(features, dim)
+    return jnp.dot(features.astype(jnp.float32) - mean, evecs, precision=_HIGHEST)
+
+
+def pca_project(features, dim: int) -> jax.Array:
+    """[N, dim] float32: the rows' coordinates on the top `dim` principal components of
+    `features` (fitted on them; not whitened, so squared distances are those of the rows
+    projected on the principal subspace), components ordered and signed as in `pca_whitening`."""
+    shape = features.shape if hasattr(features, "shape") else np.shape(features)
+    if len(shape) != 2:
+        raise ValueError(f"pca_project: features must be 2-D [N, D]; got shape {tuple(shape)}.")
+    if not 1 <= dim <= shape[1]:
+        raise ValueError(f"pca_project: dim must be in [1, D={shape[1]}]; got {dim}.")
+    return _pca_projection(jnp.asarray(features), dim=int(dim))
+
+
+@functools.partial(jax.jit, static_argnames=("dim",))
+def _pca_whitening(features, eps, *, dim):
+    mean, evals, evecs = _pca_basis(features, dim)
     # Clamp below at eps times the largest eigenvalue (and the smallest normal float32, for
     # constant input): a null direction of rank-deficient features would otherwise divide
     # noise by ~0.

@@ -4,7 +4,8 @@
      run), or config.stage_a_workdir, a finished IIC run, used as it is;
   B  every training example labelled once (ssl_jax.evaluate.iic.label_dataset: the best sub-head of
      stage_b.head) into DIR/stage_b_labels.npz with the training set's fingerprint and stage A's step,
-     written atomically; or the dataset's labels ('ground_truth') or seeded random ones ('random');
+     written atomically; or the dataset's labels ('ground_truth'), seeded random ones ('random'), or
+     PCA + k-means on the pixels ('kmeans': `kmeans_labels`, Table IX's "K-means");
   C  config.stage_c (a proxy-task config) with config.stage_c.sslpp.labels pointing at that file,
      trained into DIR/stage_c (a normal workdir: `python -m ssl_jax.evaluate` and `ssl_jax.export`
      read it as any other).
@@ -17,10 +18,12 @@ is skipped when its file exists with this run's fingerprint and source, and a fi
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from ssl_jax import clustering
 from ssl_jax import pretrained as pretrained_lib
 from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
@@ -29,7 +32,7 @@ from ssl_jax.evaluate import iic as iic_eval
 from ssl_jax.methods import sslpp
 from ssl_jax.train.logging import console
 
-SOURCES = ("iic", "ground_truth", "random", "none")
+SOURCES = ("iic", "ground_truth", "random", "kmeans", "none")
 LABELS_FILE = "stage_b_labels.npz"
 
 
@@ -102,6 +105,14 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
     elif b.source == "ground_truth":
         labels = pipeline.train_labels(data, process_index=0, process_count=1)
         num_classes = int(sources.dataset_info(data.dataset, data.train_split, data.data_dir)["num_classes"])
+    elif b.source == "kmeans":
+        result = kmeans_labels(training_pixels(data, int(b.batch_size)), int(b.num_classes),
+                               pca_dim=int(b.pca_dim), whiten=bool(b.whiten), seed=int(b.seed),
+                               num_iters=int(b.kmeans_iters))
+        labels, num_classes = np.asarray(result.assignments), int(b.num_classes)
+        console(f"Stage B: k-means on {b.pca_dim} principal components of the pixels: "
+                f"{len(np.unique(labels))} of {num_classes} clusters used, {result.num_iters} iterations.",
+                flush=True)
     else:  # random: uniform over C, a function of the seed alone
         num_classes = int(b.num_classes)
         labels = np.random.default_rng(int(b.seed)).integers(0, num_classes, fingerprint["num_examples"])
@@ -111,3 +122,43 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
         multihost_utils.sync_global_devices("sslpp stage B")
     return int(num_classes)
 
+
+
+def training_pixels(data, batch_size: int) -> np.ndarray:
+    """[N, S·S·3] float32: every training image's evaluation view (centre crop at data.image_size,
+    normalised by data.mean / data.std as every view the network sees), flattened, in
+    dataset-index order (the order of the labels file)."""
+    n = sslpp.training_fingerprint(data)["num_examples"]
+    out = None
+    for batch in pipeline.eval_iterator(data, data.train_split, global_batch_size=batch_size,
+                                        process_index=0, process_count=1):
+        keep = batch["mask"]
+        rows = batch["image"][keep].reshape(int(keep.sum()), -1)
+        if out is None:
+            out = np.zeros((n, rows.shape[1]), np.float32)
+        out[batch["index"][keep]] = rows
+    return out
+
+
+def kmeans_labels(pixels, num_clusters: int, *, pca_dim: int, whiten: bool = False, seed: int = 0,
+                  num_iters: int = 300):
+    """SSL++'s "K-means" label scheme (seed 002, Table IX: "PCA to make dimension reduction of
+    original high-dimensional image data to perform stable k-means clustering"): the rows
+    projected on their top `pca_dim` principal components (ssl_jax.clustering.pca_project; with
+    `whiten`, DeepCluster's whitened PCA + L2 normalisation instead, clustering.pca_whiten), then
+    k-means with K = num_clusters (k-means++ seeding with scikit-learn's greedy trials, at most
+    `num_iters` Lloyd iterations: scikit-learn's defaults), deterministic in `seed`.
+    Returns the ssl_jax.clustering.KMeansResult (assignments [N] in the rows' order).
+
+    The paper gives neither the PCA dimension nor K nor whether PCA whitens. Defaults
+    (configs/sslpp.py): K = the IIC labels' C (70: the same V₂ as "Ours", so only the labels
+    differ), 256 components (DeepCluster's, the paper's coupled ablation "follows [20]"; CIFAR-10's
+    top 256 pixel components hold most of its variance), no whitening: the text describes a
+    dimension reduction only, and whitening raw pixels would give the many low-variance (noise)
+    directions the weight of the dominant ones."""
+    pixels = jnp.asarray(pixels, jnp.float32)
+    if pca_dim > pixels.shape[1]:
+        raise ValueError(f"config.stage_b.pca_dim={pca_dim} exceeds the {pixels.shape[1]} pixel values of an "
+                         "image; lower --config.stage_b.pca_dim.")
+    x = clustering.pca_whiten(pixels, pca_dim) if whiten else clustering.pca_project(pixels, pca_dim)
+    return clustering.kmeans(x, num_clusters, num_iters=num_iters, seed=seed)
