@@ -20,7 +20,7 @@ import pytest
 
 from ssl_jax import cli, presets
 from ssl_jax.train import workdir as workdir_lib
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, device_env
 
 STEPS = 4
 
@@ -429,3 +429,124 @@ def test_unknown_dataset_is_named_as_unknown(monkeypatch):
         sources.dataset_info("cifar_10", "train")
     with pytest.raises(FileNotFoundError, match="data_dir"):  # a real name: the data_dir is the problem
         sources.dataset_info("cifar10", "train", "/nonexistent/tfds")
+
+
+# ------------------------------------------------ SIGTERM during the evaluation of 2 processes
+
+# The evaluation batch of the 2-process case: ~57 feature batches (digits' 1437 + 360 examples),
+# so a signal sent when the evaluation starts lands well inside it.
+EVAL_BATCH = 32
+
+
+def _cli_flags() -> list[str]:
+    """_config(eval.batch_size=EVAL_BATCH) as command-line flags."""
+    return ["--config=configs/byol.py:demo", "--config.global_batch_size=16", f"--config.num_steps={STEPS}",
+            "--config.log_every_steps=2", "--config.checkpoint.every_steps=2",
+            "--config.optimizer.warmup_epochs=0.05", "--config.eval.linear_probe=False",
+            "--config.eval.compare_random_init=False", f"--config.eval.batch_size={EVAL_BATCH}"]
+
+
+def _two_processes(workdir, logs) -> list[subprocess.Popen]:
+    """python -m ssl_jax.main in 2 processes x 1 CPU device joined by jax.distributed (the
+    commands launch/local_multiprocess.sh runs); process 0's stdout piped, stderr into logs/."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.makedirs(logs, exist_ok=True)
+    procs = []
+    for i in range(2):
+        with open(os.path.join(logs, f"process_{i}.err"), "w") as err:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "ssl_jax.main", f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}", *_cli_flags(), f"--workdir={workdir}"],
+                cwd=REPO_ROOT, env=device_env(1), stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+                stderr=err, text=True))
+    return procs
+
+
+def test_sigterm_during_final_evaluation_of_two_processes(trained, run_copy, tmp_path, capsys):
+    """The finished run evaluated by 2 processes, where JAX's preemption service owns SIGTERM:
+    a SIGTERM to process 1 alone, once process 0 says the evaluation started, stops both at the
+    same evaluation batch with the line and exit code 75 (before: nothing polled the service
+    during evaluation, and a launcher's grace period killed the processes silently). Nothing in
+    the workdir is lost and no results.json is written; the rerun only evaluates, and its
+    results equal those of an uninterrupted evaluation of the same checkpoint."""
+    from ssl_jax import results as results_lib
+    from ssl_jax.evaluate import in_training
+
+    before = _snapshot(run_copy / "checkpoints")
+    procs = _two_processes(run_copy, tmp_path / "logs")
+    try:
+        out = []
+        for line in procs[0].stdout:
+            out.append(line)
+            if "Evaluating the trained network" in line:
+                procs[1].send_signal(signal.SIGTERM)
+                break
+        out.append(procs[0].communicate(timeout=300)[0])
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    out = "".join(out)
+    errs = [(tmp_path / "logs" / f"process_{i}.err").read_text() for i in range(2)]
+    assert "Evaluating the trained network" in out and "in 2 process(es)" in out, out
+    assert f"Training is complete ({STEPS} of {STEPS} steps" in out, out
+    assert codes == [75, 75], (codes, errs[0][-2000:], errs[1][-2000:])
+    for err in errs:
+        line = f"ssl_jax: preempted (SIGTERM) during the evaluation after training: training is complete and " \
+               f"its checkpoint at step {STEPS} saved; rerun the same command to evaluate it."
+        assert line in err.splitlines(), err[-2000:]
+    assert not os.path.exists(run_copy / "results.json")
+    assert _snapshot(run_copy / "checkpoints") == before
+
+    # The rerun (one process, in this one: no second start of the heavy imports) and an
+    # uninterrupted evaluation of another copy of the finished run.
+    config = _config(**{"eval.batch_size": EVAL_BATCH})
+    reference = tmp_path / "reference"
+    shutil.copytree(trained[0], reference)
+    # Equal but for the clocks: wall times, and train_seconds, which a rerun that trains no step
+    # still moves by the microseconds of its empty step loop.
+    strip = lambda records: sorted(json.dumps({k: v for k, v in r.items() if k not in ("wall_seconds", "time")},
+                                              sort_keys=True) for r in records if r["metric"] != "train_seconds")
+    capsys.readouterr()
+    rerun = in_training.pretrain_and_evaluate(config, str(run_copy))
+    assert f"Training is complete ({STEPS} of {STEPS} steps" in capsys.readouterr().out
+    assert strip(results_lib.read_records(str(run_copy))) == strip(rerun)
+    assert strip(rerun) == strip(in_training.pretrain_and_evaluate(config, str(reference)))
+    assert {r["protocol"] for r in rerun} >= {"pretrain", "knn", "online_probe"}
+    assert _snapshot(run_copy / "checkpoints") == before
+
+
+def test_training_and_evaluation_polls_share_one_count(monkeypatch):
+    """The sync point of JAX's preemption service (XLA's PreemptionSyncManager, emulated: on a
+    notice it is 1 + the number the process last polled with, and only that number answers
+    True) is reached by the first evaluation poll after training's last step: the evaluation
+    continues training's count (restarting at 1 it would be reached only after as many batches
+    as training had steps). Polls outside an evaluation block do not count."""
+    from jax.experimental import multihost_utils
+    from ssl_jax.train import preemption
+
+    class SyncManager:
+        last, sync_point = 0, None
+
+        def reached(self, number):
+            self.last = number
+            return number == self.sync_point
+
+    manager = SyncManager()
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", manager.reached)
+    monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+    watcher = preemption.PreemptionWatcher()
+    assert not any(watcher.should_stop(step) for step in range(1, 6))
+    trained = manager.last
+    preemption.poll_evaluation()  # outside a block: not a poll
+    assert manager.last == trained
+    manager.sync_point = manager.last + 1  # the notice, right after the last training step
+    with pytest.raises(preemption.PreemptedAfterTraining, match="checkpoint at step 5 saved"):
+        with preemption.sigterm_stops_evaluation(5):
+            preemption.poll_evaluation()
+            raise AssertionError("the first evaluation poll did not stop")
+    assert manager.last == trained + 1
+    preemption.poll_evaluation()  # the block is closed
+    assert manager.last == trained + 1

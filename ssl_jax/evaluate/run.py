@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib, storage
 from ssl_jax.data import pipeline, sources
-from ssl_jax.train import features as features_lib, tensorboard
+from ssl_jax.train import features as features_lib, preemption, tensorboard
 from ssl_jax.train import logging as logging_lib
 from ssl_jax.evaluate import supervised
 from ssl_jax.evaluate.knn import knn_accuracy, plurality_knn_accuracy, shard_memory
@@ -108,6 +108,7 @@ def knn_records(ctx, train, test, ks, temperatures, protocol="knn", setting_pref
             acc = knn_accuracy(memory, labels, te_x, te_y, num_classes=ctx.num_classes, k=int(k),
                                temperature=float(t), train_valid=valid, **chunk)
             out.append((protocol, f"{setting_prefix}k={k},T={t:g}", acc))
+            preemption.poll_evaluation()  # between settings (each a pass over all queries)
     return out
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ssl_jax import parallel
+from ssl_jax.train import preemption
 
 
 def make_encode_fn(encoder, mesh, stages: bool = False):
@@ -37,7 +38,8 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh, report=None)
     """(features, labels [N]) over an eval iterator, rows in dataset-index order (the examples'
     stable indices, whatever the number of devices and processes), padding rows dropped;
     features is a float32 [N, D] array, or a dict of them when `encode_fn` returns a dict.
-    `report(done_batches)`, if given, is called after each batch (logging.pass_reporter)."""
+    `report(done_batches)`, if given, is called after each batch (logging.pass_reporter); so is
+    preemption.poll_evaluation (every process runs the same number of batches)."""
     feats, labels, index = [], [], []
     for done, batch in enumerate(batches, 1):
         images = parallel.shard_batch(batch["image"], mesh)
@@ -51,6 +53,7 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh, report=None)
         index.append(np.asarray(idx)[mask])
         if report is not None:
             report(done)
+        preemption.poll_evaluation()  # a SIGTERM during the final evaluation of a multi-process run
     # A batch gathered over processes holds each process's rows in turn: sort them back.
     order = np.argsort(np.concatenate(index), kind="stable")
     return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *feats), np.concatenate(labels)[order]
@@ -94,6 +97,7 @@ def extract_features_on_device(feature_fn, params, batch_stats, batches, mesh, n
         rows = scatter(zeros(out) if rows is None else rows, out, index, mask)
         if report is not None:
             report(done)
+        preemption.poll_evaluation()
     if rows is None:
         raise ValueError("extract_features_on_device: the split gave no batch.")
     return rows

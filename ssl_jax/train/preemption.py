@@ -7,8 +7,13 @@ signal at its own moment: JAX's preemption sync manager (started by
 jax.distributed.initialize, which handles SIGTERM itself) agrees on that step through the
 coordination service, without a device collective. A single process handles SIGTERM here.
 Periodic checkpoints stay the guarantee against a hard kill (SIGKILL, a lost host).
+
+The evaluation after training stops the same way (PreemptedAfterTraining, exit code 75): a
+single process at once from its SIGTERM handler; a multi-process run at the next evaluation
+batch (`poll_evaluation`), through the same sync point as training's steps.
 """
 import contextlib
+import itertools
 import signal
 
 import jax
@@ -39,13 +44,40 @@ class PreemptedAfterTraining(Preempted):
         self.step = step
 
 
+# The polls of JAX's preemption sync point by this process, numbered 1, 2, ... for its whole
+# life: training steps and evaluation batches alike. On a notice, JAX's sync manager (XLA's
+# tsl PreemptionSyncManager) sets the sync point to 1 + the largest number any process had
+# passed and answers True to the poll with exactly that number, so the numbers must only grow
+# (a loop or pass restarting its own count at 1 would never reach it) and must agree between
+# processes, which they do: every process polls at the same training steps and evaluation
+# batches (the batches of a pass are padded to the same count on every process).
+_polls = itertools.count(1)
+
+
+def _all_processes_reached_sync_point() -> bool:
+    """Multi-process: True at the poll where every process stops after a SIGTERM to any of them."""
+    return multihost_utils.reached_preemption_sync_point(next(_polls))
+
+
+# The last training step of the run whose evaluation a multi-process `sigterm_stops_evaluation`
+# block encloses; None outside one (then `poll_evaluation` does nothing).
+_evaluating_step = None
+
+
 @contextlib.contextmanager
 def sigterm_stops_evaluation(step: int):
-    """Within the block, SIGTERM raises PreemptedAfterTraining(step) at once: the work left
-    (evaluating the final checkpoint) is redone by the rerun, so nothing needs saving. One
-    process only: in a multi-process run JAX's preemption service owns SIGTERM."""
+    """Within the block, SIGTERM stops the evaluation of the trained run with
+    PreemptedAfterTraining(step): the work left (evaluating the final checkpoint) is redone by
+    the rerun, so nothing needs saving. A single process raises at once, from its SIGTERM
+    handler; in a multi-process run JAX's preemption service owns SIGTERM, and every process
+    raises at the same `poll_evaluation` (the evaluation's feature batches and fits call it)."""
+    global _evaluating_step
     if jax.process_count() > 1:
-        yield
+        previous, _evaluating_step = _evaluating_step, step
+        try:
+            yield
+        finally:
+            _evaluating_step = previous
         return
 
     def stop(signum, frame):
@@ -59,9 +91,19 @@ def sigterm_stops_evaluation(step: int):
         signal.signal(signal.SIGTERM, previous)
 
 
+def poll_evaluation() -> None:
+    """Call after each unit of evaluation work that every process does alike (a feature batch,
+    a classifier fit). Within a multi-process `sigterm_stops_evaluation`: raises
+    PreemptedAfterTraining once a SIGTERM reached any process (at the same call on all of
+    them). Elsewhere (one process, passes during training, the evaluation command) nothing."""
+    if _evaluating_step is not None and _all_processes_reached_sync_point():
+        raise PreemptedAfterTraining(_evaluating_step)
+
+
 class PreemptionWatcher:
     """`should_stop(step)`: True once a SIGTERM was received (by any process), at a step that
-    every process reaches; call it after every train step with the same step numbers."""
+    every process reaches; every process calls it after every train step (`step`, the step
+    just done, is for the callers' tests; the processes agree through `_polls`)."""
 
     def __init__(self):
         self._multiprocess = jax.process_count() > 1
@@ -75,8 +117,9 @@ class PreemptionWatcher:
         self._received = True
 
     def should_stop(self, step: int) -> bool:
+        del step
         if self._multiprocess:
-            return multihost_utils.reached_preemption_sync_point(step)
+            return _all_processes_reached_sync_point()
         return self._received
 
     def close(self) -> None:
