@@ -21,6 +21,9 @@ def pretrain(config, workdir: str) -> list[dict]:
     if config.method == "sslpp":  # SSL++'s stages A, B, C (configs/sslpp.py)
         from ssl_jax import stages
         return stages.run(config, workdir)
+    if config.method == "fussl":  # FUSSL's phase 1, labels, phase 2 (configs/fussl.py)
+        from ssl_jax import fussl
+        return fussl.run(config, workdir)
     return in_training.pretrain_and_evaluate(config, workdir)
 
 

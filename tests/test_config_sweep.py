@@ -40,14 +40,16 @@ def test_every_config_lists_its_presets_and_rejects_unknown_ones():
 
 
 def _staged(config) -> bool:
-    """SSL++'s staged run (configs/sslpp.py): its stages are configs/iic.py's and a proxy's presets."""
-    return config.method == "sslpp"
+    """SSL++'s staged run (configs/sslpp.py): its stages are configs/iic.py's and a proxy's presets;
+    FUSSL's (configs/fussl.py): a baseline's preset as an ensemble, then phase 2 on its labels."""
+    return config.method in ("sslpp", "fussl")
 
 
 def _scale(name, preset):
     """'imagenet', 'cifar10' or 'demo': the dataset preset a config preset builds on."""
     config = importlib.import_module(f"configs.{name}").get_config(preset)
-    dataset = (config.stage_c if _staged(config) else config).data.dataset
+    dataset = ({"sslpp": config.get("stage_c"), "fussl": config.get("phase2")}.get(config.method)
+               or config).data.dataset
     return {"imagenet2012": "imagenet", "cifar10": "cifar10", "mnist": "cifar10", "digits": "demo"}[dataset]
 
 
@@ -73,10 +75,17 @@ def test_every_preset_is_imagenet_cifar10_or_demo_scale():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_preset_builds_and_traces_its_train_step(name):
     for preset in _presets(name):
+        if name == "fussl" and "_" in preset:
+            # A variant: labelling / phase-2 settings or a baseline control, whose network and step
+            # are its scale's phase 1 (traced below); tests/test_fussl.py builds the variants.
+            continue
         config = importlib.import_module(f"configs.{name}").get_config(preset)
-        if _staged(config):  # its stage configs build here; tests/test_sslpp.py runs the stages
+        if config.method == "sslpp":  # its stage configs build here; tests/test_sslpp.py runs the stages
             assert config.stage_a.method == "iic" and config.stage_c.method in METHODS, preset
             continue
+        if config.method == "fussl":  # tests/test_fussl.py runs the phases (phase 2 needs a labels file)
+            assert config.phase1.method in METHODS and config.phase2.method == "fussl_phase2", preset
+            config = config.phase1
         # 8 images (W-MSE: its whitening sub-batch, which must exceed the embedding size).
         config.global_batch_size = config.wmse.w_size if config.method == "wmse" else 8
         metrics = trace_step(config, image_size=tiny_image_size(config, 32))
@@ -90,5 +99,6 @@ def test_presets_run_two_steps(name):
     """cifar10- and ImageNet-scale presets, compiled and run (demo presets: test_sharding)."""
     pairs = [(name, p) for p in _presets(name) if _scale(name, p) != "demo"]
     if _staged(importlib.import_module(f"configs.{name}").get_config(pairs[0][1])):
-        pytest.skip("a staged run: its stages are presets of configs/iic.py and configs/<proxy>.py")
+        pytest.skip("a staged run: its stages are presets of other configs (configs/iic.py and the "
+                    "proxies; FUSSL's baselines) or need a labels file (tests/test_fussl.py)")
     _run_sweep(pairs)

@@ -22,7 +22,7 @@ LAYERS = [
     {"ssl_jax.train"},
     # cli: what every command line shares (export and report are commands too).
     {"ssl_jax.evaluate", "ssl_jax.pretrained", "ssl_jax.export", "ssl_jax.report", "ssl_jax.cli",
-     "ssl_jax.api", "ssl_jax.compile", "ssl_jax.stages"},
+     "ssl_jax.api", "ssl_jax.compile", "ssl_jax.stages", "ssl_jax.fussl"},
     {"ssl_jax.main", "ssl_jax.evaluate.__main__"},
 ]
 

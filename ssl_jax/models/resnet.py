@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ssl_jax.models.conv import conv_with_onednn, resolve_conv_backend
@@ -146,6 +147,11 @@ class ResNet(nn.Module):
       sobel: DeepCluster's fixed grayscale + Sobel input layer (models.sobel.sobel_filter)
         before the stem, which then takes 2 input channels; no parameters of its own. False
         (the default) leaves the network exactly as without the option.
+      frozen_stages: 0 (the default: none), or k in 1..4: the stem and stages 1..k run in
+        inference mode even when training (BatchNorm reads and never updates its running
+        statistics) and their output is under stop_gradient, so they get zero gradients
+        (FUSSL's phase 2 freezes stem..stage 3; the optimizer must also skip them, or weight
+        decay would still move them: ssl_jax.methods.fussl_phase2 checks that it does).
 
     Input is NHWC. Parameter names: ``stem_conv``, ``stem_bn``,
     ``stage{s}_block{b}`` with ``conv{i}``/``bn{i}`` and ``proj_conv``/``proj_bn``.
@@ -159,6 +165,7 @@ class ResNet(nn.Module):
     remat: bool = False
     conv_backend: str = "xla"
     sobel: bool = False
+    frozen_stages: int = 0
 
     @property
     def bottleneck(self) -> bool:
@@ -182,9 +189,11 @@ class ResNet(nn.Module):
                              f"valid depths: {sorted(STAGE_SIZES)}.")
         if self.sobel:
             x = sobel_filter(x)
+        if not 0 <= self.frozen_stages <= 4:
+            raise ValueError(f"ResNet frozen_stages={self.frozen_stages}; choose 0 (none) to 4.")
         x = jnp.asarray(x, self.dtype)
         stem = _channels(64, self.width_multiplier)
-        norm = norm_layer(train, self.dtype, bn_views)
+        norm = norm_layer(train and self.frozen_stages == 0, self.dtype, bn_views)
         conv = conv_layer(self.dtype, self.conv_backend)
         if self.cifar_stem:
             x = conv(stem, (3, 3), padding=_PAD1, name="stem_conv")(x)
@@ -200,10 +209,13 @@ class ResNet(nn.Module):
         stages = {}
         for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
             filters = _channels(64 * 2 ** i, self.width_multiplier)
+            stage_train = train and i + 1 > self.frozen_stages
             for j in range(num_blocks):
                 strides = 2 if (i > 0 and j == 0) else 1
                 x = block_cls(filters, strides, self.zero_init_residual, self.dtype, self.conv_backend,
-                              name=f"stage{i + 1}_block{j + 1}")(x, train, bn_views)
+                              name=f"stage{i + 1}_block{j + 1}")(x, stage_train, bn_views)
+            if i + 1 == self.frozen_stages:
+                x = jax.lax.stop_gradient(x)
             if return_stages:
                 stages[f"stage{i + 1}"] = _global_pool(x)
         pooled = _global_pool(x)

@@ -1,0 +1,209 @@
+"""FUSSL's staged run (configs/fussl.py; `ssl_jax.main` calls `run` when config.method == 'fussl'):
+
+  phase 1   config.phase1 (the baseline's config with config.ensemble.size = m: m identically
+            initialised blocks, each on its own views; ssl_jax.methods.ensemble) into DIR/phase1,
+            a normal workdir (resumed as any run);
+  labels    every training image (the evaluation view: no augmentation) through every block
+            (ssl_jax.methods.ensemble.project: projector outputs [m, N, D]) in one feature pass
+            (ssl_jax.train.features, as the clustering methods' refresh passes); per image the
+            compact fuzzy label and every block's error (ssl_jax.losses.fuzzy); the block with the
+            lowest mean error is chosen. Into DIR/<fussl.labels_file> with the training set's
+            fingerprint, the chosen block, the per-block errors and the settings that made it,
+            written atomically;
+  phase 2a  config.phase2 (method fussl_phase2) for fussl.e2_full epochs, all layers, from the
+            chosen block's phase-1 weights (DIR/phase2a_init.msgpack) into DIR/phase2a;
+  phase 2b  the remaining phase-2 epochs with the stem through stage 3 frozen (fussl.freeze; their
+            BatchNorm statistics fixed), from phase 2a's final weights (DIR/phase2b_init.msgpack),
+            into DIR/phase2b: the FUSSL backbone, a normal workdir for evaluate and export.
+
+Phase 2 is two runs (two compiled programs, each resumable) rather than one run that changes its
+program at an epoch: a step whose frozen set depends on the epoch would compile both programs into
+one or recompile mid-run. The second run starts a fresh Adam (its moments restart at the freeze).
+
+Rerunning the command continues where it stopped: a phase whose workdir holds results.json is done,
+an unfinished one resumes from its checkpoint; the labels and init files are made once and reused
+(a labels file made otherwise, by another phase-1 step, training set or labelling setting, is one
+error and never overwritten); a kill while one is written leaves no partial file.
+"""
+from __future__ import annotations
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from ssl_jax import losses, parallel, storage
+from ssl_jax.data import pipeline
+from ssl_jax.evaluate import in_training
+from ssl_jax.methods import build_method, ensemble, fussl_phase2, sslpp
+from ssl_jax.train import checkpoint
+from ssl_jax.train import features as features_lib
+from ssl_jax.train.logging import console, pass_reporter
+
+KEYS = ("baseline", "ensemble_size", "label_mode", "membership", "membership_temperature", "block_error",
+        "e2_full", "freeze", "labels_file", "label_batch_size")
+FROZEN_STAGES = 3  # stem through stage 3: the paper's "first 41 layers" of ResNet-50 (§4.1.3)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Phase 1, labels, phase 2a and 2b of FUSSL into `workdir`; the records of phase 2b."""
+    f = _checked(config)
+    storage.makedirs(workdir)
+    phase1_dir = storage.join(workdir, "phase1")
+    _phase(config.phase1, phase1_dir, f"1 (an ensemble of {f.ensemble_size} {f.baseline} blocks)")
+    labels_path = storage.join(workdir, f.labels_file)
+    stored = label(config, phase1_dir, labels_path)
+    k = int(stored["chosen_block"])
+
+    full, frozen = phase2_configs(config, labels_path)
+    full.fussl_phase2.init = _init_file(storage.join(workdir, "phase2a_init.msgpack"),
+                                        phase1_dir, k if f.ensemble_size > 1 else None)
+    phase2a = storage.join(workdir, "phase2a")
+    _phase(full, phase2a, f"2a (block {k}, all layers, {full.num_epochs} epochs)")
+    frozen.fussl_phase2.init = _init_file(storage.join(workdir, "phase2b_init.msgpack"), phase2a, None)
+    what = "stem..stage 3 frozen" if f.freeze else "all layers (no freezing)"
+    return _phase(frozen, storage.join(workdir, "phase2b"), f"2b ({what}, {frozen.num_epochs} epochs)")
+
+
+def _checked(config) -> ml_collections.ConfigDict:
+    f = config.fussl
+    unknown, missing = set(f.keys()) - set(KEYS), set(KEYS) - set(f.keys())
+    if unknown or missing:
+        raise ValueError(f"config.fussl: unknown keys {sorted(unknown)}, missing {sorted(missing)}; it has "
+                         f"exactly {list(KEYS)} (configs/fussl.py sets them).")
+    if config.phase1.method != f.baseline:
+        raise ValueError(f"config.phase1.method={config.phase1.method!r} but fussl.baseline={f.baseline!r}: "
+                         "build both from one baseline (configs/fussl.py's phase1_config).")
+    if int(config.phase1.ensemble.size) != int(f.ensemble_size):
+        raise ValueError(f"config.phase1.ensemble.size={config.phase1.ensemble.size} but "
+                         f"fussl.ensemble_size={f.ensemble_size}: set one value (--config.fussl.ensemble_size "
+                         "with --config.phase1.ensemble.size).")
+    if not (float(f.e2_full).is_integer() and 0 < int(f.e2_full) < int(config.phase2.num_epochs)):
+        raise ValueError(f"fussl.e2_full={f.e2_full} must be a whole number strictly between 0 and the phase-2 epochs "
+                         f"({config.phase2.num_epochs}): phase 2 trains all layers for e2_full epochs, then the rest.")
+    for key in ("dataset", "train_split", "data_dir"):
+        if config.phase1.data[key] != config.phase2.data[key]:
+            raise ValueError(f"config.phase1.data.{key}={config.phase1.data[key]!r} but config.phase2.data.{key}="
+                             f"{config.phase2.data[key]!r}: both phases train on one training set.")
+    return f
+
+
+def _phase(config, workdir: str, what: str) -> list[dict]:
+    """A training phase: skipped when finished (its results.json), else trained / resumed."""
+    results = storage.join(workdir, "results.json")
+    if storage.exists(results):
+        console(f"Phase {what}: done ({results}).", flush=True)
+        return []
+    console(f"Phase {what} in {workdir}.", flush=True)
+    return in_training.pretrain_and_evaluate(config, workdir)
+
+
+def phase2_configs(config, labels_path: str) -> tuple:
+    """(phase 2a's config, phase 2b's config): config.phase2 split at fussl.e2_full epochs (whole
+    epochs: the configs' num_epochs are integers)."""
+    f = config.fussl
+    full = config.phase2.copy_and_resolve_references()
+    full.fussl_phase2.labels = str(labels_path)
+    frozen = full.copy_and_resolve_references()
+    epochs, e2_full = int(config.phase2.num_epochs), int(f.e2_full)
+    full.num_epochs, frozen.num_epochs = e2_full, epochs - e2_full
+    if config.phase2.num_steps > 0:  # phase 2 given in steps (short runs): split in the same ratio
+        full.num_steps = int(round(config.phase2.num_steps * e2_full / epochs))
+        frozen.num_steps = int(config.phase2.num_steps) - full.num_steps
+    if f.freeze:
+        frozen.fussl_phase2.frozen_stages = FROZEN_STAGES
+        frozen.optimizer.frozen_params = tuple(frozen.optimizer.frozen_params) + tuple(
+            fussl_phase2.frozen_param_prefixes(FROZEN_STAGES, frozen.model.name))
+    return full, frozen
+
+
+def _init_file(path: str, source_dir: str, block: int | None) -> str:
+    """`path`, holding the encoder and projector of `source_dir`'s last checkpoint (block `block` of
+    an ensemble), written once."""
+    if not storage.exists(path):
+        state, step, _ = checkpoint.restore_raw(source_dir)
+        params, stats = state["params"], state["batch_stats"]
+        if block is not None:
+            params, stats = ensemble.select_block(params, block), ensemble.select_block(stats, block)
+        if jax.process_index() == 0:
+            where = f"{source_dir} step {step}" + ("" if block is None else f" block {block}")
+            fussl_phase2.write_init(path, params, stats, where)
+        _sync("fussl init")
+    return str(path)
+
+
+def label_settings(config, phase1_step: int) -> dict:
+    """What a labels file depends on besides the training set (a file made otherwise is an error)."""
+    f, p2 = config.fussl, config.phase2.fussl_phase2
+    return dict(baseline=f.baseline, ensemble_size=int(f.ensemble_size), label_mode=f.label_mode,
+                membership=f.membership, membership_temperature=float(f.membership_temperature),
+                block_error=f.block_error, temperature=float(p2.temperature), normalize=bool(p2.normalize),
+                phase1_step=int(phase1_step))
+
+
+def label(config, phase1_dir: str, path: str) -> dict:
+    """The labels file at `path` (made unless present for this run): read_labels' dict."""
+    f = config.fussl
+    data = config.phase1.data
+    fingerprint = sslpp.training_fingerprint(data)
+    state, step, _ = checkpoint.restore_raw(phase1_dir)
+    settings = label_settings(config, step)
+    if storage.exists(path):
+        stored = fussl_phase2.read_labels(path)
+        fussl_phase2.check_labels(stored, fingerprint, path)
+        if stored["settings"] != repr(sorted(settings.items())):
+            raise ValueError(f"{path} was made by other settings ({stored['settings']}) than this run's "
+                             f"({sorted(settings.items())}). Use a new --workdir, or delete the file (and "
+                             "phase2a*/, phase2b*/) to relabel.")
+        console(f"Labels: done ({path}; block {stored['chosen_block']}).", flush=True)
+        return stored
+    console(f"Labels ({f.label_mode}, membership {f.membership}) of {data.dataset}:{data.train_split} "
+            f"into {path}.", flush=True)
+    rows = labelling_pass(config, state["params"], state["batch_stats"])
+    errors = rows["errors"].astype(np.float64).mean(0)
+    chosen = int(np.argmin(errors))
+    classes, weights = rows["classes"], rows["weights"]
+    hard = float(np.mean(weights.max(1) == 1.0))
+    used = len(np.unique(classes[weights > 0]))
+    console(f"Labels: {100 * hard:.1f}% hard, {used} of {config.phase2.fussl_phase2.projector.output_dim} "
+            f"pseudo-classes used; block errors ({f.block_error}) {np.round(errors, 4).tolist()}; "
+            f"block {chosen} continues.", flush=True)
+    if jax.process_index() == 0:
+        fussl_phase2.write_labels(path, classes, weights, fingerprint, chosen_block=chosen,
+                                  block_errors=errors, config=settings)
+    _sync("fussl labels")
+    return fussl_phase2.read_labels(path)
+
+
+def labelling_pass(config, params, batch_stats) -> dict:
+    """Per training image, in dataset-index order: classes and weights [N, m] of its label and
+    errors [N, m] of every block on it (host NumPy), from phase 1's stacked params / statistics."""
+    f, p1, p2 = config.fussl, config.phase1, config.phase2.fussl_phase2
+    method = build_method(p1, total_steps=1, steps_per_epoch=1)
+    m = ensemble.num_blocks(method)
+    if m == 1:  # a 1-block run keeps unstacked trees
+        params, batch_stats = ensemble.stack(params, 1), ensemble.stack(batch_stats, 1)
+
+    def fn(params, batch_stats, images):
+        out = ensemble.project(method, params, batch_stats, images)
+        classes, weights = losses.fuzzy_labels(out, f.label_mode, f.membership, float(f.membership_temperature))
+        errors = losses.block_errors(out, classes, weights, f.block_error, float(p2.temperature),
+                                     bool(p2.normalize))
+        return {"classes": classes, "weights": weights, "errors": errors}
+
+    mesh = parallel.mesh_from_config(p1.mesh)
+    batch = int(f.label_batch_size)
+    data = p1.data
+    report = pass_reporter(f"FUSSL labels of {data.dataset}:{data.train_split}",
+                           pipeline.num_eval_batches(data, data.train_split, batch), batch)
+    batches = pipeline.eval_iterator(data, data.train_split, global_batch_size=batch)
+    params, batch_stats = jax.device_put((params, batch_stats), parallel.replicated(mesh))
+    rows, _ = features_lib.extract_features(features_lib.make_feature_fn(fn, mesh), params, batch_stats,
+                                            batches, mesh, report)
+    # The pass gathers rows as float32: pseudo-class indices (< 2^24) are exact.
+    return dict(rows, classes=np.rint(rows["classes"]).astype(np.int32))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:  # every process reads the file next
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,194 @@
+"""FUSSL's phase 2 (ssl_jax.methods.fussl_phase2) and the staged run (ssl_jax/fussl.py, configs/fussl.py)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import losses
+from ssl_jax.methods import build_method, fussl_phase2, sslpp
+from ssl_jax.parallel import PER_EXAMPLE_KEY
+
+
+def synthetic_labels(path, data_cfg, num_classes, m=3, seed=0):
+    """A labels file of fuzzy labels from random ensemble outputs, for the config's training set."""
+    fp = sslpp.training_fingerprint(data_cfg)
+    out = np.random.default_rng(seed).normal(size=(m, fp["num_examples"], num_classes)).astype(np.float32)
+    classes, weights = losses.fuzzy_labels(jnp.asarray(out))
+    fussl_phase2.write_labels(str(path), classes, weights, fp, chosen_block=0, block_errors=[1.0] * m,
+                              config={"label_mode": "fuzzy"})
+    return str(path)
+
+
+def phase2_config(tmp_path, frozen_stages=0):
+    """configs/fussl.py:demo's phase 2 at test size (ResNet-10, batch 16) on synthetic labels."""
+    from configs import fussl
+    c = fussl.get_config("demo").phase2
+    c.model.update(dict(name="resnet10", conv_backend="xla"))
+    c.global_batch_size = 16
+    c.num_epochs = 2
+    c.fussl_phase2.labels = synthetic_labels(tmp_path / "labels.npz", c.data, c.fussl_phase2.projector.output_dim)
+    if frozen_stages:
+        c.fussl_phase2.frozen_stages = frozen_stages
+        c.optimizer.frozen_params = fussl_phase2.frozen_param_prefixes(frozen_stages, c.model.name)
+    return c
+
+
+def test_phase2_loss_is_soft_ce_against_the_rows_labels(tmp_path):
+    """The step's loss is the soft-target CE (NumPy) of the projector output against the labels of
+    the batch's dataset indices (not of its positions)."""
+    config = phase2_config(tmp_path)
+    method = build_method(config, total_steps=10, steps_per_epoch=5)
+    images = np.random.default_rng(1).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    params, stats, state = method.init(jax.random.PRNGKey(0), jnp.asarray(images))
+    index = np.random.default_rng(2).choice(method.num_examples, 16, replace=False)
+    batch = {"views": (jnp.asarray(images),), "index": jnp.asarray(index), "label": jnp.zeros(16, jnp.int32)}
+    loss, aux = method.loss(params, stats, state, batch, jax.random.PRNGKey(1), 0)
+    out, _ = method.forward_online(params, stats, [jnp.asarray(images)])
+    z = np.asarray(out["z"][0], np.float64)
+    stored = fussl_phase2.read_labels(config.fussl_phase2.labels)
+    y = np.zeros((16, z.shape[1]))
+    for r, n in enumerate(index):
+        for c, w in zip(stored["classes"][n], stored["weights"][n]):
+            y[r, c] += w
+    logits = z / np.linalg.norm(z, axis=1, keepdims=True) / 0.1
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    np.testing.assert_allclose(float(loss), -(y * logp).sum(1).mean(), rtol=1e-4)
+    per = state[PER_EXAMPLE_KEY]
+    assert per["classes"].shape == (method.num_rows, 3) and per["weights"].dtype == jnp.float32
+
+
+def test_frozen_stages_and_their_statistics_stay_bit_identical(tmp_path):
+    """With stem..stage 3 frozen, three Adam steps leave their params and BatchNorm statistics
+    bit-identical while stage 4 and the projector (params and statistics) change."""
+    from tests.tiny_run import train_steps
+
+    config = phase2_config(tmp_path, frozen_stages=3)
+    start, _ = train_steps(config, image_size=16, steps=0, steps_per_epoch=5)
+    p0, s0 = jax.device_get(start.params), jax.device_get(start.batch_stats)
+    state, losses_ = train_steps(config, image_size=16, steps=3, steps_per_epoch=5)
+    assert np.all(np.isfinite(losses_))
+    p1, s1 = jax.device_get(state.params), jax.device_get(state.batch_stats)
+    frozen = ("stem", "stage1", "stage2", "stage3")
+    changed = []
+    for tree0, tree1 in ((p0, p1), (s0, s1)):
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree0), jax.tree.leaves(
+                {k: tree1[k] for k in tree0})):
+            name = jax.tree_util.keystr(path)
+            if "'encoder'" in name and any(f"'{f}" in name for f in frozen):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+            else:
+                changed.append((name, not np.array_equal(np.asarray(a), np.asarray(b))))
+    assert any("stage4" in n for n, _ in changed) and any("projector" in n for n, _ in changed)
+    assert all(c for n, c in changed if n.endswith("['kernel']") or n.endswith("['mean']")), \
+        [n for n, c in changed if not c]
+
+
+def test_frozen_stages_without_the_optimizer_mask_is_one_error(tmp_path):
+    config = phase2_config(tmp_path)
+    config.fussl_phase2.frozen_stages = 3
+    with pytest.raises(ValueError, match="optimizer.frozen_params lacks"):
+        build_method(config, total_steps=10, steps_per_epoch=5)
+
+
+def test_labels_of_another_training_set_are_one_error(tmp_path):
+    config = phase2_config(tmp_path)
+    path = tmp_path / "other.npz"
+    fp = dict(sslpp.training_fingerprint(config.data), num_examples=5)
+    fussl_phase2.write_labels(str(path), np.zeros((5, 3)), np.ones((5, 3)) / 3, fp, chosen_block=0,
+                              block_errors=[0, 0, 0], config={})
+    config.fussl_phase2.labels = str(path)
+    with pytest.raises(ValueError, match="5 examples"):
+        build_method(config, total_steps=10, steps_per_epoch=5)
+
+
+def staged_config(steps=4, **fussl):
+    """configs/fussl.py:demo at test size: ResNet-10, batch 16, phase 1 `steps` steps, phase 2a and 2b
+    `steps` steps each, a checkpoint every 2, kNN only."""
+    from configs import fussl as fussl_config
+    c = fussl_config.get_config("demo")
+    c.fussl.update(dict(label_batch_size=256, **fussl))
+    for phase in (c.phase1, c.phase2):
+        phase.model.update(dict(name="resnet10", conv_backend="xla"))
+        phase.global_batch_size = 16
+        phase.log_every_steps = 1
+        phase.checkpoint.update(dict(every_steps=2, async_save=False))
+        phase.eval.update(dict(linear_probe=False, compare_random_init=False, batch_size=256, every_steps=0))
+    c.phase1.num_steps = steps
+    c.phase1.optimizer.warmup_epochs = 0.0
+    c.phase2.num_steps = 2 * steps  # split 1:1 (e2_full = num_epochs / 2)
+    c.phase2.num_epochs, c.fussl.e2_full = 2, 1
+    return c
+
+
+def flat(tree):
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.slow
+def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path):
+    """(slow: ~70 s of CPU, 3.5 min on 2 shared cores: a 3-block phase-1 compile and three
+    evaluations.) The staged run at test size: the labels file's rows are the fuzzy labels of the phase-1
+    blocks' outputs on those images (recomputed here from the checkpoint), the chosen block has the
+    least mean error, phase 2a starts from it, phase 2b keeps the frozen stages of 2a's end; a rerun
+    after phase 2b's first checkpoint resumes to the uninterrupted state; a labels file of other
+    settings is one error."""
+    import shutil
+
+    from ssl_jax import fussl
+    from ssl_jax.data import pipeline
+    from ssl_jax.methods import ensemble
+    from ssl_jax.train import checkpoint
+
+    config, workdir = staged_config(), str(tmp_path / "run")
+    fussl.run(config, workdir)
+    labels_path = os.path.join(workdir, "fussl_labels.npz")
+    stored = fussl_phase2.read_labels(labels_path)
+    assert stored["fingerprint"] == dict(dataset="digits", split="train", num_examples=1437)
+    assert stored["classes"].shape == stored["weights"].shape == (1437, 3)
+    assert stored["chosen_block"] == int(np.argmin(stored["block_errors"]))
+    np.testing.assert_allclose(stored["weights"].sum(1), 1.0, rtol=1e-5)
+
+    # The file's rows, recomputed from phase 1's checkpoint on the first batch of the pass.
+    phase1, step1, _ = checkpoint.restore_raw(os.path.join(workdir, "phase1"))
+    assert step1 == 4
+    method = build_method(config.phase1, total_steps=1, steps_per_epoch=1)
+    batch = next(pipeline.eval_iterator(config.phase1.data, "train", global_batch_size=64))
+    out = ensemble.project(method, phase1["params"], phase1["batch_stats"], jnp.asarray(batch["image"]))
+    classes, weights = losses.fuzzy_labels(out)
+    rows = np.asarray(batch["index"])[np.asarray(batch["mask"])]
+    np.testing.assert_array_equal(stored["classes"][rows], np.asarray(classes)[:len(rows)])
+    np.testing.assert_allclose(stored["weights"][rows], np.asarray(weights)[:len(rows)], rtol=1e-5, atol=1e-6)
+
+    # Phase 2a starts from the chosen block; phase 2b's frozen stages are 2a's final ones.
+    init = fussl_phase2.read_init(os.path.join(workdir, "phase2a_init.msgpack"))
+    chosen = flat(ensemble.select_block(phase1["params"], stored["chosen_block"])["encoder"])
+    for k, v in flat(init["params"]["encoder"]).items():
+        np.testing.assert_array_equal(v, chosen[k], err_msg=k)
+    a, _, _ = checkpoint.restore_raw(os.path.join(workdir, "phase2a"))
+    final, step, _ = checkpoint.restore_raw(os.path.join(workdir, "phase2b"))
+    assert step == 4
+    fa, fb = flat(a["params"]["encoder"]), flat(final["params"]["encoder"])
+    for k in fa:
+        same = np.array_equal(fa[k], fb[k])
+        assert same == ("stage4" not in k), k
+    assert os.path.exists(os.path.join(workdir, "phase2b", "results.json"))
+
+    # Killed after phase 2b's step-2 checkpoint: the rerun resumes there, labels untouched.
+    phase2b = os.path.join(workdir, "phase2b")
+    labels_bytes = open(labels_path, "rb").read()
+    shutil.rmtree(os.path.join(phase2b, "checkpoints", "4"))
+    os.remove(os.path.join(phase2b, "results.json"))
+    fussl.run(config, workdir)
+    assert open(labels_path, "rb").read() == labels_bytes
+    resumed, step, _ = checkpoint.restore_raw(phase2b)
+    assert step == 4
+    fr, ff = flat(resumed["params"]), flat(final["params"])
+    for k in ff:
+        np.testing.assert_allclose(fr[k], ff[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+    # Labels of other settings: one error, the file kept.
+    with pytest.raises(ValueError, match="other settings"):
+        fussl.run(staged_config(label_mode="hard"), workdir)
+    assert open(labels_path, "rb").read() == labels_bytes
