@@ -3,6 +3,7 @@
 Usage:
   python -m ssl_jax.report RUN_DIR [RUN_DIR ...] [--output_dir=DIR] [--no_plots] [--all_steps]
                            [--protocols=knn,linear_cached,...]
+  python -m ssl_jax.report RUN_DIR [RUN_DIR ...] --summary [--knn_setting=k=200,T=0.1]
 
 Prints (stdout) Markdown built from every run's DIR/results.json (see ssl_jax/results.py): one
 section per protocol ('pretrain', 'knn', 'linear', 'linear_cached', 'online_probe', 'finetune',
@@ -32,6 +33,11 @@ Writes (unless --no_plots) PNG plots from every run's DIR/metrics.jsonl into --o
 A plot no run has data for is skipped with a note. Notes and the list of written files go to
 stderr, so `python -m ssl_jax.report runs/* > results.md` keeps the tables alone.
 
+With --summary, one table instead, one row per run: method, backbone, epochs, train time, machine
+(DIR/machine.json: CPU model, cores, 1-minute load at start and end), kNN and cached linear-probe
+top-1 of the trained and of the random-init network, collapsed or not (`summary_table`); plus
+knn_epoch.png, the periodic kNN against epoch (`knn_epoch_figure`).
+
 From Python: `markdown_tables({run_name: records})` builds the tables, `write_plots({run_name:
 metrics.jsonl lines}, output_dir)` the plots (it returns the written paths); `accuracy_figure`,
 `collapse_figure` and `loss_figure` return the matplotlib figures themselves.
@@ -54,6 +60,10 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "report", "Directory the PNG plo
 _NO_PLOTS = flags.DEFINE_bool("no_plots", False, "Print the tables only; write no plots.")
 _ALL_STEPS = flags.DEFINE_bool("all_steps", False, "One row per evaluated step, not only each run's "
                                "latest step.")
+_SUMMARY = flags.DEFINE_bool("summary", False, "One row per run (method, epochs, train time, machine, "
+                             "kNN / linear top-1 against random init, collapsed) and knn_epoch.png.")
+_KNN_SETTING = flags.DEFINE_string("knn_setting", None, "With --summary: the kNN setting of the kNN "
+                                   "columns, e.g. k=200,T=0.1 (default: the only one the runs have).")
 _PROTOCOLS = flags.DEFINE_list("protocols", [], "Tables to print, in this order (default: every "
                                "protocol the runs have), e.g. knn,linear_cached.")
 
@@ -273,6 +283,110 @@ def markdown_tables(records_by_run: dict[str, list[dict]], all_steps: bool = Fal
 
 
 markdown_table = markdown_tables  # the name of earlier versions
+
+
+# ----------------------------------------------------------------------------- summary
+
+MACHINE_FILENAME = "machine.json"
+SUMMARY_HEADER = ("method", "backbone", "epochs", "train time", "machine", "kNN top-1 %",
+                  "linear top-1 %", "random-init kNN %", "random-init linear %", "collapsed")
+
+
+def read_machine(run_dir: str) -> dict | None:
+    """DIR/machine.json ({cpu_model, cores, segments: [{start, load1_start, end, load1_end}]}, as
+    benchmarks/cifar10_cpu.py writes it), or None if absent or unreadable."""
+    try:
+        with open(os.path.join(run_dir, MACHINE_FILENAME)) as f:
+            machine = json.load(f)
+        return machine if isinstance(machine, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def format_machine(machine: dict | None) -> str:
+    """'Intel Xeon, 2 cores, load 5.47→6.1' (1-minute load average at the start of the first
+    segment and the end of the last; '(2 segments)' for a resumed run); '–' if unknown."""
+    if not machine:
+        return MISSING
+    segments = machine.get("segments") or []
+    text = f"{machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores"
+    if segments:
+        fmt = lambda v: f"{float(v):g}" if _is_number(v) else "?"
+        text += f", load {fmt(segments[0].get('load1_start'))}→{fmt(segments[-1].get('load1_end'))}"
+        if len(segments) > 1:
+            text += f" ({len(segments)} segments)"
+    return text
+
+
+def _pick(records: list[dict], protocol: str, metric: str, random_init: bool, setting: str | None = None):
+    """The value of the latest record of (protocol, metric) on the pretraining dataset, of the
+    random-init network or of a trained one ('online' first), at `setting` if given; else None."""
+    recs = [r for r in records if r.get("protocol") == protocol and r.get("metric") == metric
+            and (r.get("network") == "random_init") == random_init
+            and (r.get("eval_dataset") or r.get("dataset")) == r.get("dataset")
+            and (setting is None or str(r.get("setting") or "") == setting)]
+    if not recs:
+        return None
+    best = max(recs, key=lambda r: (_step_of(r), r.get("network") == "online", str(r.get("time", ""))))
+    return best.get("value")
+
+
+def summary_table(records_by_run: dict[str, list[dict]], machines: dict[str, dict | None] | None = None,
+                  knn_setting: str | None = None) -> str:
+    """One Markdown row per run (its latest step): method, backbone, epochs, train time, machine
+    (`machines` {run: machine.json}, see format_machine), kNN top-1 (at `knn_setting`, e.g.
+    'k=200,T=0.1'; None: the only one there is) and cached linear-probe top-1 of the trained
+    network and of the random-init one, and the collapse verdict. Runs in the given order."""
+    machines = machines or {}
+    body = []
+    for run, records in records_by_run.items():
+        records = latest_step_records(list(records))
+        if not records:
+            continue
+        first = next((r for r in records if r.get("network") != "random_init"), records[0])
+        values = [_pick(records, "knn", "top1", False, knn_setting),
+                  _pick(records, "linear_cached", "top1", False),
+                  _pick(records, "knn", "top1", True, knn_setting),
+                  _pick(records, "linear_cached", "top1", True)]
+        collapsed = _pick(records, "pretrain", "collapsed", False)
+        body.append([str(first.get("method", run)), str(first.get("backbone", "")),
+                     _format_epochs(first.get("epochs")),
+                     format_value("train_seconds", _pick(records, "pretrain", "train_seconds", False)),
+                     format_machine(machines.get(run))]
+                    + [format_value("top1", v) for v in values]
+                    + [format_value("collapsed", collapsed)])
+    return _render(list(SUMMARY_HEADER), body, numeric_from=2) if body else ""
+
+
+def knn_epoch_figure(metrics_by_run: dict[str, list[dict]], records_by_run: dict[str, list[dict]],
+                     labels: dict[str, str] | None = None):
+    """The periodic kNN top-1 (%) against pretraining epoch (step / the run's steps per epoch,
+    from its results.json records' step and epochs), one line per run, on a fixed 0-100 % axis,
+    with the random-init kNN (the same setting) dashed. None if no run has both."""
+    labels = labels or {}
+    converted, baselines = {}, {}
+    for run, lines in metrics_by_run.items():
+        spe = [r["step"] / r["epochs"] for r in records_by_run.get(run, [])
+               if _is_number(r.get("step")) and _is_number(r.get("epochs")) and r["epochs"] > 0]
+        if spe and series(lines, "knn_top1")[0]:
+            converted[run] = [dict(line, step=line["step"] / spe[0]) for line in lines
+                              if _is_number(line.get("step"))]
+            baseline = random_init_knn(records_by_run.get(run, []))
+            if baseline is not None:
+                baselines[run] = baseline
+    if not converted:
+        return None
+    fig, (ax,) = _new_figure(1)
+    _plot_runs(ax, converted, "knn_top1", labels, scale=100.0, marker="o", markersize=3)
+    colors = {run: f"C{i % 10}" for i, run in enumerate(converted)}
+    for run, value in _reference_lines({r: v for r, (v, _) in baselines.items()}).items():
+        who = "" if run is None else f", {labels.get(run, run)}"
+        ax.axhline(100 * value, color=colors.get(run, "black"), linestyle="--", linewidth=1.0,
+                   label=f"random init{who}: {100 * value:.1f} %")
+    ax.set_ylim(0, 100)
+    _finish(ax, "pretraining epoch", "kNN top-1 on the test split (%), axis 0-100",
+            "kNN top-1 during pretraining\ndashed: the same network at random init")
+    return fig
 
 
 # ----------------------------------------------------------------------------- plots
@@ -556,6 +670,16 @@ def main(argv):
         cli.fail(f"--protocols: unknown protocol(s) {', '.join(unknown)}; valid: {','.join(PROTOCOL_ORDER)}.",
                  code=2)
     records_by_run, metrics_by_run, labels = load_runs(run_dirs)
+    if _SUMMARY.value:
+        machines = {name: read_machine(d) for name, d in zip(run_names(run_dirs), run_dirs)}
+        print(summary_table(records_by_run, machines, _KNN_SETTING.value), end="", flush=True)
+        fig = None if _NO_PLOTS.value else knn_epoch_figure(metrics_by_run, records_by_run, labels)
+        if fig is not None:
+            os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+            path = os.path.join(_OUTPUT_DIR.value, "knn_epoch.png")
+            fig.savefig(path, dpi=110)
+            print(f"ssl_jax: wrote {path}", file=sys.stderr)
+        return
     tables = markdown_tables(records_by_run, all_steps=_ALL_STEPS.value, protocols=_PROTOCOLS.value or None)
     if tables:
         print(tables, end="", flush=True)

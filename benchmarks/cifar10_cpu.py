@@ -1,0 +1,460 @@
+"""Every method on CIFAR-10 at CPU scale: one backbone, one epoch budget, one table (issue 25).
+
+Commands (from the repository root; data: TFDS cifar10 in ../shared/tfds, or --data_dir):
+
+    python benchmarks/cifar10_cpu.py --plan                 # the plan: backbone, epochs, every change
+    python benchmarks/cifar10_cpu.py --method=byol          # one row (resumes its workdir if stopped)
+    python benchmarks/cifar10_cpu.py --method=all           # every row not yet done, one at a time
+    python benchmarks/cifar10_cpu.py --report               # the README table and the kNN-vs-epoch plot
+    python benchmarks/cifar10_cpu.py --measure=0.25,0.5     # BYOL's training img/s at these widths
+
+Each row is an ordinary training workdir, benchmarks/cifar10_cpu/runs/<method> (not committed):
+rerunning the same command resumes it from its last checkpoint (one per epoch) or, when it is
+finished, only re-evaluates. A finished row's summary (results.json, metrics.jsonl, config.json,
+machine.json) is copied to benchmarks/cifar10_cpu/results/<method>/, which is committed, and
+`--report` builds benchmarks/cifar10_cpu/results.md (the table, by `ssl_jax.report`'s summary
+table) and benchmarks/cifar10_cpu/knn_vs_epoch.png from those copies. `--method=all` runs each
+method in its own process (one failing method does not stop the others) and skips rows already
+in results/ (--rerun trains them again in their workdir, which resumes).
+
+The recipe of a row is the method's own `cifar10` preset (configs/<method>.py:cifar10) with these
+changes, the same for every method (`derive` applies them; `--plan` prints them per method):
+
+* Backbone: ResNet-18 with the CIFAR stem at width WIDTH (channels 16-128 at 0.25), float32, no
+  Sobel input layer, for every method. Why: one network for the whole table, so the rows compare
+  methods, not backbones (the proxy-task presets use the 4-block NIN, IIC's ResNet-34 with Sobel,
+  the others ResNet-18 at width 1); and narrow so that an epoch fits ~2 minutes on 2 CPU cores.
+  The width was chosen by measuring BYOL's training throughput on this machine (the numbers are in
+  the module's README section and in the report that introduced this file).
+* Epochs: EPOCHS for every method (the presets' 200-6000 epochs take days on a CPU). The LR
+  schedule (cosine, or step decay) runs over these EPOCHS epochs.
+* LR warm-up: min(preset warm-up, 10 % of the run) epochs. Why: the presets' 10 warm-up epochs
+  are longer than the run; 10 % of the run is the fraction short reference runs use (10 of 100).
+* Start-of-training freezes (SwAV's prototypes and DINO's last layer, frozen for the first
+  epoch): min(preset, 10 % of the run) epochs, as the warm-up they go with (one of 8 epochs would
+  be an eighth of the run; scaled by 8/1000 they would vanish).
+* Other schedule positions given in epochs (step-decay milestones, DINO's teacher-temperature
+  warm-up, CARL's / CARP's entropy-weight decay, SwAV's queue start)
+  are scaled by EPOCHS / preset epochs, so the schedule keeps its shape; a negative milestone
+  (counted from the end) is scaled the same way. Periods (DeepCluster's / DeeperCluster's
+  reassign_epochs: re-cluster every N epochs) are not schedule positions and are kept.
+* Evaluation: kNN top-1 (k=200, T=0.1, solo-learn's setting) on the test split every epoch into
+  metrics.jsonl (the presets' every_steps of 1950 = 10 epochs of batch 256 is past the run's
+  end); after training kNN and the cached-feature linear probe (eval.linear_probe, as in the
+  presets). Log and checkpoint every epoch (log every divisor of an epoch <= 50 steps), so the
+  per-epoch kNN lands on a log step and a stopped run loses at most one epoch.
+* Random-init baseline: the same network (WIDTH, seed 0) at its initialisation, evaluated once
+  per backbone with the same kNN and linear probe (runs/random_init_<backbone>/results.json,
+  reused by every row), instead of each run's own eval.compare_random_init; its records are
+  copied into each row's results.json under that row's method, so the tables put it under the
+  row.
+* Nothing else changes: batch size, optimizer, LR, weight decay, augmentations, heads,
+  temperatures, momentum schedules are each method's `cifar10` recipe.
+
+machine.json of a row: the CPU model (lscpu), the cores, and for every segment of the run
+(a resumed run has several) its start and end time and the 1-minute load average at both (the
+machine is shared: a load above the core count means the row's wall time is inflated).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.join(ROOT, "benchmarks", "cifar10_cpu")
+RUNS_DIR = os.path.join(BENCH_DIR, "runs")  # workdirs: gitignored
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")  # committed summaries
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(ROOT), "shared", "tfds")
+
+BACKBONE = "resnet18"
+WIDTH = 0.25
+EPOCHS = 8
+SEED = 0
+KNN_K, KNN_T = 200, 0.1
+WARMUP_FRACTION = 0.1
+# Epoch-valued schedule positions scaled by EPOCHS / preset epochs (periods such as
+# reassign_epochs are not among them).
+SCALED_FIELDS = ("optimizer.warmup_epochs", "optimizer.decay_epochs", "optimizer.freeze_epochs",
+                 "dino.warmup_teacher_temp_epochs", "carl.entropy_decay_epochs",
+                 "carp.entropy_decay_epochs", "swav.queue_start_epoch")
+SUMMARY_FILES = ("results.json", "metrics.jsonl", "config.json", "machine.json")
+TRAIN_EXAMPLES = 50_000  # CIFAR-10 train split
+
+
+def methods() -> tuple[list[str], dict[str, str]]:
+    """(the methods of ssl_jax.methods.METHODS that pretrain on CIFAR-10: those with a
+    configs/<name>.py whose PRESETS has 'cifar10'; {every other method: why it has no row})."""
+    import ast
+
+    from ssl_jax.methods import METHODS
+
+    rows, skipped = [], {}
+    for name in sorted(METHODS):
+        path = os.path.join(ROOT, "configs", f"{name}.py")
+        if not os.path.exists(path):
+            skipped[name] = f"no configs/{name}.py (a stage of another method's run, not a pretraining command)"
+            continue
+        presets_ = ()
+        for node in ast.parse(open(path).read()).body:  # PRESETS without executing the file
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PRESETS" for t in node.targets):
+                presets_ = ast.literal_eval(node.value)
+        if "cifar10" in presets_:
+            rows.append(name)
+        else:
+            skipped[name] = f"configs/{name}.py has no cifar10 preset"
+    return rows, skipped
+
+
+def log_every(steps_per_epoch: int, most: int = 50) -> int:
+    """The largest divisor of an epoch's steps that is at most `most` (at least 10 steps), else
+    the epoch itself: the per-epoch kNN must fall on a log step."""
+    best = max(d for d in range(1, most + 1) if steps_per_epoch % d == 0)
+    return best if best >= 10 else steps_per_epoch
+
+
+def _get(c, dotted):
+    node = c
+    for part in dotted.split("."):
+        if part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(c, dotted, value):
+    *parents, leaf = dotted.split(".")
+    node = c
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str = DEFAULT_DATA_DIR):
+    """(the benchmark config, [(field, preset value, new value, reason)]) of a method's
+    `cifar10` preset: the changes of the module docstring, nothing else."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict(config.to_dict())
+    changes = []
+
+    def change(field, value, reason):
+        old = _get(c, field)
+        if old != value:
+            changes.append((field, old, value, reason))
+        _set(c, field, value)
+
+    if c.data.dataset != "cifar10" or c.num_steps > 0:
+        raise ValueError(f"{c.method}: its cifar10 preset is not an epoch-based CIFAR-10 run "
+                         f"(dataset {c.data.dataset}, num_steps {c.num_steps}); fix the preset.")
+    preset_epochs = float(c.num_epochs)
+    factor = epochs / preset_epochs
+    for field, value in (("model.name", BACKBONE), ("model.width", float(width)), ("model.cifar_stem", True),
+                         ("model.sobel", False), ("model.dtype", "float32")):
+        change(field, value, "one backbone for every row, narrow enough for a CPU epoch")
+    change("num_epochs", int(epochs), "one CPU-scale budget for every row")
+    change("data.data_dir", data_dir, "the offline TFDS copy")
+    for field in SCALED_FIELDS:
+        old = _get(c, field)
+        if old is None:
+            continue
+        cap = WARMUP_FRACTION * epochs
+        if field == "optimizer.warmup_epochs":
+            change(field, min(float(old), cap), f"the preset's warm-up capped at {WARMUP_FRACTION:.0%} of the run")
+        elif field == "optimizer.freeze_epochs":
+            old = old.to_dict() if hasattr(old, "to_dict") else dict(old)
+            new = {k: min(float(v), cap) for k, v in old.items()}
+            if new != old:
+                change(field, new, f"start-of-training freeze capped at {WARMUP_FRACTION:.0%} of the run, "
+                                   "as the warm-up")
+        elif isinstance(old, (tuple, list)):
+            change(field, tuple(round(float(v) * factor, 6) for v in old),
+                   f"schedule position scaled by {epochs}/{preset_epochs:g} epochs")
+        else:
+            change(field, round(float(old) * factor, 6), f"schedule position scaled by {epochs}/{preset_epochs:g} epochs")
+    spe = TRAIN_EXAMPLES // int(c.global_batch_size)
+    every = log_every(spe)
+    change("log_every_steps", every, "a divisor of the epoch, so the per-epoch kNN falls on a log step")
+    change("eval.every_steps", spe, "kNN every epoch, for the kNN-vs-epoch plot")
+    change("checkpoint.every_steps", spe, "a checkpoint every epoch: a stopped row loses at most one")
+    change("eval.knn_k", KNN_K, "solo-learn's kNN setting")
+    change("eval.knn_temperature", KNN_T, "solo-learn's kNN setting")
+    change("eval.linear_probe", True, "the cached-feature linear probe for every row")
+    change("eval.compare_random_init", False, "the random-init baseline is computed once per backbone")
+    change("seed", SEED, "the same seed for every row")
+    return c, changes
+
+
+def benchmark_config(method: str, **kwargs):
+    from ssl_jax import presets
+
+    return derive(presets.method_config(os.path.join(ROOT, "configs"), method, "cifar10"), **kwargs)
+
+
+def backbone_name(config) -> str:
+    from ssl_jax import results as results_lib
+
+    return results_lib.run_fields(config, 0, None)["backbone"]
+
+
+def plan_text(names: list[str], skipped: dict[str, str] | None = None, **kwargs) -> str:
+    """The plan every row follows, and each method's changes to its preset."""
+    lines = [f"CIFAR-10 at CPU scale: {BACKBONE} x{kwargs.get('width', WIDTH):g} (CIFAR stem), "
+             f"{kwargs.get('epochs', EPOCHS)} epochs for every method, kNN k={KNN_K} T={KNN_T:g} every epoch, "
+             f"linear probe and random-init baseline at the end.",
+             f"Workdirs: {os.path.relpath(RUNS_DIR, ROOT)}/<method> (resumed by rerunning); summaries: "
+             f"{os.path.relpath(RESULTS_DIR, ROOT)}/<method>.",
+             "One row:  nice -n 5 python benchmarks/cifar10_cpu.py --method=<method>",
+             "All rows: nice -n 5 python benchmarks/cifar10_cpu.py --method=all   (skips finished rows)",
+             "Table:    python benchmarks/cifar10_cpu.py --report", ""]
+    for name in names:
+        config, changes = benchmark_config(name, **kwargs)
+        spe = TRAIN_EXAMPLES // config.global_batch_size
+        done = "done" if os.path.exists(os.path.join(RESULTS_DIR, name, "results.json")) else "to run"
+        lines.append(f"{name} [{done}]: batch {config.global_batch_size}, {spe} steps/epoch, "
+                     f"{config.optimizer.name} base_lr {config.optimizer.base_lr:g}")
+        for field, old, new, _ in changes:
+            if field not in ("data.data_dir",):
+                lines.append(f"    {field}: {old!r} -> {new!r}")
+    for name, why in (skipped or {}).items():
+        lines.append(f"{name} [no row]: {why}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- machine
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def start_segment(workdir: str) -> dict:
+    """Append this segment's start (time, 1-minute load) to WORKDIR/machine.json; returns it."""
+    path = os.path.join(workdir, "machine.json")
+    machine = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "segments": []}
+    if os.path.exists(path):
+        with open(path) as f:
+            machine["segments"] = json.load(f).get("segments", [])
+    machine["segments"].append({"start": _now(), "load1_start": load1()})
+    _write_json(path, machine)
+    return machine
+
+
+def end_segment(workdir: str, machine: dict) -> None:
+    machine["segments"][-1].update(end=_now(), load1_end=load1())
+    _write_json(os.path.join(workdir, "machine.json"), machine)
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- runs
+
+def random_init_records(config, log) -> list[dict]:
+    """kNN and linear-probe records of config's encoder at random initialisation (seed
+    config.seed), computed once per backbone into runs/random_init_<backbone>/results.json."""
+    from ssl_jax import results as results_lib
+
+    workdir = os.path.join(RUNS_DIR, f"random_init_{backbone_name(config)}")
+    records = results_lib.read_records(workdir)
+    if records:
+        return records
+    import ml_collections
+    from ssl_jax import parallel, pretrained as pretrained_lib
+    from ssl_jax.data import sources
+    from ssl_jax.evaluate import in_training, run as run_lib
+    from ssl_jax.models import build_encoder
+
+    t0 = time.perf_counter()
+    pre = pretrained_lib.of_run(config, build_encoder(config.model), {}, network="random_init", step=0, epochs=0.0)
+    pre = pretrained_lib.random_init(pre, int(config.seed))
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.train_split = config.data.eval_train_split
+    mesh = parallel.mesh_from_config(config.mesh)
+    info = sources.dataset_info(data.dataset, data.train_split, data.data_dir)
+    ctx = run_lib.Context(in_training.eval_config(config), pre, data, mesh, info["num_classes"], workdir=None,
+                          log=log)
+    log(f"Random-init baseline of {backbone_name(config)} (kNN, linear probe), once for every row.")
+    records = run_lib.timed_records(ctx, [run_lib.protocol_knn, run_lib.protocol_linear_cached])
+    os.makedirs(workdir, exist_ok=True)
+    results_lib.write_records(workdir, records)
+    log(f"Random-init baseline in {time.perf_counter() - t0:.0f} s: " + ", ".join(
+        f"{r['protocol']} {r['metric']} {r['value']:.4f}" for r in records if r["metric"] == "top1"))
+    return records
+
+
+def stamped(baseline: list[dict], trained: list[dict]) -> list[dict]:
+    """The baseline records under the trained run's method, step and epochs (the run they are the
+    baseline of), as eval.compare_random_init stamps them."""
+    ref = next(r for r in trained if r["network"] != "random_init")
+    fields = {k: ref[k] for k in ("method", "dataset", "backbone", "epochs", "step")}
+    return [dict(r, **fields) for r in baseline]
+
+
+def run_one(method: str, data_dir: str, epochs: int, width: float) -> None:
+    """Train (or resume) one row, evaluate it, add the baseline, copy its summary to results/."""
+    from ssl_jax import cli, xla_flags
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    xla_flags.set_cpu_defaults()  # before JAX starts, as the commands do
+    cli.quiet_library_logs()
+    from ssl_jax import results as results_lib
+    from ssl_jax.evaluate import in_training
+    from ssl_jax.train.logging import console
+
+    config, _ = benchmark_config(method, epochs=epochs, width=width, data_dir=data_dir)
+    baseline = random_init_records(config, console)
+    workdir = os.path.join(RUNS_DIR, method)
+    os.makedirs(workdir, exist_ok=True)
+    machine = start_segment(workdir)
+    console(f"{method}: {config.num_epochs} epochs of {backbone_name(config)} in {workdir} "
+            f"(load {machine['segments'][-1]['load1_start']} on {machine['cores']} cores)")
+    try:
+        records = in_training.pretrain_and_evaluate(config, workdir)
+    finally:
+        end_segment(workdir, machine)
+    results_lib.write_records(workdir, stamped(baseline, records))
+    out = os.path.join(RESULTS_DIR, method)
+    os.makedirs(out, exist_ok=True)
+    for name in SUMMARY_FILES:
+        shutil.copy2(os.path.join(workdir, name), os.path.join(out, name))
+    console(f"{method}: summary in {os.path.relpath(out, ROOT)}")
+
+
+def measure(method: str, width: float, data_dir: str, steps: int = 30, first: int = 10) -> dict:
+    """Training throughput of `method`'s benchmark config at `width` (data pipeline included, no
+    evaluation): images/s of wall time and images per CPU-second of this process (every
+    thread: XLA's and tf.data's) between step `first` and step `steps`. On a shared machine the
+    wall rate falls with the load; 2 x the CPU rate is the rate of 2 idle cores if both were
+    fully used, an upper bound."""
+    import tempfile
+
+    from ssl_jax.train import loop
+
+    config, _ = benchmark_config(method, width=width, data_dir=data_dir)
+    config.num_steps, config.log_every_steps = steps, first
+    config.optimizer.warmup_epochs = 0.0
+    config.eval.every_steps, config.checkpoint.every_steps = 0, 10 * steps
+    marks = {}
+    evaluator = loop.Evaluator(during=lambda run, state, step: marks.setdefault(
+        step, (time.perf_counter(), time.process_time(), load1())) and {}, after=lambda run, state: [])
+    with tempfile.TemporaryDirectory() as workdir:
+        loop.run(config, workdir, evaluator=evaluator)
+    (w0, c0, l0), (w1, c1, l1) = marks[first], marks[steps]
+    images = (steps - first) * config.global_batch_size
+    return {"method": method, "width": width, "batch": config.global_batch_size, "images": images,
+            "img_per_s_wall": round(images / (w1 - w0), 1), "img_per_cpu_s": round(images / (c1 - c0), 1),
+            "epoch_minutes_wall": round(TRAIN_EXAMPLES / (images / (w1 - w0)) / 60, 2),
+            "epoch_minutes_2_idle_cores": round(TRAIN_EXAMPLES / (2 * images / (c1 - c0)) / 60, 2),
+            "load1": [l0, l1]}
+
+
+def run_all(names, args) -> int:
+    """Each row in its own process, one at a time; rows already in results/ skipped unless --rerun."""
+    failed = []
+    for name in names:
+        if os.path.exists(os.path.join(RESULTS_DIR, name, "results.json")) and not args.rerun:
+            print(f"{name}: done (results/{name}); --rerun to train it again", flush=True)
+            continue
+        cmd = [sys.executable, os.path.abspath(__file__), f"--method={name}", f"--epochs={args.epochs}",
+               f"--width={args.width}", f"--data_dir={args.data_dir}"]
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
+        code = subprocess.call(cmd)
+        if code:
+            print(f"{name}: exit code {code}", flush=True)
+            failed.append(name)
+            if code in (75, -15, 143):  # preempted / SIGTERM: stop the whole queue
+                break
+    if failed:
+        print(f"failed or stopped: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+def report() -> None:
+    """results.md (the summary table and the per-protocol tables) and knn_vs_epoch.png from results/."""
+    from ssl_jax import report as report_lib
+
+    dirs = sorted(os.path.join(RESULTS_DIR, d) for d in os.listdir(RESULTS_DIR)
+                  if os.path.isdir(os.path.join(RESULTS_DIR, d)))
+    if not dirs:
+        sys.exit(f"no finished rows in {RESULTS_DIR}: run python benchmarks/cifar10_cpu.py --method=<method> first")
+    records, metrics, labels = report_lib.load_runs(dirs)
+    machines = {name: report_lib.read_machine(d) for name, d in zip(report_lib.run_names(dirs), dirs)}
+    text = report_lib.summary_table(records, machines, knn_setting=f"k={KNN_K},T={KNN_T:g}")
+    with open(os.path.join(BENCH_DIR, "results.md"), "w") as f:
+        f.write(text)
+    print(text, end="")
+    fig = report_lib.knn_epoch_figure(metrics, records, labels)
+    if fig is not None:
+        path = os.path.join(BENCH_DIR, "knn_vs_epoch.png")
+        fig.savefig(path, dpi=110)
+        print(f"wrote {os.path.relpath(path, ROOT)}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", help="a method name, or 'all'")
+    parser.add_argument("--plan", action="store_true", help="print the plan and every change per method")
+    parser.add_argument("--report", action="store_true", help="write results.md and knn_vs_epoch.png")
+    parser.add_argument("--measure", default="", help="comma-separated widths: training throughput of "
+                        "--method (default byol) at each, one JSON line per width")
+    parser.add_argument("--rerun", action="store_true", help="with --method=all: also rows already done")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--width", type=float, default=WIDTH)
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    args = parser.parse_args(argv)
+    if args.measure:
+        from ssl_jax import xla_flags
+
+        xla_flags.set_cpu_defaults()
+        for width in args.measure.split(","):
+            print(json.dumps(measure(args.method or "byol", float(width), args.data_dir)), flush=True)
+        return 0
+    if not (args.method or args.plan or args.report):
+        parser.error("pass --plan, --method=<method>|all, --report or --measure=WIDTHS")
+    names, skipped = methods()
+    if args.method and args.method != "all" and args.method not in names:
+        why = f" ({skipped[args.method]})" if args.method in skipped else ""
+        parser.error(f"no CIFAR-10 row for method {args.method!r}{why}; valid: all, {', '.join(names)}")
+    kwargs = dict(epochs=args.epochs, width=args.width, data_dir=args.data_dir)
+    if args.plan or args.method == "all":
+        every = args.method in (None, "all")
+        print(plan_text(names if every else [args.method], skipped if every else None, **kwargs), flush=True)
+    code = 0
+    if args.method == "all":
+        code = run_all(names, args)
+    elif args.method:
+        run_one(args.method, **kwargs)
+    if args.report:
+        report()
+    return code
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    sys.exit(main())

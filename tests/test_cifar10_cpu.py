@@ -1,0 +1,161 @@
+"""The CIFAR-10 CPU benchmark (benchmarks/cifar10_cpu.py): its config derivation and the summary
+table / kNN-vs-epoch plot that ssl_jax.report builds from the runs' results.json files."""
+import importlib.util
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from ssl_jax import report, results
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("cifar10_cpu", os.path.join(REPO, "benchmarks", "cifar10_cpu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------- derivation
+
+def test_derive_changes_only_the_listed_fields(bench):
+    from ssl_jax import presets
+
+    preset = presets.method_config(os.path.join(REPO, "configs"), "byol", "cifar10")
+    derived, changes = bench.derive(preset, epochs=8, width=0.25, data_dir="/data")
+    changed = {field for field, *_ in changes}
+    flat = lambda c, p="": {k2: v2 for k, v in c.items() for k2, v2 in
+                            (flat(v, p + k + ".").items() if isinstance(v, dict) else [(p + k, v)])}
+    before, after = flat(preset.to_dict()), flat(derived.to_dict())
+    assert {k for k in after if after[k] != before.get(k)} == changed
+    # Every change is recorded with the preset's value and the new one.
+    for field, old, new, reason in changes:
+        assert before[field] == old and after[field] == new and reason
+    assert derived.model.name == "resnet18" and derived.model.width == 0.25 and derived.num_epochs == 8
+    assert derived.optimizer.warmup_epochs == pytest.approx(0.8)  # min(10, 10 % of 8)
+    assert derived.global_batch_size == preset.global_batch_size  # the recipe's own batch
+    assert derived.optimizer.base_lr == preset.optimizer.base_lr
+    spe = 50_000 // 256
+    assert derived.eval.every_steps == spe and derived.checkpoint.every_steps == spe
+    assert spe % derived.log_every_steps == 0  # the per-epoch kNN falls on a log step
+    assert not derived.eval.compare_random_init and derived.eval.linear_probe
+
+
+def test_derive_scales_schedule_positions_and_keeps_periods(bench):
+    from ssl_jax import presets
+
+    load = lambda m: presets.method_config(os.path.join(REPO, "configs"), m, "cifar10")
+    rotnet, _ = bench.derive(load("rotnet"), epochs=8)
+    assert rotnet.optimizer.decay_epochs == pytest.approx((60 * 8 / 200, 120 * 8 / 200, 160 * 8 / 200))
+    iic, _ = bench.derive(load("iic"), epochs=8)  # ResNet-34 + Sobel in its preset: same backbone here
+    assert (iic.model.name, iic.model.sobel) == ("resnet18", False)
+    deepercluster = load("deepercluster")
+    derived, _ = bench.derive(deepercluster, epochs=8)
+    assert derived.deepercluster.reassign_epochs == deepercluster.deepercluster.reassign_epochs
+    dino, _ = bench.derive(load("dino"), epochs=8)
+    assert dino.dino.warmup_teacher_temp_epochs == pytest.approx(50 * 8 / 1000)
+
+
+def test_log_every_divides_the_epoch(bench):
+    for spe in (97, 195, 227, 390):
+        every = bench.log_every(spe)
+        assert spe % every == 0 and (10 <= every <= 50 or every == spe)
+    assert bench.log_every(195) == 39 and bench.log_every(97) == 97
+
+
+# ----------------------------------------------------------------------------- summary table
+
+def _write_run(root, name, *, method, knn, linear, rand_knn, rand_linear, seconds, collapsed, loads,
+               knn_curve, batch=256):
+    run_dir = os.path.join(root, name)
+    os.makedirs(run_dir)
+    spe = 50_000 // batch
+    epochs = len(knn_curve)
+    run = {"method": method, "dataset": "cifar10", "backbone": "resnet18_w0.25", "epochs": float(epochs),
+           "step": spe * epochs}
+    recs = results.make_records(run, protocol="pretrain", eval_dataset="cifar10", network="online",
+                                metrics={"train_seconds": seconds, "examples_seen": spe * epochs * batch,
+                                         "collapsed": collapsed})
+    recs += results.make_records(run, protocol="knn", eval_dataset="cifar10", network="online",
+                                 setting="k=200,T=0.1", metrics={"top1": knn})
+    recs += results.make_records(run, protocol="knn", eval_dataset="cifar10", network="online",
+                                 setting="k=20,T=0.1", metrics={"top1": 0.01})  # another setting: not shown
+    recs += results.make_records(run, protocol="linear_cached", eval_dataset="cifar10", network="online",
+                                 metrics={"top1": linear, "l2": 1e-4})
+    recs += results.make_records(run, protocol="knn", eval_dataset="cifar10", network="random_init",
+                                 setting="k=200,T=0.1", metrics={"top1": rand_knn})
+    recs += results.make_records(run, protocol="linear_cached", eval_dataset="cifar10", network="random_init",
+                                 metrics={"top1": rand_linear})
+    # An earlier evaluated checkpoint: the table shows the latest step only.
+    recs += results.make_records(dict(run, step=spe, epochs=1.0), protocol="knn", eval_dataset="cifar10",
+                                 network="online", setting="k=200,T=0.1", metrics={"top1": 0.99})
+    results.write_records(run_dir, recs)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        for epoch, value in enumerate(knn_curve, 1):
+            f.write(json.dumps({"step": spe * epoch - spe // 2, "loss": 1.0}) + "\n")  # a line without kNN
+            f.write(json.dumps({"step": spe * epoch, "loss": 1.0, "knn_top1": value}) + "\n")
+    machine = {"cpu_model": "Test CPU", "cores": 2,
+               "segments": [{"start": "t0", "load1_start": a, "end": "t1", "load1_end": b} for a, b in loads]}
+    with open(os.path.join(run_dir, "machine.json"), "w") as f:
+        json.dump(machine, f)
+    return run_dir
+
+
+def _rows(markdown):
+    lines = [line for line in markdown.strip().splitlines()]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert re.fullmatch(r"\|[-:|]+\|", lines[1])
+    return header, [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    dirs = [_write_run(tmp_path, "byol", method="byol", knn=0.41234, linear=0.5, rand_knn=0.28, rand_linear=0.3349,
+                       seconds=1000.4, collapsed=0.0, loads=[(5.47, 6.1)], knn_curve=[0.3, 0.35, 0.41234]),
+            _write_run(tmp_path, "simsiam", method="simsiam", knn=0.1, linear=0.105, rand_knn=0.28,
+                       rand_linear=0.3349, seconds=3725, collapsed=1.0, loads=[(1.0, 2.0), (3.5, 4.25)],
+                       knn_curve=[0.2, 0.1], batch=512)]
+    return dirs
+
+
+def test_summary_table_round_trips_the_numbers(two_runs):
+    records, _, _ = report.load_runs(two_runs)
+    machines = {name: report.read_machine(d) for name, d in zip(report.run_names(two_runs), two_runs)}
+    header, rows = _rows(report.summary_table(records, machines, knn_setting="k=200,T=0.1"))
+    assert tuple(header) == report.SUMMARY_HEADER
+    assert [r["method"] for r in rows] == ["byol", "simsiam"]
+    byol, simsiam = rows
+    assert byol == {"method": "byol", "backbone": "resnet18_w0.25", "epochs": "3", "train time": "0:16:40",
+                    "machine": "Test CPU, 2 cores, load 5.47→6.1", "kNN top-1 %": "41.2",
+                    "linear top-1 %": "50.0", "random-init kNN %": "28.0", "random-init linear %": "33.5",
+                    "collapsed": "no"}
+    assert simsiam["epochs"] == "2" and simsiam["train time"] == "1:02:05" and simsiam["collapsed"] == "yes"
+    assert simsiam["machine"] == "Test CPU, 2 cores, load 1→4.25 (2 segments)"
+    assert simsiam["kNN top-1 %"] == "10.0" and simsiam["linear top-1 %"] == "10.5"
+
+
+def test_summary_table_missing_values_and_machine(two_runs):
+    records, _, _ = report.load_runs(two_runs[:1])
+    records["byol"] = [r for r in records["byol"] if r["protocol"] != "linear_cached"]
+    _, (row,) = _rows(report.summary_table(records, {}, knn_setting="k=200,T=0.1"))
+    assert row["linear top-1 %"] == row["random-init linear %"] == row["machine"] == report.MISSING
+    assert row["kNN top-1 %"] == "41.2"
+
+
+def test_knn_epoch_figure_plots_epochs_and_the_baseline(two_runs):
+    records, metrics, labels = report.load_runs(two_runs)
+    fig = report.knn_epoch_figure(metrics, records, labels)
+    (ax,) = fig.axes
+    assert ax.get_ylim() == (0, 100) and "epoch" in ax.get_xlabel()
+    curves = {line.get_label(): line for line in ax.get_lines() if line.get_linestyle() != "--"}
+    np.testing.assert_allclose(curves["byol"].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(curves["byol"].get_ydata(), [30, 35, 41.234])
+    np.testing.assert_allclose(curves["simsiam"].get_xdata(), [1, 2])
+    (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]  # one shared baseline
+    np.testing.assert_allclose(dashed.get_ydata(), [28, 28])
+    assert report.knn_epoch_figure({"x": []}, {"x": []}) is None
