@@ -14,8 +14,9 @@ resumes from its own checkpoint. Override a stage's settings under its section, 
 
 Presets: SCALE[_PROXY] and SCALE[_ABLATION] (the ablations on rotation, as the paper's Tables IX, XI,
 XII): cifar10, cifar10_colorization, cifar10_context_encoder, cifar10_aet, cifar10_proxy_only,
-cifar10_semantic_only, cifar10_gt, cifar10_random, cifar10_kmeans; demo, demo_colorization,
-demo_context_encoder, demo_aet, demo_proxy_only, demo_semantic_only, demo_gt, demo_random, demo_kmeans.
+cifar10_semantic_only, cifar10_gt, cifar10_random, cifar10_kmeans, cifar10_coupled; demo,
+demo_colorization, demo_context_encoder, demo_aet, demo_proxy_only, demo_semantic_only, demo_gt,
+demo_random, demo_kmeans, demo_coupled.
   SCALE    cifar10  the paper's recipe: stage A = configs/iic.py:sslpp (C = 70, the over-clustering
                     head's best sub-head labels), stage C = the proxy's cifar10 preset (the paper's
                     Table II NIN recipe). One GPU; stage A at IIC's schedule takes GPU-days; the
@@ -50,13 +51,18 @@ demo_context_encoder, demo_aet, demo_proxy_only, demo_semantic_only, demo_gt, de
                           training images' evaluation views projected on 256 principal
                           components (not whitened), k-means++ then Lloyd with K = C (70; the
                           demo's 50), seeded by stage_b.seed (ssl_jax.stages.kmeans_labels)
+           coupled        no stage A or B: V₂'s labels re-clustered from the backbone's own
+                          features every epoch, DeepCluster's way (Table XII's "Coupled", there on
+                          AET: --config=configs/sslpp.py:cifar10_aet --config.stage_b.source=coupled);
+                          C = stage_b.num_classes; stage_c.sslpp.recluster_epochs / pca_dim /
+                          kmeans_iters (1 / 0 = the features' dimension / 20; ssl_jax.methods.sslpp)
 """
 import importlib
 
 import ml_collections
 
 PROXIES = {"rotnet": 0.05, "colorization": 1.0, "context_encoder": 1.0, "aet": 0.05}  # λ, seed 002 §IV-C
-ABLATIONS = ("proxy_only", "semantic_only", "gt", "random", "kmeans")
+ABLATIONS = ("proxy_only", "semantic_only", "gt", "random", "kmeans", "coupled")
 PRESETS = tuple(f"{scale}{'_' + v if v else ''}" for scale in ("cifar10", "demo")
                 for v in ("",) + tuple(p for p in PROXIES if p != "rotnet") + ABLATIONS)
 
@@ -76,7 +82,8 @@ def get_config(preset: str = "cifar10"):
     c.stage_a = importlib.import_module("configs.iic").get_config("sslpp" if scale == "cifar10" else "demo")
     # A finished IIC workdir to label with instead of training stage A ('' = train into DIR/stage_a).
     c.stage_a_workdir = ""
-    # Stage B: where the labels come from ('iic', 'ground_truth', 'random', 'kmeans', 'none' = no V₂),
+    # Stage B: where the labels come from ('iic', 'ground_truth', 'random', 'kmeans', 'coupled' = no
+    # stage B, stage C re-clusters its own features, 'none' = no V₂),
     # the IIC head ('overcluster': SSL++'s C = 70), the seed and C of 'random' and 'kmeans', the
     # labelling batch; 'kmeans' only: principal components kept, whitening, Lloyd iterations
     # (ssl_jax.stages.kmeans_labels says why these defaults; the paper gives none).
@@ -102,4 +109,6 @@ def get_config(preset: str = "cifar10"):
         c.stage_b.source = "random"
     elif ablation == "kmeans":
         c.stage_b.source = "kmeans"
+    elif ablation == "coupled":
+        c.stage_b.source = "coupled"
     return c

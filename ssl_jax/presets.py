@@ -110,11 +110,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # method as its paper has it. See ssl_jax.methods.dssl.
     c.dssl = ml_collections.ConfigDict(dict(mode="none", heavy_policy="ra(2,5)+jigsaw(4)", alpha=1.0,
                                             beta=0.0, gamma=1.0, delta=0.0, term_scale=0.25))
-    # SSL++'s semantic head V2 on a proxy task (ssl_jax.methods.sslpp); labels '' = off. weight (λ)
-    # has no default: configs/sslpp.py sets the paper's per-task value.
+    # SSL++'s semantic head V2 on a proxy task (ssl_jax.methods.sslpp); labels '' = off, a stage-B
+    # file, or 'coupled' (re-clustered every recluster_epochs by DeepCluster's k-means on the
+    # backbone's features, PCA-whitened to pca_dim, 0 = their dimension). weight (λ) has no
+    # default: configs/sslpp.py sets the paper's per-task value.
     c.sslpp = ml_collections.ConfigDict(dict(
         labels="", num_classes=70, weight=ml_collections.FieldReference(None, field_type=float),
-        proxy_weight=1.0, head_hidden_dim=0, view="features"))
+        proxy_weight=1.0, head_hidden_dim=0, view="features", recluster_epochs=1, pca_dim=0, kmeans_iters=20))
     # An ensemble of `size` identically initialised copies of the method trained as one program
     # (FUSSL's phase 1; ssl_jax.methods.ensemble); 1 = the method alone. eval_block: the block
     # that evaluation and export read.

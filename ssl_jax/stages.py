@@ -5,7 +5,8 @@
   B  every training example labelled once (ssl_jax.evaluate.iic.label_dataset: the best sub-head of
      stage_b.head) into DIR/stage_b_labels.npz with the training set's fingerprint and stage A's step,
      written atomically; or the dataset's labels ('ground_truth'), seeded random ones ('random'), or
-     PCA + k-means on the pixels ('kmeans': `kmeans_labels`, Table IX's "K-means");
+     PCA + k-means on the pixels ('kmeans': `kmeans_labels`, Table IX's "K-means"); with 'coupled'
+     (Table XII) there is no stage B: stage C re-clusters its own features (ssl_jax.methods.sslpp);
   C  config.stage_c (a proxy-task config) with config.stage_c.sslpp.labels pointing at that file,
      trained into DIR/stage_c (a normal workdir: `python -m ssl_jax.evaluate` and `ssl_jax.export`
      read it as any other).
@@ -32,7 +33,7 @@ from ssl_jax.evaluate import iic as iic_eval
 from ssl_jax.methods import sslpp
 from ssl_jax.train.logging import console
 
-SOURCES = ("iic", "ground_truth", "random", "kmeans", "none")
+SOURCES = ("iic", "ground_truth", "random", "kmeans", "coupled", "none")
 LABELS_FILE = "stage_b_labels.npz"
 
 
@@ -43,7 +44,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         raise ValueError(f"config.stage_b.source={source!r}; choose one of {SOURCES}.")
     stage_c = config.stage_c.copy_and_resolve_references()
     storage.makedirs(workdir)
-    if source != "none":
+    if source == "coupled":  # no stage A or B: labels from stage C's own features, re-clustered
+        stage_c.sslpp.update(dict(labels=sslpp.COUPLED, num_classes=int(config.stage_b.num_classes)))
+    elif source != "none":
         stage_a_dir = stage_a(config, workdir) if source == "iic" else None
         path = storage.join(workdir, LABELS_FILE)
         num_classes = stage_b(config, stage_a_dir, path)

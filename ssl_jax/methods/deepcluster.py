@@ -33,6 +33,14 @@ def fresh_linear(key, in_dim: int, out_dim: int, leading: tuple = ()) -> dict:
             "bias": jnp.zeros(leading + (out_dim,), jnp.float32)}
 
 
+def cluster_features(features, num_clusters: int, *, pca_dim: int, kmeans_iters: int, seed: int):
+    """DeepCluster's clustering of feature rows [N, D]: PCA-whitening to pca_dim (<= D), L2
+    normalisation, k-means (random init as Faiss, kmeans_iters iterations, empty clusters split)
+    -> ssl_jax.clustering.KMeansResult. Also SSL++'s coupled ablation (ssl_jax.methods.sslpp)."""
+    x = clustering.pca_whiten(jnp.asarray(features), pca_dim)
+    return clustering.kmeans(x, num_clusters, num_iters=kmeans_iters, init="random", empty="split", seed=seed)
+
+
 class DeepCluster(DatasetTargets):
     """Config section `deepcluster`: num_clusters, pca_dim, kmeans_iters, cluster_features (the
     encoder's return_stages key clustered), reassign_epochs (re-cluster every that many
@@ -59,15 +67,13 @@ class DeepCluster(DatasetTargets):
         return {"top_layer": {"dense1": fresh_linear(key, self.encoder.feature_dim, int(self.cfg.num_clusters))}}
 
     def cluster(self, features, num_clusters: int, seed: int):
-        """DeepCluster's clustering of feature rows: PCA-whitening to pca_dim, L2, k-means
-        (random init, kmeans_iters iterations, empty clusters split) -> KMeansResult."""
+        """DeepCluster's clustering of feature rows (`cluster_features`) -> KMeansResult."""
         dim = int(self.cfg.pca_dim)
         if dim > features.shape[1]:
             raise ValueError(f"{self.name}.pca_dim={dim} exceeds the {features.shape[1]} dimensions of the "
                              f"'{self.cfg.cluster_features}' features; lower --config.{self.name}.pca_dim.")
-        x = clustering.pca_whiten(jnp.asarray(features), dim)
-        return clustering.kmeans(x, num_clusters, num_iters=int(self.cfg.kmeans_iters), init="random",
-                                 empty="split", seed=seed)
+        return cluster_features(features, num_clusters, pca_dim=dim, kmeans_iters=int(self.cfg.kmeans_iters),
+                                seed=seed)
 
     def init_per_example(self, rng):
         return {"labels": jnp.full((self.num_rows,), -1, jnp.int32)}

@@ -10,6 +10,8 @@ method unchanged. Config section `sslpp` (defaults: ssl_jax.presets.base_config)
                 int32 in dataset-index order and the fingerprint of the training set they label
                 (dataset, split, num_examples) with the stage-A run's step and the label source.
                 It is checked against this run's training set (one error on a mismatch).
+                'coupled': no file; the labels are the backbone's own clusters, recomputed during
+                training (`CoupledSemanticHead`, the paper's Table XII ablation).
   num_classes   C, V₂'s outputs (SSL++: 70, IIC's over-clustering head); every label must be < C.
   weight        λ. No default: SSL++ uses 1 for colorization and context encoder, 0.05 for
                 rotation and AET (configs/sslpp.py sets them); 0 = the proxy alone (Table IX).
@@ -32,6 +34,20 @@ per-example state: they never change in stage C and are reread (and rechecked) f
 resume. V₂'s params live under params['semantic_head'] (trained by the optimizer, checkpointed,
 dropped by the evaluation as every head is). Metrics: semantic_loss (L_c), semantic_top1 (V₂'s
 agreement with the pseudo-labels), proxy_loss (L_s).
+
+Coupled (labels 'coupled'; SSL++ Table XII, "following [20] we iteratively use k-means to cluster
+deep features of samples", its foil): the same L = L_s + λ·L_c, but z_n is per-example state
+refreshed DeepCluster's way through the loop's dataset-refresh machinery (ssl_jax.train.refresh,
+as ssl_jax.methods.deepcluster): every `recluster_epochs` epochs (the paper does not say how
+often; 1 = DeepCluster's every epoch) the backbone's pooled features of every training image
+(evaluation view, inference mode) are clustered by DeepCluster's procedure
+(ssl_jax.methods.deepcluster.cluster_features: PCA-whitening to `pca_dim`, 0 = the features'
+dimension (NIN's 192 is below DeepCluster's 256), L2, k-means with K = num_classes, random init,
+`kmeans_iters` iterations (DeepCluster's 20), empty clusters split), seeded by the run's seed and the
+epoch; V₂ is re-initialised and its optimizer state reset at each refresh (cluster ids permute
+between clusterings). Epochs keep the proxy task's uniform order (DeepCluster's sampling uniform
+over clusters would reweight L_s as well). Refresh metrics: refresh_inertia,
+refresh_nonempty_clusters, refresh_nmi_previous.
 """
 import io
 
@@ -40,13 +56,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sklearn.metrics import normalized_mutual_info_score
+
 from ssl_jax import storage
 from ssl_jax.data import sources
-from ssl_jax.methods import common
+from ssl_jax.methods import common, deepcluster
+from ssl_jax.methods.dataset_targets import DatasetTargets
 from ssl_jax.models import build_head
+from ssl_jax.parallel import PER_EXAMPLE_KEY
 
 VIEWS = ("features", "all_copies")
-KEYS = ("labels", "num_classes", "weight", "proxy_weight", "head_hidden_dim", "view")
+KEYS = ("labels", "num_classes", "weight", "proxy_weight", "head_hidden_dim", "view", "recluster_epochs",
+        "pca_dim", "kmeans_iters")
+COUPLED = "coupled"  # config.sslpp.labels for the coupled ablation
 FINGERPRINT_KEYS = ("dataset", "split", "num_examples")
 
 
@@ -98,6 +120,8 @@ def wrap(method, config):
     section = config.get("sslpp")
     if section is None or not section.labels:
         return method
+    if section.labels == COUPLED:
+        return CoupledSemanticHead(method, section, config)
     return SemanticHead(method, section, config.data)
 
 
@@ -106,6 +130,19 @@ class SemanticHead:
     view_plan, evaluated_network, ...) is the method's own."""
 
     def __init__(self, method, section, data_cfg):
+        self._configure(method, section)
+        stored = read_labels(section.labels)
+        check_fingerprint(stored["fingerprint"], training_fingerprint(data_cfg), section.labels)
+        labels = stored["labels"]
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"The labels in {section.labels} range over [{labels.min()}, {labels.max()}], "
+                             f"outside config.sslpp.num_classes={self.num_classes}: set it to the labels' "
+                             f"C ({stored['num_classes']}).")
+        self.labels = labels
+        self.num_examples = int(labels.shape[0])
+
+    def _configure(self, method, section):
+        """Check `section`; set the weights, the view, C and V₂."""
         self.method = method
         unknown, missing = set(section.keys()) - set(KEYS), set(KEYS) - set(section.keys())
         if unknown or missing:
@@ -122,15 +159,8 @@ class SemanticHead:
                              "one input per image: set --config.sslpp.view=features.")
         self.weight, self.proxy_weight = float(section.weight), float(section.proxy_weight)
         self.view, self.num_classes = section.view, int(section.num_classes)
-        stored = read_labels(section.labels)
-        check_fingerprint(stored["fingerprint"], training_fingerprint(data_cfg), section.labels)
-        labels = stored["labels"]
-        if self.num_classes < 1 or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"The labels in {section.labels} range over [{labels.min()}, {labels.max()}], "
-                             f"outside config.sslpp.num_classes={self.num_classes}: set it to the labels' "
-                             f"C ({stored['num_classes']}).")
-        self.labels = labels
-        self.num_examples = int(labels.shape[0])
+        if self.num_classes < 1:
+            raise ValueError(f"config.sslpp.num_classes={self.num_classes} must be >= 1.")
         hidden = int(section.head_hidden_dim)
         self.semantic_head = build_head(dict(
             hidden_dim=hidden, output_dim=self.num_classes, num_layers=2 if hidden > 0 else 1,
@@ -160,12 +190,95 @@ class SemanticHead:
             feats = aux["features"][None]
         logits, stats = common.apply_views(self.semantic_head, params["semantic_head"],
                                            batch_stats["semantic_head"], feats, per_view_bn=False)
-        semantic_loss, top1 = semantic_objective(logits, jnp.asarray(self.labels)[batch["index"]])
+        semantic_loss, top1 = semantic_objective(logits, self.batch_labels(method_state, batch))
         loss = self.proxy_weight * proxy_loss + self.weight * semantic_loss
         aux = dict(aux, batch_stats=dict(aux["batch_stats"], semantic_head=stats),
                    metrics=dict(aux["metrics"], proxy_loss=proxy_loss, semantic_loss=semantic_loss,
                                 semantic_top1=top1))
         return loss, aux
+
+
+    def batch_labels(self, method_state, batch):
+        """z_n [N] of the batch's images (their dataset indices)."""
+        del method_state
+        return jnp.asarray(self.labels)[batch["index"]]
+
+
+class CoupledSemanticHead(SemanticHead):
+    """SSL++'s coupled ablation (module docstring): V₂'s labels are per-example state [num_rows]
+    (ssl_jax.parallel.PER_EXAMPLE_KEY, sharded like the batch), refreshed by the loop
+    (ssl_jax.train.refresh) with DeepCluster's clustering of the backbone's features."""
+
+    samples = False
+    refresh_features_on_device = False
+    # The DatasetTargets helpers, which read self.seed and self.num_rows.
+    refresh_seed = DatasetTargets.refresh_seed
+    padded = DatasetTargets.padded
+
+    def __init__(self, method, section, config):
+        self._configure(method, section)
+        if hasattr(method, "refresh_due"):
+            raise ValueError(f"config.sslpp.labels='coupled' re-clusters through the dataset refreshes, which "
+                             f"{method.name} already uses for its own targets; use a proxy task (rotnet, "
+                             "colorization, context_encoder, aet).")
+        self.recluster_epochs, self.pca_dim = int(section.recluster_epochs), int(section.pca_dim)
+        self.kmeans_iters = int(section.kmeans_iters)
+        if self.recluster_epochs < 1 or self.pca_dim < 0 or self.kmeans_iters < 1:
+            raise ValueError(f"config.sslpp: coupled labels need recluster_epochs >= 1, pca_dim >= 0 (0: the "
+                             f"features' dimension) and kmeans_iters >= 1; got {self.recluster_epochs}, "
+                             f"{self.pca_dim}, {self.kmeans_iters}.")
+        self.num_examples = training_fingerprint(config.data)["num_examples"]
+        batch = int(config.global_batch_size)
+        self.num_rows = -(-self.num_examples // batch) * batch
+        self.seed = int(config.seed)
+        if self.num_classes > self.num_examples:
+            raise ValueError(f"config.sslpp.num_classes={self.num_classes} exceeds the {self.num_examples} "
+                             "training images to cluster; lower it.")
+
+    def init(self, rng, images):
+        params, batch_stats, method_state = super().init(rng, images)
+        method_state = dict(method_state, **{PER_EXAMPLE_KEY: {"labels": jnp.full((self.num_rows,), -1, jnp.int32)},
+                                             "refreshed_at": jnp.int32(-1)})
+        return params, batch_stats, method_state
+
+    def batch_labels(self, method_state, batch):
+        # Set by the refresh that opens epoch 0, before the first step.
+        return method_state[PER_EXAMPLE_KEY]["labels"][batch["index"]]
+
+    def refresh_due(self, epoch: int) -> bool:
+        return epoch % self.recluster_epochs == 0
+
+    def refresh_pass_due(self, epoch: int) -> bool:
+        del epoch
+        return True
+
+    def refresh_features(self, params, batch_stats, images):
+        """The backbone's pooled features in inference mode (what V₂ and the evaluation read)."""
+        enc = self.method.encoder
+        return enc.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, images,
+                         train=False).astype(jnp.float32)
+
+    def refresh(self, params, batch_stats, method_state, features, epoch: int):
+        """New labels (DeepCluster's clustering of `features`), a fresh V₂ (reset: its optimizer state
+        too): (params, method_state, ('semantic_head',), metrics)."""
+        del batch_stats
+        features = np.asarray(features)[:self.num_examples]
+        dim = self.pca_dim or features.shape[1]
+        if dim > features.shape[1]:
+            raise ValueError(f"config.sslpp.pca_dim={dim} exceeds the {features.shape[1]} dimensions of the "
+                             "backbone's features; lower it (0 = their dimension).")
+        result = deepcluster.cluster_features(features, self.num_classes, pca_dim=dim,
+                                              kmeans_iters=self.kmeans_iters, seed=self.refresh_seed(epoch, 0))
+        labels = np.asarray(result.assignments, np.int32)
+        previous = np.asarray(method_state[PER_EXAMPLE_KEY]["labels"])[:self.num_examples]
+        metrics = {"refresh_inertia": result.inertia, "refresh_nonempty_clusters": len(np.unique(labels))}
+        if previous.min() >= 0:
+            metrics["refresh_nmi_previous"] = normalized_mutual_info_score(previous, labels)
+        head = self.semantic_head.init(jax.random.PRNGKey(self.refresh_seed(epoch, 1)),
+                                       jnp.zeros((1, features.shape[1]), jnp.float32), train=False)
+        params = dict(params, semantic_head=jax.tree.map(np.asarray, head["params"]))
+        per_example = dict(method_state[PER_EXAMPLE_KEY], labels=self.padded(labels, -1))
+        return params, dict(method_state, **{PER_EXAMPLE_KEY: per_example}), ("semantic_head",), metrics
 
 
 def semantic_objective(logits, labels):

@@ -1,0 +1,182 @@
+"""SSL++'s coupled ablation (ssl_jax.methods.sslpp.CoupledSemanticHead, Table XII): the refresh
+clusters the backbone's features and resets V₂, the loss reads the per-example labels, the staged
+run (slow); and the 1-vs-8-device equality of the train-step variants added for seed 002 beyond
+tests/test_sharding.py's list: 'rotnet+coupled' and 'aet+projective' (AET-project).
+
+Run as a script (`python -m tests.test_sslpp_coupled OUT_DIR`) it trains those variants for two
+steps on the visible devices and writes their states to OUT_DIR (as tests/step_equivalence.py)."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+VARIANTS = ("rotnet+coupled", "aet+projective")
+CLASSES = 7
+
+
+def coupled_config(num_classes=CLASSES, view="all_copies"):
+    """configs/rotnet.py:demo at batch 16 with coupled SSL++ labels."""
+    from configs import rotnet
+    c = rotnet.get_config("demo")
+    c.global_batch_size = 16
+    c.model.conv_backend = "xla"
+    c.sslpp.update(dict(labels="coupled", num_classes=num_classes, weight=0.5, view=view))
+    return c
+
+
+def numpy_ce(logits, labels):
+    logits = np.asarray(logits, np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.mean(np.take_along_axis(logp, labels[..., None], -1))
+
+
+def test_coupled_refresh_clusters_the_features_and_the_loss_reads_them():
+    """The refresh opening an epoch: labels = the clusters of the backbone's features (7 blobs,
+    found up to a permutation), padded with -1 to the state's rows; V₂ re-initialised (and named
+    for the optimizer reset); the same labels and head again for the same epoch, new ones for the
+    next (its NMI to the previous logged). The loss then takes each image's label from that state:
+    the proxy's loss + λ · a NumPy cross-entropy of V₂ on the rotated copies."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from ssl_jax.methods import build_method, sslpp
+    from ssl_jax.parallel import PER_EXAMPLE_KEY
+
+    method = build_method(coupled_config(), total_steps=10, steps_per_epoch=5)
+    assert isinstance(method, sslpp.CoupledSemanticHead) and method.refresh_due(0) and not method.samples
+    params, stats, state = jax.jit(method.init)(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+    assert state[PER_EXAMPLE_KEY]["labels"].shape == (1440,) and int(state["refreshed_at"]) == -1
+    dim = method.encoder.feature_dim
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, CLASSES, 1437)
+    features = (10.0 * rng.normal(size=(CLASSES, dim)))[truth] + rng.normal(size=(1437, dim))
+    host = jax.tree.map(np.asarray, state)
+    new_params, new_state, reset, metrics = method.refresh(params, stats, host, features.astype(np.float32), 0)
+    labels = new_state[PER_EXAMPLE_KEY]["labels"]
+    assert reset == ("semantic_head",) and labels.shape == (1440,) and np.all(labels[1437:] == -1)
+    assert adjusted_rand_score(truth, labels[:1437]) > 0.95, adjusted_rand_score(truth, labels[:1437])
+    assert metrics["refresh_nonempty_clusters"] == CLASSES and "refresh_nmi_previous" not in metrics
+    old, new = params["semantic_head"]["dense1"]["kernel"], new_params["semantic_head"]["dense1"]["kernel"]
+    assert old.shape == new.shape and not np.allclose(old, new)
+    again = method.refresh(params, stats, host, features.astype(np.float32), 0)
+    np.testing.assert_array_equal(again[1][PER_EXAMPLE_KEY]["labels"], labels)
+    np.testing.assert_array_equal(again[0]["semantic_head"]["dense1"]["kernel"], new)
+    nxt = method.refresh(new_params, stats, new_state, features.astype(np.float32), 1)
+    assert "refresh_nmi_previous" in nxt[3]
+    assert not np.array_equal(nxt[0]["semantic_head"]["dense1"]["kernel"], new)
+
+    index = rng.choice(1437, 16, replace=False).astype(np.int32)
+    batch = {"views": (jnp.asarray(rng.normal(size=(16, 16, 16, 3)), jnp.float32),),
+             "label": jnp.zeros(16, jnp.int32), "index": jnp.asarray(index)}
+    key, step = jax.random.PRNGKey(2), jnp.int32(0)
+    loss, aux = method.loss(new_params, stats, new_state, batch, key, step)
+    proxy_loss, _, out = method.method.loss_and_outputs(new_params, stats, new_state, batch, key, step)
+    dense = new_params["semantic_head"]["dense1"]
+    logits = np.asarray(out["h"], np.float64) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    z = np.broadcast_to(labels[index], logits.shape[:2])
+    np.testing.assert_allclose(float(loss), float(proxy_loss) + 0.5 * numpy_ce(logits, z), rtol=1e-5)
+    assert PER_EXAMPLE_KEY in aux["method_state"]  # carried through the step unchanged
+
+
+def test_coupled_config_errors():
+    from ssl_jax.methods import build_method
+
+    config = coupled_config()
+    config.sslpp.recluster_epochs = 0
+    with pytest.raises(ValueError, match="recluster_epochs >= 1"):
+        build_method(config, total_steps=10, steps_per_epoch=5)
+    from configs import deepcluster
+    config = deepcluster.get_config("demo")
+    config.sslpp.update(dict(labels="coupled", weight=1.0))
+    with pytest.raises(ValueError, match="already uses for its own targets"):
+        build_method(config, total_steps=10, steps_per_epoch=5)
+
+
+@pytest.mark.slow
+def test_staged_coupled_run_reclusters_at_epoch_zero(tmp_path):
+    """configs/sslpp.py:demo_coupled for 4 steps: no stage B file, the refresh opening epoch 0 is
+    logged, the checkpoint's labels cover every image with C = 50 clusters. ~1 min on 2 cores."""
+    import json
+
+    from ssl_jax import stages
+    from ssl_jax.train import checkpoint
+    from tests.test_sslpp import staged_config
+
+    workdir = str(tmp_path / "run")
+    stages.run(staged_config("demo_coupled"), workdir)
+    assert not os.path.exists(os.path.join(workdir, stages.LABELS_FILE))
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "stage_c", "metrics.jsonl"))]
+    assert lines[0]["refresh_nonempty_clusters"] > 1 and "semantic_loss" in lines[0]
+    state, step, meta = checkpoint.restore_raw(os.path.join(workdir, "stage_c"))
+    labels = state["method_state"]["per_example"]["labels"]
+    assert step == 4 and labels[:1437].min() >= 0 and labels.max() < 50
+    assert meta["dataset_fingerprint"]["num_examples"] == 1437
+
+
+# ----------------------------------------------------------------- 1 device vs 8 devices
+
+def variant_config(name: str):
+    """tests/step_equivalence.py's tiny config of the base method, with the variant."""
+    from tests.step_equivalence import tiny_config
+    method, _, variant = name.partition("+")
+    config = tiny_config(method)
+    if variant == "coupled":
+        config.sslpp.update(dict(labels="coupled", num_classes=CLASSES, weight=0.05, view="all_copies"))
+    elif variant == "projective":
+        config.aet.transform = "projective"
+    else:
+        raise ValueError(name)
+    return config
+
+
+def _run(out_dir, devices: int):
+    from tests.conftest import REPO_ROOT, device_env
+    os.makedirs(out_dir, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "tests.test_sslpp_coupled", str(out_dir)],
+                            env=device_env(devices, fast_compile=True), cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def equivalence(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sslpp_variants")
+    procs = [_run(root / str(d), d) for d in (1, 8)]
+    for p in procs:
+        assert p.wait(timeout=1200) == 0
+    return root
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_one_device_equals_eight_devices(equivalence, name):
+    one, eight = (np.load(equivalence / str(d) / f"{name}.npz") for d in (1, 8))
+    assert int(one["num_devices"]) == 1 and int(eight["num_devices"]) == 8
+    assert np.all(np.isfinite(one["loss"]))
+    np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5)
+    keys = [k for k in one.files if k not in ("loss", "num_devices")]
+    assert keys == [k for k in eight.files if k not in ("loss", "num_devices")]
+    needles = {"rotnet+coupled": ["semantic_head", "per_example", "refresh_features"],
+               "aet+projective": ["decoder"]}[name]
+    for needle in needles:
+        assert any(needle in k for k in keys), needle
+    if name == "aet+projective":
+        assert one["['params']['decoder']['dense1']['bias']"].shape == (8,)
+    for k in keys:
+        np.testing.assert_allclose(one[k], eight[k], rtol=1e-5, atol=2e-6, err_msg=k)
+
+
+if __name__ == "__main__":
+    from tests.tiny_run import train_steps
+    out_dir = sys.argv[1]
+    for variant in VARIANTS:
+        extras = {}
+        state, losses = train_steps(variant_config(variant), image_size=16, steps=2, steps_per_epoch=5,
+                                    labels_from_one_device=True, extras=extras)
+        leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
+            {"params": state.params, "batch_stats": state.batch_stats, "method_state": state.method_state,
+             **extras}))
+        arrays = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+        np.savez(os.path.join(out_dir, f"{variant}.npz"), loss=np.asarray(losses),
+                 num_devices=len(jax.devices()), **arrays)
