@@ -22,7 +22,9 @@ STEPS = 12
 ARGS = ["--config=configs/moco_v2.py:demo", "--config.moco_v2.queue_size=96",
         f"--config.num_steps={STEPS}", "--config.global_batch_size=32",
         "--config.checkpoint.every_steps=4", "--config.log_every_steps=2", "--config.optimizer.warmup_epochs=0.1",
-        "--config.eval.linear_probe=False", "--config.eval.compare_random_init=False"]
+        "--config.eval.linear_probe=False", "--config.eval.compare_random_init=False",
+        # One block per stage: the same kinds of state and layers, ~20% less to compile per run.
+        "--config.model.name=resnet10"]
 
 
 def _cmd(workdir):
