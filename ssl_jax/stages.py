@@ -14,7 +14,8 @@
 Rerunning the command continues where it stopped: a stage whose workdir holds results.json (written
 after its training and evaluation) is done; an unfinished one resumes from its checkpoint; stage B
 is skipped when its file exists with this run's fingerprint and source, and a file made otherwise
-(another training set, another label source or clusterer step) is one error, never overwritten.
+(another training set, another label source, clusterer step or label settings:
+`label_settings`, stored with the labels) is one error, never overwritten.
 """
 from __future__ import annotations
 
@@ -96,6 +97,11 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
             raise ValueError(f"{path} holds {stored['source']} labels (clusterer step {stored['stage_a_step']}), "
                              f"but this run asks for {b.source} labels (clusterer step {step}). Use a new "
                              "--workdir, or delete the file (and stage_c/) to relabel.")
+        # A file from before the settings were stored ({}) is taken as it is.
+        if stored["settings"] and stored["settings"] != label_settings(b):
+            raise ValueError(f"{path} holds {b.source} labels made with config.stage_b {stored['settings']}, but "
+                             f"this run sets {label_settings(b)}. Use a new --workdir, or delete the file (and "
+                             "stage_c/) to relabel.")
         console(f"Stage B (labels): done ({path}).", flush=True)
         return int(stored["num_classes"])
     console(f"Stage B (labels from {b.source}) into {path}.", flush=True)
@@ -120,11 +126,19 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
         num_classes = int(b.num_classes)
         labels = np.random.default_rng(int(b.seed)).integers(0, num_classes, fingerprint["num_examples"])
     if jax.process_index() == 0:
-        sslpp.write_labels(path, labels, fingerprint, num_classes=num_classes, source=b.source, stage_a_step=step)
+        sslpp.write_labels(path, labels, fingerprint, num_classes=num_classes, source=b.source, stage_a_step=step,
+                           settings=label_settings(b))
     if jax.process_count() > 1:  # every process reads the file in stage C
         multihost_utils.sync_global_devices("sslpp stage B")
     return int(num_classes)
 
+
+
+def label_settings(b) -> dict:
+    """The config.stage_b fields that the labels of b.source depend on (stored with them)."""
+    keys = {"iic": ("head",), "random": ("seed", "num_classes"),
+            "kmeans": ("seed", "num_classes", "pca_dim", "whiten", "kmeans_iters")}.get(b.source, ())
+    return {k: b[k] for k in keys}
 
 
 def training_pixels(data, batch_size: int) -> np.ndarray:

@@ -75,6 +75,11 @@ def test_stage_b_kmeans_labels_the_digits_in_dataset_index_order(tmp_path):
     again = stages.kmeans_labels(pixels, 50, pca_dim=256, seed=config.stage_b.seed)
     np.testing.assert_array_equal(np.asarray(again.assignments), stored["labels"])
     projected = np.asarray(clustering.pca_project(pixels, 256), np.float64)
+    # The file records what made it; a rerun with other settings is one error, not a silent reuse.
+    assert stored["settings"] == dict(seed=0, num_classes=50, pca_dim=256, whiten=False, kmeans_iters=300)
+    config.stage_b.pca_dim = 64
+    with pytest.raises(ValueError, match="made with config.stage_b"):
+        stages.stage_b(config, None, path)
     ref = KMeans(50, n_init=1, random_state=0).fit(projected)
     ours = _inertia(projected, stored["labels"])
     assert ours <= 1.02 * ref.inertia_, (ours, ref.inertia_)

@@ -50,6 +50,7 @@ over clusters would reweight L_s as well). Refresh metrics: refresh_inertia,
 refresh_nonempty_clusters, refresh_nmi_previous.
 """
 import io
+import json
 
 import jax
 import jax.numpy as jnp
@@ -80,21 +81,23 @@ def training_fingerprint(data_cfg) -> dict:
 
 
 def write_labels(path: str, labels, fingerprint: dict, *, num_classes: int, source: str,
-                 stage_a_step: int = -1) -> None:
+                 stage_a_step: int = -1, settings: dict | None = None) -> None:
     """Stage B's file: labels int32 [N] and the fingerprint, written atomically (a reader never
-    sees a partial file). stage_a_step: the clusterer's training step (-1: no clusterer)."""
+    sees a partial file). stage_a_step: the clusterer's training step (-1: no clusterer);
+    settings: what else made the labels (seed, PCA dimension, ...), stored as JSON."""
     labels = np.asarray(labels, np.int32)
     if labels.ndim != 1 or labels.shape[0] != fingerprint["num_examples"]:
         raise ValueError(f"write_labels: {labels.shape} labels for {fingerprint['num_examples']} examples.")
     buf = io.BytesIO()
     np.savez(buf, labels=labels, num_classes=np.int32(num_classes), source=np.str_(source),
-             stage_a_step=np.int64(stage_a_step),
+             stage_a_step=np.int64(stage_a_step), settings=np.str_(json.dumps(settings or {}, sort_keys=True)),
              **{k: np.asarray(fingerprint[k]) for k in FINGERPRINT_KEYS})
     storage.write_file(path, buf.getvalue())
 
 
 def read_labels(path: str) -> dict:
-    """A labels file as {'labels', 'num_classes', 'source', 'stage_a_step', dataset, split, num_examples}."""
+    """A labels file as {'labels', 'num_classes', 'source', 'stage_a_step', 'settings' (a dict; {} in
+    a file written before they were stored), 'fingerprint', dataset, split, num_examples}."""
     if not storage.exists(path):
         raise FileNotFoundError(f"sslpp.labels={path!r} does not exist: run stage B (configs/sslpp.py) to "
                                 "write it, or set --config.sslpp.labels='' to train the proxy task alone.")
@@ -102,6 +105,7 @@ def read_labels(path: str) -> dict:
         out = {k: f[k] for k in f.files}
     out = {k: (v if k == "labels" else v.item()) for k, v in out.items()}
     out["fingerprint"] = {k: out[k] for k in FINGERPRINT_KEYS}
+    out["settings"] = json.loads(out.get("settings", "{}"))
     return out
 
 
