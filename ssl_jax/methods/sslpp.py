@@ -40,7 +40,8 @@ deep features of samples", its foil): the same L = L_s + λ·L_c, but z_n is per
 refreshed DeepCluster's way through the loop's dataset-refresh machinery (ssl_jax.train.refresh,
 as ssl_jax.methods.deepcluster): every `recluster_epochs` epochs (the paper does not say how
 often; 1 = DeepCluster's every epoch) the backbone's pooled features of every training image
-(evaluation view, inference mode) are clustered by DeepCluster's procedure
+(evaluation view as the task feeds it to the network, inference mode) are clustered by
+DeepCluster's procedure
 (ssl_jax.methods.deepcluster.cluster_features: PCA-whitening to `pca_dim`, 0 = the features'
 dimension (NIN's 192 is below DeepCluster's 256), L2, k-means with K = num_classes, random init,
 `kmeans_iters` iterations (DeepCluster's 20), empty clusters split), seeded by the run's seed and the
@@ -257,9 +258,12 @@ class CoupledSemanticHead(SemanticHead):
         return True
 
     def refresh_features(self, params, batch_stats, images):
-        """The backbone's pooled features in inference mode (what V₂ and the evaluation read)."""
+        """The backbone's pooled features in inference mode of each image's evaluation view as the
+        task feeds it to the network (`head_init_images`: colorization's grey L image, the context
+        encoder's masked image; RotNet's and AET's image as it is): what V₂ reads in training."""
+        to_input = getattr(self.method, "head_init_images", lambda x: x)
         enc = self.method.encoder
-        return enc.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, images,
+        return enc.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]}, to_input(images),
                          train=False).astype(jnp.float32)
 
     def refresh(self, params, batch_stats, method_state, features, epoch: int):
