@@ -10,10 +10,10 @@ On device, per image of the augmented view:
     centres at ±(1 − 1/size)), the transformation maps an input point u to
         A·u + t,  A = s·R(θ)·Sh(φ),  R = [[cos θ, −sin θ], [sin θ, cos θ]],  Sh = [[1, tan φ], [0, 1]],
     t = 2·(translation fraction) (x right, y down, so positive θ turns clockwise on screen).
-  - Or (aet.transform 'projective') a random homography, AET's AET-project family (Sec. 4.1.1:
-    "randomly translating four corners of an image in both horizontal and vertical directions by
-    ±0.125 of its height and width, after it is scaled by a factor of [0.8, 1.2] and rotated
-    randomly with an angle from {0°, 90°, 180°, 270°}"; the ranges are AET's, SSL++ gives none):
+  - Or (aet.transform 'projective') a random homography, AET's AET-project family for CIFAR-10
+    (AET Sec. 4.1.1, as recalled here, not in the seed-002 extraction, which gives no ranges: the
+    four corners moved independently in x and y by up to ±0.125 of the side, after a scaling by
+    U[0.8, 1.2] and a rotation by a random multiple of 90°; check against the AET paper):
     the image's corners (±1, ±1) go to R(k·90°)·s·c + δ, δ ~ U[−0.25, 0.25]² (0.125 of a side is
     0.25 normalised units), and H is the homography through those 4 correspondences
     (`homography_from_corners`), scaled so that H₃₃ = 1. Its 8 other entries are the target
