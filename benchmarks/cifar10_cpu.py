@@ -7,32 +7,40 @@ Commands (from the repository root; data: TFDS cifar10 in ../shared/tfds, or --d
     python benchmarks/cifar10_cpu.py --method=all           # every row not yet done, one at a time
     python benchmarks/cifar10_cpu.py --report               # the README table and the kNN-vs-epoch plot
     python benchmarks/cifar10_cpu.py --measure=0.25,0.5     # BYOL's training img/s at these widths
+    python benchmarks/cifar10_cpu.py --method=byol --epochs=2 --smoke=/tmp/smoke   # the whole path, 1k images
 
 Each row is an ordinary training workdir, benchmarks/cifar10_cpu/runs/<method> (not committed):
-rerunning the same command resumes it from its last checkpoint (one per epoch) or, when it is
+rerunning the same command resumes it from its last checkpoint (every log step) or, when it is
 finished, only re-evaluates. A finished row's summary (results.json, metrics.jsonl, config.json,
 machine.json) is copied to benchmarks/cifar10_cpu/results/<method>/, which is committed, and
 `--report` builds benchmarks/cifar10_cpu/results.md (the table, by `ssl_jax.report`'s summary
-table) and benchmarks/cifar10_cpu/knn_vs_epoch.png from those copies. `--method=all` runs each
+table) and benchmarks/cifar10_cpu/knn_epoch.png from those copies. `--method=all` runs each
 method in its own process (one failing method does not stop the others) and skips rows already
 in results/ (--rerun trains them again in their workdir, which resumes).
 
 The recipe of a row is the method's own `cifar10` preset (configs/<method>.py:cifar10) with these
 changes, the same for every method (`derive` applies them; `--plan` prints them per method):
 
-* Backbone: ResNet-18 with the CIFAR stem at width WIDTH (channels 16-128 at 0.25), float32, no
+* Backbone: ResNet-18 with the CIFAR stem at width WIDTH = 0.125 (8-64 channels), float32, no
   Sobel input layer, for every method. Why: one network for the whole table, so the rows compare
   methods, not backbones (the proxy-task presets use the 4-block NIN, IIC's ResNet-34 with Sobel,
   the others ResNet-18 at width 1); and narrow so that an epoch fits ~2 minutes on 2 CPU cores.
-  The width was chosen by measuring BYOL's training throughput on this machine (the numbers are in
-  the module's README section and in the report that introduced this file).
-* Epochs: EPOCHS for every method (the presets' 200-6000 epochs take days on a CPU). The LR
-  schedule (cosine, or step decay) runs over these EPOCHS epochs.
-* LR warm-up: min(preset warm-up, 10 % of the run) epochs. Why: the presets' 10 warm-up epochs
-  are longer than the run; 10 % of the run is the fraction short reference runs use (10 of 100).
+  Measured (`--measure`, BYOL at batch 256, steps 10-30, data pipeline included; 2026-12-06 on
+  2 cores of an Intel Xeon shared with other jobs, 1-minute load 13-21): width 0.25: 71.8 images
+  per CPU-second (12.2 img/s wall), 0.125: 122.4 per CPU-second (17.9 img/s wall). On 2 idle
+  cores that is at best 5.8 and 3.4 minutes per epoch: no ResNet-18 width met the ~2 minutes
+  aimed at (halving the width gave 1.7x, not the 4x of the convolutions' FLOPs: something else
+  weighs, the tf.data augmentation being a candidate, not measured), so the narrowest reasonable
+  one, 0.125 (the demos' width; 64-dimensional features), was chosen.
+* Epochs: EPOCHS = 5 for every method: 5 x 3.4 = 17 minutes on 2 idle cores, the 15-20 minute
+  per-method budget (the presets' 200-6000 epochs take days on a CPU). The LR schedule (cosine,
+  or step decay) runs over these epochs.
+* LR warm-up: min(preset warm-up, 10 % of the run) epochs (0.5 epochs: ~97 steps at batch 256).
+  Why: the presets' 10 warm-up epochs are twice the run; scaled by 5/1000 they would be one
+  step. 10 % is a choice: a real warm-up, 90 % of the run left to the decay.
 * Start-of-training freezes (SwAV's prototypes and DINO's last layer, frozen for the first
-  epoch): min(preset, 10 % of the run) epochs, as the warm-up they go with (one of 8 epochs would
-  be an eighth of the run; scaled by 8/1000 they would vanish).
+  epoch): min(preset, 10 % of the run) epochs, as the warm-up they go with (one of 5 epochs would
+  be a fifth of the run; scaled by 5/1000 they would vanish).
 * Other schedule positions given in epochs (step-decay milestones, DINO's teacher-temperature
   warm-up, CARL's / CARP's entropy-weight decay, SwAV's queue start)
   are scaled by EPOCHS / preset epochs, so the schedule keeps its shape; a negative milestone
@@ -41,8 +49,9 @@ changes, the same for every method (`derive` applies them; `--plan` prints them 
 * Evaluation: kNN top-1 (k=200, T=0.1, solo-learn's setting) on the test split every epoch into
   metrics.jsonl (the presets' every_steps of 1950 = 10 epochs of batch 256 is past the run's
   end); after training kNN and the cached-feature linear probe (eval.linear_probe, as in the
-  presets). Log and checkpoint every epoch (log every divisor of an epoch <= 50 steps), so the
-  per-epoch kNN lands on a log step and a stopped run loses at most one epoch.
+  presets). Log and checkpoint every largest divisor of an epoch that is <= 50 steps (the whole
+  epoch if none is >= 10), so the per-epoch kNN lands on a log step and a stopped run loses at
+  most that many steps.
 * Random-init baseline: the same network (WIDTH, seed 0) at its initialisation, evaluated once
   per backbone with the same kNN and linear probe (runs/random_init_<backbone>/results.json,
   reused by every row), instead of each run's own eval.compare_random_init; its records are
@@ -75,8 +84,8 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")  # committed summaries
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(ROOT), "shared", "tfds")
 
 BACKBONE = "resnet18"
-WIDTH = 0.25
-EPOCHS = 8
+WIDTH = 0.125
+EPOCHS = 5
 SEED = 0
 KNN_K, KNN_T = 200, 0.1
 WARMUP_FRACTION = 0.1
@@ -137,9 +146,14 @@ def _set(c, dotted, value):
     node[leaf] = value
 
 
-def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str = DEFAULT_DATA_DIR):
+SMOKE_SUBSET = (1024, 500)  # --smoke: training and test images
+
+
+def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str = DEFAULT_DATA_DIR,
+           subset: tuple[int, int] | None = None):
     """(the benchmark config, [(field, preset value, new value, reason)]) of a method's
-    `cifar10` preset: the changes of the module docstring, nothing else."""
+    `cifar10` preset: the changes of the module docstring, nothing else. `subset` (n_train,
+    n_test): the first images of each split only (--smoke, a check of the whole path)."""
     import ml_collections
 
     c = ml_collections.ConfigDict(config.to_dict())
@@ -179,11 +193,18 @@ def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str 
                    f"schedule position scaled by {epochs}/{preset_epochs:g} epochs")
         else:
             change(field, round(float(old) * factor, 6), f"schedule position scaled by {epochs}/{preset_epochs:g} epochs")
-    spe = TRAIN_EXAMPLES // int(c.global_batch_size)
+    train_examples = TRAIN_EXAMPLES
+    if subset:
+        train_examples = subset[0]
+        for field, split in (("data.train_split", f"train[:{subset[0]}]"),
+                             ("data.eval_train_split", f"train[:{subset[0]}]"),
+                             ("data.test_split", f"test[:{subset[1]}]")):
+            change(field, split, "--smoke: a check of the whole path on a few images")
+    spe = train_examples // int(c.global_batch_size)
     every = log_every(spe)
     change("log_every_steps", every, "a divisor of the epoch, so the per-epoch kNN falls on a log step")
     change("eval.every_steps", spe, "kNN every epoch, for the kNN-vs-epoch plot")
-    change("checkpoint.every_steps", spe, "a checkpoint every epoch: a stopped row loses at most one")
+    change("checkpoint.every_steps", every, "a checkpoint every log step: a stopped row loses little")
     change("eval.knn_k", KNN_K, "solo-learn's kNN setting")
     change("eval.knn_temperature", KNN_T, "solo-learn's kNN setting")
     change("eval.linear_probe", True, "the cached-feature linear probe for every row")
@@ -216,7 +237,7 @@ def plan_text(names: list[str], skipped: dict[str, str] | None = None, **kwargs)
              "Table:    python benchmarks/cifar10_cpu.py --report", ""]
     for name in names:
         config, changes = benchmark_config(name, **kwargs)
-        spe = TRAIN_EXAMPLES // config.global_batch_size
+        spe = (kwargs.get("subset") or (TRAIN_EXAMPLES,))[0] // config.global_batch_size
         done = "done" if os.path.exists(os.path.join(RESULTS_DIR, name, "results.json")) else "to run"
         lines.append(f"{name} [{done}]: batch {config.global_batch_size}, {spe} steps/epoch, "
                      f"{config.optimizer.name} base_lr {config.optimizer.base_lr:g}")
@@ -316,7 +337,7 @@ def stamped(baseline: list[dict], trained: list[dict]) -> list[dict]:
     return [dict(r, **fields) for r in baseline]
 
 
-def run_one(method: str, data_dir: str, epochs: int, width: float) -> None:
+def run_one(method: str, data_dir: str, epochs: int, width: float, subset=None) -> None:
     """Train (or resume) one row, evaluate it, add the baseline, copy its summary to results/."""
     from ssl_jax import cli, xla_flags
 
@@ -327,7 +348,7 @@ def run_one(method: str, data_dir: str, epochs: int, width: float) -> None:
     from ssl_jax.evaluate import in_training
     from ssl_jax.train.logging import console
 
-    config, _ = benchmark_config(method, epochs=epochs, width=width, data_dir=data_dir)
+    config, _ = benchmark_config(method, epochs=epochs, width=width, data_dir=data_dir, subset=subset)
     baseline = random_init_records(config, console)
     workdir = os.path.join(RUNS_DIR, method)
     os.makedirs(workdir, exist_ok=True)
@@ -382,7 +403,8 @@ def run_all(names, args) -> int:
             print(f"{name}: done (results/{name}); --rerun to train it again", flush=True)
             continue
         cmd = [sys.executable, os.path.abspath(__file__), f"--method={name}", f"--epochs={args.epochs}",
-               f"--width={args.width}", f"--data_dir={args.data_dir}"]
+               f"--width={args.width}", f"--data_dir={args.data_dir}"] + (
+                   [f"--smoke={args.smoke}"] if args.smoke else [])
         print(f"== {name}: {' '.join(cmd)}", flush=True)
         code = subprocess.call(cmd)
         if code:
@@ -396,7 +418,7 @@ def run_all(names, args) -> int:
 
 
 def report() -> None:
-    """results.md (the summary table and the per-protocol tables) and knn_vs_epoch.png from results/."""
+    """results.md (ssl_jax.report's summary table) and knn_epoch.png from the rows in results/."""
     from ssl_jax import report as report_lib
 
     dirs = sorted(os.path.join(RESULTS_DIR, d) for d in os.listdir(RESULTS_DIR)
@@ -411,7 +433,7 @@ def report() -> None:
     print(text, end="")
     fig = report_lib.knn_epoch_figure(metrics, records, labels)
     if fig is not None:
-        path = os.path.join(BENCH_DIR, "knn_vs_epoch.png")
+        path = os.path.join(BENCH_DIR, "knn_epoch.png")
         fig.savefig(path, dpi=110)
         print(f"wrote {os.path.relpath(path, ROOT)}", file=sys.stderr)
 
@@ -420,13 +442,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", help="a method name, or 'all'")
     parser.add_argument("--plan", action="store_true", help="print the plan and every change per method")
-    parser.add_argument("--report", action="store_true", help="write results.md and knn_vs_epoch.png")
+    parser.add_argument("--report", action="store_true", help="write results.md and knn_epoch.png")
     parser.add_argument("--measure", default="", help="comma-separated widths: training throughput of "
                         "--method (default byol) at each, one JSON line per width")
     parser.add_argument("--rerun", action="store_true", help="with --method=all: also rows already done")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--width", type=float, default=WIDTH)
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--smoke", default="", help="a directory: run the whole path there on the first "
+                        f"{SMOKE_SUBSET[0]} training and {SMOKE_SUBSET[1]} test images (a check, not a row)")
     args = parser.parse_args(argv)
     if args.measure:
         from ssl_jax import xla_flags
@@ -437,11 +461,16 @@ def main(argv=None) -> int:
         return 0
     if not (args.method or args.plan or args.report):
         parser.error("pass --plan, --method=<method>|all, --report or --measure=WIDTHS")
+    global BENCH_DIR, RUNS_DIR, RESULTS_DIR
+    if args.smoke:
+        BENCH_DIR = os.path.abspath(args.smoke)
+        RUNS_DIR, RESULTS_DIR = os.path.join(BENCH_DIR, "runs"), os.path.join(BENCH_DIR, "results")
     names, skipped = methods()
     if args.method and args.method != "all" and args.method not in names:
         why = f" ({skipped[args.method]})" if args.method in skipped else ""
         parser.error(f"no CIFAR-10 row for method {args.method!r}{why}; valid: all, {', '.join(names)}")
-    kwargs = dict(epochs=args.epochs, width=args.width, data_dir=args.data_dir)
+    kwargs = dict(epochs=args.epochs, width=args.width, data_dir=args.data_dir,
+                  subset=SMOKE_SUBSET if args.smoke else None)
     if args.plan or args.method == "all":
         every = args.method in (None, "all")
         print(plan_text(names if every else [args.method], skipped if every else None, **kwargs), flush=True)

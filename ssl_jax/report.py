@@ -199,18 +199,18 @@ def _protocol_sort_key(protocol: str):
     return (PROTOCOL_ORDER.index(protocol), "") if protocol in PROTOCOL_ORDER else (len(PROTOCOL_ORDER), protocol)
 
 
-def _render(header: list[str], body: list[list[str]], numeric_from: int) -> str:
-    """A Markdown table, text columns left-aligned, numbers (column numeric_from on) right-aligned."""
+def _render(header: list[str], body: list[list[str]], numeric_from: int, text_columns=()) -> str:
+    """A Markdown table, text columns left-aligned, numbers (column numeric_from on, except the
+    indices in text_columns) right-aligned."""
     table = [[str(cell).replace("|", "\\|") for cell in line] for line in [header] + body]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
 
     def fmt(line):
-        padded = [cell.rjust(w) if i >= numeric_from else cell.ljust(w)
-                  for i, (cell, w) in enumerate(zip(line, widths))]
+        padded = [cell.rjust(w) if r else cell.ljust(w) for r, cell, w in zip(right, line, widths)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + ":" if i >= numeric_from else ":" + "-" * (w + 1)
-                          for i, w in enumerate(widths)) + "|"
+    right = [i >= numeric_from and i not in text_columns for i in range(len(widths))]
+    rule = "|" + "|".join("-" * (w + 1) + ":" if r else ":" + "-" * (w + 1) for r, w in zip(right, widths)) + "|"
     return "\n".join([fmt(table[0]), rule] + [fmt(line) for line in table[1:]]) + "\n"
 
 
@@ -355,7 +355,8 @@ def summary_table(records_by_run: dict[str, list[dict]], machines: dict[str, dic
                      format_machine(machines.get(run))]
                     + [format_value("top1", v) for v in values]
                     + [format_value("collapsed", collapsed)])
-    return _render(list(SUMMARY_HEADER), body, numeric_from=2) if body else ""
+    machine = SUMMARY_HEADER.index("machine")
+    return _render(list(SUMMARY_HEADER), body, numeric_from=2, text_columns=(machine,)) if body else ""
 
 
 def knn_epoch_figure(metrics_by_run: dict[str, list[dict]], records_by_run: dict[str, list[dict]],

@@ -41,7 +41,7 @@ def test_derive_changes_only_the_listed_fields(bench):
     assert derived.global_batch_size == preset.global_batch_size  # the recipe's own batch
     assert derived.optimizer.base_lr == preset.optimizer.base_lr
     spe = 50_000 // 256
-    assert derived.eval.every_steps == spe and derived.checkpoint.every_steps == spe
+    assert derived.eval.every_steps == spe and derived.checkpoint.every_steps == derived.log_every_steps
     assert spe % derived.log_every_steps == 0  # the per-epoch kNN falls on a log step
     assert not derived.eval.compare_random_init and derived.eval.linear_probe
 
@@ -126,8 +126,12 @@ def two_runs(tmp_path):
 def test_summary_table_round_trips_the_numbers(two_runs):
     records, _, _ = report.load_runs(two_runs)
     machines = {name: report.read_machine(d) for name, d in zip(report.run_names(two_runs), two_runs)}
-    header, rows = _rows(report.summary_table(records, machines, knn_setting="k=200,T=0.1"))
+    markdown = report.summary_table(records, machines, knn_setting="k=200,T=0.1")
+    header, rows = _rows(markdown)
     assert tuple(header) == report.SUMMARY_HEADER
+    rule = markdown.splitlines()[1].strip("|").split("|")
+    assert rule[0].startswith(":") and rule[4].startswith(":")  # text: left-aligned
+    assert rule[2].endswith(":") and rule[5].endswith(":")  # numbers: right-aligned
     assert [r["method"] for r in rows] == ["byol", "simsiam"]
     byol, simsiam = rows
     assert byol == {"method": "byol", "backbone": "resnet18_w0.25", "epochs": "3", "train time": "0:16:40",
