@@ -109,7 +109,7 @@ def methods() -> tuple[list[str], dict[str, str]]:
     for name in sorted(METHODS):
         path = os.path.join(ROOT, "configs", f"{name}.py")
         if not os.path.exists(path):
-            skipped[name] = f"no configs/{name}.py (a stage of another method's run, not a pretraining command)"
+            skipped[name] = f"no configs/{name}.py, so no cifar10 preset to derive the row from"
             continue
         presets_ = ()
         for node in ast.parse(open(path).read()).body:  # PRESETS without executing the file
@@ -421,8 +421,8 @@ def report() -> None:
     """results.md (ssl_jax.report's summary table) and knn_epoch.png from the rows in results/."""
     from ssl_jax import report as report_lib
 
-    dirs = sorted(os.path.join(RESULTS_DIR, d) for d in os.listdir(RESULTS_DIR)
-                  if os.path.isdir(os.path.join(RESULTS_DIR, d)))
+    dirs = sorted(os.path.join(RESULTS_DIR, d) for d in (os.listdir(RESULTS_DIR) if os.path.isdir(RESULTS_DIR)
+                                                          else []) if os.path.isdir(os.path.join(RESULTS_DIR, d)))
     if not dirs:
         sys.exit(f"no finished rows in {RESULTS_DIR}: run python benchmarks/cifar10_cpu.py --method=<method> first")
     records, metrics, labels = report_lib.load_runs(dirs)
