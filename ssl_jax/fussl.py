@@ -105,6 +105,9 @@ def phase2_configs(config, labels_path: str) -> tuple:
     full = config.phase2.copy_and_resolve_references()
     full.fussl_phase2.labels = str(labels_path)
     frozen = full.copy_and_resolve_references()
+    # A phase-2 run's init is the previous phase's weights, so its 'random init' baseline would
+    # measure those: phase 1's results hold the true random-init baseline.
+    full.eval.compare_random_init = frozen.eval.compare_random_init = False
     epochs, e2_full = int(config.phase2.num_epochs), int(f.e2_full)
     full.num_epochs, frozen.num_epochs = e2_full, epochs - e2_full
     if config.phase2.num_steps > 0:  # phase 2 given in steps (short runs): split in the same ratio
