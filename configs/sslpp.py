@@ -42,7 +42,7 @@ demo_random, demo_kmeans, demo_coupled.
                     (K=10) 73.9 / 92.5 / 92.2 / 82.2%, NIN-block probe B2/B3/B4 92.8 / 88.6 /
                     77.8%: on the digits the pixels cluster better than the 10-epoch IIC does, so
                     the paper's IIC > k-means does not show at this scale. Coupled (demo_coupled,
-                    λ = 1, 16 re-clusterings, consecutive NMI 0.54-0.71): 65.0 / 69.2%, per block
+                    λ = 1, 16 re-clusterings, consecutive NMI 0.48-0.71): 65.0 / 69.2%, per block
                     65.3 at B4 (75.8 / 87.5 / 81.7 / 65.3%), probe 84.2 / 76.9 / 60.8%, below
                     rotation alone at B2-B3: re-initialised every 11-step epoch, V₂ never learns the
                     clusters (agreement 0.02, chance) and adds noise; the paper's coupled <
