@@ -103,6 +103,35 @@ def test_labels_of_another_training_set_are_one_error(tmp_path):
         build_method(config, total_steps=10, steps_per_epoch=5)
 
 
+def test_presets_split_phase2_and_set_their_variant():
+    """Phase 2a trains all layers for e2_full epochs, 2b the rest with stem..stage 3 frozen (in the
+    model and the optimizer) unless no_freeze; hard / soft set the label mode; base / base_long are
+    the baseline alone for the phase-1 and the phase-1 + phase-2 epochs."""
+    from configs import fussl as fussl_config
+    from ssl_jax import fussl
+
+    for scale, (e1, e2, e2_full, _) in fussl_config.SCHEDULE.items():
+        c = fussl_config.get_config(scale)
+        full, frozen = fussl.phase2_configs(c, "labels.npz")
+        assert (full.num_epochs, frozen.num_epochs) == (e2_full, e2 - e2_full)
+        assert full.fussl_phase2.frozen_stages == 0 and not full.optimizer.frozen_params
+        assert frozen.fussl_phase2.frozen_stages == 3 and frozen.fussl_phase2.labels == "labels.npz"
+        assert set(frozen.optimizer.frozen_params) == set(fussl_phase2.frozen_param_prefixes(3, c.phase1.model.name))
+        assert c.phase1.ensemble.size == 3 and c.phase1.num_epochs == e1
+        assert c.phase2.fussl_phase2.projector.to_dict() == c.phase1.simclr.projector.to_dict()
+        _, nf = fussl.phase2_configs(fussl_config.get_config(f"{scale}_no_freeze"), "x")
+        assert nf.fussl_phase2.frozen_stages == 0 and not nf.optimizer.frozen_params
+        for mode in ("hard", "soft"):
+            assert fussl_config.get_config(f"{scale}_{mode}").fussl.label_mode == mode
+        base, long = fussl_config.get_config(f"{scale}_base"), fussl_config.get_config(f"{scale}_base_long")
+        assert base.method == long.method == "simclr" and base.ensemble.size == 1
+        assert (base.num_epochs, long.num_epochs) == (e1, e1 + e2)
+    bad = fussl_config.get_config("demo")
+    bad.fussl.e2_full = 8
+    with pytest.raises(ValueError, match="e2_full"):
+        fussl.run(bad, "/nonexistent/never_written")
+
+
 def staged_config(steps=4, **fussl):
     """configs/fussl.py:demo at test size: ResNet-10, batch 16, phase 1 `steps` steps, phase 2a and 2b
     `steps` steps each, a checkpoint every 2, kNN only."""
@@ -192,3 +221,69 @@ def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         fussl.run(staged_config(label_mode="hard"), workdir)
     assert open(labels_path, "rb").read() == labels_bytes
+
+
+KILL_ARGS = ["--config=configs/fussl.py:demo", "--config.fussl.label_batch_size=256",
+             "--config.phase1.num_steps=6", "--config.phase1.optimizer.warmup_epochs=0",
+             "--config.phase2.num_steps=12", "--config.phase2.num_epochs=2", "--config.fussl.e2_full=1"]
+for _phase in ("phase1", "phase2"):
+    KILL_ARGS += [f"--config.{_phase}.{k}" for k in (
+        "model.name=resnet10", "model.conv_backend=xla", "global_batch_size=16", "log_every_steps=1",
+        "checkpoint.every_steps=2", "checkpoint.async_save=False", "eval.linear_probe=False",
+        "eval.compare_random_init=False", "eval.batch_size=256", "eval.every_steps=0")]
+
+
+@pytest.mark.slow
+def test_sigkill_in_either_phase_then_rerun_matches_uninterrupted(tmp_path):
+    """SIGKILL during phase 1 (after its step-5 line) and, in a second run, during phase 2b (after
+    its step-5 line), then the same command again: each resumes from its last whole checkpoint (step
+    4), the labels are made once, and phase 1's, phase 2a's and phase 2b's final states and metrics
+    equal an uninterrupted run's bit for bit. ~10 min on 2 cores (five staged runs, mostly compiles)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from ssl_jax.train import checkpoint
+    from ssl_jax.train.logging import unstamped
+    from tests.conftest import REPO_ROOT
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+    cmd = lambda d: [sys.executable, "-m", "ssl_jax.main", *KILL_ARGS, f"--workdir={d}"]
+    ref = tmp_path / "ref"
+    subprocess.run(cmd(ref), check=True, env=env, cwd=REPO_ROOT, timeout=900, stdout=subprocess.DEVNULL)
+
+    def kill_then_rerun(run, phase_line):
+        proc = subprocess.Popen(cmd(run), env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        armed = False
+        for line in proc.stdout:
+            armed = armed or unstamped(line).startswith(phase_line)
+            if armed and unstamped(line).startswith("step 5/"):
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        out = subprocess.run(cmd(run), check=True, env=env, cwd=REPO_ROOT, timeout=900, capture_output=True,
+                             text=True).stdout
+        assert "starting at step 4." in out
+        return out
+
+    out = kill_then_rerun(tmp_path / "a", "Phase 1 ")
+    assert "Labels (fuzzy" in out  # made after the resumed phase 1, once
+    out = kill_then_rerun(tmp_path / "b", "Phase 2b ")
+    assert "Phase 1 (an ensemble of 3 simclr blocks): done" in out and "Labels: done" in out
+
+    metrics = lambda d: [{k: v for k, v in json.loads(line).items() if "per_sec" not in k and "seconds" not in k}
+                         for line in open(d / "metrics.jsonl")]
+    for run in ("a", "b"):
+        assert (tmp_path / run / "fussl_labels.npz").read_bytes() == (ref / "fussl_labels.npz").read_bytes()
+        for phase, steps in (("phase1", 6), ("phase2a", 6), ("phase2b", 6)):
+            a, step_a, _ = checkpoint.restore_raw(str(ref / phase))
+            b, step_b, _ = checkpoint.restore_raw(str(tmp_path / run / phase))
+            assert step_a == step_b == steps
+            fa, fb = flat(a), flat(b)
+            assert fa.keys() == fb.keys()
+            for k in fa:
+                np.testing.assert_array_equal(fa[k], fb[k], err_msg=f"{run} {phase} {k}")
+            assert metrics(ref / phase) == metrics(tmp_path / run / phase)
