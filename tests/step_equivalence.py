@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
+from ssl_jax.methods import fussl_phase2  # noqa: E402
 from tests.tiny_run import train_steps  # noqa: E402
 
 GLOBAL_BATCH, SIZE, STEPS = 16, 16, 2
@@ -33,7 +34,8 @@ def tiny_config(name: str, resnet10: bool = True):
         config.model = ml_collections.ConfigDict(dict(name="vit_tiny", patch_size=4, pos_embedding="sincos",
                                                       dtype="float32", remat=False, drop_path_rate=0.2))
     else:
-        config = importlib.import_module(f"configs.{method}").get_config("demo")
+        config = (fussl_phase2_config() if method == "fussl_phase2"
+                  else importlib.import_module(f"configs.{method}").get_config("demo"))
         # What is compared is the sharding, so both sides take XLA's kernel gradients: on one
         # device 'auto' would take oneDNN's, another summation order (parameters
         # up to ~1e-3 apart after a few LARS steps; oneDNN against XLA is tests/test_conv.py).
@@ -45,6 +47,9 @@ def tiny_config(name: str, resnet10: bool = True):
         config.sslpp.update(dict(labels=sslpp_labels(config.data), num_classes=SSLPP_CLASSES, weight=0.05,
                                  view="all_copies"))
         mode = ""
+    if method == "fussl_phase2":  # phase 2b: stem..stage 3 frozen (inference-mode BN, no updates)
+        config.fussl_phase2.frozen_stages = 3
+        config.optimizer.frozen_params = fussl_phase2.frozen_param_prefixes(3, config.model.name)
     if mode:
         config.dssl.update(dict(mode=mode, beta=0.5, delta=0.5) if method != "moco_v2" else dict(mode=mode))
     config.global_batch_size = GLOBAL_BATCH
@@ -83,6 +88,25 @@ def sslpp_labels(data_cfg) -> str:
     labels = np.random.default_rng(0).integers(0, SSLPP_CLASSES, fingerprint["num_examples"])
     sslpp.write_labels(path, labels, fingerprint, num_classes=SSLPP_CLASSES, source="random")
     return path
+
+
+def fussl_phase2_config():
+    """configs/fussl.py:demo's phase 2 on a labels file of fuzzy labels from seeded random ensemble
+    outputs for its training set (the digits), as the staged run writes it."""
+    import tempfile
+    import jax.numpy as jnp
+    from ssl_jax import losses
+    from ssl_jax.methods import sslpp
+    config = importlib.import_module("configs.fussl").get_config("demo").phase2
+    fingerprint = sslpp.training_fingerprint(config.data)
+    dim = config.fussl_phase2.projector.output_dim
+    out = np.random.default_rng(0).normal(size=(3, fingerprint["num_examples"], dim)).astype(np.float32)
+    classes, weights = losses.fuzzy_labels(jnp.asarray(out))
+    path = os.path.join(tempfile.gettempdir(), f"ssl_jax_fussl_{fingerprint['dataset']}_labels.npz")
+    fussl_phase2.write_labels(path, classes, weights, fingerprint, chosen_block=0, block_errors=[0.0] * 3,
+                              config={"source": "random"})
+    config.fussl_phase2.labels = path
+    return config
 
 
 def run(method: str, out_path: str) -> None:

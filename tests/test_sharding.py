@@ -56,5 +56,7 @@ def test_one_device_equals_eight_devices(results, method):
             # Adam turns the rounding noise of that zero, which depends on the order of the
             # cross-device sums, into steps of size ~LR. Nothing to compare.
             continue
+        if method == "fussl_phase2" and "projector" in k and ("dense1" in k or "dense2" in k) and "bias" in k:
+            continue  # the same: its 3-layer projector's hidden Dense layers feed a BatchNorm (Adam, LR 1e-3)
         # 8 devices sum gradients and statistics in another order than 1 device.
         np.testing.assert_allclose(one[k], eight[k], rtol=1e-5, atol=2e-6, err_msg=k)
