@@ -344,6 +344,11 @@ def run_one(method: str, data_dir: str, epochs: int, width: float, subset=None) 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     xla_flags.set_cpu_defaults()  # before JAX starts, as the commands do
     cli.quiet_library_logs()
+    with cli.user_errors("cifar10_cpu"):  # one-line errors; SIGTERM: checkpoint, exit 75, rerun resumes
+        _run_one(method, data_dir, epochs, width, subset)
+
+
+def _run_one(method, data_dir, epochs, width, subset) -> None:
     from ssl_jax import results as results_lib
     from ssl_jax.evaluate import in_training
     from ssl_jax.train.logging import console
