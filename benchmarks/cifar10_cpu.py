@@ -192,7 +192,8 @@ def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str 
             change(field, tuple(round(float(v) * factor, 6) for v in old),
                    f"schedule position scaled by {epochs}/{preset_epochs:g} epochs")
         else:
-            change(field, round(float(old) * factor, 6), f"schedule position scaled by {epochs}/{preset_epochs:g} epochs")
+            change(field, round(float(old) * factor, 6),
+                   f"schedule position scaled by {epochs}/{preset_epochs:g} epochs")
     train_examples = TRAIN_EXAMPLES
     if subset:
         train_examples = subset[0]
