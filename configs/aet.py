@@ -23,8 +23,12 @@ Presets:
                      the same with AET-project: a homography that sends the image's corners, scaled
                      by U[0.8, 1.2] and turned by 0/90/180/270 deg about the centre, each a further
                      U[-0.125, 0.125] of the side along x and y (AET's CIFAR-10 family); its 8 entries
-                     (H33 = 1) regressed. Same hardware and runtime; no result measured here (AET
-                     reports both families on CIFAR-10; SSL++ names both, its tables say "AET").
+                     (H33 = 1) regressed. SSL++ names both families, its tables say "AET".
+                     demo_projective measured (2026-12-06, 2 CPU cores under load ~20): 4.5 min of
+                     training + 0.5 min evaluation; kNN / linear 0.767 / 0.844 (random init 0.644 /
+                     0.761; demo, rerun in the same session: 0.811 / 0.878). At this scale neither
+                     family's regression gets far: parameter MSE 0.279 -> 0.249 against a target
+                     variance of 0.257 (affine: 0.389 -> 0.369 against 0.379).
 """
 from ssl_jax import presets as P
 
