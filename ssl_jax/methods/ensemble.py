@@ -33,6 +33,10 @@ What an ensemble of m > 1 is:
     sub-batches, stochastic depth) from fold_in(rng, k): the blocks differ by their data and
     their "stochastic dynamics", nothing else (FUSSL Sec. 3.1).
   * metrics: every metric is the mean over blocks, plus loss_block<k> for each block.
+  * devices: one for now. On a mesh of 2 or 8 (simulated CPU) devices the partitioner
+    all-gathered the blocks' activations (47 all-gathers in SimCLR's step, 3 without blocks)
+    and the step never finished, so ssl_jax.train.step.compile_step refuses a multi-device
+    ensemble with one clear error. The state's sharding rules (above) are in place for it.
 
 Methods with dataset-level refresh passes (DeepCluster, SeLa, DeepCluster-v2, DeeperCluster) are
 not wrapped (one clear error): their refresh runs outside the step on one network.
