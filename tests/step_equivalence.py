@@ -26,7 +26,9 @@ def tiny_config(name: str, resnet10: bool = True):
     `resnet10` is False (W-MSE: whitening over all 16; SwAV:
     a queue of one batch, in use from the second step). 'METHOD+MODE' (e.g. 'byol+dssl'): with
     config.dssl.mode = MODE (four views per image); 'dino_vit': DINO with a ViT-Ti/4 student
-    using stochastic depth; 'rotnet+sslpp': with SSL++'s semantic head (ssl_jax.methods.sslpp)."""
+    using stochastic depth; 'rotnet+sslpp': with SSL++'s semantic head (ssl_jax.methods.sslpp);
+    'byol+ensemble3': 3 blocks (ssl_jax.methods.ensemble), on an even device count over a mesh
+    with fsdp=2 (the block axis stays whole, a parameter axis is split)."""
     method, _, mode = name.partition("+")
     if method == "dino_vit":  # DINO's ViT student with stochastic depth (a per-example rng)
         method, mode = "dino", ""
@@ -43,6 +45,10 @@ def tiny_config(name: str, resnet10: bool = True):
         if resnet10 and config.model.name == "resnet18":
             # One block per stage: the same layers and sharding, ~20% less compiling per method.
             config.model.name = "resnet10"
+    if mode.startswith("ensemble"):
+        config.ensemble.size = int(mode[len("ensemble"):])
+        config.mesh.fsdp = 2 if jax.device_count() % 2 == 0 else 1
+        mode = ""
     if mode == "sslpp":  # SSL++'s semantic head on all four copies, on synthetic digits labels
         config.sslpp.update(dict(labels=sslpp_labels(config.data), num_classes=SSLPP_CLASSES, weight=0.05,
                                  view="all_copies"))

@@ -13,8 +13,9 @@ from tests.conftest import REPO_ROOT, device_env
 
 # DSSL's four-view objective on top of a predictive, a contrastive and a queue method (all
 # four Eq. 6 groups for BYOL and SimCLR); DINO with a ViT using stochastic depth; SSL++'s semantic
-# head on RotNet (its labels gathered by the sharded dataset indices).
-ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit", "rotnet+sslpp"]
+# head on RotNet (its labels gathered by the sharded dataset indices); BYOL as a 3-block ensemble
+# (ssl_jax.methods.ensemble; FSDP over 2 of the 8 devices).
+ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit", "rotnet+sslpp", "byol+ensemble3"]
 
 
 def _run(out_dir, devices: int):

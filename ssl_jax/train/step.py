@@ -5,7 +5,7 @@ train_step(state, batch) -> (state, metrics): method loss + online linear probe 
 with jax.jit over the mesh; schedules are evaluated inside from state.step.
 
 An ensemble (config.ensemble.size > 1, ssl_jax.methods.ensemble) is the 1-block state stacked
-and the 1-block step vmapped over its blocks: the two hooks below.
+and the 1-block step mapped over its blocks: the two hooks below.
 """
 from typing import Any, Callable
 
@@ -63,9 +63,9 @@ def create_state(method, optimizer: optax.GradientTransformation, rng: jax.Array
 
 def make_train_step(method, optimizer: optax.GradientTransformation,
                     lr_schedule: Callable[[Any], Any], num_classes: int):
-    """The pure step function for `method` (not yet compiled; an ensemble's: its block's, vmapped)."""
+    """The pure step function for `method` (not yet compiled; an ensemble's: its block's, mapped over the blocks)."""
     if ensemble.num_blocks(method) > 1:
-        return method.vmap_step(make_train_step(ensemble.block_method(method), optimizer, lr_schedule,
+        return method.map_step(make_train_step(ensemble.block_method(method), optimizer, lr_schedule,
                                                 num_classes))
 
     def loss_fn(params, state: TrainState, batch, rng):
@@ -96,12 +96,6 @@ def make_train_step(method, optimizer: optax.GradientTransformation,
 
 def compile_step(train_step, state: TrainState, batch_example, mesh: Mesh):
     """jax.jit of the step with NamedSharding for state and batch; the state is donated."""
-    if isinstance(state, ensemble.EnsembleState) and mesh.devices.size > 1:
-        # Measured on 2 and 8 simulated CPU devices: the partitioner all-gathers the blocks'
-        # activations (47 all-gathers against SimCLR's 3) and the step never finishes. Refused
-        # until that is solved, rather than hanging.
-        raise ValueError(f"config.ensemble.size > 1 trains on one device for now; this mesh has "
-                         f"{mesh.devices.size}. Set --config.mesh.num_devices=1.")
     state_sh = parallel.state_sharding(state, mesh)
     batch_sh = jax.tree.map(lambda _: parallel.batch_sharding(mesh), batch_example)
     return jax.jit(train_step, in_shardings=(state_sh, batch_sh),
