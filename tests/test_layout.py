@@ -16,8 +16,10 @@ PACKAGE = os.path.join(REPO_ROOT, "ssl_jax")
 LAYERS = [
     {"ssl_jax.losses", "ssl_jax.monitors", "ssl_jax.schedules", "ssl_jax.storage", "ssl_jax.native",
      "ssl_jax.clustering", "ssl_jax.xla_flags"},
+    # train.state: the TrainState dataclass alone (flax and jax only), the data contract between
+    # the methods (an ensemble stacks it: ssl_jax.methods.ensemble) and the train loop.
     {"ssl_jax.models", "ssl_jax.data", "ssl_jax.parallel", "ssl_jax.presets", "ssl_jax.results",
-     "ssl_jax.hlo_collectives"},
+     "ssl_jax.hlo_collectives", "ssl_jax.train.state"},
     {"ssl_jax.methods"},
     {"ssl_jax.train"},
     # cli: what every command line shares (export and report are commands too).
