@@ -27,6 +27,8 @@ def tiny_config(name: str, resnet10: bool = True):
     a queue of one batch, in use from the second step). 'METHOD+MODE' (e.g. 'byol+dssl'): with
     config.dssl.mode = MODE (four views per image); 'dino_vit': DINO with a ViT-Ti/4 student
     using stochastic depth; 'rotnet+sslpp': with SSL++'s semantic head (ssl_jax.methods.sslpp);
+    'rotnet+coupled': that head on labels re-clustered by the dataset refresh (SSL++'s coupled
+    ablation); 'aet+projective': AET's homography targets;
     'byol+ensemble3': 3 blocks (ssl_jax.methods.ensemble), on an even device count over a mesh
     with fsdp=2 (the block axis stays whole, a parameter axis is split)."""
     method, _, mode = name.partition("+")
@@ -48,6 +50,12 @@ def tiny_config(name: str, resnet10: bool = True):
     if mode.startswith("ensemble"):
         config.ensemble.size = int(mode[len("ensemble"):])
         config.mesh.fsdp = 2 if jax.device_count() % 2 == 0 else 1
+        mode = ""
+    if mode == "coupled":  # SSL++'s coupled ablation: V2's labels re-clustered from the features
+        config.sslpp.update(dict(labels="coupled", num_classes=SSLPP_CLASSES, weight=0.05, view="all_copies"))
+        mode = ""
+    if mode == "projective":  # AET-project: an 8-parameter homography per image
+        config.aet.transform = "projective"
         mode = ""
     if mode == "sslpp":  # SSL++'s semantic head on all four copies, on synthetic digits labels
         config.sslpp.update(dict(labels=sslpp_labels(config.data), num_classes=SSLPP_CLASSES, weight=0.05,

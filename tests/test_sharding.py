@@ -15,7 +15,8 @@ from tests.conftest import REPO_ROOT, device_env
 # four Eq. 6 groups for BYOL and SimCLR); DINO with a ViT using stochastic depth; SSL++'s semantic
 # head on RotNet (its labels gathered by the sharded dataset indices); BYOL as a 3-block ensemble
 # (ssl_jax.methods.ensemble; FSDP over 2 of the 8 devices).
-ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit", "rotnet+sslpp", "byol+ensemble3"]
+ALL = sorted(METHODS) + ["byol+dssl", "simclr+dssl", "moco_v2+dssl", "dino_vit", "rotnet+sslpp", "byol+ensemble3",
+                        "rotnet+coupled", "aet+projective"]
 
 
 def _run(out_dir, devices: int):
@@ -49,8 +50,12 @@ def test_one_device_equals_eight_devices(results, method):
                   "deepcluster": ["refresh_features", "per_example"], "sela": ["refresh_features", "per_example"],
                   "deepercluster": ["refresh_features", "per_example"],
                   "deepcluster_v2": ["refresh_features", "per_example", "prototypes"]}
-    for needle in state_keys.get(method.partition("+")[0].replace("_vit", ""), []):
+    state_keys.update({"rotnet+coupled": ["semantic_head", "per_example", "refresh_features"],
+                       "aet+projective": ["decoder"]})
+    for needle in state_keys.get(method if method in state_keys else method.partition("+")[0].replace("_vit", ""), []):
         assert any(needle in k for k in keys), needle
+    if method == "aet+projective":  # the 8 parameters of a homography, not affine's 6
+        assert one["['params']['decoder']['dense1']['bias']"].shape == (8,)
     for k in keys:
         if method == "wmse" and "projector" in k and "dense" in k and "bias" in k:
             # Zero true gradient (the bias is removed by the BN or the whitening after it):

@@ -1,20 +1,13 @@
 """SSL++'s coupled ablation (ssl_jax.methods.sslpp.CoupledSemanticHead, Table XII): the refresh
 clusters the backbone's features and resets V₂, the loss reads the per-example labels, the staged
-run (slow); and the 1-vs-8-device equality of the train-step variants added for seed 002 beyond
-tests/test_sharding.py's list: 'rotnet+coupled' and 'aet+projective' (AET-project).
-
-Run as a script (`python -m tests.test_sslpp_coupled OUT_DIR`) it trains those variants for two
-steps on the visible devices and writes their states to OUT_DIR (as tests/step_equivalence.py)."""
+run (slow). Its 1-vs-8-device equality ('rotnet+coupled') is in tests/test_sharding.py."""
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-VARIANTS = ("rotnet+coupled", "aet+projective")
 CLASSES = 7
 
 
@@ -115,68 +108,3 @@ def test_staged_coupled_run_reclusters_at_epoch_zero(tmp_path):
     labels = state["method_state"]["per_example"]["labels"]
     assert step == 4 and labels[:1437].min() >= 0 and labels.max() < 50
     assert meta["dataset_fingerprint"]["num_examples"] == 1437
-
-
-# ----------------------------------------------------------------- 1 device vs 8 devices
-
-def variant_config(name: str):
-    """tests/step_equivalence.py's tiny config of the base method, with the variant."""
-    from tests.step_equivalence import tiny_config
-    method, _, variant = name.partition("+")
-    config = tiny_config(method)
-    if variant == "coupled":
-        config.sslpp.update(dict(labels="coupled", num_classes=CLASSES, weight=0.05, view="all_copies"))
-    elif variant == "projective":
-        config.aet.transform = "projective"
-    else:
-        raise ValueError(name)
-    return config
-
-
-def _run(out_dir, devices: int):
-    from tests.conftest import REPO_ROOT, device_env
-    os.makedirs(out_dir, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "tests.test_sslpp_coupled", str(out_dir)],
-                            env=device_env(devices, fast_compile=True), cwd=REPO_ROOT)
-
-
-@pytest.fixture(scope="module")
-def equivalence(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sslpp_variants")
-    procs = [_run(root / str(d), d) for d in (1, 8)]
-    for p in procs:
-        assert p.wait(timeout=1200) == 0
-    return root
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_variant_one_device_equals_eight_devices(equivalence, name):
-    one, eight = (np.load(equivalence / str(d) / f"{name}.npz") for d in (1, 8))
-    assert int(one["num_devices"]) == 1 and int(eight["num_devices"]) == 8
-    assert np.all(np.isfinite(one["loss"]))
-    np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5)
-    keys = [k for k in one.files if k not in ("loss", "num_devices")]
-    assert keys == [k for k in eight.files if k not in ("loss", "num_devices")]
-    needles = {"rotnet+coupled": ["semantic_head", "per_example", "refresh_features"],
-               "aet+projective": ["decoder"]}[name]
-    for needle in needles:
-        assert any(needle in k for k in keys), needle
-    if name == "aet+projective":
-        assert one["['params']['decoder']['dense1']['bias']"].shape == (8,)
-    for k in keys:
-        np.testing.assert_allclose(one[k], eight[k], rtol=1e-5, atol=2e-6, err_msg=k)
-
-
-if __name__ == "__main__":
-    from tests.tiny_run import train_steps
-    out_dir = sys.argv[1]
-    for variant in VARIANTS:
-        extras = {}
-        state, losses = train_steps(variant_config(variant), image_size=16, steps=2, steps_per_epoch=5,
-                                    labels_from_one_device=True, extras=extras)
-        leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(
-            {"params": state.params, "batch_stats": state.batch_stats, "method_state": state.method_state,
-             **extras}))
-        arrays = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
-        np.savez(os.path.join(out_dir, f"{variant}.npz"), loss=np.asarray(losses),
-                 num_devices=len(jax.devices()), **arrays)
