@@ -20,9 +20,9 @@ import ml_collections
 from ssl_jax import presets
 from ssl_jax import results as results_lib
 from ssl_jax import storage
-from ssl_jax.methods import ensemble
 from ssl_jax.models import build_encoder
 from ssl_jax.train import checkpoint
+from ssl_jax.train.state import select_block
 
 NETWORKS = ("default", "online", "target", "random_init")
 FLAX_FORMAT = "ssl_jax.pretrained/1"
@@ -142,7 +142,9 @@ def load_workdir(workdir: str, network: str = "default", step: int | None = None
         raise ValueError(f"network={network!r}; choose one of {NETWORKS}.")
     config = load_run_config(workdir)
     state, step, meta = checkpoint.restore_raw(workdir, step)
-    state = ensemble.checkpoint_block(state, config)  # an ensemble's config.ensemble.eval_block
+    blocks = config.get("ensemble")  # an ensemble (ssl_jax.methods.ensemble): its evaluated block
+    if blocks is not None and int(blocks.size) > 1:
+        state = select_block(state, int(blocks.eval_block))
     if network == "default":
         network = default_network(config)
     params, stats = _network_trees(state, "online" if network == "random_init" else network)

@@ -46,7 +46,7 @@ def test_every_method_module_registers_its_methods_by_name():
     """METHODS is collected from the modules of ssl_jax/methods (no list to edit)."""
     assert set(METHODS) == {"byol", "simclr", "moco_v2", "moco_v3", "simsiam", "barlow_twins", "vicreg",
                             "wmse", "swav", "dino", "carl", "carp", "deepcluster", "deepcluster_v2", "deepercluster",
-                            "sela", "rotnet", "iic", "colorization", "context_encoder", "aet"}
+                            "sela", "rotnet", "iic", "colorization", "context_encoder", "aet", "fussl_phase2"}
     for name, cls in METHODS.items():
         assert issubclass(cls, JointEmbeddingMethod) and cls.name == name
         assert cls.__module__.startswith("ssl_jax.methods.")

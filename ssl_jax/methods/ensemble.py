@@ -49,44 +49,16 @@ For FUSSL's pseudo-labelling (part 2) this module gives:
   block_method(method)    the 1-block method of an ensemble (the method itself otherwise).
   stack(tree, m)          m copies of a 1-block tree on a new leading axis.
 """
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 
 from ssl_jax.methods import common
-from ssl_jax.train.state import TrainState
+# The stacked-state helpers live with TrainState (ssl_jax.train.state: checkpoint readers use them
+# without importing the methods); re-exported here as the ensemble's API.
+from ssl_jax.train.state import STACKED_FIELDS, EnsembleState, TrainState, select_block, stack  # noqa: F401
 
 KEYS = ("size", "eval_block")
-# The TrainState fields with the block axis; step and rng are shared by the blocks.
-STACKED_FIELDS = ("params", "batch_stats", "opt_state", "method_state")
-
-
-@flax.struct.dataclass
-class EnsembleState(TrainState):
-    """A TrainState whose `stacked_fields` carry a leading block axis (module docstring)."""
-
-    stacked_fields = STACKED_FIELDS  # a class attribute, not a field: read by ssl_jax.parallel
-
-
-def stack(tree: Any, m: int) -> Any:
-    """m copies of every leaf of `tree` on a new leading axis (fresh buffers)."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (m,) + jnp.shape(x)).copy(), tree)
-
-
-def select_block(tree: Any, k: int) -> Any:
-    """Block k of a stacked tree: an EnsembleState gives the 1-block TrainState (step and rng
-    as they are); a state as a dict (ssl_jax.train.checkpoint.restore_raw) gives the dict with
-    the STACKED_FIELDS indexed; any other tree (params, batch_stats) has every leaf indexed."""
-    if isinstance(tree, EnsembleState):
-        fields = {f: select_block(getattr(tree, f), k) for f in STACKED_FIELDS}
-        return TrainState(step=tree.step, rng=tree.rng, **fields)
-    if isinstance(tree, dict) and "step" in tree and "params" in tree:
-        return dict(tree, **{f: select_block(tree[f], k) for f in STACKED_FIELDS if f in tree})
-    return jax.tree.map(lambda x: x[k], tree)
-
-
 def num_blocks(method) -> int:
     """m for an ensemble, 1 for a plain method."""
     return method.num_blocks if isinstance(method, Ensemble) else 1
@@ -101,15 +73,6 @@ def evaluated_state(method, state):
     """The 1-block TrainState the evaluation reads: block config.ensemble.eval_block of an
     ensemble's state, a plain method's state as it is."""
     return select_block(state, method.eval_block) if isinstance(method, Ensemble) else state
-
-
-def checkpoint_block(state: dict, config) -> dict:
-    """The evaluated block of a raw checkpoint (restore_raw's dict) of a run with `config`
-    (completed: older runs have size 1); the state itself for a 1-block run."""
-    section = config.get("ensemble")
-    if section is None or int(section.size) == 1:
-        return state
-    return select_block(state, _checked(section)[1])
 
 
 def project(method, params, batch_stats, images: jax.Array) -> jax.Array:
