@@ -32,9 +32,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from ssl_jax import losses, parallel, storage
+from ssl_jax import losses, parallel, stages, storage
 from ssl_jax.data import pipeline
-from ssl_jax.evaluate import in_training
 from ssl_jax.methods import build_method, ensemble, fussl_phase2, sslpp
 from ssl_jax.train import checkpoint
 from ssl_jax.train import features as features_lib
@@ -50,7 +49,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     f = _checked(config)
     storage.makedirs(workdir)
     phase1_dir = storage.join(workdir, "phase1")
-    _phase(config.phase1, phase1_dir, f"1 (an ensemble of {f.ensemble_size} {f.baseline} blocks)")
+    stages.train_stage(config.phase1, phase1_dir, f"1 (an ensemble of {f.ensemble_size} {f.baseline} blocks)",
+                       kind="Phase")
     labels_path = storage.join(workdir, f.labels_file)
     stored = label(config, phase1_dir, labels_path)
     k = int(stored["chosen_block"])
@@ -59,10 +59,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     full.fussl_phase2.init = _init_file(storage.join(workdir, "phase2a_init.msgpack"),
                                         phase1_dir, k if f.ensemble_size > 1 else None)
     phase2a = storage.join(workdir, "phase2a")
-    _phase(full, phase2a, f"2a (block {k}, all layers, {full.num_epochs} epochs)")
+    stages.train_stage(full, phase2a, f"2a (block {k}, all layers, {full.num_epochs} epochs)", kind="Phase")
     frozen.fussl_phase2.init = _init_file(storage.join(workdir, "phase2b_init.msgpack"), phase2a, None)
     what = "stem..stage 3 frozen" if f.freeze else "all layers (no freezing)"
-    return _phase(frozen, storage.join(workdir, "phase2b"), f"2b ({what}, {frozen.num_epochs} epochs)")
+    return stages.train_stage(frozen, storage.join(workdir, "phase2b"), f"2b ({what}, {frozen.num_epochs} epochs)",
+                              kind="Phase")
 
 
 def _checked(config) -> ml_collections.ConfigDict:
@@ -86,16 +87,6 @@ def _checked(config) -> ml_collections.ConfigDict:
             raise ValueError(f"config.phase1.data.{key}={config.phase1.data[key]!r} but config.phase2.data.{key}="
                              f"{config.phase2.data[key]!r}: both phases train on one training set.")
     return f
-
-
-def _phase(config, workdir: str, what: str) -> list[dict]:
-    """A training phase: skipped when finished (its results.json), else trained / resumed."""
-    results = storage.join(workdir, "results.json")
-    if storage.exists(results):
-        console(f"Phase {what}: done ({results}).", flush=True)
-        return []
-    console(f"Phase {what} in {workdir}.", flush=True)
-    return in_training.pretrain_and_evaluate(config, workdir)
 
 
 def phase2_configs(config, labels_path: str) -> tuple:

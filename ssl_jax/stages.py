@@ -53,16 +53,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         num_classes = stage_b(config, stage_a_dir, path)
         stage_c.sslpp.update(dict(labels=str(path), num_classes=num_classes))
     what = "C (the proxy task + SSL++'s semantic head)" if stage_c.sslpp.labels else "C (the proxy task alone)"
-    return _stage(stage_c, storage.join(workdir, "stage_c"), what)
+    return train_stage(stage_c, storage.join(workdir, "stage_c"), what)
 
 
-def _stage(config, workdir: str, what: str) -> list[dict]:
-    """A training stage: skipped when finished (its results.json), else trained / resumed."""
+def train_stage(config, workdir: str, what: str, kind: str = "Stage") -> list[dict]:
+    """A training stage of a staged run (SSL++ here, FUSSL's phases in ssl_jax.fussl): skipped when
+    finished (its results.json), else trained / resumed; `kind` names it in the log lines."""
     results = storage.join(workdir, "results.json")
     if storage.exists(results):
-        console(f"Stage {what}: done ({results}).", flush=True)
+        console(f"{kind} {what}: done ({results}).", flush=True)
         return []
-    console(f"Stage {what} in {workdir}.", flush=True)
+    console(f"{kind} {what} in {workdir}.", flush=True)
     return in_training.pretrain_and_evaluate(config, workdir)
 
 
@@ -80,7 +81,7 @@ def stage_a(config, workdir: str) -> str:
     if config.stage_a.method != "iic":
         raise ValueError(f"config.stage_a.method={config.stage_a.method!r}: stage A trains IIC (configs/iic.py).")
     path = storage.join(workdir, "stage_a")
-    _stage(config.stage_a, path, "A (the IIC clusterer)")
+    train_stage(config.stage_a, path, "A (the IIC clusterer)")
     return path
 
 
