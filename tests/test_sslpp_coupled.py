@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.test_sslpp import numpy_ce  # the NumPy reference of the semantic head's loss
+
 CLASSES = 7
 
 
@@ -19,13 +21,6 @@ def coupled_config(num_classes=CLASSES, view="all_copies"):
     c.model.conv_backend = "xla"
     c.sslpp.update(dict(labels="coupled", num_classes=num_classes, weight=0.5, view=view))
     return c
-
-
-def numpy_ce(logits, labels):
-    logits = np.asarray(logits, np.float64)
-    logits = logits - logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return -np.mean(np.take_along_axis(logp, labels[..., None], -1))
 
 
 def test_coupled_refresh_clusters_the_features_and_the_loss_reads_them():
