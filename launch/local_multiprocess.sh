@@ -41,6 +41,8 @@ every process as SIGTERM (a second one sends SIGKILL): ssl_jax.main then finishe
 step, writes a checkpoint and exits with code 75, which this script passes through unchanged.
 Exit code 75 means "preempted, checkpoint written": rerun the same command to resume from
 the workdir.
+A launcher started in the background by a script (`... &` without job control) has
+SIGINT ignored, as every POSIX shell arranges, and cannot trap it: stop that one with SIGTERM.
 
 Exit codes: the first non-zero exit code of a process (75: rerun to resume), 0 when all
 succeed, 2 for bad arguments.
