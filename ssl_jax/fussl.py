@@ -35,7 +35,7 @@ import numpy as np
 from ssl_jax import losses, parallel, stages, storage
 from ssl_jax.data import pipeline
 from ssl_jax.methods import build_method, ensemble, fussl_phase2, sslpp
-from ssl_jax.train import checkpoint
+from ssl_jax.train import checkpoint, preemption
 from ssl_jax.train import features as features_lib
 from ssl_jax.train.logging import console, pass_reporter
 
@@ -153,7 +153,8 @@ def label(config, phase1_dir: str, path: str) -> dict:
         return stored
     console(f"Labels ({f.label_mode}, membership {f.membership}) of {data.dataset}:{data.train_split} "
             f"into {path}.", flush=True)
-    rows = labelling_pass(config, state["params"], state["batch_stats"])
+    with preemption.sigterm_stops(lambda: preemption.PreemptedPass("the labelling pass")):
+        rows = labelling_pass(config, state["params"], state["batch_stats"])
     errors = rows["errors"].astype(np.float64).mean(0)
     chosen = int(np.argmin(errors))
     classes, weights = rows["classes"], rows["weights"]

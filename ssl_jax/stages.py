@@ -32,6 +32,7 @@ from ssl_jax.data import pipeline, sources
 from ssl_jax.evaluate import in_training
 from ssl_jax.evaluate import iic as iic_eval
 from ssl_jax.methods import sslpp
+from ssl_jax.train import preemption
 from ssl_jax.train.logging import console
 
 SOURCES = ("iic", "ground_truth", "random", "kmeans", "coupled", "none")
@@ -106,6 +107,18 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
         console(f"Stage B (labels): done ({path}).", flush=True)
         return int(stored["num_classes"])
     console(f"Stage B (labels from {b.source}) into {path}.", flush=True)
+    with preemption.sigterm_stops(lambda: preemption.PreemptedPass("stage B (labelling)")):
+        labels, num_classes = stage_b_labels(b, data, pre, fingerprint)
+    if jax.process_index() == 0:
+        sslpp.write_labels(path, labels, fingerprint, num_classes=num_classes, source=b.source, stage_a_step=step,
+                           settings=label_settings(b))
+    if jax.process_count() > 1:  # every process reads the file in stage C
+        multihost_utils.sync_global_devices("sslpp stage B")
+    return int(num_classes)
+
+
+def stage_b_labels(b, data, pre, fingerprint) -> tuple[np.ndarray, int]:
+    """(labels in dataset-index order, C) from config.stage_b's source; `pre` is stage A's clusterer."""
     if b.source == "iic":
         if pre.config.data.dataset != data.dataset or pre.config.data.train_split != data.train_split:
             raise ValueError(f"Stage A clustered {pre.config.data.dataset}:{pre.config.data.train_split} but "
@@ -126,12 +139,7 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
     else:  # random: uniform over C, a function of the seed alone
         num_classes = int(b.num_classes)
         labels = np.random.default_rng(int(b.seed)).integers(0, num_classes, fingerprint["num_examples"])
-    if jax.process_index() == 0:
-        sslpp.write_labels(path, labels, fingerprint, num_classes=num_classes, source=b.source, stage_a_step=step,
-                           settings=label_settings(b))
-    if jax.process_count() > 1:  # every process reads the file in stage C
-        multihost_utils.sync_global_devices("sslpp stage B")
-    return int(num_classes)
+    return labels, int(num_classes)
 
 
 

@@ -336,6 +336,64 @@ def test_sigterm_during_final_evaluation(run_copy, capsys):
     assert _snapshot(run_copy / "checkpoints") == before
 
 
+def _sigterm_self():
+    """Stand-in for a pass's work: the SIGTERM arrives in the middle of it."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+    raise AssertionError("SIGTERM did not stop the pass")
+
+
+def test_sigterm_during_the_evaluation_command(run_copy, capsys, monkeypatch):
+    """`python -m ssl_jax.evaluate` (its body, under the command line's handler) gets SIGTERM in its
+    feature pass: one line and exit code 75, results.json untouched, SIGTERM's handler given back;
+    the rerun evaluates."""
+    from ssl_jax.evaluate import run as eval_run
+    from ssl_jax.train import features
+
+    config = presets.load_config_file(os.path.join(REPO_ROOT, "configs", "eval", "knn.py") + ":demo")
+    config.knn.ks, config.knn.temperatures = (20,), (0.1,)
+    before, handler = _snapshot(run_copy), signal.getsignal(signal.SIGTERM)
+    real_extract = features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda *args, **kwargs: _sigterm_self())
+    with pytest.raises(SystemExit) as exit_info:
+        with cli.user_errors("ssl_jax.evaluate"):
+            eval_run.run(config, str(run_copy))
+    assert exit_info.value.code == 75
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["ssl_jax.evaluate: preempted (SIGTERM) during the knn evaluation: the pass saves nothing "
+                     "midway and what came before it is saved; rerun the same command to redo the pass."]
+    assert signal.getsignal(signal.SIGTERM) == handler
+    assert _snapshot(run_copy) == before
+    monkeypatch.setattr(features, "extract_features", real_extract)
+    records = eval_run.run(config, str(run_copy))
+    assert {(r["protocol"], r["setting"], r["metric"]) for r in records} == {("knn", "k=20,T=0.1", "top1"),
+                                                                           ("knn", "k=20,T=0.1", "top5")}
+    stored = json.loads((run_copy / "results.json").read_text())
+    assert any(r["protocol"] == "knn" and r["setting"] == "k=20,T=0.1" for r in stored["records"])
+
+
+def test_sigterm_during_sslpp_stage_b(tmp_path, monkeypatch):
+    """SSL++'s stage B (here its k-means source) gets SIGTERM while it reads the pixels: PreemptedPass
+    (exit code 75 on the command line), no labels file, SIGTERM's handler given back; the rerun labels."""
+    from configs import sslpp as sslpp_config
+    from ssl_jax import stages
+    from ssl_jax.train import preemption
+
+    config = sslpp_config.get_config("demo_kmeans")
+    config.stage_b.update(dict(pca_dim=16, kmeans_iters=20))
+    path = str(tmp_path / "labels.npz")
+    handler = signal.getsignal(signal.SIGTERM)
+    real_pixels = stages.training_pixels
+    monkeypatch.setattr(stages, "training_pixels", lambda *args: _sigterm_self())
+    with pytest.raises(preemption.PreemptedPass, match=r"during stage B \(labelling\).*rerun the same command"):
+        stages.stage_b(config, None, path)
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == handler
+    monkeypatch.setattr(stages, "training_pixels", real_pixels)
+    assert stages.stage_b(config, None, path) == 50
+    assert os.listdir(tmp_path) == ["labels.npz"]
+
+
 # --------------------------------------------------------------------- another run's workdir
 
 def test_foreign_config_is_refused_before_anything_is_written(run_copy, capsys):
@@ -540,13 +598,13 @@ def test_training_and_evaluation_polls_share_one_count(monkeypatch):
     watcher = preemption.PreemptionWatcher()
     assert not any(watcher.should_stop(step) for step in range(1, 6))
     trained = manager.last
-    preemption.poll_evaluation()  # outside a block: not a poll
+    preemption.poll_pass()  # outside a block: not a poll
     assert manager.last == trained
     manager.sync_point = manager.last + 1  # the notice, right after the last training step
     with pytest.raises(preemption.PreemptedAfterTraining, match="checkpoint at step 5 saved"):
         with preemption.sigterm_stops_evaluation(5):
-            preemption.poll_evaluation()
+            preemption.poll_pass()
             raise AssertionError("the first evaluation poll did not stop")
     assert manager.last == trained + 1
-    preemption.poll_evaluation()  # the block is closed
+    preemption.poll_pass()  # the block is closed
     assert manager.last == trained + 1

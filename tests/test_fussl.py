@@ -1,5 +1,7 @@
 """FUSSL's phase 2 (ssl_jax.methods.fussl_phase2) and the staged run (ssl_jax/fussl.py, configs/fussl.py)."""
 import os
+import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -156,7 +158,7 @@ def flat(tree):
 
 
 @pytest.mark.slow
-def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path):
+def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path, monkeypatch):
     """(slow: ~70 s of CPU, 3.5 min on 2 shared cores: a 3-block phase-1 compile and three
     evaluations.) The staged run at test size: the labels file's rows are the fuzzy labels of the phase-1
     blocks' outputs on those images (recomputed here from the checkpoint), the chosen block has the
@@ -168,11 +170,26 @@ def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path):
     from ssl_jax import fussl
     from ssl_jax.data import pipeline
     from ssl_jax.methods import ensemble
-    from ssl_jax.train import checkpoint
+    from ssl_jax.train import checkpoint, preemption
 
     config, workdir = staged_config(), str(tmp_path / "run")
-    fussl.run(config, workdir)
     labels_path = os.path.join(workdir, "fussl_labels.npz")
+
+    # SIGTERM in the labelling pass after phase 1: PreemptedPass (exit code 75 on the command line), no
+    # labels file, phase 1 kept; the rerun below labels and goes on.
+    def sigterm_pass(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the labelling pass")
+
+    real_pass = fussl.labelling_pass
+    monkeypatch.setattr(fussl, "labelling_pass", sigterm_pass)
+    with pytest.raises(preemption.PreemptedPass, match="during the labelling pass"):
+        fussl.run(config, workdir)
+    assert not os.path.exists(labels_path)
+    assert os.path.exists(os.path.join(workdir, "phase1", "results.json"))
+    monkeypatch.setattr(fussl, "labelling_pass", real_pass)
+    fussl.run(config, workdir)
     stored = fussl_phase2.read_labels(labels_path)
     assert stored["fingerprint"] == dict(dataset="digits", split="train", num_examples=1437)
     assert stored["classes"].shape == stored["weights"].shape == (1437, 3)

@@ -173,7 +173,7 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
         clf = train_linear_classifier(train_features[fit], train_labels[fit],
                                       num_classes=num_classes, l2=l2, num_steps=num_steps)
         holdout_top1[float(l2)] = _accuracies(clf, train_features[hold], train_labels[hold])[0]
-        preemption.poll_evaluation()  # between fits: a SIGTERM of a multi-process run stops here
+        preemption.poll_pass()  # between fits: a SIGTERM of a multi-process run stops here
     best_acc = max(holdout_top1.values())
     best_l2 = max(l2 for l2, acc in holdout_top1.items() if acc == best_acc)
 

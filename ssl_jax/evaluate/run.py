@@ -108,7 +108,7 @@ def knn_records(ctx, train, test, ks, temperatures, protocol="knn", setting_pref
             acc = knn_accuracy(memory, labels, te_x, te_y, num_classes=ctx.num_classes, k=int(k),
                                temperature=float(t), train_valid=valid, **chunk)
             out.append((protocol, f"{setting_prefix}k={k},T={t:g}", acc))
-            preemption.poll_evaluation()  # between settings (each a pass over all queries)
+            preemption.poll_pass()  # between settings (each a pass over all queries)
     return out
 
 
@@ -280,7 +280,10 @@ def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=logging_lib.conso
     ctx = Context(eval_cfg, pre, data, mesh, info["num_classes"], workdir, log)
     log(f"{eval_cfg.protocol}: {pre.run.get('method')} {pre.network} network at step {pre.run.get('step')} "
         f"on {data.dataset} ({mesh.devices.size} device(s)).")
-    records = timed_records(ctx, [PROTOCOLS[eval_cfg.protocol]])
+    # SIGTERM: one line and exit code 75, results.json untouched (the linear / fine-tuning protocols
+    # checkpoint their classifier on SIGTERM themselves, and their rerun resumes it).
+    with preemption.sigterm_stops(lambda: preemption.PreemptedPass(f"the {eval_cfg.protocol} evaluation")):
+        records = timed_records(ctx, [PROTOCOLS[eval_cfg.protocol]])
     if jax.process_index() == 0:
         results_lib.write_records(workdir, records)
         tensorboard.write_records(workdir, records)  # next to the training curves, under eval/

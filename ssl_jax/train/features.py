@@ -39,7 +39,7 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh, report=None)
     stable indices, whatever the number of devices and processes), padding rows dropped;
     features is a float32 [N, D] array, or a dict of them when `encode_fn` returns a dict.
     `report(done_batches)`, if given, is called after each batch (logging.pass_reporter); so is
-    preemption.poll_evaluation (every process runs the same number of batches)."""
+    preemption.poll_pass (every process runs the same number of batches)."""
     feats, labels, index = [], [], []
     for done, batch in enumerate(batches, 1):
         images = parallel.shard_batch(batch["image"], mesh)
@@ -53,7 +53,7 @@ def extract_features(encode_fn, params, batch_stats, batches, mesh, report=None)
         index.append(np.asarray(idx)[mask])
         if report is not None:
             report(done)
-        preemption.poll_evaluation()  # a SIGTERM during the final evaluation of a multi-process run
+        preemption.poll_pass()  # a SIGTERM during a multi-process pass (evaluation, labelling)
     # A batch gathered over processes holds each process's rows in turn: sort them back.
     order = np.argsort(np.concatenate(index), kind="stable")
     return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *feats), np.concatenate(labels)[order]
@@ -97,7 +97,7 @@ def extract_features_on_device(feature_fn, params, batch_stats, batches, mesh, n
         rows = scatter(zeros(out) if rows is None else rows, out, index, mask)
         if report is not None:
             report(done)
-        preemption.poll_evaluation()
+        preemption.poll_pass()
     if rows is None:
         raise ValueError("extract_features_on_device: the split gave no batch.")
     return rows

@@ -8,13 +8,16 @@ jax.distributed.initialize, which handles SIGTERM itself) agrees on that step th
 coordination service, without a device collective. A single process handles SIGTERM here.
 Periodic checkpoints stay the guarantee against a hard kill (SIGKILL, a lost host).
 
-The evaluation after training stops the same way (PreemptedAfterTraining, exit code 75): a
-single process at once from its SIGTERM handler; a multi-process run at the next evaluation
-batch (`poll_evaluation`), through the same sync point as training's steps.
+The passes outside training stop the same way (exit code 75), within `sigterm_stops`: the
+evaluation after training (PreemptedAfterTraining), the evaluation command's passes, a staged
+run's labelling pass (PreemptedPass); a single process at once from its SIGTERM handler, a
+multi-process run at the next batch of the pass (`poll_pass`), through the same sync point as
+training's steps. Such a pass saves nothing midway, so its rerun redoes it.
 """
 import contextlib
 import itertools
 import signal
+from typing import Callable
 
 import jax
 from jax.experimental import multihost_utils
@@ -44,6 +47,16 @@ class PreemptedAfterTraining(Preempted):
         self.step = step
 
 
+class PreemptedPass(Preempted):
+    """SIGTERM during a pass that saves nothing midway (the evaluation command's feature passes and
+    fits, a staged run's labelling pass): what came before it is saved; the rerun redoes it."""
+
+    def __init__(self, what: str):
+        Exception.__init__(self, f"preempted (SIGTERM) during {what}: the pass saves nothing midway and "
+                           "what came before it is saved; rerun the same command to redo the pass.")
+        self.step = None
+
+
 # The polls of JAX's preemption sync point by this process, numbered 1, 2, ... for its whole
 # life: training steps and evaluation batches alike. On a notice, JAX's sync manager (XLA's
 # tsl PreemptionSyncManager) sets the sync point to 1 + the largest number any process had
@@ -59,30 +72,32 @@ def _all_processes_reached_sync_point() -> bool:
     return multihost_utils.reached_preemption_sync_point(next(_polls))
 
 
-# The last training step of the run whose evaluation a multi-process `sigterm_stops_evaluation`
-# block encloses; None outside one (then `poll_evaluation` does nothing).
-_evaluating_step = None
+# The error that the enclosing multi-process `sigterm_stops` block raises at a SIGTERM (a callable
+# making it); None outside one (then `poll_pass` does nothing).
+_stop_error = None
 
 
 @contextlib.contextmanager
-def sigterm_stops_evaluation(step: int):
-    """Within the block, SIGTERM stops the evaluation of the trained run with
-    PreemptedAfterTraining(step): the work left (evaluating the final checkpoint) is redone by
-    the rerun, so nothing needs saving. A single process raises at once, from its SIGTERM
-    handler; in a multi-process run JAX's preemption service owns SIGTERM, and every process
-    raises at the same `poll_evaluation` (the evaluation's feature batches and fits call it)."""
-    global _evaluating_step
+def sigterm_stops(error: Callable[[], Preempted]):
+    """Within the block, SIGTERM stops the work with the exception `error()` (a Preempted, which the
+    commands turn into one line and exit code 75). For passes whose work left is redone by the rerun,
+    so nothing needs saving. A single process raises at once, from its SIGTERM handler; in a
+    multi-process run JAX's preemption service owns SIGTERM, and every process raises at the same
+    `poll_pass` (feature batches, classifier fits and kNN settings call it). Blocks nest: the inner
+    one's error wins while it lasts (a training loop inside one installs its own handler, which
+    checkpoints, and gives this one back when it ends)."""
+    global _stop_error
     if jax.process_count() > 1:
-        previous, _evaluating_step = _evaluating_step, step
+        previous, _stop_error = _stop_error, error
         try:
             yield
         finally:
-            _evaluating_step = previous
+            _stop_error = previous
         return
 
     def stop(signum, frame):
         del signum, frame
-        raise PreemptedAfterTraining(step)
+        raise error()
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
@@ -91,13 +106,18 @@ def sigterm_stops_evaluation(step: int):
         signal.signal(signal.SIGTERM, previous)
 
 
-def poll_evaluation() -> None:
-    """Call after each unit of evaluation work that every process does alike (a feature batch,
-    a classifier fit). Within a multi-process `sigterm_stops_evaluation`: raises
-    PreemptedAfterTraining once a SIGTERM reached any process (at the same call on all of
-    them). Elsewhere (one process, passes during training, the evaluation command) nothing."""
-    if _evaluating_step is not None and _all_processes_reached_sync_point():
-        raise PreemptedAfterTraining(_evaluating_step)
+def sigterm_stops_evaluation(step: int):
+    """`sigterm_stops` for the evaluation of a trained run at its last step: the rerun only evaluates."""
+    return sigterm_stops(lambda: PreemptedAfterTraining(step))
+
+
+def poll_pass() -> None:
+    """Call after each unit of a pass's work that every process does alike (a feature batch, a
+    classifier fit). Within a multi-process `sigterm_stops`: raises its error once a SIGTERM reached
+    any process (at the same call on all of them). Elsewhere (one process, passes during training)
+    nothing."""
+    if _stop_error is not None and _all_processes_reached_sync_point():
+        raise _stop_error()
 
 
 class PreemptionWatcher:
