@@ -9,16 +9,18 @@ Command:
     python -m ssl_jax.evaluate --workdir=DIR/phase2b      # the FUSSL backbone (kNN / linear, as any run)
 
 DIR/phase1 (the ensemble, a normal workdir), DIR/fussl_labels.npz (labels, fingerprint, chosen block,
-per-block errors), DIR/phase2a (all layers), DIR/phase2b (frozen stem..stage 3; the result).
+per-block errors), DIR/phase2a (all layers), DIR/phase2b (frozen stem..stage 3; the result); the
+progressive presets: DIR/cycle<c>/phase1, .../fussl_labels.npz, .../phase2 for every cycle c.
 Rerunning the command continues where it stopped (a phase with results.json is done, an unfinished
 one resumes from its checkpoint, a labels file made otherwise is one error). Override a phase under
 its section: --config.phase1.num_epochs=..., --config.phase2.global_batch_size=...,
 --config.fussl.label_mode=soft.
 
 Presets: SCALE or SCALE_VARIANT, SCALE in imagenet (default), cifar10, demo; VARIANT in no_freeze,
-hard, soft, base, base_long: imagenet, cifar10, demo, imagenet_no_freeze, imagenet_hard, imagenet_soft,
-imagenet_base, imagenet_base_long, cifar10_no_freeze, cifar10_hard, cifar10_soft, cifar10_base,
-cifar10_base_long, demo_no_freeze, demo_hard, demo_soft, demo_base, demo_base_long.
+hard, soft, base, base_long, progressive: imagenet, cifar10, demo, imagenet_no_freeze, imagenet_hard,
+imagenet_soft, imagenet_base, imagenet_base_long, imagenet_progressive (also named progressive),
+cifar10_no_freeze, cifar10_hard, cifar10_soft, cifar10_base, cifar10_base_long, cifar10_progressive,
+demo_no_freeze, demo_hard, demo_soft, demo_base, demo_base_long, demo_progressive.
   imagenet  the paper's recipe: baseline SimCLR (fussl.baseline names any library method: simclr, byol,
             simsiam, swav, wmse, barlow_twins, ...), its ImageNet preset with the paper's shared
             projector (Linear 1000-BN-ReLU x 2 + Linear 1000; 1000 pseudo-classes), m = 3, phase 1 800
@@ -45,8 +47,14 @@ cifar10_base_long, demo_no_freeze, demo_hard, demo_soft, demo_base, demo_base_lo
             base       the baseline alone (method = fussl.baseline, one network) for the phase-1
                        epochs: the paper's "Base" (800 epochs)
             base_long  the same for phase-1 + phase-2 epochs: the paper's "1200 ep" control
-  Not built: the progressive variant (Table 3, Case 3: cycles of 200 phase-1 + 100 phase-2 epochs);
-  the m-sweep is --config.fussl.ensemble_size=M.
+            progressive  Table 3, Case 3 (fussl.schedule 'progressive', ssl_jax/fussl.py): fussl.cycles
+                       cycles of phase 1 (config.phase1.num_epochs), labels from scratch, phase 2
+                       (config.phase2.num_epochs, all layers) into DIR/cycle<c>/{phase1, fussl_labels.npz,
+                       phase2}; cycle c+1's blocks start from cycle c's phase-2 encoder + projector.
+                       imagenet / cifar10: 4 x (200 + 100) epochs (the paper's cycle; 4 cycles, unstated,
+                       spend the sequential 1200); demo: 4 x (2 + 1), phase-1 warm-up 0.25 epochs (the
+                       demo's 2 would fill the cycle). The FUSSL backbone: DIR/cycle4/phase2.
+  The m-sweep is --config.fussl.ensemble_size=M.
 
 Choices where the paper is silent (each also in the module that implements it):
   * phase-1 views, optimizer and schedule: the baseline's own preset (the paper states Adam at 0.2 then
@@ -67,10 +75,14 @@ import ml_collections
 from ssl_jax import presets as P
 
 SCALES = ("imagenet", "cifar10", "demo")
-VARIANTS = ("no_freeze", "hard", "soft", "base", "base_long")
-PRESETS = SCALES + tuple(f"{s}_{v}" for s in SCALES for v in VARIANTS)
+VARIANTS = ("no_freeze", "hard", "soft", "base", "base_long", "progressive")
+# 'progressive' alone: the paper's recipe at ImageNet scale (= imagenet_progressive).
+PRESETS = SCALES + tuple(f"{s}_{v}" for s in SCALES for v in VARIANTS) + ("progressive",)
 # (phase-1 epochs, phase-2 epochs, of which all layers trained, batch of both phases or None = the baseline's)
 SCHEDULE = {"imagenet": (800, 400, 100, 1024), "cifar10": (800, 400, 100, None), "demo": (8, 4, 1, None)}
+# The progressive variant: (cycles, phase-1 epochs per cycle, phase-2 epochs per cycle). The paper's
+# 200 + 100 per cycle; 4 cycles (unstated) spend the sequential run's 800 + 400 epochs. demo: 2 + 1.
+PROGRESSIVE = {"imagenet": (4, 200, 100), "cifar10": (4, 200, 100), "demo": (4, 2, 1)}
 
 
 def shared_projector(scale: str) -> ml_collections.ConfigDict:
@@ -109,7 +121,7 @@ def phase2_config(phase1: ml_collections.ConfigDict, baseline: str, scale: str) 
     c.num_epochs = SCHEDULE[scale][1]
     c.fussl_phase2 = ml_collections.ConfigDict(dict(
         projector=phase1[baseline].projector.copy_and_resolve_references(), predictor=None, momentum=None,
-        per_view_bn=False, num_views=1, labels="", init="", temperature=0.1, normalize=True, frozen_stages=0))
+        per_view_bn=False, num_views=1, labels="", temperature=0.1, normalize=True, frozen_stages=0))
     c.optimizer.update(dict(name="adam", base_lr=1e-3, lr_scaling="none", weight_decay=1e-6, warmup_epochs=0.0,
                             decay="steps", decay_epochs=(), exclude_bias_and_bn_from_wd=False))
     return c
@@ -118,6 +130,7 @@ def phase2_config(phase1: ml_collections.ConfigDict, baseline: str, scale: str) 
 def get_config(preset: str = "imagenet"):
     if preset and preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r} for configs/fussl.py; use one of: {', '.join(PRESETS)}.")
+    preset = "imagenet_progressive" if preset == "progressive" else preset
     scale, _, variant = (preset or PRESETS[0]).partition("_")
     baseline, m = "simclr", 3
     e1, e2, e2_full, _ = SCHEDULE[scale]
@@ -130,11 +143,14 @@ def get_config(preset: str = "imagenet"):
     # baseline: the phase-1 method (its configs/<baseline>.py preset at this scale); label_mode
     # fuzzy | hard | soft; membership confidence | votes | softmax (membership_temperature: softmax's
     # T); block_error cross_entropy | top1; e2_full: phase-2 epochs before freezing; freeze: False =
-    # no frozen layers; labels_file: under DIR; label_batch_size: the labelling pass's batch.
+    # no frozen layers; labels_file: under DIR; label_batch_size: the labelling pass's batch;
+    # schedule sequential | progressive (ssl_jax/fussl.py), cycles: the progressive schedule's
+    # number of cycles (1 for sequential).
     c.fussl = ml_collections.ConfigDict(dict(
         baseline=baseline, ensemble_size=m, label_mode="fuzzy", membership="confidence",
         membership_temperature=0.1, block_error="cross_entropy", e2_full=e2_full, freeze=True,
-        labels_file="fussl_labels.npz", label_batch_size=1024 if scale != "demo" else 360))
+        labels_file="fussl_labels.npz", label_batch_size=1024 if scale != "demo" else 360,
+        schedule="sequential", cycles=1))
     c.phase1 = phase1_config(baseline, scale, m)
     c.phase2 = phase2_config(c.phase1, baseline, scale)
     c.phase2.num_epochs = e2
@@ -142,4 +158,10 @@ def get_config(preset: str = "imagenet"):
         c.fussl.freeze = False
     elif variant in ("hard", "soft"):
         c.fussl.label_mode = variant
+    elif variant == "progressive":  # every phase 1 / phase 2 is one cycle's; all layers trained
+        cycles, e1, e2 = PROGRESSIVE[scale]
+        c.fussl.update(dict(schedule="progressive", cycles=cycles, e2_full=e2, freeze=False))
+        c.phase1.num_epochs, c.phase2.num_epochs = e1, e2
+        if scale == "demo":  # the demo's 2 warm-up epochs would fill the 2-epoch phase 1
+            c.phase1.optimizer.warmup_epochs = 0.25
     return c

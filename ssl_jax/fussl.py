@@ -20,10 +20,43 @@ Phase 2 is two runs (two compiled programs, each resumable) rather than one run 
 program at an epoch: a step whose frozen set depends on the epoch would compile both programs into
 one or recompile mid-run. The second run starts a fresh Adam (its moments restart at the freeze).
 
+The initial-weights files are ssl_jax.train.init_weights files (config.init_weights of the run
+that starts from them: encoder and projector params and BatchNorm statistics).
+
+fussl.schedule 'progressive' (Table 3, Case 3: "after each 200 epochs of phase 1, pseudo-labeling
+is performed and applied to 100 epochs of phase 2, and so on. In each iteration of (phase 1) to
+(phase 2), there is no fixed layer and pseudo-labeling is performed from scratch") repeats, for
+cycle c = 1 .. fussl.cycles, in DIR/cycle<c>/:
+
+  phase1    config.phase1 (config.phase1.num_epochs: one cycle's phase-1 epochs) into
+            cycle<c>/phase1; cycle 1 from the random init, cycle c > 1 with every block from
+            cycle c-1's final phase-2 encoder and projector (cycle<c>/phase1_init.msgpack);
+  labels    as above, from this cycle's phase 1, into cycle<c>/<fussl.labels_file> (kept for
+            every cycle; its settings include the cycle);
+  phase2    config.phase2 (config.phase2.num_epochs: one cycle's phase-2 epochs), all layers, one
+            run, from the chosen block (cycle<c>/phase2_init.msgpack) into cycle<c>/phase2.
+            The last cycle's phase2 is the FUSSL backbone.
+
+Choices where the paper is silent (seed 000 §1.7 lists them as unspecified):
+  * cycles: fussl.cycles (4 in the presets: 4 x (200 + 100) = the sequential 800 + 400 epochs);
+  * how phase 1 of cycle c+1 starts: every block from cycle c's phase-2 encoder + projector, one
+    identical copy per block (as the sequential run's blocks share their init, so the pseudo-class
+    indices stay aligned across blocks), so that what the labels taught feeds the next phase 1 --
+    otherwise the cycles would be independent restarts. The baseline's other parts start as in a
+    fresh run of config.seed (ssl_jax.train.init_weights): a predictor and SwAV's prototypes are
+    newly initialised (phase 2 has none to hand over), a momentum target is a copy of the new
+    online weights (not a stale one), a queue starts empty; the optimizer state is new and every
+    run's LR / momentum schedules span its own epochs (each stage is an ordinary run);
+  * cycle c's runs use seed config.seed + c - 1, so each cycle draws new views and a new order
+    (the same seed would replay cycle 1's augmentations);
+  * phase 2 of a cycle trains all layers ("no fixed layer"), so it is one run (fussl.freeze must be
+    False and fussl.e2_full the phase-2 epochs: every phase-2 epoch trains all layers).
+
 Rerunning the command continues where it stopped: a phase whose workdir holds results.json is done,
 an unfinished one resumes from its checkpoint; the labels and init files are made once and reused
 (a labels file made otherwise, by another phase-1 step, training set or labelling setting, is one
-error and never overwritten); a kill while one is written leaves no partial file.
+error and never overwritten); a kill while one is written leaves no partial file. The same holds
+for every cycle of the progressive schedule.
 """
 from __future__ import annotations
 
@@ -35,19 +68,23 @@ import numpy as np
 from ssl_jax import losses, parallel, stages, storage
 from ssl_jax.data import pipeline
 from ssl_jax.methods import build_method, ensemble, fussl_phase2, sslpp
-from ssl_jax.train import checkpoint, preemption
+from ssl_jax.train import checkpoint, init_weights, preemption
 from ssl_jax.train import features as features_lib
 from ssl_jax.train.logging import console, pass_reporter
 
 KEYS = ("baseline", "ensemble_size", "label_mode", "membership", "membership_temperature", "block_error",
-        "e2_full", "freeze", "labels_file", "label_batch_size")
+        "e2_full", "freeze", "labels_file", "label_batch_size", "schedule", "cycles")
+SCHEDULES = ("sequential", "progressive")
 FROZEN_STAGES = 3  # stem through stage 3: the paper's "first 41 layers" of ResNet-50 (§4.1.3)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Phase 1, labels, phase 2a and 2b of FUSSL into `workdir`; the records of phase 2b."""
+    """FUSSL into `workdir` as fussl.schedule says: phase 1, labels, phase 2a and 2b (sequential),
+    or fussl.cycles cycles of phase 1, labels, phase 2 (progressive); the records of the last run."""
     f = _checked(config)
     storage.makedirs(workdir)
+    if f.schedule == "progressive":
+        return run_progressive(config, workdir)
     phase1_dir = storage.join(workdir, "phase1")
     stages.train_stage(config.phase1, phase1_dir, f"1 (an ensemble of {f.ensemble_size} {f.baseline} blocks)",
                        kind="Phase")
@@ -56,14 +93,60 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     k = int(stored["chosen_block"])
 
     full, frozen = phase2_configs(config, labels_path)
-    full.fussl_phase2.init = _init_file(storage.join(workdir, "phase2a_init.msgpack"),
-                                        phase1_dir, k if f.ensemble_size > 1 else None)
+    full.init_weights = _init_file(storage.join(workdir, "phase2a_init.msgpack"),
+                                   phase1_dir, k if f.ensemble_size > 1 else None)
     phase2a = storage.join(workdir, "phase2a")
     stages.train_stage(full, phase2a, f"2a (block {k}, all layers, {full.num_epochs} epochs)", kind="Phase")
-    frozen.fussl_phase2.init = _init_file(storage.join(workdir, "phase2b_init.msgpack"), phase2a, None)
+    frozen.init_weights = _init_file(storage.join(workdir, "phase2b_init.msgpack"), phase2a, None)
     what = "stem..stage 3 frozen" if f.freeze else "all layers (no freezing)"
     return stages.train_stage(frozen, storage.join(workdir, "phase2b"), f"2b ({what}, {frozen.num_epochs} epochs)",
                               kind="Phase")
+
+
+def run_progressive(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """The progressive schedule (module docstring) into `workdir`/cycle<c>; the records of the
+    last cycle's phase 2 ([] when it was already done)."""
+    f = config.fussl
+    records, previous = [], None
+    for c in range(1, int(f.cycles) + 1):
+        cdir = storage.join(workdir, f"cycle{c}")
+        storage.makedirs(cdir)
+        p1 = cycle_phase1_config(config, c, "" if previous is None else _init_file(
+            storage.join(cdir, "phase1_init.msgpack"), previous, None))
+        phase1_dir = storage.join(cdir, "phase1")
+        start = "random init" if previous is None else f"cycle {c - 1}'s phase 2"
+        stages.train_stage(p1, phase1_dir, f"1 of cycle {c}/{f.cycles} (an ensemble of {f.ensemble_size} "
+                           f"{f.baseline} blocks from {start})", kind="Phase")
+        labels_path = storage.join(cdir, f.labels_file)
+        k = int(label(config, phase1_dir, labels_path, cycle=c)["chosen_block"])
+        p2 = cycle_phase2_config(config, c, labels_path, _init_file(
+            storage.join(cdir, "phase2_init.msgpack"), phase1_dir, k if f.ensemble_size > 1 else None))
+        previous = storage.join(cdir, "phase2")
+        records = stages.train_stage(p2, previous, f"2 of cycle {c}/{f.cycles} (block {k}, all layers, "
+                                     f"{p2.num_epochs} epochs)", kind="Phase")
+    return records
+
+
+def cycle_phase1_config(config, cycle: int, init: str) -> ml_collections.ConfigDict:
+    """Phase 1 of progressive cycle `cycle` (1-based): config.phase1 at seed + cycle - 1, from the
+    weights file `init` ('' = random init: cycle 1)."""
+    c = config.phase1.copy_and_resolve_references()
+    c.seed = int(config.phase1.seed) + cycle - 1
+    c.init_weights = init
+    if cycle > 1:  # its init is the previous cycle's weights: cycle 1 holds the random-init baseline
+        c.eval.compare_random_init = False
+    return c
+
+
+def cycle_phase2_config(config, cycle: int, labels_path: str, init: str) -> ml_collections.ConfigDict:
+    """Phase 2 of progressive cycle `cycle`: config.phase2 (all layers, all its epochs) on the
+    cycle's labels at seed + cycle - 1, from the weights file `init` (the chosen phase-1 block)."""
+    c = config.phase2.copy_and_resolve_references()
+    c.seed = int(config.phase2.seed) + cycle - 1
+    c.fussl_phase2.labels = str(labels_path)
+    c.init_weights = init
+    c.eval.compare_random_init = False  # as phase 2a's: the init is phase 1's, not a random one
+    return c
 
 
 def _checked(config) -> ml_collections.ConfigDict:
@@ -72,6 +155,23 @@ def _checked(config) -> ml_collections.ConfigDict:
     if unknown or missing:
         raise ValueError(f"config.fussl: unknown keys {sorted(unknown)}, missing {sorted(missing)}; it has "
                          f"exactly {list(KEYS)} (configs/fussl.py sets them).")
+    if f.schedule not in SCHEDULES:
+        raise ValueError(f"config.fussl.schedule={f.schedule!r}; choose one of {SCHEDULES}.")
+    if not (float(f.cycles).is_integer() and int(f.cycles) >= 1):
+        raise ValueError(f"config.fussl.cycles={f.cycles}: the number of (phase 1, labels, phase 2) cycles is a "
+                         "whole number >= 1.")
+    if f.schedule == "sequential" and int(f.cycles) != 1:
+        raise ValueError(f"config.fussl.cycles={f.cycles} with schedule 'sequential' (one pass): cycles are the "
+                         "progressive schedule's; set --config.fussl.schedule=progressive or cycles=1.")
+    if f.schedule == "progressive" and (f.freeze or int(f.e2_full) != int(config.phase2.num_epochs)):
+        raise ValueError(f"config.fussl.schedule='progressive' trains all layers in every phase 2 (the paper: "
+                         f"\"there is no fixed layer\"), but freeze={f.freeze}, e2_full={f.e2_full} with "
+                         f"{config.phase2.num_epochs} phase-2 epochs: set --config.fussl.freeze=False and "
+                         "--config.fussl.e2_full to config.phase2.num_epochs.")
+    for phase in ("phase1", "phase2"):
+        if config[phase].init_weights:
+            raise ValueError(f"config.{phase}.init_weights={config[phase].init_weights!r}: the staged run sets "
+                             "each phase's initial weights itself; leave it ''.")
     if config.phase1.method != f.baseline:
         raise ValueError(f"config.phase1.method={config.phase1.method!r} but fussl.baseline={f.baseline!r}: "
                          "build both from one baseline (configs/fussl.py's phase1_config).")
@@ -79,7 +179,8 @@ def _checked(config) -> ml_collections.ConfigDict:
         raise ValueError(f"config.phase1.ensemble.size={config.phase1.ensemble.size} but "
                          f"fussl.ensemble_size={f.ensemble_size}: set one value (--config.fussl.ensemble_size "
                          "with --config.phase1.ensemble.size).")
-    if not (float(f.e2_full).is_integer() and 0 < int(f.e2_full) < int(config.phase2.num_epochs)):
+    if f.schedule == "sequential" and not (float(f.e2_full).is_integer()
+                                           and 0 < int(f.e2_full) < int(config.phase2.num_epochs)):
         raise ValueError(f"fussl.e2_full={f.e2_full} must be a whole number strictly between 0 and the phase-2 epochs "
                          f"({config.phase2.num_epochs}): phase 2 trains all layers for e2_full epochs, then the rest.")
     for key in ("dataset", "train_split", "data_dir"):
@@ -112,8 +213,8 @@ def phase2_configs(config, labels_path: str) -> tuple:
 
 
 def _init_file(path: str, source_dir: str, block: int | None) -> str:
-    """`path`, holding the encoder and projector of `source_dir`'s last checkpoint (block `block` of
-    an ensemble), written once."""
+    """`path`, an ssl_jax.train.init_weights file holding the encoder and projector of
+    `source_dir`'s last checkpoint (block `block` of an ensemble), written once."""
     if not storage.exists(path):
         state, step, _ = checkpoint.restore_raw(source_dir)
         params, stats = state["params"], state["batch_stats"]
@@ -121,34 +222,40 @@ def _init_file(path: str, source_dir: str, block: int | None) -> str:
             params, stats = ensemble.select_block(params, block), ensemble.select_block(stats, block)
         if jax.process_index() == 0:
             where = f"{source_dir} step {step}" + ("" if block is None else f" block {block}")
-            fussl_phase2.write_init(path, params, stats, where)
+            init_weights.write(path, params, stats, fussl_phase2.INIT_MODULES, where)
         _sync("fussl init")
     return str(path)
 
 
-def label_settings(config, phase1_step: int) -> dict:
-    """What a labels file depends on besides the training set (a file made otherwise is an error)."""
+def label_settings(config, phase1_step: int, cycle: int | None = None) -> dict:
+    """What a labels file depends on besides the training set (a file made otherwise is an error);
+    `cycle`: the progressive schedule's cycle (None: the sequential run's one labelling)."""
     f, p2 = config.fussl, config.phase2.fussl_phase2
-    return dict(baseline=f.baseline, ensemble_size=int(f.ensemble_size), label_mode=f.label_mode,
-                membership=f.membership, membership_temperature=float(f.membership_temperature),
-                block_error=f.block_error, temperature=float(p2.temperature), normalize=bool(p2.normalize),
-                phase1_step=int(phase1_step))
+    out = dict(baseline=f.baseline, ensemble_size=int(f.ensemble_size), label_mode=f.label_mode,
+               membership=f.membership, membership_temperature=float(f.membership_temperature),
+               block_error=f.block_error, temperature=float(p2.temperature), normalize=bool(p2.normalize),
+               phase1_step=int(phase1_step))
+    if cycle is not None:
+        out.update(schedule="progressive", cycle=int(cycle))
+    return out
 
 
-def label(config, phase1_dir: str, path: str) -> dict:
-    """The labels file at `path` (made unless present for this run): read_labels' dict."""
+def label(config, phase1_dir: str, path: str, cycle: int | None = None) -> dict:
+    """The labels file at `path` (made unless present for this run; `cycle`: label_settings'):
+    read_labels' dict."""
     f = config.fussl
     data = config.phase1.data
     fingerprint = sslpp.training_fingerprint(data)
     state, step, _ = checkpoint.restore_raw(phase1_dir)
-    settings = label_settings(config, step)
+    settings = label_settings(config, step, cycle)
     if storage.exists(path):
         stored = fussl_phase2.read_labels(path)
         fussl_phase2.check_labels(stored, fingerprint, path)
         if stored["settings"] != repr(sorted(settings.items())):
             raise ValueError(f"{path} was made by other settings ({stored['settings']}) than this run's "
                              f"({sorted(settings.items())}). Use a new --workdir, or delete the file (and "
-                             "phase2a*/, phase2b*/) to relabel.")
+                             "every run trained after it: phase2a/ and phase2b/, or this cycle's phase2/ and the later "
+                             "cycles) to relabel.")
         console(f"Labels: done ({path}; block {stored['chosen_block']}).", flush=True)
         return stored
     console(f"Labels ({f.label_mode}, membership {f.membership}) of {data.dataset}:{data.train_split} "

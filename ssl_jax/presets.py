@@ -78,6 +78,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.num_epochs = 1000
     c.num_steps = -1  # > 0 overrides num_epochs
     c.log_every_steps = 100
+    # '' = the method's random initialisation; else a weights file (ssl_jax.train.init_weights)
+    # whose modules replace the initialised ones at step 0 (FUSSL's later phases set it).
+    c.init_weights = ""
 
     c.data = ml_collections.ConfigDict(dict(
         dataset="imagenet2012", data_dir=ml_collections.FieldReference(None, field_type=str),

@@ -170,7 +170,7 @@ def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path, monkeypatc
     from ssl_jax import fussl
     from ssl_jax.data import pipeline
     from ssl_jax.methods import ensemble
-    from ssl_jax.train import checkpoint, preemption
+    from ssl_jax.train import checkpoint, init_weights, preemption
 
     config, workdir = staged_config(), str(tmp_path / "run")
     labels_path = os.path.join(workdir, "fussl_labels.npz")
@@ -208,7 +208,7 @@ def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path, monkeypatc
     np.testing.assert_allclose(stored["weights"][rows], np.asarray(weights)[:len(rows)], rtol=1e-5, atol=1e-6)
 
     # Phase 2a starts from the chosen block; phase 2b's frozen stages are 2a's final ones.
-    init = fussl_phase2.read_init(os.path.join(workdir, "phase2a_init.msgpack"))
+    init = init_weights.read(os.path.join(workdir, "phase2a_init.msgpack"))
     chosen = flat(ensemble.select_block(phase1["params"], stored["chosen_block"])["encoder"])
     for k, v in flat(init["params"]["encoder"]).items():
         np.testing.assert_array_equal(v, chosen[k], err_msg=k)
@@ -304,3 +304,153 @@ def test_sigkill_in_either_phase_then_rerun_matches_uninterrupted(tmp_path):
             for k in fa:
                 np.testing.assert_array_equal(fa[k], fb[k], err_msg=f"{run} {phase} {k}")
             assert metrics(ref / phase) == metrics(tmp_path / run / phase)
+
+
+# ---------------------------------------------------------------- the progressive schedule (Case 3)
+
+def progressive_config(baseline="simclr", m=2, cycles=2, steps=2):
+    """configs/fussl.py:demo_progressive at test size (ResNet-10, batch 16, `steps` steps per phase,
+    a checkpoint every 2, kNN only), with `baseline` as an ensemble of `m`."""
+    from configs import fussl as fussl_config
+    c = fussl_config.get_config("demo_progressive")
+    c.fussl.update(dict(baseline=baseline, ensemble_size=m, cycles=cycles, label_batch_size=256))
+    c.phase1 = fussl_config.phase1_config(baseline, "demo", m)
+    c.phase1.num_epochs = fussl_config.PROGRESSIVE["demo"][1]
+    for phase in (c.phase1, c.phase2):
+        phase.model.update(dict(name="resnet10", conv_backend="xla"))
+        phase.global_batch_size = 16
+        phase.num_steps = steps
+        phase.log_every_steps = 1
+        phase.checkpoint.update(dict(every_steps=2, async_save=False))
+        phase.eval.update(dict(linear_probe=False, compare_random_init=False, batch_size=256, every_steps=0))
+    c.phase1.optimizer.warmup_epochs = 0.0
+    c.phase2.fussl_phase2.projector = c.phase1[baseline].projector.copy_and_resolve_references()
+    return c
+
+
+def test_progressive_cycle_starts_every_block_and_the_target_from_the_previous_phase2(tmp_path):
+    """Cycle 2's phase-1 state (BYOL, 2 blocks): in every block the encoder and projector params and
+    BatchNorm statistics, and the momentum target's copy of them, are exactly cycle 1's last phase-2
+    checkpoint; the predictor and the probe are the fresh init of cycle 2's seed; the optimizer
+    state is a fresh one (no step taken)."""
+    from ssl_jax import fussl, parallel
+    from ssl_jax.methods import ensemble
+    from ssl_jax.train import checkpoint, loop
+    from ssl_jax.train.state import TrainState
+
+    config = progressive_config("byol", m=2)
+    # Cycle 1's finished phase 2: a checkpoint of random encoder / projector weights (shapes of the
+    # baseline's block: phase 2 trains phase 1's network), BatchNorm statistics included.
+    block = build_method(config.phase1, total_steps=4, steps_per_epoch=2).block
+    shapes = jax.eval_shape(block.init, jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+    rng = np.random.default_rng(0)
+    rand = lambda tree: jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), tree)
+    params = {k: rand(shapes[0][k]) for k in ("encoder", "projector")}
+    stats = {k: jax.tree.map(lambda x: np.abs(x) + 0.5, rand(shapes[1][k])) for k in ("encoder", "projector")}
+    phase2_dir = tmp_path / "cycle1" / "phase2"
+    manager = checkpoint.make_manager(str(phase2_dir), keep=2, async_save=False)
+    checkpoint.save(manager, TrainState(step=jnp.int32(7), params=params, batch_stats=stats, opt_state={},
+                                        method_state={}, rng=jax.random.PRNGKey(3)), {"step": 7})
+    manager.wait_until_finished()
+
+    (tmp_path / "cycle2").mkdir()
+    init = fussl._init_file(str(tmp_path / "cycle2" / "phase1_init.msgpack"), str(phase2_dir), None)
+    cycle2 = fussl.cycle_phase1_config(config, 2, init)
+    assert cycle2.seed == config.phase1.seed + 1 and cycle2.init_weights == init
+    assert fussl.cycle_phase1_config(config, 1, "").init_weights == ""
+
+    def initial(cfg):
+        mesh = parallel.mesh_from_config(cfg.mesh)
+        info, _, _, method, optimizer, _ = loop.build(cfg, mesh)
+        state, _ = loop.init_state(cfg, method, optimizer, info, mesh)
+        return jax.device_get(state), optimizer
+
+    state, optimizer = initial(cycle2)
+    fresh, _ = initial(fussl.cycle_phase1_config(config, 2, ""))
+    for k in range(2):
+        s, f = ensemble.select_block(state, k), ensemble.select_block(fresh, k)
+        target = s.method_state["target"]
+        assert sorted(target["params"]) == ["encoder", "projector"]
+        for name in ("encoder", "projector"):
+            for got, want in ((s.params[name], params[name]), (s.batch_stats[name], stats[name]),
+                              (target["params"][name], params[name]), (target["batch_stats"][name], stats[name])):
+                fg, fw = flat(got), flat(want)
+                assert fg.keys() == fw.keys()
+                for key in fw:
+                    np.testing.assert_array_equal(fg[key], fw[key], err_msg=f"block {k} {name} {key}")
+        for name in ("predictor", "probe"):  # what phase 2 does not have: the seed's fresh init
+            for key, v in flat(f.params[name]).items():
+                np.testing.assert_array_equal(flat(s.params[name])[key], v, err_msg=f"block {k} {name} {key}")
+        want_opt = flat(optimizer.init(s.params))
+        for key, v in flat(s.opt_state).items():
+            np.testing.assert_array_equal(v, want_opt[key], err_msg=key)
+    assert int(state.step) == 0
+
+
+def test_progressive_presets_and_their_checks():
+    """progressive / SCALE_progressive: 4 cycles of 200 + 100 epochs (demo 2 + 1), all layers in
+    phase 2; a frozen progressive phase 2, cycles with the sequential schedule or an init file set
+    by hand are one error each."""
+    from configs import fussl as fussl_config
+    from ssl_jax import fussl
+
+    assert fussl_config.get_config("progressive").to_dict() == fussl_config.get_config("imagenet_progressive").to_dict()
+    for scale, (cycles, e1, e2) in fussl_config.PROGRESSIVE.items():
+        c = fussl_config.get_config(f"{scale}_progressive")
+        assert (c.fussl.schedule, c.fussl.cycles, c.fussl.freeze) == ("progressive", cycles, False)
+        assert (c.phase1.num_epochs, c.phase2.num_epochs, c.fussl.e2_full) == (e1, e2, e2)
+        assert cycles * (e1 + e2) == sum(fussl_config.SCHEDULE[scale][:2]) or scale == "demo"
+        assert fussl_config.get_config(scale).fussl.schedule == "sequential"
+    for change, match in ((dict(freeze=True), "no fixed layer"), (dict(e2_full=0), "no fixed layer"),
+                          (dict(schedule="sequential"), "cycles"), (dict(schedule="cyclic"), "schedule")):
+        bad = fussl_config.get_config("demo_progressive")
+        bad.fussl.update(change)
+        with pytest.raises(ValueError, match=match):
+            fussl.run(bad, "/nonexistent/never_written")
+    bad = fussl_config.get_config("demo")
+    bad.phase2.init_weights = "w.msgpack"
+    with pytest.raises(ValueError, match="init_weights"):
+        fussl.run(bad, "/nonexistent/never_written")
+
+
+@pytest.mark.slow
+def test_progressive_run_hands_weights_over_and_resumes_to_the_same_state(tmp_path):
+    """(slow: two cycles of a 2-block phase 1 and a phase 2, ~3 min on 2 shared cores.) The staged
+    progressive run at test size: every cycle keeps its labels (settings naming the cycle), cycle 2's
+    phase 1 starts from cycle 1's final phase 2 (the init file), a rerun of the finished run trains
+    nothing, and a rerun after the last stage's last checkpoint is deleted ends in the same state."""
+    import shutil
+
+    from ssl_jax import fussl
+    from ssl_jax.train import checkpoint, init_weights
+
+    config, workdir = progressive_config("simclr", m=2, cycles=2, steps=4), str(tmp_path / "run")
+    fussl.run(config, workdir)
+    for c in (1, 2):
+        stored = fussl_phase2.read_labels(os.path.join(workdir, f"cycle{c}", "fussl_labels.npz"))
+        assert stored["classes"].shape == (1437, 2) and f"('cycle', {c})" in stored["settings"]
+    handed = init_weights.read(os.path.join(workdir, "cycle2", "phase1_init.msgpack"))
+    phase2_1, step, _ = checkpoint.restore_raw(os.path.join(workdir, "cycle1", "phase2"))
+    assert step == 4
+    for name in ("encoder", "projector"):
+        fh, fp = flat(handed["params"][name]), flat(phase2_1["params"][name])
+        assert fh.keys() == fp.keys()
+        for k in fp:
+            np.testing.assert_array_equal(fh[k], fp[k], err_msg=f"{name} {k}")
+
+    last = os.path.join(workdir, "cycle2", "phase2")
+    final, step, _ = checkpoint.restore_raw(last)
+    assert step == 4 and os.path.exists(os.path.join(last, "results.json"))
+    mtime = os.path.getmtime(os.path.join(last, "results.json"))
+    assert fussl.run(config, workdir) == []  # finished: every stage skipped
+    assert os.path.getmtime(os.path.join(last, "results.json")) == mtime
+
+    shutil.rmtree(os.path.join(last, "checkpoints", "4"))
+    os.remove(os.path.join(last, "results.json"))
+    fussl.run(config, workdir)
+    resumed, step, _ = checkpoint.restore_raw(last)
+    assert step == 4
+    fr, ff = flat(resumed), flat(final)
+    assert fr.keys() == ff.keys()
+    for k in ff:
+        np.testing.assert_array_equal(fr[k], ff[k], err_msg=k)

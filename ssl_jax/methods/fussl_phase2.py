@@ -12,9 +12,6 @@ Config section `fussl_phase2` (configs/fussl.py fills it; every key read here):
                 labels (classes, weights) [N, m] in dataset-index order, the training set's
                 fingerprint, the chosen block and every block's error. Checked against this run's
                 training set; one error on a mismatch.
-  init          '' (random init: tests, an ablation) or the path of an initial-weights file
-                (`write_init`: the encoder's and projector's params and BatchNorm statistics):
-                the chosen phase-1 block for the first sub-run, the first sub-run's end for the second.
   temperature, normalize   the CE's T and whether the projector output is L2-normalised first
                 (the paper gives neither: it normalises the latent of every baseline, so
                 normalize=True, and T = 0.1, since logits in [-1, 1] at T = 1 give a near-uniform
@@ -23,14 +20,17 @@ Config section `fussl_phase2` (configs/fussl.py fills it; every key read here):
                 BatchNorm in inference mode); then config.optimizer.frozen_params must hold
                 `frozen_param_prefixes(3)` (checked), so weight decay does not move them either.
 
+The initial weights are the run's config.init_weights (ssl_jax.train.init_weights, a file of the
+INIT_MODULES: encoder and projector params and BatchNorm statistics; '' = random init: tests, an
+ablation): ssl_jax/fussl.py sets the chosen phase-1 block for the first sub-run, the first
+sub-run's end for the second.
+
 The labels are per-example state (rows = dataset index, sharded like DeepCluster's; saved in every
 checkpoint), never refreshed: classes int32 and weights float32 [num_rows, m], m the ensemble size,
 densified per batch. Metrics: pseudo_top1 (arg-max agreement with the labels' largest membership).
 """
 import io
 
-import flax.serialization
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,7 +41,6 @@ from ssl_jax.models.resnet import STAGE_SIZES
 from ssl_jax.parallel import PER_EXAMPLE_KEY
 
 LABELS_FORMAT = "ssl_jax.fussl.labels/1"
-INIT_FORMAT = "ssl_jax.fussl.init/1"
 INIT_MODULES = ("encoder", "projector")
 
 
@@ -99,23 +98,6 @@ def check_labels(stored: dict, fingerprint: dict, path: str) -> None:
             "set --config.data back to the one the labels were made for.")
 
 
-def write_init(path: str, params: dict, batch_stats: dict, source: str) -> None:
-    """Initial weights of a phase-2 run (encoder and projector params + BatchNorm statistics),
-    written atomically; `source` says where they come from (a workdir, a block, a step)."""
-    payload = {"format": INIT_FORMAT, "source": source,
-               "params": jax.device_get({k: params[k] for k in INIT_MODULES}),
-               "batch_stats": jax.device_get({k: batch_stats.get(k, {}) for k in INIT_MODULES})}
-    storage.write_file(path, flax.serialization.msgpack_serialize(payload))
-
-
-def read_init(path: str) -> dict:
-    payload = flax.serialization.msgpack_restore(storage.read_bytes(path))
-    if payload.get("format") != INIT_FORMAT:
-        raise ValueError(f"{path} is not a FUSSL initial-weights file (format {INIT_FORMAT!r}); "
-                         "ssl_jax/fussl.py writes them.")
-    return payload
-
-
 class FusslPhase2(DatasetTargets):
     """One view, the projector's output trained towards the image's fixed soft pseudo-label."""
 
@@ -163,22 +145,6 @@ class FusslPhase2(DatasetTargets):
     def refresh(self, params, batch_stats, method_state, features, epoch):
         del batch_stats, features, epoch  # never due; a caller that runs it anyway changes nothing
         return params, method_state, (), {}
-
-    def init(self, rng, images):
-        params, batch_stats, state = super().init(rng, images)
-        if not self.cfg.init:
-            return params, batch_stats, state
-        loaded = read_init(self.cfg.init)
-        for tree, new, what in ((params, loaded["params"], "params"), (batch_stats, loaded["batch_stats"], "batch_stats")):
-            for name in INIT_MODULES:
-                want = jax.tree.map(jnp.shape, tree[name])
-                got = jax.tree.map(np.shape, new[name])
-                if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
-                    raise ValueError(f"{self.cfg.init} holds {what} of another {name} than this run's "
-                                     f"(config.model / fussl_phase2.projector): phase 2 must use the phase-1 "
-                                     "baseline's network.")
-                tree[name] = jax.tree.map(jnp.asarray, new[name])
-        return params, batch_stats, state
 
     def objective(self, out, target, method_state, rng, step, params):
         rows = method_state["batch_index"]

@@ -21,7 +21,7 @@ from ssl_jax import results as results_lib
 from ssl_jax import storage
 from ssl_jax.data import pipeline, sources
 from ssl_jax.methods import build_method, ensemble
-from ssl_jax.train import checkpoint, preemption, refresh, resumable
+from ssl_jax.train import checkpoint, init_weights, preemption, refresh, resumable
 from ssl_jax.train import workdir as workdir_lib
 from ssl_jax.train import step as step_lib
 from ssl_jax.train.logging import MetricWriter, Progress, console
@@ -118,13 +118,19 @@ def build(config: ml_collections.ConfigDict, mesh):
 
 
 def init_state(config, method, optimizer, info, mesh):
-    """The initial TrainState, created directly with its shardings (jit out_shardings)."""
+    """The initial TrainState, created directly with its shardings (jit out_shardings); with
+    config.init_weights, from that file's weights (ssl_jax.train.init_weights: an argument of the
+    jitted init, not a constant baked into its program). A resumed run restores over it."""
     s = config.data.image_size
     sample = jnp.zeros((2, s, s, 3), jnp.float32)
-    make = lambda rng: step_lib.create_state(method, optimizer, rng, sample, info["num_classes"])
-    abstract = jax.eval_shape(make, jax.random.PRNGKey(config.seed))
+    weights = None
+    if config.init_weights:
+        loaded = init_weights.read(config.init_weights)
+        weights = jax.device_put({k: loaded[k] for k in ("params", "batch_stats")}, parallel.replicated(mesh))
+    make = lambda rng, w: step_lib.create_state(method, optimizer, rng, sample, info["num_classes"], w)
+    abstract = jax.eval_shape(make, jax.random.PRNGKey(config.seed), weights)
     sharding = parallel.state_sharding(abstract, mesh)
-    state = jax.jit(make, out_shardings=sharding)(jax.random.PRNGKey(config.seed))
+    state = jax.jit(make, out_shardings=sharding)(jax.random.PRNGKey(config.seed), weights)
     return state, sharding
 
 

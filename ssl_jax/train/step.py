@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from ssl_jax import parallel
 from ssl_jax.methods import ensemble
 from ssl_jax.monitors import collapse_std
+from ssl_jax.train import init_weights
 from ssl_jax.train.state import TrainState
 
 PROBE = nn.Dense  # the online linear probe: one Dense layer on the frozen representation
@@ -47,14 +48,19 @@ def init_key(rng: jax.Array) -> jax.Array:
 
 
 def create_state(method, optimizer: optax.GradientTransformation, rng: jax.Array,
-                 sample_images: jax.Array, num_classes: int) -> TrainState:
+                 sample_images: jax.Array, num_classes: int, initial_weights: dict | None = None) -> TrainState:
     """Initial state: method params/stats/state, the probe, optimizer state, step 0 (an
-    ensemble: one block's, copied into every block)."""
+    ensemble: one block's, copied into every block). `initial_weights` (config.init_weights
+    read by ssl_jax.train.init_weights.read) replace the modules they hold before the optimizer
+    state is made (ssl_jax.train.init_weights.apply)."""
     if ensemble.num_blocks(method) > 1:
-        one = create_state(ensemble.block_method(method), optimizer, rng, sample_images, num_classes)
+        one = create_state(ensemble.block_method(method), optimizer, rng, sample_images, num_classes,
+                           initial_weights)
         return method.stack_state(one)
     init_rng, probe_rng, run_rng = jax.random.split(rng, 3)
     params, batch_stats, method_state = method.init(init_key(init_rng), sample_images)
+    if initial_weights is not None:
+        params, batch_stats, method_state = init_weights.apply(params, batch_stats, method_state, initial_weights)
     params["probe"] = PROBE(num_classes).init(
         probe_rng, jnp.zeros((1, method.encoder.feature_dim)))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
