@@ -10,7 +10,7 @@ setup(
     # finds it in an installed wheel too (in a checkout it is read beside the package).
     packages=find_packages(include=["ssl_jax", "ssl_jax.*"]) + ["ssl_jax.configs", "ssl_jax.configs.eval"],
     package_dir={"ssl_jax.configs": "configs"},
-    package_data={"ssl_jax.native": ["*.cc"], "ssl_jax": ["torch_builder.txt"]},  # compiled on first use (ssl_jax/native)
+    package_data={"ssl_jax.native": ["*.cc"]},  # compiled on first use (ssl_jax/native)
     python_requires=">=3.10",
     # Ranges tested: the lower bounds are the versions this was developed and
     # tested with (Python 3.11, CPU); the upper bounds stop at the next major/minor

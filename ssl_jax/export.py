@@ -22,12 +22,29 @@ Formats:
                weight/bias/running_mean/running_var/num_batches_tracked). A width multiplier
                w != 1 scales every channel count, stem included (NOT torchvision's wide_resnet,
                which widens only the bottleneck's inner convs), and the CIFAR stem is a 3x3/1
-               conv without max-pool, so the torch model is built by `TORCH_BUILDER`, a few lines
-               of pure PyTorch stored in the metadata: `torch_model` is a program that defines
-               `build_resnet` and builds `model` for this file (any depth, width, stem, fc):
-                   scope = {}; exec(metadata["torch_model"], scope); model = scope["model"]
-                   model.load_state_dict(safetensors.torch.load_file(FILE), strict=True)
-               gives the same pooled features as the Flax encoder.
+               conv without max-pool, so no torchvision constructor builds it. The metadata
+               describes the architecture as data (never code: a loader must not execute text
+               read from a weights file); numbers, booleans and lists are JSON, `block` a word:
+                 depth         10 .. 200 (the name; a builder needs only the keys below)
+                 width         the width multiplier, e.g. 0.125
+                 block         "basic" (BasicBlock, ResNet-18/34) or "bottleneck" (ResNet-50+)
+                 layers        blocks per stage, torchvision's `layers`, e.g. [2, 2, 2, 2]
+                 stem_width    conv1's output channels
+                 cifar_stem    true: conv1 is 3x3 stride 1 padding 1 and there is no max-pool;
+                               false: torchvision's 7x7 stride 2 padding 3 and 3x3/2 max-pool
+                 planes        per stage, torchvision's `planes`: the channels of a block's
+                               3x3 conv (both convs of a basic block, conv1 and conv2 of a
+                               bottleneck)
+                 stage_widths  per stage, the output channels of its blocks (planes, or
+                               4 * planes for a bottleneck); block 1 of a stage gets a
+                               `downsample` (1x1 conv + BN) where the stride is 2 or its input
+                               width differs from this, as in torchvision
+                 num_classes   fc's outputs (fc = Linear(stage_widths[-1], num_classes)); 0:
+                               no fc (fc = Identity)
+               The widths are read from the exported kernels, so they are exact at any width.
+               README.md ("Export for fine-tuning") shows a PyTorch `build_resnet_from(meta)`
+               that reads only these keys and loads the file with `strict=True`; it gives the
+               same pooled features as the Flax encoder.
 
 Inputs. Every format records how to feed the network: `layout` (NCHW for torchvision, NHWC for
 flax and safetensors), `image_size`, `mean` and `std` (RGB in [0, 1], then (x - mean) / std per
@@ -43,7 +60,7 @@ BatchNorm epsilon is 1e-5 in both; momentum differs in meaning but does not matt
 Classifier. `--classifier=CDIR` adds a classifier trained by `python -m ssl_jax.evaluate`
 (linear or finetune protocol; CDIR is the `WORKDIR/classifiers/<kind>-<hash>` directory it prints)
 for the torchvision and safetensors formats: torchvision gets it as `fc.weight` / `fc.bias` (and
-the torch model keeps its `fc = nn.Linear(D, C)`), safetensors as `classifier/kernel` [D, C] and
+the metadata's `num_classes` is C), safetensors as `classifier/kernel` [D, C] and
 `classifier/bias`. A head trained with BatchNorm (head_batchnorm) is folded into the linear layer
 (the BN has no affine parameters, so w' = w / sqrt(var + eps), b' = b - (mean / sqrt(var + eps)) w:
 the same function). A fine-tuned classifier brings its fine-tuned encoder, which is then exported
@@ -57,7 +74,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -69,7 +85,7 @@ from ssl_jax import cli
 FORMATS = ("flax", "safetensors", "torchvision")
 NETWORKS = ("default", "online", "target")
 SAFETENSORS_FORMAT = "ssl_jax.export.safetensors/1"
-TORCHVISION_FORMAT = "ssl_jax.export.torchvision/1"
+TORCHVISION_FORMAT = "ssl_jax.export.torchvision/2"  # /2: the architecture as data; /1 held a torch program
 SEP = "/"
 
 
@@ -191,23 +207,6 @@ def to_torchvision(pretrained, fc=None) -> dict[str, np.ndarray]:
     return out
 
 
-# A self-contained builder for the torch side: no ssl_jax import, only torch and torchvision.
-# torchvision's constructors fix the widths (64, 128, 256, 512) and the 7x7 stem, and its
-# width_per_group widens only a bottleneck's inner convs, so the ResNet is built at width 1
-# and its stem and four stages are replaced; `_make_layer` (torchvision's own stage builder)
-# reads the input width from `inplanes`, so setting it first gives every block, downsample
-# included, the scaled widths. The program is a text file beside this module (ssl_jax itself
-# imports no PyTorch); README.md shows it; tests/test_export.py runs it on a shape-only stand-in.
-TORCH_BUILDER = (pathlib.Path(__file__).parent / "torch_builder.txt").read_text()  # text: never imported here
-
-
-def torch_model_code(depth: int, width: float, cifar_stem: bool, num_classes: int = 0) -> str:
-    """A pure-PyTorch program (TORCH_BUILDER and one call) whose `model` takes the torchvision
-    export of this network with `load_state_dict(..., strict=True)`."""
-    return (f"{TORCH_BUILDER}\n\nmodel = build_resnet({int(depth)}, width={float(width)!r}, "
-            f"cifar_stem={bool(cifar_stem)}, num_classes={int(num_classes or 0)})\n")
-
-
 def input_metadata(pretrained, layout: str) -> dict[str, str]:
     """How to feed the exported network, as safetensors metadata strings: `layout`, and
     `image_size`, `mean`, `std` (JSON) where the source run records them."""
@@ -218,18 +217,32 @@ def input_metadata(pretrained, layout: str) -> dict[str, str]:
 
 
 def torchvision_metadata(pretrained, num_classes: int | None = None) -> dict[str, str]:
-    """cifar_stem, width, depth, the input (layout NCHW, image_size, mean, std) and
-    `torch_model`: the pure-PyTorch program that builds the matching torch model (with an `fc`
-    of `num_classes` outputs, or fc = Identity without a classifier)."""
+    """The architecture as data (depth, width, block, layers, stem_width, cifar_stem, planes,
+    stage_widths, num_classes: the module docstring says what each means) and the input
+    (layout NCHW, image_size, mean, std), as safetensors metadata strings. `num_classes`: the
+    classifier's outputs, 0 or None without one."""
+    from ssl_jax.models.resnet import STAGE_SIZES
+
     enc = pretrained.encoder
     depth, width, cifar = int(enc.depth), float(enc.width_multiplier), bool(enc.cifar_stem)
-    meta = {"cifar_stem": json.dumps(cifar), "width": f"{width:g}", "depth": str(depth),
-            "torch_model": torch_model_code(depth, width, cifar, num_classes or 0),
+    params = pretrained.variables["params"]
+    last_conv = "conv3" if enc.bottleneck else "conv2"
+    # Channel counts from the kernels themselves (HWIO: the output is the last axis), so the
+    # metadata cannot disagree with the arrays whatever rounding the width multiplier took.
+    first_blocks = [params[f"stage{s}_block1"] for s in range(1, len(STAGE_SIZES[depth]) + 1)]
+    arch = {"block": "bottleneck" if enc.bottleneck else "basic",
+            "layers": json.dumps(list(STAGE_SIZES[depth])),
+            "stem_width": json.dumps(int(np.shape(params["stem_conv"]["kernel"])[-1])),
+            "planes": json.dumps([int(np.shape(b["conv1"]["kernel"])[-1]) for b in first_blocks]),
+            "stage_widths": json.dumps([int(np.shape(b[last_conv]["kernel"])[-1]) for b in first_blocks]),
+            "num_classes": json.dumps(int(num_classes or 0))}
+    meta = {"cifar_stem": json.dumps(cifar), "width": f"{width:g}", "depth": str(depth), **arch,
             **input_metadata(pretrained, "NCHW")}
     if width != 1.0:
         meta["width_note"] = (f"every channel count (stem included) is scaled by {width:g}; this "
                               "is not torchvision's wide_resnet, whose width_per_group widens only "
-                              "the bottleneck's inner convs: torch_model builds the right widths.")
+                              "the bottleneck's inner convs: stem_width, planes and stage_widths "
+                              "give the exact channel counts.")
     return meta
 
 

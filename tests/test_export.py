@@ -251,53 +251,134 @@ def test_torchvision_keys_resnet18_count():
     assert len(torchvision_shapes(18)) == 122 - 2
 
 
-# ----------------------------------------------------------------------------- the torch builder
+# ----------------------------------------------------------------------------- the README's torch builder
 
-def _torch_builder_shapes(depth, width, cifar_stem, num_classes=0):
-    """{key: shape} of the `model` that the metadata's pure-PyTorch program builds, run
-    against the shape-only torch/torchvision stand-in (tests/torch_stub.py)."""
+README_BUILDER_MARK = "<!-- torchvision-builder: tests/test_export.py runs this block -->"
+ARCH_KEYS = ("depth", "width", "block", "layers", "stem_width", "cifar_stem", "planes", "stage_widths",
+             "num_classes")
+
+
+def _readme_torch_block() -> str:
+    """The ```python block after README_BUILDER_MARK in the README's "Export for fine-tuning"."""
+    readme = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("\n## Export for fine-tuning\n", 1)[1].split("\n## ", 1)[0]
+    assert section.count(README_BUILDER_MARK) == 1, "the builder's marker left the Export section"
+    return section.split(README_BUILDER_MARK + "\n```python\n", 1)[1].split("\n```\n", 1)[0]
+
+
+def _run_readme_block(metadata, arrays):
+    """Exec the README's block (build_resnet_from(meta), then the strict load of
+    "r18.safetensors") against tests/torch_stub.py, the file served from memory; its `model`."""
     from tests import torch_stub
 
-    saved = {name: sys.modules.get(name) for name in torch_stub.modules()}
-    sys.modules.update(torch_stub.modules())
+    stub = torch_stub.modules({"r18.safetensors": (metadata, arrays)})
+    saved = {name: sys.modules.get(name) for name in stub}
+    sys.modules.update(stub)
     try:
-        scope = {}
-        exec(export_lib.torch_model_code(depth, width, cifar_stem, num_classes), scope)
+        scope = {"__name__": "__main__"}
+        exec(compile(_readme_torch_block(), "README.md: Export for fine-tuning", "exec"), scope)
     finally:
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
-    return scope["model"].state_dict()
+    return scope["model"]
+
+
+def _reference_metadata(depth, width, cifar_stem, num_classes):
+    """The architecture keys the export should write, from the torchvision rules and
+    ssl_jax's channel rounding (an independent statement of what torchvision_metadata reads
+    off the kernels)."""
+    ch = lambda c: max(1, int(round(c * width)))  # noqa: E731
+    expansion = 4 if depth >= 50 else 1
+    planes = [ch(64 * 2 ** i) for i in range(4)]
+    return {"depth": str(depth), "width": f"{width:g}", "block": "bottleneck" if depth >= 50 else "basic",
+            "layers": json.dumps(LAYERS[depth]), "stem_width": json.dumps(ch(64)),
+            "cifar_stem": json.dumps(cifar_stem), "planes": json.dumps(planes),
+            "stage_widths": json.dumps([p * expansion for p in planes]), "num_classes": json.dumps(num_classes)}
+
+
+def _with_fc(shapes, depth, width, num_classes):
+    shapes = dict(shapes)
+    if num_classes:
+        features = max(1, int(round(512 * width))) * (4 if depth >= 50 else 1)
+        shapes.update({"fc.weight": (num_classes, features), "fc.bias": (num_classes,)})
+    return shapes
 
 
 @pytest.mark.parametrize("depth", sorted(LAYERS))
-def test_torch_builder_every_depth_and_width(depth):
-    # Every depth the library trains at the widths its presets use (1/8 .. 2), both stems:
-    # the builder's state dict is the export's key and shape set (torchvision_shapes, which the
-    # export matches: test_torchvision_keys_*, test_torch_builder_matches_the_export).
+def test_readme_builder_every_depth_and_width(depth):
+    # Every depth the library trains at the widths its presets use (1/8 .. 2), both stems, with
+    # and without fc: the README's code builds exactly the export's key and shape set
+    # (torchvision_shapes, which the export matches: test_torchvision_keys_*) and its strict
+    # load accepts it (shape-only arrays: a ResNet-200 at width 2 costs no memory).
     for width in (0.125, 0.25, 0.5, 1.0, 2.0):
         for cifar_stem in (False, True):
-            assert _torch_builder_shapes(depth, width, cifar_stem) == torchvision_shapes(depth, width, cifar_stem)
+            for num_classes in (0, 10):
+                expected = _with_fc(torchvision_shapes(depth, width, cifar_stem), depth, width, num_classes)
+                arrays = {k: np.broadcast_to(np.zeros((), np.float32), shape) for k, shape in expected.items()}
+                model = _run_readme_block(_reference_metadata(depth, width, cifar_stem, num_classes), arrays)
+                assert model.state_dict() == expected, (depth, width, cifar_stem, num_classes)
 
 
 @pytest.mark.parametrize("name,width,cifar_stem", [("resnet18", 0.125, True), ("resnet50", 0.25, False),
                                                    ("resnet34", 0.5, True)])
-def test_torch_builder_matches_the_export(name, width, cifar_stem):
+def test_readme_builder_loads_the_export(name, width, cifar_stem, tmp_path):
+    # The export's own file, with and without its classifier, written and read back through
+    # safetensors: the README's code builds its exact key/shape set and loads it strictly.
     pre = _random_resnet(name, width, cifar_stem)
     rng = np.random.default_rng(0)
-    fc = (rng.normal(size=(pre.encoder.feature_dim, 7)), rng.normal(size=7))
-    sd = export_lib.to_torchvision(pre, fc=fc)
-    meta = export_lib.torchvision_metadata(pre, num_classes=7)
     depth = int(name[6:])
-    assert meta["torch_model"] == export_lib.torch_model_code(depth, width, cifar_stem, 7)
-    assert _torch_builder_shapes(depth, width, cifar_stem, 7) == {k: v.shape for k, v in sd.items()}
+    for num_classes in (0, 7):
+        fc = (rng.normal(size=(pre.encoder.feature_dim, 7)), rng.normal(size=7)) if num_classes else None
+        sd = export_lib.to_torchvision(pre, fc=fc)
+        path = str(tmp_path / f"{name}_{num_classes}.safetensors")
+        export_lib.save_safetensors(path, sd, {**export_lib._run_metadata(pre, export_lib.TORCHVISION_FORMAT),
+                                               **export_lib.torchvision_metadata(pre, num_classes=num_classes)})
+        with safetensors.safe_open(path, "np") as f:
+            meta = f.metadata()
+        back = safetensors.numpy.load_file(path)
+        assert "torch_model" not in meta  # data, never code
+        assert {k: meta[k] for k in ARCH_KEYS} == _reference_metadata(depth, width, cifar_stem, num_classes)
+        model = _run_readme_block(meta, back)
+        assert model.state_dict() == {k: v.shape for k, v in sd.items()}
+        assert ("fc.weight" in model.state_dict()) == bool(num_classes)
+
+
+@pytest.mark.parametrize("name,width,cifar_stem", [("resnet101", 0.5, False), ("resnet200", 2.0, True)])
+def test_torchvision_metadata_deep_and_wide(name, width, cifar_stem):
+    # The metadata alone (read off the kernels' shapes: abstract arrays suffice) for the depths
+    # and the width the file-level test above does not export.
+    cfg = _model_cfg(name=name, width=width, cifar_stem=cifar_stem)
+    encoder = build_encoder(cfg)
+    variables = jax.eval_shape(functools.partial(encoder.init, train=False), jax.random.PRNGKey(0),
+                               np.zeros((1, 32, 32, 3), np.float32))
+    pre = pretrained_lib.Pretrained(encoder=encoder, variables=variables, heads={}, model_config=cfg,
+                                    run={}, network="online", data=dict(DATA))
+    meta = export_lib.torchvision_metadata(pre, num_classes=3)
+    assert {k: meta[k] for k in ARCH_KEYS} == _reference_metadata(int(name[6:]), width, cifar_stem, 3)
 
 
 def test_readme_shows_the_torch_builder():
+    code = _readme_torch_block()
+    assert "def build_resnet_from(meta):" in code and "strict=True" in code
+    assert "exec(" not in code and "eval(" not in code.replace("model.eval()", "")
     readme = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
-    assert export_lib.TORCH_BUILDER in readme
+    assert "torch_model" not in readme.split("\n## Export for fine-tuning\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_package_ships_no_pytorch():
+    # Every file of the installed package (code, package data, native sources): no PyTorch.
+    package = os.path.join(REPO_ROOT, "ssl_jax")
+    offenders = []
+    for root, dirs, files in os.walk(package):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            text = open(os.path.join(root, name), "rb").read()
+            if b"import torch" in text or b"from torch" in text:
+                offenders.append(os.path.relpath(os.path.join(root, name), REPO_ROOT))
+    assert offenders == [], f"PyTorch code in the package: {offenders}"
 
 
 def _random_vit():
@@ -364,8 +445,10 @@ def test_safetensors_round_trip(tmp_path):
     assert (md["method"], md["step"], md["network"]) == ("byol", "7", "online")
     assert json.loads(md["model_config"])["name"] == "resnet18"
     assert "wide_resnet" in md["width_note"]
-    assert md["torch_model"].startswith(export_lib.TORCH_BUILDER)
-    assert md["torch_model"].endswith("model = build_resnet(18, width=0.125, cifar_stem=True, num_classes=0)\n")
+    assert "torch_model" not in md  # the architecture as data, no program
+    assert (md["block"], json.loads(md["layers"]), json.loads(md["stem_width"])) == ("basic", [2, 2, 2, 2], 8)
+    assert (json.loads(md["planes"]), json.loads(md["stage_widths"])) == ([8, 16, 32, 64], [8, 16, 32, 64])
+    assert json.loads(md["num_classes"]) == 0
     assert (md["layout"], md["image_size"]) == ("NCHW", "32")
     assert (json.loads(md["mean"]), json.loads(md["std"])) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     with pytest.raises(TypeError, match="strings"):
@@ -531,7 +614,9 @@ def test_cli_exports_a_trained_classifier_as_fc(tiny_run, tmp_path, finetune):
     sd = safetensors.numpy.load_file(out)
     assert sd["fc.weight"].shape == (10, pre.encoder.feature_dim) and sd["fc.bias"].shape == (10,)
     with safetensors.safe_open(out, "np") as f:
-        assert "cifar_stem=True, num_classes=10)" in f.metadata()["torch_model"]
+        md = f.metadata()
+    assert json.loads(md["num_classes"]) == 10 and json.loads(md["stage_widths"])[-1] == pre.encoder.feature_dim
+    assert "torch_model" not in md
     x = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
     feats = pre.encoder.apply(trained["encoder"], x, train=False)
     expected = np.asarray(trained["head"].apply(trained["head_variables"], feats, train=False))

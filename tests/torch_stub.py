@@ -1,13 +1,16 @@
-"""A shape-only stand-in for `torch` and `torchvision.models.resnet`, to run the export's
-pure-PyTorch builder (ssl_jax.export.TORCH_BUILDER) where PyTorch is not installed (CI).
+"""A shape-only stand-in for `torch`, `torchvision.models.resnet` and `safetensors.torch`, to run
+the README's PyTorch builder (`build_resnet_from(meta)` and the strict load that follows it,
+README "Export for fine-tuning") where PyTorch is not installed (CI).
 
 Modules hold only their parameter and buffer shapes; `state_dict()` gives {key: shape} with
-torch's naming (children in assignment order, a replaced child keeps its place). The ResNet
-part follows torchvision 0.28's resnet.py in what the builder relies on: `ResNet.__init__`
-(stem, `inplanes`, four `_make_layer` stages, fc), `_make_layer` (a downsample where the
-stride or the width changes, `inplanes` advanced to planes * expansion) and the blocks'
-layers. The builder was checked once by hand against real torchvision 0.28 (README, Export):
-the same key/shape sets for all 60 depth x width x stem combinations.
+torch's naming (children in assignment order, a replaced child keeps its place), and
+`load_state_dict(sd, strict=True)` raises as torch does on missing or unexpected keys and on any
+shape mismatch. The ResNet part follows torchvision 0.28's resnet.py in what a builder may rely
+on: `ResNet.__init__` (stem, `inplanes`, four `_make_layer` stages, fc), `_make_layer` (a
+downsample where the stride or the width changes, `inplanes` advanced to planes * expansion), the
+blocks' constructors (inplanes, planes, stride, downsample) and their layers. `safetensors`
+serves files given in memory ({name: (metadata, {key: array})}), so the README's code runs
+unchanged.
 """
 import types
 
@@ -27,6 +30,21 @@ class Module:
         for name, child in self._children.items():
             out.update(child.state_dict(f"{prefix}{name}."))
         return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """torch's checks (arrays stand in for tensors): every shape must match; with strict,
+        the key sets must be equal."""
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+        wrong = {k: (tuple(state_dict[k].shape), own[k]) for k in set(own) & set(state_dict)
+                 if tuple(state_dict[k].shape) != own[k]}
+        if wrong or (strict and (missing or unexpected)):
+            raise RuntimeError(f"Error(s) in loading state_dict: missing {missing}, unexpected "
+                               f"{unexpected}, size mismatch (checkpoint, model) {wrong}")
+        return types.SimpleNamespace(missing_keys=missing, unexpected_keys=unexpected)
+
+    def eval(self):
+        return self
 
 
 class Conv2d(Module):
@@ -131,8 +149,26 @@ class ResNet(Module):
         return Sequential(*layers)
 
 
-def modules() -> dict:
-    """{module name: module} to put in sys.modules in place of torch and torchvision."""
+class _SafeOpen:
+    def __init__(self, files, name, framework):
+        if name not in files:
+            raise FileNotFoundError(name)
+        self._metadata = files[name][0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def metadata(self):
+        return dict(self._metadata)
+
+
+def modules(files=None) -> dict:
+    """{module name: module} to put in sys.modules in place of torch, torchvision and
+    safetensors; `files`: {file name: (metadata, {key: array})} that safetensors serves."""
+    files = dict(files or {})
     torch = types.ModuleType("torch")
     torch.nn = types.ModuleType("torch.nn")
     for cls in (Module, Conv2d, BatchNorm2d, Linear, Sequential, Identity):
@@ -142,6 +178,10 @@ def modules() -> dict:
     resnet = types.ModuleType("torchvision.models.resnet")
     resnet.BasicBlock, resnet.Bottleneck, resnet.ResNet = BasicBlock, Bottleneck, ResNet
     torchvision.models.resnet = resnet
+    safetensors = types.ModuleType("safetensors")
+    safetensors.safe_open = lambda name, framework: _SafeOpen(files, str(name), framework)
+    safetensors.torch = types.ModuleType("safetensors.torch")
+    safetensors.torch.load_file = lambda name: dict(files[str(name)][1])
     return {"torch": torch, "torch.nn": torch.nn, "torchvision": torchvision,
-            "torchvision.models": torchvision.models, "torchvision.models.resnet": resnet}
-
+            "torchvision.models": torchvision.models, "torchvision.models.resnet": resnet,
+            "safetensors": safetensors, "safetensors.torch": safetensors.torch}
