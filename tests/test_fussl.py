@@ -455,3 +455,41 @@ def test_progressive_run_hands_weights_over_and_resumes_to_the_same_state(tmp_pa
     assert fr.keys() == ff.keys()
     for k in ff:
         np.testing.assert_array_equal(fr[k], ff[k], err_msg=k)
+
+
+def test_init_weights_replace_their_modules_and_the_targets_copy_only(tmp_path):
+    """ssl_jax.train.init_weights: a written file read back puts its modules into the online
+    params / statistics and into the momentum target's copy; other modules, the probe and other
+    method state keep their values; another module's shape or an unknown module is one error."""
+    from ssl_jax.train import init_weights
+
+    rng = np.random.default_rng(0)
+    r = lambda *s: rng.normal(size=s).astype(np.float32)
+    params = {"encoder": {"w": r(3, 4)}, "projector": {"w": r(4, 2)}, "predictor": {"w": r(2, 2)},
+              "probe": {"w": r(4, 10)}}
+    stats = {"encoder": {"mean": r(4)}, "projector": {}, "predictor": {}}
+    state = {"target": {"params": {"encoder": {"w": r(3, 4)}, "projector": {"w": r(4, 2)}},
+                        "batch_stats": {"encoder": {"mean": r(4)}, "projector": {}}}, "queue": r(5, 2)}
+    source = {"encoder": {"w": r(3, 4)}, "projector": {"w": r(4, 2)}}
+    source_stats = {"encoder": {"mean": r(4)}, "projector": {}}
+    path = str(tmp_path / "w.msgpack")
+    init_weights.write(path, source, source_stats, ("encoder", "projector"), "a test")
+    weights = init_weights.read(path)
+    assert weights["source"] == "a test"
+    p, s, m = init_weights.apply(params, stats, state, weights)
+    for name in ("encoder", "projector"):
+        for tree in (p, m["target"]["params"]):
+            np.testing.assert_array_equal(tree[name]["w"], source[name]["w"])
+    for tree in (s, m["target"]["batch_stats"]):
+        np.testing.assert_array_equal(tree["encoder"]["mean"], source_stats["encoder"]["mean"])
+    for name in ("predictor", "probe"):
+        np.testing.assert_array_equal(p[name]["w"], params[name]["w"])
+    np.testing.assert_array_equal(m["queue"], state["queue"])
+    wrong = dict(weights, params=dict(weights["params"], encoder={"w": np.zeros((3, 5), np.float32)}))
+    with pytest.raises(ValueError, match="params of another 'encoder'"):
+        init_weights.apply(params, stats, state, wrong)
+    unknown = dict(weights, params=dict(weights["params"], prototypes={"w": np.zeros(3, np.float32)}))
+    with pytest.raises(ValueError, match="'prototypes'"):
+        init_weights.apply(params, stats, state, unknown)
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        init_weights.read(str(tmp_path / "none.msgpack"))
