@@ -48,5 +48,7 @@ class DINO(JointEmbeddingMethod):
         center = method_state["center"]
         loss = losses.dino(out["z"], target, center, student_temp=self.cfg.student_temp, teacher_temp=temp)
         m = self.cfg.center_momentum
-        batch_center = jnp.mean(target.reshape(-1, target.shape[-1]), axis=0, keepdims=True)
+        # A mean over the (view, batch) axes as they are: a reshape merging the view axis with the
+        # sharded batch axis made XLA's partitioner all-gather the teacher outputs [Vt, N, K].
+        batch_center = jnp.mean(target, axis=(0, 1))[None, :]
         return loss, {"teacher_temp": temp}, {"center": m * center + (1.0 - m) * batch_center}
