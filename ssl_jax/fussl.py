@@ -85,16 +85,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     storage.makedirs(workdir)
     if f.schedule == "progressive":
         return run_progressive(config, workdir)
-    phase1_dir = storage.join(workdir, "phase1")
-    stages.train_stage(config.phase1, phase1_dir, f"1 (an ensemble of {f.ensemble_size} {f.baseline} blocks)",
-                       kind="Phase")
-    labels_path = storage.join(workdir, f.labels_file)
-    stored = label(config, phase1_dir, labels_path)
-    k = int(stored["chosen_block"])
-
+    labels_path, k, init = _phase1_and_labels(
+        config, config.phase1, workdir, f"1 (an ensemble of {f.ensemble_size} {f.baseline} blocks)",
+        "phase2a_init.msgpack")
     full, frozen = phase2_configs(config, labels_path)
-    full.init_weights = _init_file(storage.join(workdir, "phase2a_init.msgpack"),
-                                   phase1_dir, k if f.ensemble_size > 1 else None)
+    full.init_weights = init
     phase2a = storage.join(workdir, "phase2a")
     stages.train_stage(full, phase2a, f"2a (block {k}, all layers, {full.num_epochs} epochs)", kind="Phase")
     frozen.init_weights = _init_file(storage.join(workdir, "phase2b_init.msgpack"), phase2a, None)
@@ -113,18 +108,29 @@ def run_progressive(config: ml_collections.ConfigDict, workdir: str) -> list[dic
         storage.makedirs(cdir)
         p1 = cycle_phase1_config(config, c, "" if previous is None else _init_file(
             storage.join(cdir, "phase1_init.msgpack"), previous, None))
-        phase1_dir = storage.join(cdir, "phase1")
         start = "random init" if previous is None else f"cycle {c - 1}'s phase 2"
-        stages.train_stage(p1, phase1_dir, f"1 of cycle {c}/{f.cycles} (an ensemble of {f.ensemble_size} "
-                           f"{f.baseline} blocks from {start})", kind="Phase")
-        labels_path = storage.join(cdir, f.labels_file)
-        k = int(label(config, phase1_dir, labels_path, cycle=c)["chosen_block"])
-        p2 = cycle_phase2_config(config, c, labels_path, _init_file(
-            storage.join(cdir, "phase2_init.msgpack"), phase1_dir, k if f.ensemble_size > 1 else None))
+        labels_path, k, init = _phase1_and_labels(
+            config, p1, cdir, f"1 of cycle {c}/{f.cycles} (an ensemble of {f.ensemble_size} {f.baseline} "
+            f"blocks from {start})", "phase2_init.msgpack", cycle=c)
+        p2 = cycle_phase2_config(config, c, labels_path, init)
         previous = storage.join(cdir, "phase2")
         records = stages.train_stage(p2, previous, f"2 of cycle {c}/{f.cycles} (block {k}, all layers, "
                                      f"{p2.num_epochs} epochs)", kind="Phase")
     return records
+
+
+def _phase1_and_labels(config, phase1, workdir: str, what: str, init_name: str, cycle: int | None = None):
+    """Phase 1 (`phase1`, the ensemble) into workdir/phase1, then its labels into
+    workdir/<fussl.labels_file>: (labels path, chosen block, the phase-2 init file workdir/`init_name`
+    holding that block's weights). The part of a pass that the sequential run and every progressive
+    cycle share."""
+    f = config.fussl
+    phase1_dir = storage.join(workdir, "phase1")
+    stages.train_stage(phase1, phase1_dir, what, kind="Phase")
+    labels_path = storage.join(workdir, f.labels_file)
+    k = int(label(config, phase1_dir, labels_path, cycle=cycle)["chosen_block"])
+    init = _init_file(storage.join(workdir, init_name), phase1_dir, k if f.ensemble_size > 1 else None)
+    return labels_path, k, init
 
 
 def cycle_phase1_config(config, cycle: int, init: str) -> ml_collections.ConfigDict:

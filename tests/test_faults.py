@@ -311,15 +311,20 @@ def test_exploding_learning_rate_end_to_end(run_copy, capsys):
 
 # ------------------------------------------------------------------ SIGTERM during evaluation
 
+def _sigterm_self():
+    """Stand-in for a pass's work: the SIGTERM arrives in the middle of it."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+    raise AssertionError("SIGTERM did not stop the pass")
+
+
 def test_sigterm_during_final_evaluation(run_copy, capsys):
     """SIGTERM while the trained run is evaluated (here: the rerun of the finished run, which
     trains no step and says so): one line and exit code 75, not a silent death; nothing lost."""
     from ssl_jax.train import loop
 
     def after(run, state):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises before this ends
-        raise AssertionError("SIGTERM did not stop the evaluation")
+        _sigterm_self()
 
     before, handler = _snapshot(run_copy / "checkpoints"), signal.getsignal(signal.SIGTERM)
     evaluator = loop.Evaluator(during=lambda run, state, step: {}, after=after)
@@ -334,13 +339,6 @@ def test_sigterm_during_final_evaluation(run_copy, capsys):
     assert f"checkpoint at step {STEPS} saved" in lines[0] and "rerun the same command" in lines[0]
     assert signal.getsignal(signal.SIGTERM) == handler  # given back
     assert _snapshot(run_copy / "checkpoints") == before
-
-
-def _sigterm_self():
-    """Stand-in for a pass's work: the SIGTERM arrives in the middle of it."""
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(5)  # the handler raises before this ends
-    raise AssertionError("SIGTERM did not stop the pass")
 
 
 def test_sigterm_during_the_evaluation_command(run_copy, capsys, monkeypatch):

@@ -1,7 +1,5 @@
 """FUSSL's phase 2 (ssl_jax.methods.fussl_phase2) and the staged run (ssl_jax/fussl.py, configs/fussl.py)."""
 import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +9,7 @@ import pytest
 from ssl_jax import losses
 from ssl_jax.methods import build_method, fussl_phase2, sslpp
 from ssl_jax.parallel import PER_EXAMPLE_KEY
+from tests.test_faults import _sigterm_self
 
 
 def synthetic_labels(path, data_cfg, num_classes, m=3, seed=0):
@@ -177,13 +176,8 @@ def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path, monkeypatc
 
     # SIGTERM in the labelling pass after phase 1: PreemptedPass (exit code 75 on the command line), no
     # labels file, phase 1 kept; the rerun below labels and goes on.
-    def sigterm_pass(*args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises before this ends
-        raise AssertionError("SIGTERM did not stop the labelling pass")
-
     real_pass = fussl.labelling_pass
-    monkeypatch.setattr(fussl, "labelling_pass", sigterm_pass)
+    monkeypatch.setattr(fussl, "labelling_pass", lambda *args: _sigterm_self())
     with pytest.raises(preemption.PreemptedPass, match="during the labelling pass"):
         fussl.run(config, workdir)
     assert not os.path.exists(labels_path)
