@@ -16,11 +16,14 @@ one resumes from its checkpoint, a labels file made otherwise is one error). Ove
 its section: --config.phase1.num_epochs=..., --config.phase2.global_batch_size=...,
 --config.fussl.label_mode=soft.
 
-Presets: SCALE or SCALE_VARIANT, SCALE in imagenet (default), cifar10, demo; VARIANT in no_freeze,
-hard, soft, base, base_long, progressive: imagenet, cifar10, demo, imagenet_no_freeze, imagenet_hard,
-imagenet_soft, imagenet_base, imagenet_base_long, imagenet_progressive (also named progressive),
-cifar10_no_freeze, cifar10_hard, cifar10_soft, cifar10_base, cifar10_base_long, cifar10_progressive,
-demo_no_freeze, demo_hard, demo_soft, demo_base, demo_base_long, demo_progressive.
+Presets: SCALE or SCALE_VARIANT, SCALE in imagenet (default), cifar10, cifar100, demo; VARIANT in
+no_freeze, hard, soft, base, base_long, progressive, and for cifar100, cifar10 and demo also
+cross_class, cross_class_hard, cross_class_soft, cross_class_base: imagenet, cifar10, cifar100, demo,
+imagenet_no_freeze, imagenet_hard, imagenet_soft, imagenet_base, imagenet_base_long,
+imagenet_progressive (also named progressive), cifar10_no_freeze, cifar10_hard, cifar10_soft,
+cifar10_base, cifar10_base_long, cifar10_progressive, the same six for cifar100 and demo,
+cifar100_cross_class, cifar100_cross_class_hard, cifar100_cross_class_soft, cifar100_cross_class_base,
+and the same four for cifar10 and demo.
   imagenet  the paper's recipe: baseline SimCLR (fussl.baseline names any library method: simclr, byol,
             simsiam, swav, wmse, barlow_twins, ...), its ImageNet preset with the paper's shared
             projector (Linear 1000-BN-ReLU x 2 + Linear 1000; 1000 pseudo-classes), m = 3, phase 1 800
@@ -29,6 +32,10 @@ demo_no_freeze, demo_hard, demo_soft, demo_base, demo_base_long, demo_progressiv
             top-1 (not measured here).
   cifar10   the baseline's cifar10 preset (ResNet-18, CIFAR stem, 32 px, its batch) with the shared
             3 x 1000 projector, m = 3, 800 + 400 (100 + 300) epochs. One GPU; not measured here.
+  cifar100  the cifar10 recipe on CIFAR-100 (TFDS 'cifar100', the paper's transfer / cross-class
+            dataset), normalised by CIFAR-100's train-set channel mean and std (solo-learn's values,
+            the library FUSSL ran its phase 1 with). Needs a prepared cifar100 in data.data_dir
+            (`tfds build cifar100 --data_dir=DIR`; a missing one is the usual "not prepared" error).
   demo      digits at 16 px on 2 CPU cores: the baseline's demo preset, projector 3 x 256 -> 128 (128
             pseudo-classes for 1437 images; 1000 would leave ~1.4 images per class), m = 3, phase 1
             8 epochs, phase 2 4 epochs (1 + 3). Measured (2026-12-06, seed 0, idle 2-core machine,
@@ -62,6 +69,16 @@ demo_no_freeze, demo_hard, demo_soft, demo_base, demo_base_long, demo_progressiv
                        0.828 / 0.878. Cycle 2 (blocks from cycle 1's phase 2): phase 1 0.864 / 0.917,
                        labels 82.3% hard, 44 used; after phase 2 (the result) 0.858 / 0.936. One seed,
                        6 epochs in all: no comparison with `demo` (12) is implied.
+  cross_class, cross_class_hard, cross_class_soft, cross_class_base  Table 4 (cross-class / cluster
+            learning): every training phase on half of the classes (data.classes), every evaluation
+            (in-training kNN and linear probe, and `python -m ssl_jax.evaluate` on the run's workdirs)
+            on the other half (data.eval_classes): FUSSL, Case 4 (hard labels), Case 5 (soft labels),
+            Base (the baseline alone for the phase-1 epochs). The splits are
+            ssl_jax.data.class_splits.CROSS_CLASS_SPLITS: cifar100 50 / 50 fine classes, all 20
+            superclasses on both sides (the paper's setting; its exact split is unpublished, the rule
+            is in class_splits.superclass_split); cifar10 airplane..deer / dog..truck (vehicles and
+            animals on both sides), demo digits 0-4 / 5-9: small runs on data at hand. Paper (BYOL,
+            CIFAR-100): Base 62.93, FUSSL 63.97, hard 63.20, soft 63.81 (not measured here).
   The m-sweep is --config.fussl.ensemble_size=M.
 
 Choices where the paper is silent (each also in the module that implements it):
@@ -81,17 +98,26 @@ import importlib
 import ml_collections
 
 from ssl_jax import presets as P
+from ssl_jax.data.class_splits import CROSS_CLASS_SPLITS
 
-SCALES = ("imagenet", "cifar10", "demo")
+SCALES = ("imagenet", "cifar10", "cifar100", "demo")
 VARIANTS = ("no_freeze", "hard", "soft", "base", "base_long", "progressive")
+# Table 4: pre-train on half of the classes, evaluate on the other half ('' = FUSSL, hard = Case 4,
+# soft = Case 5, base = the baseline alone), at the scales whose dataset has a split.
+CROSS_CLASS_SCALES = ("cifar100", "cifar10", "demo")
+CROSS_CLASS_VARIANTS = ("cross_class", "cross_class_hard", "cross_class_soft", "cross_class_base")
 # 'progressive' alone: the paper's recipe at ImageNet scale (= imagenet_progressive).
-PRESETS = SCALES + tuple(f"{s}_{v}" for s in SCALES for v in VARIANTS) + ("progressive",)
+PRESETS = (SCALES + tuple(f"{s}_{v}" for s in SCALES for v in VARIANTS)
+           + tuple(f"{s}_{v}" for s in CROSS_CLASS_SCALES for v in CROSS_CLASS_VARIANTS) + ("progressive",))
 # (phase-1 epochs, phase-2 epochs, of which all layers trained, batch of both phases or None = the baseline's)
-SCHEDULE = {"imagenet": (800, 400, 100, 1024), "cifar10": (800, 400, 100, None), "demo": (8, 4, 1, None)}
+SCHEDULE = {"imagenet": (800, 400, 100, 1024), "cifar10": (800, 400, 100, None),
+            "cifar100": (800, 400, 100, None), "demo": (8, 4, 1, None)}
 # The progressive variant: (cycles, phase-1 epochs per cycle, phase-2 epochs per cycle). The paper's
 # 200 + 100 per cycle; 4 cycles (unstated) spend the sequential run's 800 + 400 epochs. demo: 2
 # cycles of 2 + 1 (every stage's compile and evaluation costs more than its epochs here).
-PROGRESSIVE = {"imagenet": (4, 200, 100), "cifar10": (4, 200, 100), "demo": (2, 2, 1)}
+PROGRESSIVE = {"imagenet": (4, 200, 100), "cifar10": (4, 200, 100), "cifar100": (4, 200, 100), "demo": (2, 2, 1)}
+# CIFAR-100's train-set channel statistics (solo-learn's, the library FUSSL's phase 1 ran on).
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
 def shared_projector(scale: str) -> ml_collections.ConfigDict:
@@ -100,8 +126,11 @@ def shared_projector(scale: str) -> ml_collections.ConfigDict:
 
 
 def phase1_config(baseline: str, scale: str, ensemble_size: int) -> ml_collections.ConfigDict:
-    """The baseline's `scale` preset with the shared projector, as an ensemble of `ensemble_size`."""
-    c = importlib.import_module(f"configs.{baseline}").get_config(scale)
+    """The baseline's `scale` preset with the shared projector, as an ensemble of `ensemble_size`
+    (cifar100: its cifar10 preset on CIFAR-100's data)."""
+    c = importlib.import_module(f"configs.{baseline}").get_config("cifar10" if scale == "cifar100" else scale)
+    if scale == "cifar100":
+        c.data.update(dict(dataset="cifar100", mean=CIFAR100_MEAN, std=CIFAR100_STD))
     c[baseline].projector = shared_projector(scale)
     epochs, _, _, batch = SCHEDULE[scale]
     c.num_epochs = epochs
@@ -141,6 +170,8 @@ def get_config(preset: str = "imagenet"):
         raise ValueError(f"Unknown preset {preset!r} for configs/fussl.py; use one of: {', '.join(PRESETS)}.")
     preset = "imagenet_progressive" if preset == "progressive" else preset
     scale, _, variant = (preset or PRESETS[0]).partition("_")
+    if variant.startswith("cross_class"):
+        return cross_class(get_config(f"{scale}_{variant[len('cross_class_'):]}".rstrip("_")), scale)
     baseline, m = "simclr", 3
     e1, e2, e2_full, _ = SCHEDULE[scale]
     if variant in ("base", "base_long"):  # the controls: the baseline alone, one network
@@ -173,4 +204,13 @@ def get_config(preset: str = "imagenet"):
         c.phase1.num_epochs, c.phase2.num_epochs = e1, e2
         if scale == "demo":  # the demo's 2 warm-up epochs would fill the 2-epoch phase 1
             c.phase1.optimizer.warmup_epochs = 0.25
+    return c
+
+
+def cross_class(c: ml_collections.ConfigDict, scale: str) -> ml_collections.ConfigDict:
+    """`c` (a FUSSL run or a base control) trained on the first class set of the scale's dataset's
+    cross-class split and evaluated on the second (data.classes / data.eval_classes of every phase)."""
+    pretrain, evaluate = CROSS_CLASS_SPLITS["digits" if scale == "demo" else scale]
+    for data in [c.data] if c.method != "fussl" else [c.phase1.data, c.phase2.data]:
+        data.classes, data.eval_classes = tuple(pretrain), tuple(evaluate)
     return c

@@ -189,8 +189,8 @@ def _checked(config) -> ml_collections.ConfigDict:
                                            and 0 < int(f.e2_full) < int(config.phase2.num_epochs)):
         raise ValueError(f"fussl.e2_full={f.e2_full} must be a whole number strictly between 0 and the phase-2 epochs "
                          f"({config.phase2.num_epochs}): phase 2 trains all layers for e2_full epochs, then the rest.")
-    for key in ("dataset", "train_split", "data_dir"):
-        if config.phase1.data[key] != config.phase2.data[key]:
+    for key in ("dataset", "train_split", "data_dir", "classes"):
+        if config.phase1.data.get(key) != config.phase2.data.get(key):
             raise ValueError(f"config.phase1.data.{key}={config.phase1.data[key]!r} but config.phase2.data.{key}="
                              f"{config.phase2.data[key]!r}: both phases train on one training set.")
     return f

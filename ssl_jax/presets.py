@@ -82,11 +82,16 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # whose modules replace the initialised ones at step 0 (FUSSL's later phases set it).
     c.init_weights = ""
 
+    # classes: the class ids (or names) a run keeps, () = every class; a subset's labels are
+    # 0..K-1 in the order given, its example count and dataset indices its own (filtered, then
+    # sliced over processes: ssl_jax.data.sources). eval_classes: the classes of the evaluation
+    # after (and during) pretraining and the default of `python -m ssl_jax.evaluate` on the run,
+    # () = data.classes; a held-out set gives a cross-class evaluation (FUSSL's Table 4).
     c.data = ml_collections.ConfigDict(dict(
         dataset="imagenet2012", data_dir=ml_collections.FieldReference(None, field_type=str),
         train_split="train", eval_train_split="train", test_split="validation",
         image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, shuffle_buffer=50_000,
-        views=byol_views()))
+        views=byol_views(), classes=(), eval_classes=()))
     # ImageNet-scale presets run on TPU/GPU: bfloat16 compute with float32 params, optimizer
     # state and loss math (every loss upcasts). remat: recompute each block's activations in
     # the backward pass (less memory, ~1/3 more compute). conv_backend 'auto': a ResNet's
@@ -244,9 +249,11 @@ def eval_base_config(protocol: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 1024  # global batch of feature extraction
     c.mesh = ml_collections.ConfigDict(dict(num_devices=-1, data=-1, fsdp=1))
+    # classes: the class subset evaluated (() = the run's data.eval_classes or data.classes on
+    # its own dataset, every class on another: ssl_jax.evaluate.run.resolve_data).
     c.data = ml_collections.ConfigDict(dict(
         dataset="", data_dir=ml_collections.FieldReference(None, field_type=str), train_split="",
-        test_split="", image_size=-1, mean=(), std=(), views=[], shuffle_buffer=10_000))
+        test_split="", image_size=-1, mean=(), std=(), views=[], shuffle_buffer=10_000, classes=()))
     if protocol == "knn":
         c.knn = ml_collections.ConfigDict(dict(ks=(10, 20, 100, 200), temperatures=(0.07, 0.1),
                                                chunk_size=256))

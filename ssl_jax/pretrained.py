@@ -56,7 +56,10 @@ class Pretrained:
     method_state: dict = dataclasses.field(default_factory=dict)
 
 
-DATA_FIELDS = ("dataset", "data_dir", "train_split", "test_split", "image_size", "mean", "std", "views")
+# classes / eval_classes: a class-subset run's classes, so its evaluation defaults to them
+# (ssl_jax.evaluate.run.resolve_data).
+DATA_FIELDS = ("dataset", "data_dir", "train_split", "test_split", "image_size", "mean", "std", "views",
+               "classes", "eval_classes")
 
 
 def _data_fields(config) -> dict:

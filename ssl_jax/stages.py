@@ -28,7 +28,7 @@ import numpy as np
 from ssl_jax import clustering
 from ssl_jax import pretrained as pretrained_lib
 from ssl_jax import storage
-from ssl_jax.data import pipeline, sources
+from ssl_jax.data import pipeline
 from ssl_jax.evaluate import in_training
 from ssl_jax.evaluate import iic as iic_eval
 from ssl_jax.methods import sslpp
@@ -127,7 +127,7 @@ def stage_b_labels(b, data, pre, fingerprint) -> tuple[np.ndarray, int]:
         labels, num_classes = out["labels"], out["num_clusters"]
     elif b.source == "ground_truth":
         labels = pipeline.train_labels(data, process_index=0, process_count=1)
-        num_classes = int(sources.dataset_info(data.dataset, data.train_split, data.data_dir)["num_classes"])
+        num_classes = int(pipeline.split_info(data)["num_classes"])
     elif b.source == "kmeans":
         result = kmeans_labels(training_pixels(data, int(b.batch_size)), int(b.num_classes),
                                pca_dim=int(b.pca_dim), whiten=bool(b.whiten), seed=int(b.seed),

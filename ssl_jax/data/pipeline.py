@@ -52,6 +52,51 @@ def _fields(data_cfg: Mapping[str, Any], *keys: str) -> tuple:
     return tuple(data_cfg[key] for key in keys)
 
 
+def classes(data_cfg: Mapping[str, Any]) -> tuple:
+    """``data_cfg.classes`` as a tuple: the class ids (or names) a run keeps, () = every class.
+
+    The one optional data field (a data config written before it existed keeps every class).
+    See ssl_jax.data.sources: the subset's labels are 0..K-1 in this order."""
+    value = data_cfg.get("classes", ()) if hasattr(data_cfg, "get") else ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"config.data.classes={value!r} must be a tuple of class ids, e.g. \"(0, 1, 2)\" "
+                         "(() keeps every class).")
+    return tuple(value)
+
+
+def split_info(data_cfg: Mapping[str, Any], split: Optional[str] = None) -> dict:
+    """sources.dataset_info of ``split`` (default: the train split) with the config's classes."""
+    dataset, data_dir, train_split = _fields(data_cfg, "dataset", "data_dir", "train_split")
+    return sources.dataset_info(dataset, split or train_split, data_dir, classes(data_cfg))
+
+
+def training_fingerprint(data_cfg: Mapping[str, Any]) -> dict:
+    """What per-example files and state are indexed by: the training set's name, split and size,
+    and, for a class subset, its class ids as 'data_classes' (a list; absent for every class, as
+    in files written before subsets), so a file of a subset is never taken for the full set or
+    another subset, nor the reverse."""
+    info = split_info(data_cfg)
+    out = {"dataset": str(data_cfg["dataset"]), "split": str(data_cfg["train_split"]),
+           "num_examples": int(info["num_examples_total"])}
+    if info.get("classes"):
+        out["data_classes"] = [int(c) for c in info["classes"]]
+    return out
+
+
+def describe_training_set(fingerprint: dict) -> str:
+    """'dataset:split (N examples, every class | classes (...))' of a training_fingerprint."""
+    subset = f"classes {tuple(fingerprint['data_classes'])}" if "data_classes" in fingerprint else "every class"
+    return f"{fingerprint['dataset']}:{fingerprint['split']} ({fingerprint['num_examples']} examples, {subset})"
+
+
+def slice_range(data_cfg: Mapping[str, Any], process_index: int, process_count: int) -> tuple:
+    """(dataset index of the first example, number of examples) of a process's train-split slice."""
+    dataset, split, data_dir = _fields(data_cfg, "dataset", "train_split", "data_dir")
+    c = classes(data_cfg)
+    return (sources.slice_offset(dataset, split, data_dir, process_index, process_count, c),
+            sources.slice_sizes(dataset, split, data_dir, process_count, c)[process_index])
+
+
 def _processes(process_index, process_count):
     if process_index is None or process_count is None:
         import jax  # only for the defaults; the pipeline itself is TF
@@ -82,7 +127,8 @@ def steps_per_epoch(data_cfg: Mapping[str, Any], global_batch_size: int,
     """Steps per epoch of ``pretrain_iterator``: the smallest process slice // local batch (same on all)."""
     _, process_count = _processes(0, process_count)
     b = _local_batch(global_batch_size, process_count)
-    sizes = sources.slice_sizes(*_fields(data_cfg, "dataset", "train_split", "data_dir"), process_count)
+    sizes = sources.slice_sizes(*_fields(data_cfg, "dataset", "train_split", "data_dir"), process_count,
+                                classes(data_cfg))
     return min(sizes) // b
 
 
@@ -98,9 +144,10 @@ def _view_cfgs(data_cfg, num_views: int) -> list:
 
 
 @functools.lru_cache(maxsize=4)
-def _in_memory_slice(dataset, split, data_dir, process_index, process_count):
-    """The decoded slice as (uint8 [n, H, W, 3], int64 [n]), decoded once per process."""
-    ds, n, info = sources.load_split(dataset, split, data_dir, process_index, process_count)
+def _in_memory_slice(dataset, split, data_dir, process_index, process_count, kept=()):
+    """The decoded slice as (uint8 [n, H, W, 3], int64 [n]), decoded once per process (of the
+    class subset `kept`)."""
+    ds, n, info = sources.load_split(dataset, split, data_dir, process_index, process_count, kept)
     decode = _decoder(info)
     ds = ds.map(lambda ex: (decode(ex["image"]), ex["label"]), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True).batch(4096).prefetch(2)
@@ -139,8 +186,9 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     in the whole split), so every index appears once per epoch over all processes.
 
     b = global_batch_size // process_count. Reads ``dataset, data_dir, train_split, image_size,
-    views, mean, std, shuffle_buffer`` from ``data_cfg``. View v uses ``views[v % len(views)]`` and
-    is S_v = that config's ``size`` px if it sets one (multi-crop local crops), else ``image_size``.
+    views, mean, std, shuffle_buffer`` and ``classes`` (optional) from ``data_cfg``. View v uses
+    ``views[v % len(views)]`` and is S_v = that config's ``size`` px if it sets one (multi-crop
+    local crops), else ``image_size``.
     Full batches only (drop remainder); ``steps_per_epoch`` gives their number per epoch. The first
     batch is the one an uninterrupted iterator yields at step ``start_step``.
     ``jit_augment`` compiles the per-batch ops with XLA (several times faster on CPU).
@@ -159,14 +207,15 @@ def pretrain_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, se
     b = _local_batch(global_batch_size, pc)
     dataset, split, data_dir = _fields(data_cfg, "dataset", "train_split", "data_dir")
     image_size, mean, std, shuffle_buffer = _fields(data_cfg, "image_size", "mean", "std", "shuffle_buffer")
+    kept = classes(data_cfg)
     spe = steps_per_epoch(data_cfg, global_batch_size, pc)
     if spe < 1:
         raise ValueError(f"The local batch {b} is larger than this process's slice of {dataset}:{split} "
-                         f"({min(sources.slice_sizes(dataset, split, data_dir, pc))} examples); "
+                         f"({min(sources.slice_sizes(dataset, split, data_dir, pc, kept))} examples); "
                          "lower --config.global_batch_size.")
-    ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
-    arrays = _in_memory_slice(dataset, split, data_dir, pi, pc) if _use_memory(info, n) else None
-    offset = sources.slice_offset(dataset, split, data_dir, pi, pc)
+    ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc, kept)
+    arrays = _in_memory_slice(dataset, split, data_dir, pi, pc, kept) if _use_memory(info, n) else None
+    offset = sources.slice_offset(dataset, split, data_dir, pi, pc, kept)
     ds = pretrain_dataset(
         ds_src, info, arrays=arrays, views=_view_cfgs(data_cfg, 1 + max(k for k, _ in plan)),
         image_size=int(image_size), mean=tuple(mean), std=tuple(std), local_batch=b,
@@ -217,12 +266,13 @@ def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: 
     b = _local_batch(global_batch_size, pc)
     dataset, split, data_dir = _fields(data_cfg, "dataset", "train_split", "data_dir")
     image_size, mean, std = _fields(data_cfg, "image_size", "mean", "std")
-    ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
+    kept = classes(data_cfg)
+    ds_src, n, info = sources.load_split(dataset, split, data_dir, pi, pc, kept)
     if not _use_memory(info, n):
         raise ValueError(f"A label subset of {dataset} needs the in-memory path (small images); "
                          "for ImageNet use --config.data.dataset=imagenet2012_subset/1pct (or /10pct), "
                          "the SimCLR subsets, with label_fraction=1.")
-    images, labels = _in_memory_slice(dataset, split, data_dir, pi, pc)
+    images, labels = _in_memory_slice(dataset, split, data_dir, pi, pc, kept)
     indices = np.asarray(indices)
     spe = len(indices) // b
     if spe < 1:
@@ -232,16 +282,17 @@ def subset_iterator(data_cfg: Mapping[str, Any], indices, *, global_batch_size: 
         ds_src, info, arrays=(images[indices], labels[indices]), views=_view_cfgs(data_cfg, 1),
         image_size=int(image_size), mean=tuple(mean), std=tuple(std), local_batch=b,
         steps_per_epoch=spe, seed=seed, process_index=pi, start_step=start_step, jit_augment=jit_augment,
-        example_index=sources.slice_offset(dataset, split, data_dir, pi, pc) + indices)
+        example_index=sources.slice_offset(dataset, split, data_dir, pi, pc, kept) + indices)
     return ds.as_numpy_iterator(), spe
 
 
 def train_labels(data_cfg: Mapping[str, Any], process_index: Optional[int] = None,
                  process_count: Optional[int] = None) -> np.ndarray:
-    """Labels of this process's slice of the train split (in-memory datasets)."""
+    """Labels of this process's slice of the train split (in-memory datasets; of the subset's
+    classes, remapped to 0..K-1, with data.classes)."""
     pi, pc = _processes(process_index, process_count)
     dataset, split, data_dir = _fields(data_cfg, "dataset", "train_split", "data_dir")
-    return _in_memory_slice(dataset, split, data_dir, pi, pc)[1]
+    return _in_memory_slice(dataset, split, data_dir, pi, pc, classes(data_cfg))[1]
 
 
 def augmentation_seed(seed: int, process_index, epoch, position, view: int) -> tf.Tensor:
@@ -470,7 +521,7 @@ def eval_preprocess(image, size: int, is_jpeg: bool, mean, std) -> tf.Tensor:
 def num_eval_examples(data_cfg: Mapping[str, Any], split: str) -> int:
     """Examples of ``split`` over all processes (each counted once; padding excluded)."""
     dataset, data_dir = _fields(data_cfg, "dataset", "data_dir")
-    return int(sources.dataset_info(dataset, split, data_dir)["num_examples_total"])
+    return int(sources.dataset_info(dataset, split, data_dir, classes(data_cfg))["num_examples_total"])
 
 
 def num_eval_batches(data_cfg: Mapping[str, Any], split: str, global_batch_size: int,
@@ -479,7 +530,7 @@ def num_eval_batches(data_cfg: Mapping[str, Any], split: str, global_batch_size:
     _, pc = _processes(0, process_count)
     b = _local_batch(global_batch_size, pc)
     dataset, data_dir = _fields(data_cfg, "dataset", "data_dir")
-    sizes = sources.slice_sizes(dataset, split, data_dir, pc)
+    sizes = sources.slice_sizes(dataset, split, data_dir, pc, classes(data_cfg))
     return max(1, math.ceil(max(sizes) / b))
 
 
@@ -497,7 +548,7 @@ def eval_iterator(data_cfg: Mapping[str, Any], split: str, *, global_batch_size:
     b = _local_batch(global_batch_size, pc)
     dataset, data_dir, size, mean, std = _fields(data_cfg, "dataset", "data_dir", "image_size", "mean", "std")
     size, mean, std = int(size), tuple(mean), tuple(std)
-    ds, n, info = sources.load_split(dataset, split, data_dir, pi, pc)
+    ds, n, info = sources.load_split(dataset, split, data_dir, pi, pc, classes(data_cfg))
     total = num_eval_batches(data_cfg, split, global_batch_size, pc) * b
     is_jpeg = info["is_jpeg"]
 

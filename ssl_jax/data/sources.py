@@ -2,6 +2,21 @@
 
 Every source yields ``{'image', 'label', 'index'}`` for one process's deterministic, contiguous
 slice of a split; each process reads only its own slice. TFDS is never allowed to download.
+
+Class subsets (``classes``: config.data.classes; every public function takes it): the split is
+first filtered to the examples whose label is in ``classes``, then sliced over processes, so
+the slices of a subset partition it and differ by at most one example. The subset is a dataset
+of its own: its labels are remapped to 0..K-1 in the order given (``classes[k]`` -> k; a linear
+probe has K outputs), ``index`` is the position in the filtered split, in the split's stored
+(TFDS absolute) order, and ``dataset_info`` counts only its examples. Entries are class ids or,
+for a TFDS ClassLabel with names, class names (ImageNet wnids, CIFAR-100 fine names).
+Finding the subset costs one label-only pass over the split (cached per process: about 2 s for
+CIFAR-10's train split; every record of the split is read, so on ImageNet it is a full read of
+the split's files per process, minutes); then each process reads only the records between its
+first and last kept example, sequentially (one file at a time: the order of the filtered split
+must not depend on the number of processes), and drops the other classes' records. Streamed
+datasets (ImageNet-100 from imagenet2012) are supported this way; for many epochs over a small
+subset of a large dataset, a TFDS dataset prepared with only those classes reads less.
 """
 import functools
 import os
@@ -152,19 +167,136 @@ def _tfds_info(dataset: str, split: str, data_dir: Optional[str]) -> dict:
             "num_examples_total": n}
 
 
+# ------------------------------------------------------------------------------- class subsets
+
+_FIX_CLASSES = ("Set --config.data.classes (and data.eval_classes) to distinct class ids in [0, number of "
+                "classes) (or the dataset's class names), e.g. \"(0, 1, 2)\"; () keeps every class.")
+
+
+def _label_feature(dataset: str, data_dir: Optional[str]):
+    """(number of classes or None, class names or None) of a dataset's label; ValueError without one."""
+    if dataset == "digits":
+        return 10, None
+    features = _builder(dataset, data_dir).info.features
+    if "label" not in features:
+        raise ValueError(f"config.data.classes keeps a subset of classes, but dataset {dataset!r} has no "
+                         f"'label' feature (features: {list(features.keys())}); set --config.data.classes=() "
+                         "for an unlabelled dataset.")
+    label = features["label"]
+    num = getattr(label, "num_classes", None)
+    names = list(getattr(label, "names", None) or []) or None
+    return (int(num) if num else None), names
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_classes(dataset: str, data_dir: Optional[str], classes: tuple) -> tuple:
+    """``classes`` as distinct int class ids (names looked up), checked against the dataset."""
+    num, names = _label_feature(dataset, data_dir)
+    out = []
+    for c in classes:
+        if isinstance(c, str) and names is not None and c in names:
+            out.append(names.index(c))
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)):
+            if c < 0 or (num is not None and c >= num):
+                raise ValueError(f"config.data.classes holds class {c}, outside the {num} classes [0, {num}) "
+                                 f"of {dataset!r}. " + _FIX_CLASSES)
+            out.append(int(c))
+        else:
+            known = "" if names is None else f" nor one of its class names ({names[:5]}...)"
+            raise ValueError(f"config.data.classes holds {c!r}, which is not a class id of {dataset!r}{known}. "
+                             + _FIX_CLASSES)
+    if len(set(out)) != len(out):
+        repeated = sorted({c for c in out if out.count(c) > 1})
+        raise ValueError(f"config.data.classes {tuple(classes)} names classes {repeated} more than once. "
+                         + _FIX_CLASSES)
+    return tuple(out)
+
+
+def _absolute_range(builder, dataset: str, split: str) -> Tuple[str, int, int]:
+    """(split name, first, end) of a split spec that is one contiguous range of one split."""
+    _check_split(builder, dataset, split)
+    (instr, *rest) = tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
+    if rest:
+        raise ValueError(f"A class subset (or a label pass) of {dataset!r} needs one contiguous range of one "
+                         f"split, not {split!r}; set --config.data.train_split / test_split to one split "
+                         "(slicing like 'train[:10%]' works) or --config.data.classes=().")
+    start = instr.from_ or 0
+    end = instr.to if instr.to is not None else int(builder.info.splits[instr.splitname].num_examples)
+    return instr.splitname, int(start), int(end)
+
+
+_SEQUENTIAL = dict(try_autocache=False, interleave_cycle_length=1)  # one file at a time: the stored order
+
+
+@functools.lru_cache(maxsize=None)
+def label_columns(dataset: str, split: str, data_dir: Optional[str] = None, keys: tuple = ("label",)) -> dict:
+    """{key: int64 [N]} of the label features ``keys`` (e.g. CIFAR-100's 'label' and 'coarse_label')
+    of every example of a split, in its stored order: one pass that decodes nothing else."""
+    if dataset == "digits":
+        if tuple(keys) != ("label",):
+            raise ValueError(f"Dataset 'digits' has only the feature 'label', not {keys}.")
+        return {"label": _digits_split(split)[1]}
+    builder = _builder(dataset, data_dir)
+    missing = [k for k in keys if k not in builder.info.features]
+    if missing:
+        raise ValueError(f"Dataset {dataset!r} has no feature {missing} (features: "
+                         f"{list(builder.info.features.keys())}).")
+    name, start, end = _absolute_range(builder, dataset, split)
+    ds = builder.as_dataset(split=f"{name}[{start}:{end}]", shuffle_files=False,
+                            decoders=tfds.decode.PartialDecoding({k: True for k in keys}),
+                            read_config=tfds.ReadConfig(**_SEQUENTIAL))
+    batches = list(ds.batch(8192).prefetch(2).as_numpy_iterator())
+    return {k: np.concatenate([np.zeros([0], np.int64)] + [b[k].astype(np.int64) for b in batches]) for k in keys}
+
+
+@functools.lru_cache(maxsize=None)
+def _subset_rows(dataset: str, split: str, data_dir: Optional[str], classes: tuple) -> np.ndarray:
+    """Positions (int64, increasing) in the split's stored order of the examples of ``classes``."""
+    labels = label_columns(dataset, split, data_dir)["label"]
+    rows = np.flatnonzero(np.isin(labels, np.asarray(classes, np.int64)))
+    if rows.size == 0:
+        raise ValueError(f"{dataset}:{split} holds no example of the classes {classes} of config.data.classes "
+                         "(the subset is empty). " + _FIX_CLASSES)
+    return rows.astype(np.int64)
+
+
+def _remap_table(classes: tuple) -> np.ndarray:
+    """int64 [max(classes) + 1]: table[classes[k]] = k, -1 for the classes left out."""
+    table = np.full(max(classes) + 1, -1, np.int64)
+    table[list(classes)] = np.arange(len(classes))
+    return table
+
+
+def _subset(dataset, split, data_dir, classes):
+    """(resolved classes, kept rows) of a subset, or (None, None) for every class."""
+    if not classes:
+        return None, None
+    resolved = _resolve_classes(dataset, data_dir, tuple(classes))
+    return resolved, _subset_rows(dataset, split, data_dir, resolved)
+
+
 # --------------------------------------------------------------------------------------- public
 
-def dataset_info(dataset: str, split: str, data_dir: Optional[str] = None) -> dict:
-    """``{'num_classes', 'image_shape' (H, W, 3), 'is_jpeg', 'num_examples_total'}`` of a split."""
+def dataset_info(dataset: str, split: str, data_dir: Optional[str] = None, classes=()) -> dict:
+    """``{'num_classes', 'image_shape' (H, W, 3), 'is_jpeg', 'num_examples_total'}`` of a split; of
+    its subset when ``classes`` is set (K classes, its examples; and 'classes': the ids kept)."""
     if dataset == "digits":
         _, y = _digits_split(split)
-        return {"num_classes": 10, "image_shape": (8, 8, 3), "is_jpeg": False,
-                "num_examples_total": len(y)}
-    return _tfds_info(dataset, split, data_dir)
+        info = {"num_classes": 10, "image_shape": (8, 8, 3), "is_jpeg": False, "num_examples_total": len(y)}
+    else:
+        info = _tfds_info(dataset, split, data_dir)
+    resolved, rows = _subset(dataset, split, data_dir, classes)
+    if resolved is None:
+        return info
+    return dict(info, num_classes=len(resolved), num_examples_total=len(rows), classes=resolved)
 
 
-def slice_sizes(dataset: str, split: str, data_dir: Optional[str], process_count: int) -> list:
-    """Examples in each process's slice of ``split`` (they differ by at most one)."""
+def slice_sizes(dataset: str, split: str, data_dir: Optional[str], process_count: int, classes=()) -> list:
+    """Examples in each process's slice of ``split`` (of its subset ``classes``; they differ by at most one)."""
+    _, rows = _subset(dataset, split, data_dir, classes)
+    if rows is not None:
+        n = len(rows)
+        return [b - a for a, b in (_slice_bounds(n, i, process_count) for i in range(process_count))]
     if dataset == "digits":
         n = len(_digits_split(split)[1])
         return [b - a for a, b in (_slice_bounds(n, i, process_count) for i in range(process_count))]
@@ -175,13 +307,13 @@ def slice_sizes(dataset: str, split: str, data_dir: Optional[str], process_count
 
 
 def slice_offset(dataset: str, split: str, data_dir: Optional[str], process_index: int,
-                 process_count: int) -> int:
+                 process_count: int, classes=()) -> int:
     """The dataset index of the first example of a process's slice (slices are contiguous)."""
-    return int(sum(slice_sizes(dataset, split, data_dir, process_count)[:process_index]))
+    return int(sum(slice_sizes(dataset, split, data_dir, process_count, classes)[:process_index]))
 
 
 def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, classes=()):
     """This process's slice of a split: ``(tf.data.Dataset, num_examples_in_slice, info)``.
 
     Elements are ``{'image', 'label': int64, 'index': int64}``; ``index`` is the example's stable
@@ -190,10 +322,13 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
     string when ``info['is_jpeg']`` (skip-decoding, so a crop can be decoded alone).
     The order is fixed: same call, same order. ``dataset='digits'`` is scikit-learn's digits
     (train 1437 / test 360, stratified, seed 0); any other name is read from TFDS in ``data_dir``.
+    ``classes``: only those classes, labels remapped (module docstring).
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count}).")
-    info = dataset_info(dataset, split, data_dir)
+    info = dataset_info(dataset, split, data_dir, classes)
+    if info.get("classes"):
+        return _load_subset(dataset, split, data_dir, process_index, process_count, info)
     if dataset == "digits":
         images, labels = _digits_split(split)
         lo, hi = _slice_bounds(len(labels), process_index, process_count)
@@ -219,3 +354,41 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
 
     ds = ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds, n, info
+
+
+def _load_subset(dataset, split, data_dir, process_index, process_count, info):
+    """load_split of a class subset: filter the split, then slice the filtered examples."""
+    classes = info["classes"]
+    rows = _subset_rows(dataset, split, data_dir, classes)
+    lo, hi = _slice_bounds(len(rows), process_index, process_count)
+    table = _remap_table(classes)
+    if dataset == "digits":
+        images, labels = _digits_split(split)
+        mine = rows[lo:hi]
+        ds = tf.data.Dataset.from_tensor_slices(
+            {"image": images[mine], "label": table[labels[mine]], "index": np.arange(lo, hi, dtype=np.int64)})
+        return ds, hi - lo, info
+    builder = _builder(dataset, data_dir)
+    name, start, _ = _absolute_range(builder, dataset, split)
+    # The records from this slice's first to its last kept example, in the stored order (a slice
+    # without examples, more processes than examples, reads one record and takes none).
+    first, end = (int(rows[lo]), int(rows[hi - 1]) + 1) if hi > lo else (int(rows[0]), int(rows[0]) + 1)
+    decoders = {"image": tfds.decode.SkipDecoding()} if info["is_jpeg"] else None
+    ds = builder.as_dataset(split=f"{name}[{start + first}:{start + end}]", shuffle_files=False,
+                            decoders=decoders, read_config=tfds.ReadConfig(**_SEQUENTIAL))
+    remap = tf.constant(table)
+
+    def new_label(ex):
+        label = tf.cast(ex["label"], tf.int64)
+        inside = tf.logical_and(label >= 0, label < len(table))
+        return tf.where(inside, tf.gather(remap, tf.clip_by_value(label, 0, len(table) - 1)), -1)
+
+    def convert(i, ex):
+        image = ex["image"]
+        if not info["is_jpeg"] and image.shape[-1] == 1:
+            image = tf.tile(image, [1, 1, 3])
+        return {"image": image, "label": new_label(ex), "index": i + lo}
+
+    ds = ds.filter(lambda ex: new_label(ex) >= 0).enumerate().map(
+        convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.apply(tf.data.experimental.assert_cardinality(hi - lo)) if hi > lo else ds.take(0), hi - lo, info

@@ -10,6 +10,10 @@ number the evaluation command computes from the same checkpoint:
 * after training, for the online network: kNN at (eval.knn_k, eval.knn_temperature), the
   online probe trained alongside, and with eval.linear_probe the cached-feature linear probe;
   with eval.compare_random_init the same protocols on the network at its initialisation.
+
+The evaluation data are data.eval_classes (() = data.classes) of data.eval_train_split (kNN
+memory, probe training) and data.test_split (queries). With held-out classes (a cross-class run,
+FUSSL's Table 4) the online probe, trained on the pretraining classes, is left out.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import optax
 from ssl_jax import parallel, presets
 from ssl_jax import pretrained as pretrained_lib
 from ssl_jax import results as results_lib
+from ssl_jax.data import pipeline
 from ssl_jax.evaluate import run as run_lib
 from ssl_jax.train import loop, tensorboard
 from ssl_jax.train.logging import console
@@ -67,21 +72,35 @@ def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def eval_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The data config of the in-training evaluation: config.data with the eval_train_split as its
+    train split and the eval_classes (() = data.classes) as its classes."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.train_split = config.data.eval_train_split
+    data.classes = tuple(config.data.get("eval_classes") or ()) or pipeline.classes(config.data)
+    return data
+
+
+def held_out_classes(config: ml_collections.ConfigDict) -> bool:
+    """Whether the evaluation's classes are not the pretraining ones (data.eval_classes set to others)."""
+    return pipeline.classes(eval_data(config)) != pipeline.classes(config.data)
+
+
 def context(run: loop.Run, state, network: str = "online", step: int | None = None) -> run_lib.Context:
     """A protocol context on the encoder of the train state `state` (kNN memory: the
-    data.eval_train_split; queries: data.test_split); `network` and `step` (default
-    state.step) name its records."""
+    data.eval_train_split; queries: data.test_split; both of data.eval_classes); `network` and
+    `step` (default state.step) name its records."""
     config = run.config
     step = int(parallel.to_host(state.step)) if step is None else step
     variables = {"params": parallel.to_host(state.params["encoder"]),
                  "batch_stats": parallel.to_host(state.batch_stats.get("encoder", {}))}
     pre = pretrained_lib.of_run(config, run.method.encoder, variables, network=network, step=step,
                                 epochs=step / run.steps_per_epoch)
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    data.train_split = config.data.eval_train_split
+    data = eval_data(config)
+    num_classes = int(pipeline.split_info(data)["num_classes"]) if held_out_classes(config) else run.num_classes
     # Process 0 reports the feature passes (minutes on a large split); the periodic kNN's too.
     log = console if jax.process_index() == 0 else (lambda *_, **__: None)
-    return run_lib.Context(eval_config(config), pre, data, run.mesh, run.num_classes, workdir=None, log=log)
+    return run_lib.Context(eval_config(config), pre, data, run.mesh, num_classes, workdir=None, log=log)
 
 
 def evaluator() -> loop.Evaluator:
@@ -119,12 +138,14 @@ def final_records(run: loop.Run, state, online_context=context) -> list[dict]:
     network at its initialisation (same seed): what pretraining bought."""
     ev = run.config.eval
     linear = [run_lib.protocol_linear_cached] if ev.linear_probe else []
-    probe = online_probe(parallel.to_host(state.params["probe"]))
+    # The online probe classifies the pretraining classes: no use on held-out ones.
+    probe = [] if held_out_classes(run.config) else [online_probe(parallel.to_host(state.params["probe"]))]
     ctx = online_context(run, state)
     baseline = "; then kNN" + (" and linear probe" if linear else "") + " at random init"
-    ctx.log(f"Evaluating the trained network on {ctx.data.dataset} (kNN, online probe"
+    where = f"classes {pipeline.classes(ctx.data)} of " if held_out_classes(run.config) else ""
+    ctx.log(f"Evaluating the trained network on {where}{ctx.data.dataset} (kNN{', online probe' if probe else ''}"
             f"{', linear probe' if linear else ''}{baseline if ev.compare_random_init else ''}).")
-    records = run_lib.timed_records(ctx, [run_lib.protocol_knn, probe, *linear])
+    records = run_lib.timed_records(ctx, [run_lib.protocol_knn, *probe, *linear])
     if ev.compare_random_init:
         fresh, _ = loop.init_state(run.config, run.method, optax.identity(), {"num_classes": run.num_classes},
                                    run.mesh)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ssl_jax import parallel, pretrained as pretrained_lib, results as results_lib, storage
-from ssl_jax.data import pipeline, sources
+from ssl_jax.data import pipeline
 from ssl_jax.train import features as features_lib, preemption, tensorboard
 from ssl_jax.train import logging as logging_lib
 from ssl_jax.evaluate import supervised
@@ -28,7 +28,11 @@ def resolve_data(eval_cfg, pre) -> ml_collections.ConfigDict:
     """The eval data config: the eval config's fields where set, else the pretraining run's.
 
     Splits, views and data_dir are inherited only when the dataset is the run's own; another
-    dataset (transfer) gets 'train' / 'test' splits unless the eval config names them."""
+    dataset (transfer) gets 'train' / 'test' splits unless the eval config names them.
+    classes (the class subset evaluated, ssl_jax.data.sources): data.classes of the eval config if
+    set; else, on the run's own dataset, the run's data.eval_classes, else its data.classes (a
+    cross-class run is evaluated on its held-out classes, a subset run on its classes); on
+    another dataset every class."""
     d, run = eval_cfg.data, dict(pre.data)
     dataset = d.dataset or run.get("dataset")
     if not dataset:
@@ -45,6 +49,8 @@ def resolve_data(eval_cfg, pre) -> ml_collections.ConfigDict:
         "std": tuple(d.std) or tuple(run.get("std") or ()),
         "views": list(d.views) or (list(run.get("views") or []) if same else []),
         "shuffle_buffer": d.shuffle_buffer,
+        "classes": tuple(pipeline.classes(d)) or (
+            tuple(run.get("eval_classes") or run.get("classes") or ()) if same else ()),
     }
     missing = [k for k in ("image_size", "mean", "std") if not out[k]]
     if missing:
@@ -274,12 +280,13 @@ def run(eval_cfg: ml_collections.ConfigDict, workdir: str, log=logging_lib.conso
     storage.makedirs(workdir)
     results_lib.read_records(workdir)  # an unreadable results.json stops us now, not after the work
     data = resolve_data(eval_cfg, pre)
-    info = sources.dataset_info(data.dataset, data.train_split, data.data_dir)
+    info = pipeline.split_info(data)
     mesh = parallel.mesh_from_config(eval_cfg.mesh)
     parallel.check_batch_divisible(eval_cfg.batch_size, mesh)
     ctx = Context(eval_cfg, pre, data, mesh, info["num_classes"], workdir, log)
     log(f"{eval_cfg.protocol}: {pre.run.get('method')} {pre.network} network at step {pre.run.get('step')} "
-        f"on {data.dataset} ({mesh.devices.size} device(s)).")
+        f"on {data.dataset}{f' classes {tuple(data.classes)}' if data.classes else ''} "
+        f"({mesh.devices.size} device(s)).")
     # SIGTERM: one line and exit code 75, results.json untouched (the linear / fine-tuning protocols
     # checkpoint their classifier on SIGTERM themselves, and their rerun resumes it).
     with preemption.sigterm_stops(lambda: preemption.PreemptedPass(f"the {eval_cfg.protocol} evaluation")):

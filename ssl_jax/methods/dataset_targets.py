@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax.data import sources
+from ssl_jax.data import pipeline
 from ssl_jax.methods.base import JointEmbeddingMethod
 from ssl_jax.parallel import PER_EXAMPLE_KEY
 
@@ -49,8 +49,7 @@ class DatasetTargets(JointEmbeddingMethod, abc.ABC):
     def __init__(self, config, total_steps, steps_per_epoch=None):
         super().__init__(config, total_steps, steps_per_epoch)
         data = config.data
-        self.num_examples = int(sources.dataset_info(data.dataset, data.train_split,
-                                                     data.data_dir)["num_examples_total"])
+        self.num_examples = int(pipeline.split_info(data)["num_examples_total"])
         batch = int(config.global_batch_size)
         self.num_rows = -(-self.num_examples // batch) * batch
         self.seed = int(config.seed)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import losses, storage
+from ssl_jax.data import pipeline
 from ssl_jax.methods import sslpp
 from ssl_jax.methods.dataset_targets import DatasetTargets
 from ssl_jax.models.resnet import STAGE_SIZES
@@ -68,8 +69,7 @@ def write_labels(path: str, classes, weights, fingerprint: dict, *, chosen_block
     buf = io.BytesIO()
     np.savez(buf, format=np.str_(LABELS_FORMAT), classes=classes, weights=weights,
              chosen_block=np.int32(chosen_block), block_errors=np.asarray(block_errors, np.float64),
-             settings=np.str_(repr(sorted(config.items()))),
-             **{k: np.asarray(fingerprint[k]) for k in sslpp.FINGERPRINT_KEYS})
+             settings=np.str_(repr(sorted(config.items()))), **sslpp.fingerprint_arrays(fingerprint))
     storage.write_file(path, buf.getvalue())
 
 
@@ -82,8 +82,9 @@ def read_labels(path: str) -> dict:
         out = {k: f[k] for k in f.files}
     if out.get("format", np.str_("")).item() != LABELS_FORMAT:
         raise ValueError(f"{path} is not a FUSSL labels file (format {LABELS_FORMAT!r}).")
-    out = {k: (v if v.ndim else v.item()) for k, v in out.items()}
-    out["fingerprint"] = {k: out.pop(k) for k in sslpp.FINGERPRINT_KEYS}
+    fingerprint = sslpp.fingerprint_of_file(out)
+    out = {k: (v if v.ndim else v.item()) for k, v in out.items() if k not in fingerprint}
+    out["fingerprint"] = fingerprint
     return out
 
 
@@ -92,9 +93,8 @@ def check_labels(stored: dict, fingerprint: dict, path: str) -> None:
     saved = stored["fingerprint"]
     if saved != fingerprint:
         raise ValueError(
-            f"The FUSSL labels in {path} are for {saved['dataset']}:{saved['split']} ({saved['num_examples']} "
-            f"examples), but this run trains on {fingerprint['dataset']}:{fingerprint['split']} "
-            f"({fingerprint['num_examples']} examples). Relabel with configs/fussl.py in a new --workdir, or "
+            f"The FUSSL labels in {path} are for {pipeline.describe_training_set(saved)}, but this run trains "
+            f"on {pipeline.describe_training_set(fingerprint)}. Relabel with configs/fussl.py in a new --workdir, or "
             "set --config.data back to the one the labels were made for.")
 
 

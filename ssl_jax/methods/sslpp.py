@@ -61,7 +61,7 @@ import optax
 from sklearn.metrics import normalized_mutual_info_score
 
 from ssl_jax import storage
-from ssl_jax.data import sources
+from ssl_jax.data import pipeline
 from ssl_jax.methods import common, deepcluster
 from ssl_jax.methods.dataset_targets import DatasetTargets
 from ssl_jax.models import build_head
@@ -75,10 +75,23 @@ FINGERPRINT_KEYS = ("dataset", "split", "num_examples")
 
 
 def training_fingerprint(data_cfg) -> dict:
-    """The training set a labels file must label: name, split and size."""
-    info = sources.dataset_info(data_cfg.dataset, data_cfg.train_split, data_cfg.data_dir)
-    return {"dataset": str(data_cfg.dataset), "split": str(data_cfg.train_split),
-            "num_examples": int(info["num_examples_total"])}
+    """The training set a labels file must label: name, split and size, and the classes of a
+    class subset (pipeline.training_fingerprint)."""
+    return pipeline.training_fingerprint(data_cfg)
+
+
+def fingerprint_arrays(fingerprint: dict) -> dict:
+    """The fingerprint's entries as arrays for an .npz labels file ('data_classes' only for a subset)."""
+    keys = FINGERPRINT_KEYS + (("data_classes",) if "data_classes" in fingerprint else ())
+    return {k: np.asarray(fingerprint[k]) for k in keys}
+
+
+def fingerprint_of_file(entries: dict) -> dict:
+    """The fingerprint of a labels file's entries (fingerprint_arrays' inverse)."""
+    out = {k: np.asarray(entries[k]).item() for k in FINGERPRINT_KEYS}
+    if "data_classes" in entries:
+        out["data_classes"] = [int(c) for c in np.asarray(entries["data_classes"]).reshape(-1)]
+    return out
 
 
 def write_labels(path: str, labels, fingerprint: dict, *, num_classes: int, source: str,
@@ -92,7 +105,7 @@ def write_labels(path: str, labels, fingerprint: dict, *, num_classes: int, sour
     buf = io.BytesIO()
     np.savez(buf, labels=labels, num_classes=np.int32(num_classes), source=np.str_(source),
              stage_a_step=np.int64(stage_a_step), settings=np.str_(json.dumps(settings or {}, sort_keys=True)),
-             **{k: np.asarray(fingerprint[k]) for k in FINGERPRINT_KEYS})
+             **fingerprint_arrays(fingerprint))
     storage.write_file(path, buf.getvalue())
 
 
@@ -104,8 +117,9 @@ def read_labels(path: str) -> dict:
                                 "write it, or set --config.sslpp.labels='' to train the proxy task alone.")
     with np.load(io.BytesIO(storage.read_bytes(path))) as f:
         out = {k: f[k] for k in f.files}
-    out = {k: (v if k == "labels" else v.item()) for k, v in out.items()}
-    out["fingerprint"] = {k: out[k] for k in FINGERPRINT_KEYS}
+    fingerprint = fingerprint_of_file(out)
+    out = {k: (v if k in ("labels", "data_classes") else v.item()) for k, v in out.items()}
+    out["fingerprint"] = fingerprint
     out["settings"] = json.loads(out.get("settings", "{}"))
     return out
 
@@ -114,10 +128,10 @@ def check_fingerprint(saved: dict, current: dict, path: str) -> None:
     """One clear error when a labels file labels another training set than this run's."""
     if saved != current:
         raise ValueError(
-            f"The SSL++ labels in {path} are for {saved['dataset']}:{saved['split']} ({saved['num_examples']} "
-            f"examples), but this run trains on {current['dataset']}:{current['split']} "
-            f"({current['num_examples']} examples). Label this training set (stage B of configs/sslpp.py), "
-            "or set --config.data back to the one the labels were made for.")
+            f"The SSL++ labels in {path} are for {pipeline.describe_training_set(saved)}, but this run trains "
+            f"on {pipeline.describe_training_set(current)}. "
+            "Label this training set (stage B of configs/sslpp.py), or set --config.data back to the one the "
+            "labels were made for.")
 
 
 def wrap(method, config):

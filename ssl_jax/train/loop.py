@@ -19,7 +19,7 @@ import numpy as np
 from ssl_jax import monitors, parallel
 from ssl_jax import results as results_lib
 from ssl_jax import storage
-from ssl_jax.data import pipeline, sources
+from ssl_jax.data import pipeline
 from ssl_jax.methods import build_method, ensemble
 from ssl_jax.train import checkpoint, init_weights, preemption, refresh, resumable
 from ssl_jax.train import workdir as workdir_lib
@@ -103,7 +103,7 @@ def build(config: ml_collections.ConfigDict, mesh):
     """Everything a run needs that is a function of the config alone."""
     data_cfg = config.data
     parallel.check_batch_divisible(config.global_batch_size, mesh)
-    info = sources.dataset_info(data_cfg.dataset, data_cfg.train_split, data_cfg.data_dir)
+    info = pipeline.split_info(data_cfg)  # of the class subset, with data.classes
     spe = pipeline.steps_per_epoch(data_cfg, config.global_batch_size, jax.process_count())
     if spe < 1:
         raise ValueError(

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from ssl_jax import parallel
-from ssl_jax.data import pipeline, sources
+from ssl_jax.data import pipeline
 from ssl_jax.train import features as features_lib
 from ssl_jax.train import logging as logging_lib
 from ssl_jax.train import optim
@@ -44,10 +44,9 @@ def is_due(method, state, step: int, steps_per_epoch: int) -> bool:
 
 
 def fingerprint(data_cfg) -> dict:
-    """What the per-example state is indexed by: the training set's name, split and size."""
-    info = sources.dataset_info(data_cfg.dataset, data_cfg.train_split, data_cfg.data_dir)
-    return {"dataset": str(data_cfg.dataset), "split": str(data_cfg.train_split),
-            "num_examples": int(info["num_examples_total"])}
+    """What the per-example state is indexed by: the training set's name, split and size (and
+    class subset): pipeline.training_fingerprint."""
+    return pipeline.training_fingerprint(data_cfg)
 
 
 def check_fingerprint(saved: dict | None, current: dict, checkpoint_dir: str) -> None:
@@ -56,8 +55,8 @@ def check_fingerprint(saved: dict | None, current: dict, checkpoint_dir: str) ->
     if saved is not None and saved != current:
         raise ValueError(
             f"The checkpoints in {checkpoint_dir} hold per-example state (pseudo-labels) of "
-            f"{saved['dataset']}:{saved['split']} ({saved['num_examples']} examples), but this run trains "
-            f"on {current['dataset']}:{current['split']} ({current['num_examples']} examples). Use a new "
+            f"{pipeline.describe_training_set(saved)}, but this run trains on "
+            f"{pipeline.describe_training_set(current)}. Use a new "
             "--workdir for a different training set, or set --config.data back to the one of the run.")
 
 
@@ -115,9 +114,6 @@ def epoch_order_fn(method, state, config):
     if not getattr(method, "samples", False):
         return None
     per_example = parallel.to_host(state.method_state[parallel.PER_EXAMPLE_KEY])
-    data = config.data
-    pi, pc = jax.process_index(), jax.process_count()
-    offset = sources.slice_offset(data.dataset, data.train_split, data.data_dir, pi, pc)
-    size = sources.slice_sizes(data.dataset, data.train_split, data.data_dir, pc)[pi]
+    offset, size = pipeline.slice_range(config.data, jax.process_index(), jax.process_count())
     slice_indices = np.arange(offset, offset + size)
     return lambda epoch: method.epoch_order(per_example, epoch, config.seed, slice_indices)

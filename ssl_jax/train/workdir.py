@@ -43,7 +43,7 @@ VERIFY_SECONDS = 2.0   # advisory lock: how long a competing write has to show u
 
 # What makes a run: a workdir whose config.json differs in any of these is another run's.
 # Other fields (steps, learning rate, batch size, dtype, remat, evaluation) may change on resume.
-IDENTITY_FIELDS = ("method", "data.dataset", "model.name", "model.width", "model.cifar_stem",
+IDENTITY_FIELDS = ("method", "data.dataset", "data.classes", "model.name", "model.width", "model.cifar_stem",
                    "model.patch_size", "model.pos_embedding", "model.sobel", "ensemble.size")
 
 
