@@ -21,9 +21,12 @@ no_freeze, hard, soft, base, base_long, progressive, and for cifar100, cifar10 a
 cross_class, cross_class_hard, cross_class_soft, cross_class_base: imagenet, cifar10, cifar100, demo,
 imagenet_no_freeze, imagenet_hard, imagenet_soft, imagenet_base, imagenet_base_long,
 imagenet_progressive (also named progressive), cifar10_no_freeze, cifar10_hard, cifar10_soft,
-cifar10_base, cifar10_base_long, cifar10_progressive, the same six for cifar100 and demo,
-cifar100_cross_class, cifar100_cross_class_hard, cifar100_cross_class_soft, cifar100_cross_class_base,
-and the same four for cifar10 and demo.
+cifar10_base, cifar10_base_long, cifar10_progressive, cifar100_no_freeze, cifar100_hard, cifar100_soft,
+cifar100_base, cifar100_base_long, cifar100_progressive, demo_no_freeze, demo_hard, demo_soft, demo_base,
+demo_base_long, demo_progressive, cifar100_cross_class, cifar100_cross_class_hard,
+cifar100_cross_class_soft, cifar100_cross_class_base, cifar10_cross_class, cifar10_cross_class_hard,
+cifar10_cross_class_soft, cifar10_cross_class_base, demo_cross_class, demo_cross_class_hard,
+demo_cross_class_soft, demo_cross_class_base.
   imagenet  the paper's recipe: baseline SimCLR (fussl.baseline names any library method: simclr, byol,
             simsiam, swav, wmse, barlow_twins, ...), its ImageNet preset with the paper's shared
             projector (Linear 1000-BN-ReLU x 2 + Linear 1000; 1000 pseudo-classes), m = 3, phase 1 800

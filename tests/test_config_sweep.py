@@ -50,7 +50,8 @@ def _scale(name, preset):
     config = importlib.import_module(f"configs.{name}").get_config(preset)
     dataset = ({"sslpp": config.get("stage_c"), "fussl": config.get("phase2")}.get(config.method)
                or config).data.dataset
-    return {"imagenet2012": "imagenet", "cifar10": "cifar10", "mnist": "cifar10", "digits": "demo"}[dataset]
+    return {"imagenet2012": "imagenet", "cifar10": "cifar10", "cifar100": "cifar10", "mnist": "cifar10",
+            "digits": "demo"}[dataset]
 
 
 def _run_sweep(pairs):
