@@ -150,7 +150,7 @@ def test_labels_files_of_a_subset_and_of_the_full_set_refuse_each_other(tmp_path
         stored = sslpp.read_labels(path)["fingerprint"]
         assert stored == fp
         sslpp.check_fingerprint(stored, fp, path)
-        with pytest.raises(ValueError, match="every class|classes \\("):
+        with pytest.raises(ValueError, match="classes \\(0, 1, 2, 3, 4\\)"):
             sslpp.check_fingerprint(stored, sslpp.training_fingerprint(other_cfg), path)
         fpath = str(tmp_path / f"fussl_{len(fp)}.npz")
         rows = np.zeros((fp["num_examples"], 3), np.int32)

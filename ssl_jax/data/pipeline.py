@@ -84,9 +84,9 @@ def training_fingerprint(data_cfg: Mapping[str, Any]) -> dict:
 
 
 def describe_training_set(fingerprint: dict) -> str:
-    """'dataset:split (N examples, every class | classes (...))' of a training_fingerprint."""
-    subset = f"classes {tuple(fingerprint['data_classes'])}" if "data_classes" in fingerprint else "every class"
-    return f"{fingerprint['dataset']}:{fingerprint['split']} ({fingerprint['num_examples']} examples, {subset})"
+    """'dataset:split (N examples[, classes (...)])' of a training_fingerprint."""
+    subset = f", classes {tuple(fingerprint['data_classes'])}" if "data_classes" in fingerprint else ""
+    return f"{fingerprint['dataset']}:{fingerprint['split']} ({fingerprint['num_examples']} examples{subset})"
 
 
 def slice_range(data_cfg: Mapping[str, Any], process_index: int, process_count: int) -> tuple:

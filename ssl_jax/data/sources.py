@@ -317,8 +317,8 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
     """This process's slice of a split: ``(tf.data.Dataset, num_examples_in_slice, info)``.
 
     Elements are ``{'image', 'label': int64, 'index': int64}``; ``index`` is the example's stable
-    dataset index: its position in the whole split (the slice's offset + its position in the
-    slice). ``image`` is uint8 [H, W, 3] (grayscale tiled to 3 channels), or the encoded JPEG
+    dataset index: its position in the whole split, or in the class subset (the slice's offset +
+    its position in the slice). ``image`` is uint8 [H, W, 3] (grayscale tiled to 3 channels), or the encoded JPEG
     string when ``info['is_jpeg']`` (skip-decoding, so a crop can be decoded alone).
     The order is fixed: same call, same order. ``dataset='digits'`` is scikit-learn's digits
     (train 1437 / test 360, stratified, seed 0); any other name is read from TFDS in ``data_dir``.
