@@ -78,6 +78,24 @@ def test_mnist_process_slices_disjoint_and_covering(shared_tfds_dir):
     np.testing.assert_array_equal(np.concatenate([p["label"] for p in parts]), full["label"])
 
 
+def test_slices_across_files_keep_the_stored_order(shared_tfds_dir):
+    """CIFAR-10's train split is 4 files of 12,500: a range spanning two of them, read in 2 process
+    slices, gives the examples of one read of the whole range, each file's records in turn (TFDS's
+    default interleaves the files a slice spans, so an example's index, which labels files and
+    per-example state are keyed by, would depend on the number of processes)."""
+    split = "train[12000:13000]"
+    full = _read_all(S.load_split("cifar10", split, shared_tfds_dir)[0])
+    parts = [_read_all(S.load_split("cifar10", split, shared_tfds_dir, i, 2)[0]) for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), full["image"])
+    np.testing.assert_array_equal(np.concatenate([p["index"] for p in parts]), np.arange(1000))
+    import tensorflow_datasets as tfds
+    builder = tfds.builder("cifar10", data_dir=shared_tfds_dir)
+    stored = [e["image"] for part in ("train[12000:12500]", "train[12500:13000]")  # each within one file
+              for e in builder.as_dataset(split=part, shuffle_files=False,
+                                          decoders={"image": tfds.decode.SkipDecoding()}).as_numpy_iterator()]
+    np.testing.assert_array_equal(full["image"], np.array(stored, dtype=object))
+
+
 def test_cifar10_loads_offline(shared_tfds_dir):
     ds, n, info = S.load_split("cifar10", "test", shared_tfds_dir)
     assert n == 10_000 and info == {"num_classes": 10, "image_shape": (32, 32, 3), "is_jpeg": True,

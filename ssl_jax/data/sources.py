@@ -341,8 +341,12 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
     n = int(builder.info.splits[sub].num_examples)
     offset = slice_offset(dataset, split, data_dir, process_index, process_count)
     decoders = {"image": tfds.decode.SkipDecoding()} if info["is_jpeg"] else None
+    # One file at a time, in the stored order: TFDS's default interleaves the slice's files, so
+    # the position of an example (its index, which per-example state and labels files are keyed
+    # by) would depend on how many files the slice spans, i.e. on the number of processes
+    # (CIFAR-10's train split, 4 files: two halves read apart != one read of the whole).
     ds = builder.as_dataset(split=sub, shuffle_files=False, decoders=decoders,
-                            read_config=tfds.ReadConfig(try_autocache=False))
+                            read_config=tfds.ReadConfig(**_SEQUENTIAL))
     has_label = "label" in builder.info.features
 
     def convert(i, ex):
