@@ -20,6 +20,9 @@ input pipeline stalls and kernel inefficiency, so real steps are slower; XLA's o
 time (`cost_analysis()['optimal_seconds']`) is shown beside it and used only where it is
 positive and not below the bound (it came back negative for v3).
 
+A staged run (configs/fussl.py) is several trainings, each its own program: --phase names the one
+to compile (`phase_config`: 1, 2a or 2b; 1 or 2 for the progressive presets).
+
 A dataset that is not prepared on this machine (ImageNet usually is not) is described to TFDS
 from its published split sizes (PUBLISHED_SPLITS) in a metadata-only data_dir, so the run's steps
 per epoch, per-example state and schedules are those of the real dataset.
@@ -132,6 +135,69 @@ def _with_data(config):
     config.data.data_dir = root
     sizes = ", ".join(f"{k} {v:,}" for k, v in PUBLISHED_SPLITS[data.dataset].items())
     return config, f"{data.dataset} is not prepared here: its published split sizes ({sizes}) stand in for it"
+
+
+# A staged run's trainings (ssl_jax.fussl): --phase names one; each is an ordinary run and compiles
+# as one. Progressive cycles differ only in their seeds and init files, so cycle 1 stands for all.
+PHASES = {"sequential": ("1", "2a", "2b"), "progressive": ("1", "2")}
+
+
+def phase_config(config, phase: str | None):
+    """(the run to compile, notes): `config` itself for a single-stage run, else its training
+    `phase` (FUSSL: '1' the ensemble, '2a' / '2b' phase 2 with all layers / stem..stage 3
+    frozen, or '1' / '2' of a progressive cycle). Phase 2 reads its pseudo-labels when its
+    method is built; the compile needs only their shape, so a labels file of the training set's
+    size (every image labelled pseudo-class 0) is written to a temporary directory for it."""
+    staged = config.get("method") == "fussl"
+    if not staged:
+        if phase:
+            raise ValueError(f"--phase={phase} is for staged runs (configs/fussl.py); {config.get('method')!r} "
+                             "is one run: leave --phase out.")
+        return config, []
+    from ssl_jax import fussl
+    f = config.fussl
+    phases = PHASES.get(f.schedule, ())
+    if phase not in phases:
+        raise ValueError(f"configs/fussl.py is a staged run of separate trainings; compile one at a time with "
+                         f"--phase={' | '.join(phases)} (schedule {f.schedule!r}), e.g. "
+                         f"--config=configs/fussl.py:imagenet --phase=1." + (f" Got --phase={phase}." if phase else ""))
+    what = {"1": f"phase 1 (config.phase1: an ensemble of {f.ensemble_size} {f.baseline} blocks)",
+            "2a": f"phase 2a (config.phase2, all layers, {f.e2_full} epochs)",
+            "2b": "phase 2b (config.phase2, stem..stage 3 frozen, the remaining epochs)",
+            "2": "phase 2 of a cycle (config.phase2, all layers)"}[phase]
+    note = f"FUSSL {what}" + (", cycle 1 (the cycles differ in seed and init only)"
+                              if f.schedule == "progressive" else "")
+    if phase == "1":
+        return (fussl.cycle_phase1_config(config, 1, "") if f.schedule == "progressive"
+                else config.phase1.copy_and_resolve_references()), [note]
+    phase2, data_note = _with_data(config.phase2.copy_and_resolve_references())
+    labels = _shape_only_labels(phase2, int(f.ensemble_size))
+    if f.schedule == "progressive":
+        run = fussl.cycle_phase2_config(config, 1, labels, "")
+    else:
+        probe = config.copy_and_resolve_references()
+        probe.phase2 = phase2
+        run = fussl.phase2_configs(probe, labels)[0 if phase == "2a" else 1]
+    run.init_weights = ""  # the compile builds abstract shapes: no weights are read
+    return run, [note] + ([data_note] if data_note else []) + [
+        "pseudo-labels: a labels file of the training set's shape stands in for phase 1's (the program "
+        "depends on their shape only)"]
+
+
+def _shape_only_labels(config, ensemble_size: int) -> str:
+    """A FUSSL labels file (ssl_jax.methods.fussl_phase2.write_labels) for config's training set
+    with every image labelled pseudo-class 0: its path, in a new temporary directory."""
+    import numpy as np
+    from ssl_jax.data import pipeline
+    from ssl_jax.methods import fussl_phase2
+    fingerprint = pipeline.training_fingerprint(config.data)
+    shape = (fingerprint["num_examples"], ensemble_size)
+    weights = np.zeros(shape, np.float32)
+    weights[:, 0] = 1.0
+    path = os.path.join(tempfile.mkdtemp(prefix="ssl_jax_compile_labels_"), "fussl_labels.npz")
+    fussl_phase2.write_labels(path, np.zeros(shape, np.int32), weights, fingerprint, chosen_block=0,
+                              block_errors=np.zeros(ensemble_size), config={"compile": "shape only"})
+    return path
 
 
 def batch_spec(config, method) -> dict:
@@ -493,10 +559,17 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def compile_report(config, topology: str) -> dict:
-    """`report` of `config` compiled for `topology` (the command's body)."""
+def compile_report(config, topology: str, phase: str | None = None) -> dict:
+    """`report` of `config` (its training `phase` for a staged run: `phase_config`) compiled for
+    `topology` (the command's body)."""
     devices, spec = topology_devices(topology)
-    return report(build_programs(config, devices), spec, topology)
+    config, notes = phase_config(config, phase)
+    program = build_programs(config, devices)
+    program.notes[:0] = notes
+    out = report(program, spec, topology)
+    if phase:
+        out["phase"] = phase
+    return out
 
 
 def main():
@@ -509,6 +582,8 @@ def main():
     topology_flag = flags.DEFINE_string("topology", None, "TPU topology GEN:AxB[xC], e.g. v4:2x2x4, v5e:4x4, "
                                         "v3:16x16 (512 v3 cores).")
     json_flag = flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
+    phase_flag = flags.DEFINE_string("phase", None, "A staged run's training to compile (configs/fussl.py: 1, 2a "
+                                     "or 2b; 1 or 2 for its progressive presets).")
     flags.mark_flags_as_required(["config", "topology"])
 
     def body(argv):
@@ -517,7 +592,7 @@ def main():
         cli.quiet_library_logs()
         with cli.user_errors("ssl_jax.compile"):
             print(f"Compiling for {topology_flag.value} (minutes for a ResNet-50 on a small CPU)...", flush=True)
-            r = compile_report(config_flag.value, topology_flag.value)
+            r = compile_report(config_flag.value, topology_flag.value, phase_flag.value)
             print(format_report(r), flush=True)
             if json_flag.value:
                 import json

@@ -177,3 +177,28 @@ def test_out_of_memory_is_read_from_the_compiler_error():
     text = compile_lib.format_report(report)
     assert "train step: DOES NOT FIT: needs 32.80 GiB of 16.00 GiB per device" in text
     assert "largest state leaf per device: .params['w'] 1.00 GiB" in text and "63.40 GFLOP per image analytic" in text
+
+
+def test_fussl_compiles_one_phase_at_a_time():
+    # A staged run is several trainings: --phase picks one; without it, one error naming the flag.
+    from ssl_jax.methods import build_method, fussl_phase2
+    config = presets.load_config_file("configs/fussl.py:demo")
+    with pytest.raises(ValueError, match=r"--phase=1 \| 2a \| 2b"):
+        compile_lib.phase_config(config, None)
+    with pytest.raises(ValueError, match="leave --phase out"):
+        compile_lib.phase_config(presets.load_config_file("configs/byol.py:demo"), "1")
+    phase1, notes = compile_lib.phase_config(config, "1")
+    assert phase1.to_dict() == config.phase1.to_dict() and "phase 1" in notes[0]
+    phase2b, _ = compile_lib.phase_config(config, "2b")
+    assert phase2b.method == "fussl_phase2" and phase2b.fussl_phase2.frozen_stages == 3
+    assert phase2b.num_epochs == config.phase2.num_epochs - config.fussl.e2_full and phase2b.init_weights == ""
+    # The stand-in labels label every training image for each of the m blocks, and the method
+    # accepts them for this training set (it checks their fingerprint and classes when built).
+    labels = fussl_phase2.read_labels(phase2b.fussl_phase2.labels)
+    assert labels["classes"].shape == (1437, config.fussl.ensemble_size)
+    assert build_method(phase2b, 10).num_classes == config.phase2.fussl_phase2.projector.output_dim
+    progressive = presets.load_config_file("configs/fussl.py:demo_progressive")
+    phase2, _ = compile_lib.phase_config(progressive, "2")
+    assert phase2.num_epochs == progressive.phase2.num_epochs and phase2.fussl_phase2.frozen_stages == 0
+    with pytest.raises(ValueError, match=r"--phase=1 \| 2 "):
+        compile_lib.phase_config(progressive, "2a")
