@@ -29,6 +29,7 @@ is replaced atomically: a run that dies mid-write leaves the previous file intac
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import re
@@ -42,6 +43,21 @@ FIELDS = ("method", "dataset", "backbone", "epochs", "step", "protocol", "eval_d
 _NOT_KEY = ("value", "wall_seconds", "time")
 KEY_FIELDS = tuple(f for f in FIELDS if f not in _NOT_KEY)
 FILENAME = "results.json"
+
+
+def dataset_label(data) -> str:
+    """A data config's dataset as records name it: 'cifar10', or with a class subset
+    (data.classes, ssl_jax.data.sources) 'cifar10[classes=5,6,7,8,9]' (more than 10 classes:
+    'cifar100[50 classes #<8 hex digits of their SHA-1>]'), so that a subset's or a held-out-class
+    evaluation's numbers are never taken for the whole dataset's."""
+    classes = tuple(data.get("classes", ()) or ())
+    name = str(data["dataset"])
+    if not classes:
+        return name
+    listed = ",".join(str(c) for c in classes)
+    if len(classes) <= 10:
+        return f"{name}[classes={listed}]"
+    return f"{name}[{len(classes)} classes #{hashlib.sha1(listed.encode()).hexdigest()[:8]}]"
 
 
 def run_fields(config, step: int, steps_per_epoch: int | None) -> dict:
@@ -61,7 +77,7 @@ def run_fields(config, step: int, steps_per_epoch: int | None) -> dict:
     blocks = config.get("ensemble")
     if blocks is not None and int(blocks.size) > 1:  # one block of an ensemble: 'simclr+ensemble3'
         method += f"+ensemble{int(blocks.size)}"
-    return {"method": method, "dataset": str(config.data.dataset), "backbone": backbone,
+    return {"method": method, "dataset": dataset_label(config.data), "backbone": backbone,
             "epochs": round(step / steps_per_epoch, 3) if steps_per_epoch else float("nan"),
             "step": int(step)}
 

@@ -1,5 +1,6 @@
 """Class subsets of a labelled dataset (config.data.classes: ssl_jax.data.sources / pipeline),
 CIFAR-100's cross-class split (ssl_jax.data.class_splits) and FUSSL's cross-class presets."""
+import re
 import types
 
 import ml_collections
@@ -241,3 +242,23 @@ def test_a_workdir_of_another_class_subset_is_another_run():
     old = {"method": "simclr", "data": {"dataset": "digits", "classes": [0, 1]}}
     assert workdir.identity_differences(old, {"method": "simclr", "data": {"dataset": "digits", "classes": [2, 3]}})
     assert not workdir.identity_differences(old, old)
+
+
+def test_records_name_the_class_subset_they_were_made_on():
+    """Pretraining records carry the training subset, evaluation records the evaluated one, so a
+    held-out-class number is never merged with or taken for a whole-dataset number."""
+    from configs import fussl as fussl_config
+    from ssl_jax import results
+    from ssl_jax.evaluate import in_training
+
+    c = fussl_config.get_config("demo_cross_class_base")
+    run = results.run_fields(c, 10, 5)
+    assert run["dataset"] == "digits[classes=0,1,2,3,4]"
+    assert results.dataset_label(in_training.eval_data(c)) == "digits[classes=5,6,7,8,9]"
+    assert results.run_fields(fussl_config.get_config("demo_base"), 10, 5)["dataset"] == "digits"
+    many = results.dataset_label({"dataset": "cifar100", "classes": tuple(range(50))})
+    assert re.fullmatch(r"cifar100\[50 classes #[0-9a-f]{8}\]", many)
+    assert many != results.dataset_label({"dataset": "cifar100", "classes": tuple(range(1, 51))})
+    recs = results.make_records(run, protocol="knn", eval_dataset=results.dataset_label(in_training.eval_data(c)),
+                                network="online", metrics={"top1": 0.5})
+    assert recs[0]["dataset"] != recs[0]["eval_dataset"]

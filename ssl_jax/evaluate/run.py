@@ -267,7 +267,7 @@ def timed_records(ctx, protocols) -> list[dict]:
     outputs = [out for protocol in protocols for out in protocol(ctx)]
     seconds = time.perf_counter() - t0
     return [r for protocol, setting, metrics in outputs for r in results_lib.make_records(
-        ctx.pre.run, protocol=protocol, eval_dataset=ctx.data.dataset, network=ctx.pre.network,
+        ctx.pre.run, protocol=protocol, eval_dataset=results_lib.dataset_label(ctx.data), network=ctx.pre.network,
         metrics=metrics, setting=setting, wall_seconds=seconds)]
 
 

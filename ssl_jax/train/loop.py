@@ -257,7 +257,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
         done = int(parallel.to_host(state.step))
         records = results_lib.make_records(
             results_lib.run_fields(config, done, spe), protocol="pretrain",
-            eval_dataset=config.data.dataset, network="online", wall_seconds=train_seconds,
+            eval_dataset=results_lib.dataset_label(config.data), network="online", wall_seconds=train_seconds,
             metrics=dict(train_seconds=train_seconds, examples_seen=examples_seen(done),
                          **_final_monitors(last_logged)))
         if evaluator is not None:
