@@ -153,11 +153,14 @@ def label_settings(b) -> dict:
 def training_pixels(data, batch_size: int) -> np.ndarray:
     """[N, S·S·3] float32: every training image's evaluation view (centre crop at data.image_size,
     normalised by data.mean / data.std as every view the network sees), flattened, in
-    dataset-index order (the order of the labels file)."""
+    dataset-index order (the order of the labels file). Polls for a multi-process SIGTERM per batch."""
     n = sslpp.training_fingerprint(data)["num_examples"]
     out = None
     for batch in pipeline.eval_iterator(data, data.train_split, global_batch_size=batch_size,
                                         process_index=0, process_count=1):
+        # Every process reads every batch: a SIGTERM of a multi-process run stops them all here,
+        # at the same batch (one process: at once, by stage_b's sigterm_stops).
+        preemption.poll_pass()
         keep = batch["mask"]
         rows = batch["image"][keep].reshape(int(keep.sum()), -1)
         if out is None:

@@ -86,6 +86,28 @@ def test_stage_b_kmeans_labels_the_digits_in_dataset_index_order(tmp_path):
     assert _inertia(projected, np.random.default_rng(0).permutation(stored["labels"])) > 1.5 * ref.inertia_
 
 
+def test_the_pixel_pass_polls_for_a_multi_process_sigterm_every_batch(monkeypatch):
+    """k-means' pixel pass calls preemption.poll_pass once per batch (every process reads every
+    batch), so a SIGTERM of a multi-process run stops stage B at the same batch on all processes;
+    a poll that raises stops the pass there."""
+    from configs import sslpp as sslpp_config
+    from ssl_jax.train import preemption
+
+    data = sslpp_config.get_config("demo_kmeans").stage_c.data
+    polls = []
+    monkeypatch.setattr(preemption, "poll_pass", lambda: polls.append(1))
+    stages.training_pixels(data, 500)
+    assert len(polls) == 3  # 1437 images in batches of 500
+
+    def stop_at_second():
+        polls.append(1)
+        if len(polls) == 5:
+            raise preemption.PreemptedPass("stage B (labelling)")
+    monkeypatch.setattr(preemption, "poll_pass", stop_at_second)
+    with pytest.raises(preemption.PreemptedPass):
+        stages.training_pixels(data, 500)
+
+
 def test_stage_b_iic_labels_are_the_best_sub_heads_argmax(tmp_path):
     """Stage B with source 'iic' on an IIC workdir (the demo preset on ResNet-10, its initial
     state saved with a sub-head loss average that makes over-clustering sub-head 3 the best): the
