@@ -76,9 +76,10 @@ def test_every_preset_is_imagenet_cifar10_or_demo_scale():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_preset_builds_and_traces_its_train_step(name):
     for preset in _presets(name):
-        if name == "fussl" and preset not in importlib.import_module("configs.fussl").SCALES:
+        if name == "fussl" and (preset not in importlib.import_module("configs.fussl").SCALES or preset == "cifar100"):
             # A variant: labelling / phase-2 settings or a baseline control, whose network and step
             # are its scale's phase 1 (traced below); tests/test_fussl.py builds the variants.
+            # FUSSL's cifar100 is cifar10's network and step on other data (tests/test_class_split.py).
             continue
         config = importlib.import_module(f"configs.{name}").get_config(preset)
         if config.method == "sslpp":  # its stage configs build here; tests/test_sslpp.py runs the stages
