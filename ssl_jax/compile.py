@@ -288,7 +288,6 @@ def build_programs(config, devices) -> Program:
     import jax.numpy as jnp
     from ssl_jax import parallel
     from ssl_jax.models.conv import resolve_conv_backend
-    from ssl_jax.train import features as features_lib
     from ssl_jax.train import loop
     from ssl_jax.train import step as step_lib
 
@@ -324,10 +323,22 @@ def build_programs(config, devices) -> Program:
         eval_batch = -(-eval_batch // shards) * shards
         notes.append(f"eval.batch_size {config.eval.batch_size} rounded up to {eval_batch}, a multiple of "
                      f"the {shards} devices (the evaluation needs it too: set --config.eval.batch_size)")
-    encode = features_lib.make_encode_fn(method.encoder, mesh)
-    feats = _compile(encode.lower(state.params["encoder"], state.batch_stats.get("encoder", {}),
-                                  jax.ShapeDtypeStruct((eval_batch, s, s, 3), jnp.float32)))
+    feats = _compile(lower_features(method, state, mesh, eval_batch, s))
     return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes)
+
+
+def lower_features(method, state, mesh, eval_batch: int, image_size: int):
+    """The evaluation feature pass lowered for abstract `state`: the encoder the evaluation reads
+    (an ensemble's config.ensemble.eval_block, as ssl_jax.train.loop evaluates it) on eval_batch
+    centre crops."""
+    import jax
+    import jax.numpy as jnp
+    from ssl_jax.methods import ensemble
+    from ssl_jax.train import features as features_lib
+    evaluated = jax.eval_shape(lambda st: ensemble.evaluated_state(method, st), state)
+    encode = features_lib.make_encode_fn(ensemble.block_method(method).encoder, mesh)
+    return encode.lower(evaluated.params["encoder"], evaluated.batch_stats.get("encoder", {}),
+                        jax.ShapeDtypeStruct((eval_batch, image_size, image_size, 3), jnp.float32))
 
 
 # ------------------------------------------------------------------------------ analytic FLOPs

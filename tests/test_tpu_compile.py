@@ -202,3 +202,19 @@ def test_fussl_compiles_one_phase_at_a_time():
     assert phase2.num_epochs == progressive.phase2.num_epochs and phase2.fussl_phase2.frozen_stages == 0
     with pytest.raises(ValueError, match=r"--phase=1 \| 2 "):
         compile_lib.phase_config(progressive, "2a")
+
+
+def test_feature_pass_of_an_ensemble_reads_its_eval_block():
+    # FUSSL's phase 1 is an ensemble (stacked [m, ...] params): the evaluation reads one block.
+    import optax
+    from ssl_jax.methods import build_method
+    from ssl_jax.train import step as step_lib
+    config = presets.load_config_file("configs/fussl.py:demo").phase1
+    config.model.name = "resnet10"
+    method = build_method(config, 10)
+    s = config.data.image_size
+    state = jax.eval_shape(lambda rng: step_lib.create_state(method, optax.sgd(0.1), rng, jnp.zeros((2, s, s, 3)), 10),
+                           jax.random.PRNGKey(0))
+    assert state.params["encoder"]["stem_conv"]["kernel"].shape[0] == config.ensemble.size
+    lowered = compile_lib.lower_features(method, state, parallel.make_mesh(1), 8, s)
+    assert lowered.out_info.shape == (8, method.block.encoder.feature_dim)
