@@ -226,6 +226,7 @@ class Program:
     steps_per_epoch: int
     total_steps: int
     notes: list
+    blocks: int = 1           # an ensemble's m: its train step maps one block's step m times
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +325,13 @@ def build_programs(config, devices) -> Program:
         notes.append(f"eval.batch_size {config.eval.batch_size} rounded up to {eval_batch}, a multiple of "
                      f"the {shards} devices (the evaluation needs it too: set --config.eval.batch_size)")
     feats = _compile(lower_features(method, state, mesh, eval_batch, s))
-    return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes)
+    from ssl_jax.methods import ensemble
+    blocks = ensemble.num_blocks(method)
+    if blocks > 1:
+        notes.append(f"an ensemble of {blocks} blocks: the step maps one block's step over them (jax.lax.map, a "
+                     f"while loop XLA's cost analysis and the HLO's collectives count once), so the train "
+                     f"step's FLOPs, bytes accessed and collectives are the counted ones x {blocks}")
+    return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes, blocks)
 
 
 def lower_features(method, state, mesh, eval_batch: int, image_size: int):
@@ -455,6 +462,33 @@ def roofline_seconds(flops: float, bytes_accessed: float, spec: Chip) -> float:
     return max(flops / per_device_flops, bytes_accessed / per_device_bw)
 
 
+def per_step_cost(cost: dict, blocks: int) -> dict:
+    """XLA's cost analysis of a train step whose work is `blocks` iterations of one while loop
+    (an ensemble's lax.map; XLA counts a loop body once): FLOPs and bytes accessed x blocks.
+    The few ops outside the loop (stacking the views, averaging the metrics) are counted x
+    blocks too: a negligible excess next to `blocks` ResNet steps."""
+    if blocks == 1:
+        return cost
+    return dict(cost, **{k: float(cost[k]) * blocks for k in ("flops", "bytes accessed") if k in cost})
+
+
+def scaled_collectives(report: dict, blocks: int) -> dict:
+    """hlo_collectives.collective_report of a train step that runs its loop body (which holds
+    its collectives) `blocks` times: counts and bytes x blocks, the ratio to the ideal (whose
+    params are already all blocks') recomputed."""
+    if blocks == 1:
+        return report
+    out = copy.deepcopy(report)
+    for v in out["collectives"].values():
+        v["count"] *= blocks
+        v["bytes"] *= blocks
+        v["link_bytes"] = None if v["link_bytes"] is None else v["link_bytes"] * blocks
+    ideal = out["ideal_collective_bytes"]["total"]
+    out["collective_over_ideal"] = round(out["collectives"]["total"]["bytes"] / ideal, 4) if ideal else None
+    out["loop_iterations"] = blocks
+    return out
+
+
 def step_estimate(cost: dict, spec: Chip) -> dict:
     """{'roofline_s', 'xla_optimal_s', 'used': 'roofline' | 'xla', 'step_s'}: XLA's cost-model
     time where positive and not below the roofline bound (it cannot beat the peaks), else the
@@ -480,6 +514,8 @@ def report(program: Program, spec: Chip, topology: str) -> dict:
            "dtype": config.model.dtype, "remat": bool(config.model.remat), "global_batch_size": batch,
            "steps_per_epoch": program.steps_per_epoch, "total_steps": program.total_steps,
            "chip_source": spec.source, "notes": list(program.notes)}
+    if program.blocks > 1:
+        out["ensemble_blocks"] = program.blocks
     for name, compiled, images in (("train", program.train, batch), ("features", program.features, program.eval_batch)):
         if isinstance(compiled, OutOfMemory):  # no executable: what the compiler said, and the state
             out[name] = {"fits": False, "hbm_used_bytes": compiled.required_bytes,
@@ -491,6 +527,8 @@ def report(program: Program, spec: Chip, topology: str) -> dict:
         memory = compiled.memory_analysis()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        if name == "train":
+            cost = per_step_cost(cost, program.blocks)
         used = used_bytes(memory)
         rec = {"hbm_used_bytes": used, "hbm_capacity_bytes": spec.device_hbm, "fits": used <= spec.device_hbm,
                "argument_bytes": int(memory.argument_size_in_bytes), "temp_bytes": int(memory.temp_size_in_bytes),
@@ -504,7 +542,7 @@ def report(program: Program, spec: Chip, topology: str) -> dict:
             rec["largest_values"] = largest_values(text)
         out[name] = rec
         if name == "train":
-            out["collectives"] = collective_report(text, program.state, mesh)
+            out["collectives"] = scaled_collectives(collective_report(text, program.state, mesh), program.blocks)
             if not rec["fits"]:
                 rec["largest_state_leaves"] = largest_state_leaves(program.state, mesh)
     analytic = analytic_flops(program.train_fn, program.state, program.batch)

@@ -218,3 +218,20 @@ def test_feature_pass_of_an_ensemble_reads_its_eval_block():
     assert state.params["encoder"]["stem_conv"]["kernel"].shape[0] == config.ensemble.size
     lowered = compile_lib.lower_features(method, state, parallel.make_mesh(1), 8, s)
     assert lowered.out_info.shape == (8, method.block.encoder.feature_dim)
+
+
+def test_an_ensemble_step_counts_its_loop_body_per_block():
+    # lax.map over m blocks is one while loop: XLA counts its body once, the step runs it m times.
+    cost = {"flops": 4.0e12, "bytes accessed": 1.0e11, "optimal_seconds": -1.0}
+    assert compile_lib.per_step_cost(cost, 1) is cost
+    scaled = compile_lib.per_step_cost(cost, 3)
+    assert (scaled["flops"], scaled["bytes accessed"], scaled["optimal_seconds"]) == (1.2e13, 3.0e11, -1.0)
+    spec = compile_lib.chip("v4")
+    assert compile_lib.step_estimate(scaled, spec)["step_s"] == pytest.approx(
+        3 * compile_lib.step_estimate(cost, spec)["step_s"])
+    report = {"strategy": "dp", "collectives": {"all-reduce": {"count": 2, "bytes": 100, "link_bytes": 150},
+                                                "total": {"count": 2, "bytes": 100, "link_bytes": 150}},
+              "ideal_collective_bytes": {"all-reduce": 400, "total": 400}, "collective_over_ideal": 0.25}
+    out = compile_lib.scaled_collectives(report, 3)
+    assert out["collectives"]["total"] == {"count": 6, "bytes": 300, "link_bytes": 450}
+    assert out["collective_over_ideal"] == 0.75 and report["collective_over_ideal"] == 0.25
