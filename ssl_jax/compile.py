@@ -597,6 +597,13 @@ def format_report(r: dict) -> str:
     ratio = c["collective_over_ideal"]
     lines.append(f"collectives per device ({c['strategy']}): {kinds or 'none'}; ideal {ideal}; "
                  f"ratio {ratio if ratio is not None else 'n/a'}.")
+    per_step = c.get("collectives_per_step")
+    if per_step and per_step["total"]["bytes"] != c["collectives"]["total"]["bytes"] * c.get("loop_iterations", 1):
+        looped = ", ".join(f"{k} {v['count']} ops {v['bytes'] / 2**20:.1f} MiB" for k, v in per_step.items()
+                           if k != "total")
+        lines.append(f"  counting while-loop bodies once per iteration: {looped}; ratio {c['per_step_over_ideal']}"
+                     + (f" ({c['unknown_trip_loops']} loops of unknown trip count counted once)"
+                        if c["unknown_trip_loops"] else "") + ".")
     e = t["estimate"]
     xla = f"{e['xla_optimal_s'] * 1e3:.1f} ms" if e["xla_optimal_s"] is not None else "none"
     lines.append(f"step time ESTIMATE: roofline {e['roofline_s'] * 1e3:.1f} ms, XLA cost model {xla}; "

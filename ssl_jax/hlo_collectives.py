@@ -33,6 +33,8 @@ Counting rules:
 - Combined ops (XLA's combiner passes merge several all-reduces into one with a tuple
   shape) count as one op whose bytes are the sum over the tuple.
 - Counts are static: an op inside a while loop's body is counted once, not per iteration.
+  `collective_bytes_per_step` counts each op as often as a step runs it (a loop body times
+  its trip count, read from the loop's condition); `collective_report` gives both.
 - Sizes use every HLO element type (pred and 8-bit types 1 byte, 4-bit types 1/2, ...);
   layouts (`{3,2,1,0}`, tiling `{1,0:T(8,128)}`) and dynamic bounds (`[<=8]`) are ignored.
 """
@@ -227,6 +229,92 @@ def collective_bytes(hlo_text: str) -> dict:
     return out
 
 
+_HEADER = re.compile(r"^\s*(ENTRY\s+)?%?([^\s(]+)\s*\(.*->.*\{\s*$")
+_WHILE = re.compile(r"\bwhile\(.*\bcondition=%?([^\s,]+),\s*body=%?([^\s,]+)")
+_CALLED = re.compile(r"\b(?:calls|to_apply|branch_computations|called_computations)=(\{[^}]*\}|%?[^\s,]+)")
+
+
+def computations(hlo_text: str) -> tuple[dict, str]:
+    """({computation name: its instruction lines}, the entry computation's name). Lines outside
+    any computation (a bare list of instructions) form the computation '' (taken as the entry)."""
+    comps, entry, current = {"": []}, "", ""
+    for line in hlo_text.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            current = m.group(2)
+            comps[current] = []
+            if m.group(1):
+                entry = current
+        elif line.strip() == "}":
+            current = ""
+        else:
+            comps[current].append(line)
+    return comps, entry
+
+
+def while_trip_count(condition_lines) -> int | None:
+    """The trip count of a while loop from its condition computation: `counter < N` with one
+    integer constant N (the form of XLA's windowed einsums, scans and lax.map loops), else None."""
+    text = "\n".join(condition_lines)
+    constants = re.findall(r"[su](?:32|64)\[\][^=]*?constant\((\d+)\)", text)
+    if len(constants) == 1 and "direction=LT" in text:
+        return int(constants[0])
+    return None
+
+
+def loop_weights(hlo_text: str) -> tuple[dict, int]:
+    """({computation: how many times one step runs it}, number of while loops whose trip count
+    could not be read, taken as 1): a while body runs trip-count times per run of its caller,
+    every other called computation (fusions, async wrappers, reducers, branches) once per call."""
+    comps, entry = computations(hlo_text)
+    callers: dict = {}
+    unknown = 0
+    for name, lines in comps.items():
+        for line in lines:
+            w = _WHILE.search(line)
+            if w:
+                trip = while_trip_count(comps.get(w.group(1), []))
+                unknown += trip is None
+                callers.setdefault(w.group(2), []).append((name, trip or 1))
+                callers.setdefault(w.group(1), []).append((name, (trip or 1) + 1))
+                continue
+            for ref in _CALLED.findall(line):
+                for callee in re.findall(r"%?([^\s{},%]+)", ref):
+                    callers.setdefault(callee, []).append((name, 1))
+    weights: dict = {}
+
+    def weight(name, seen=()):
+        if name in weights:
+            return weights[name]
+        if name in ("", entry) or name not in callers or name in seen:
+            return 1
+        weights[name] = sum(weight(c, seen + (name,)) * k for c, k in callers[name])
+        return weights[name]
+
+    return {name: weight(name) for name in comps}, unknown
+
+
+def collective_bytes_per_step(hlo_text: str) -> dict:
+    """`collective_bytes` with each op counted as often as one step runs it: an op in a while
+    body times the loop's trip count (nested loops multiply). On TPU, FSDP's windowed einsums
+    (all-gathers and reduce-scatters as loops of collective-permutes), lax.map / scan bodies and
+    iterative solvers are such loops; the static count sees each body once. Adds
+    'unknown_trip_loops': loops whose trip count could not be read (counted once)."""
+    comps, _ = computations(hlo_text)
+    weights, unknown = loop_weights(hlo_text)
+    out = {k: {"count": 0, "bytes": 0, "link_bytes": 0.0} for k in KINDS + ("total",)}
+    for name, lines in comps.items():
+        w = weights[name]
+        for r in parse_collectives("\n".join(lines)):
+            link = r["bytes"] * _link_factor(r["kind"], r["group_size"])
+            for k in (r["kind"], "total"):
+                out[k]["count"] += w
+                out[k]["bytes"] += w * r["bytes"]
+                out[k]["link_bytes"] += w * link
+    out["unknown_trip_loops"] = unknown
+    return out
+
+
 def ideal_bytes(param_bytes: int, strategy: str, *, data: int = 1, fsdp: int = 1,
                 replicated_bytes: int = 0, forward_only_bytes: int = 0) -> dict:
     """The least collective bytes per device of one training step, per kind, in the same
@@ -319,6 +407,7 @@ def collective_report(hlo_text: str, state, mesh) -> dict:
     if mesh.devices.size == 1:
         ideal = {k: 0 for k in ideal}
     total = measured["total"]["bytes"]
+    per_step = collective_bytes_per_step(hlo_text)
     return {
         "strategy": strategy,
         "param_bytes": tree_bytes(trained),
@@ -328,4 +417,10 @@ def collective_report(hlo_text: str, state, mesh) -> dict:
                         for k, v in measured.items() if v["count"] or k == "total"},
         "ideal_collective_bytes": ideal,
         "collective_over_ideal": round(total / ideal["total"], 4) if ideal["total"] else None,
+        # Each op times the while-loop iterations that run it (collective_bytes_per_step).
+        "collectives_per_step": {k: {"count": v["count"], "bytes": v["bytes"],
+                                     "link_bytes": None if math.isnan(v["link_bytes"]) else int(v["link_bytes"])}
+                                 for k, v in per_step.items() if k != "unknown_trip_loops" and (v["count"] or k == "total")},
+        "unknown_trip_loops": per_step["unknown_trip_loops"],
+        "per_step_over_ideal": round(per_step["total"]["bytes"] / ideal["total"], 4) if ideal["total"] else None,
     }

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from ssl_jax import hlo_collectives
 from ssl_jax.hlo_collectives import (KINDS, collective_bytes, group_size, ideal_bytes,
                                         parse_collectives, shape_bytes, split_tuple, strategy_of)
 from tests.conftest import REPO_ROOT, device_env
@@ -177,3 +178,74 @@ def test_real_compiled_collectives_on_8_simulated_devices():
         assert stats[kind] == {"count": 1, "bytes": nbytes,
                                "link_bytes": nbytes * (2 if kind == "all-reduce" else 1) * 7 / 8}, (name, stats)
         assert stats["total"]["bytes"] == nbytes, (name, stats)
+
+
+LOOPED = textwrap.dedent("""\
+    HloModule looped
+
+    %add (a: f32[], b: f32[]) -> f32[] {
+      %a = f32[] parameter(0)
+      %b = f32[] parameter(1)
+      ROOT %sum = f32[] add(f32[] %a, f32[] %b)
+    }
+
+    %inner_cond (p: (s32[], f32[64])) -> pred[] {
+      %p = (s32[], f32[64]{0}) parameter(0)
+      %i = s32[] get-tuple-element(%p), index=0
+      %n = s32[] constant(3)
+      ROOT %lt = pred[] compare(%i, %n), direction=LT
+    }
+
+    %inner_body (p: (s32[], f32[64])) -> (s32[], f32[64]) {
+      %p = (s32[], f32[64]{0}) parameter(0)
+      %x = f32[64]{0} get-tuple-element(%p), index=1
+      %cp = f32[64]{0} collective-permute(%x), channel_id=9, source_target_pairs={{0,1},{1,0}}
+      ROOT %t = (s32[], f32[64]{0}) tuple(%i, %cp)
+    }
+
+    %outer_cond (p: (s32[], f32[64])) -> pred[] {
+      %p = (s32[], f32[64]{0}) parameter(0)
+      %i = s32[] get-tuple-element(%p), index=0
+      %n = s32[]{:T(128)} constant(4)
+      ROOT %lt = pred[] compare(%i, %n), direction=LT
+    }
+
+    %outer_body (p: (s32[], f32[64])) -> (s32[], f32[64]) {
+      %p = (s32[], f32[64]{0}) parameter(0)
+      %x = f32[64]{0} get-tuple-element(%p), index=1
+      %ar = f32[64]{0} all-reduce(%x), channel_id=8, replica_groups={{0,1}}, to_apply=%add
+      %w = (s32[], f32[64]{0}) while(%p), condition=%inner_cond, body=%inner_body
+      ROOT %t = (s32[], f32[64]{0}) tuple(%i, %ar)
+    }
+
+    %unknown_cond (p: (s32[], f32[64])) -> pred[] {
+      %p = (s32[], f32[64]{0}) parameter(0)
+      ROOT %c = pred[] custom-call(%p), custom_call_target="done"
+    }
+
+    %unknown_body (p: (s32[], f32[64])) -> (s32[], f32[64]) {
+      %p = (s32[], f32[64]{0}) parameter(0)
+      %x = f32[64]{0} get-tuple-element(%p), index=1
+      %ag = f32[128]{0} all-gather(%x), channel_id=7, replica_groups={{0,1}}, dimensions={0}
+      ROOT %t = (s32[], f32[64]{0}) tuple(%i, %x)
+    }
+
+    ENTRY %main (x: f32[64]) -> f32[64] {
+      %x = f32[64]{0} parameter(0)
+      %ar0 = f32[64]{0} all-reduce(%x), channel_id=1, replica_groups={{0,1}}, to_apply=%add
+      %w = (s32[], f32[64]{0}) while(%t0), condition=%outer_cond, body=%outer_body, metadata={op_name="map"}
+      %u = (s32[], f32[64]{0}) while(%t0), condition=%unknown_cond, body=%unknown_body
+      ROOT %r = f32[64]{0} copy(%ar0)
+    }
+    """)
+
+
+def test_per_step_counts_multiply_loop_bodies_by_their_trip_counts():
+    static, per_step = collective_bytes(LOOPED), hlo_collectives.collective_bytes_per_step(LOOPED)
+    assert static["all-reduce"]["count"] == 2 and static["collective-permute"]["count"] == 1
+    # all-reduce: once in the entry + once per outer iteration (4); the permute: 4 x 3 nested.
+    assert per_step["all-reduce"] == {"count": 5, "bytes": 5 * 256, "link_bytes": 5 * 256.0}
+    assert per_step["collective-permute"]["count"] == 12 and per_step["collective-permute"]["bytes"] == 12 * 256
+    # A loop whose condition is not `counter < constant` is counted once and reported.
+    assert per_step["all-gather"]["count"] == 1 and per_step["unknown_trip_loops"] == 1
+    assert per_step["total"]["bytes"] == sum(per_step[k]["bytes"] for k in KINDS)
