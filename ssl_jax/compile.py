@@ -598,7 +598,7 @@ def format_report(r: dict) -> str:
     lines.append(f"collectives per device ({c['strategy']}): {kinds or 'none'}; ideal {ideal}; "
                  f"ratio {ratio if ratio is not None else 'n/a'}.")
     per_step = c.get("collectives_per_step")
-    if per_step and per_step["total"]["bytes"] != c["collectives"]["total"]["bytes"] * c.get("loop_iterations", 1):
+    if per_step and per_step["total"]["bytes"] != c["collectives"]["total"]["bytes"]:
         looped = ", ".join(f"{k} {v['count']} ops {v['bytes'] / 2**20:.1f} MiB" for k, v in per_step.items()
                            if k != "total")
         lines.append(f"  counting while-loop bodies once per iteration: {looped}; ratio {c['per_step_over_ideal']}"
