@@ -348,16 +348,20 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
     ds = builder.as_dataset(split=sub, shuffle_files=False, decoders=decoders,
                             read_config=tfds.ReadConfig(**_SEQUENTIAL))
     has_label = "label" in builder.info.features
+    label_of = (lambda ex: tf.cast(ex["label"], tf.int64)) if has_label else (lambda ex: tf.constant(-1, tf.int64))
+    return _indexed(ds, info, offset, label_of), n, info
 
+
+def _indexed(ds, info, offset, label_of):
+    """TFDS records as ``{'image', 'label': label_of(record), 'index': offset + position}``, a
+    grayscale image tiled to 3 channels: the one conversion of the full-split and subset paths."""
     def convert(i, ex):
         image = ex["image"]
         if not info["is_jpeg"] and image.shape[-1] == 1:
             image = tf.tile(image, [1, 1, 3])
-        label = tf.cast(ex["label"], tf.int64) if has_label else tf.constant(-1, tf.int64)
-        return {"image": image, "label": label, "index": i + offset}
+        return {"image": image, "label": label_of(ex), "index": i + offset}
 
-    ds = ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds, n, info
+    return ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _load_subset(dataset, split, data_dir, process_index, process_count, info):
@@ -382,17 +386,10 @@ def _load_subset(dataset, split, data_dir, process_index, process_count, info):
                             decoders=decoders, read_config=tfds.ReadConfig(**_SEQUENTIAL))
     remap = tf.constant(table)
 
-    def new_label(ex):
+    def remapped(ex):  # the subset's label (-1: another class), computed once per record
         label = tf.cast(ex["label"], tf.int64)
         inside = tf.logical_and(label >= 0, label < len(table))
-        return tf.where(inside, tf.gather(remap, tf.clip_by_value(label, 0, len(table) - 1)), -1)
+        return dict(ex, label=tf.where(inside, tf.gather(remap, tf.clip_by_value(label, 0, len(table) - 1)), -1))
 
-    def convert(i, ex):
-        image = ex["image"]
-        if not info["is_jpeg"] and image.shape[-1] == 1:
-            image = tf.tile(image, [1, 1, 3])
-        return {"image": image, "label": new_label(ex), "index": i + lo}
-
-    ds = ds.filter(lambda ex: new_label(ex) >= 0).enumerate().map(
-        convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _indexed(ds.map(remapped).filter(lambda ex: ex["label"] >= 0), info, lo, lambda ex: ex["label"])
     return ds.apply(tf.data.experimental.assert_cardinality(hi - lo)) if hi > lo else ds.take(0), hi - lo, info
