@@ -250,7 +250,7 @@ def benchmark(config_name: str, preset: str, batch_size: int, steps: int, dtype:
             "label": rng.integers(0, 10, size=batch_size).astype(np.int32)}
     batch = parallel.shard_batch(host, mesh)
     train_step = step_lib.make_train_step(method, optimizer, lr, num_classes=10)
-    jitted = step_lib.compile_step(train_step, state, batch, mesh)
+    jitted = step_lib.compile_step(train_step, state, mesh)
     t = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - t

@@ -113,10 +113,8 @@ def build(config: ml_collections.ConfigDict, num_steps: int, num_classes: int = 
     sample = np.zeros((2, size, size, 3), np.float32)
     abstract = jax.eval_shape(lambda rng: step_lib.create_state(method, optimizer, rng, sample, int(num_classes)),
                               jax.random.PRNGKey(0))
-    state_sh = parallel.state_sharding(abstract, mesh)
-    train_step = jax.jit(step_lib.make_train_step(method, optimizer, lr_schedule, int(num_classes)),
-                         in_shardings=(state_sh, parallel.batch_sharding(mesh)),
-                         out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
+    train_step = step_lib.compile_step(step_lib.make_train_step(method, optimizer, lr_schedule, int(num_classes)),
+                                       abstract, mesh)
 
     def init() -> TrainState:
         return loop.init_state(config, method, optimizer, info, mesh)[0]

@@ -314,7 +314,7 @@ def build_programs(config, devices) -> Program:
     state = jax.eval_shape(make, jax.random.PRNGKey(config.seed))
     batch = batch_spec(config, method)
     train_fn = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
-    train = _compile(step_lib.compile_step(train_fn, state, batch, mesh).lower(state, batch))
+    train = _compile(step_lib.compile_step(train_fn, state, mesh).lower(state, batch))
 
     # The evaluation feature pass (kNN, linear probe, clustering): the encoder in inference
     # mode on eval.batch_size centre crops, params replicated (ssl_jax.train.features).

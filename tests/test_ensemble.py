@@ -98,7 +98,7 @@ def test_three_block_step_equals_three_one_block_steps(method_name):
             ref_metrics.append(mk)
         # The loop's compiled step (state donated), as ssl_jax.train.loop runs it.
         ens_step = ens_step or step_lib.compile_step(step_lib.make_train_step(method, optimizer, lr, 10),
-                                                     state, batch, mesh)
+                                                     state, mesh)
         state, metrics = ens_step(state, batch)
         for k in range(M):
             np.testing.assert_allclose(metrics[f"loss_block{k}"], ref_metrics[k]["loss"], rtol=1e-5)

@@ -69,7 +69,7 @@ def _compile_step() -> dict:
                             for s in view_sizes(config, SIZE, method.num_views)),
              "label": jax.ShapeDtypeStruct((b,), jax.numpy.int32), "index": jax.ShapeDtypeStruct((b,), jax.numpy.int32)}
     train_step = step_lib.make_train_step(method, optimizer, lr, num_classes=10)
-    text = step_lib.compile_step(train_step, state, batch, mesh).lower(state, batch).compile().as_text()
+    text = step_lib.compile_step(train_step, state, mesh).lower(state, batch).compile().as_text()
     records = [{k: r[k] for k in ("kind", "bytes", "shape")} for r in hlo_collectives.parse_collectives(text)]
     return {"num_devices": jax.device_count(), "mesh": dict(mesh.shape), "collectives": records,
             "param_bytes": hlo_collectives.tree_bytes(state.params)}

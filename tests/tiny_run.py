@@ -115,7 +115,7 @@ def train_steps(config, *, image_size: int, steps: int, steps_per_epoch: int = 1
         local = slice(jax.process_index() * batch_size // jax.process_count(),
                       (jax.process_index() + 1) * batch_size // jax.process_count())
         batch = parallel.shard_batch(jax.tree.map(lambda x: x[local], host), mesh)
-        compiled = compiled or step_lib.compile_step(train_step, state, batch, mesh)
+        compiled = compiled or step_lib.compile_step(train_step, state, mesh)
         state, metrics = compiled(state, batch)
         losses.append(float(parallel.to_host(metrics["loss"])))
     return state, losses

@@ -53,10 +53,19 @@ def rank_sample(z: jax.Array, rows: int = MONITOR_RANK_ROWS) -> jax.Array:
     input. A slice left the sample split over the devices, and on TPU XLA partitioned the SVD's
     QR iterations over D (DINO's 65536 outputs, ViT-S/16 on v4-32: ~700 MB of all-gathers,
     collective-permutes and all-to-alls per step, 4x the gradient all-reduce). Exact:
-    each entry is one value times 1 plus zeros, at HIGHEST precision."""
+    each entry is one value times 1 plus zeros, at HIGHEST precision.
+
+    Under FSDP the projector's output axis D is split too, and the product leaves the sample
+    split over D: on TPU XLA then partitioned the SVD's QR loops over it (DINO ViT-B, data 2 x
+    fsdp 8 on v4-32: ~8 GiB of all-gathers per step). So when the step is traced under a mesh
+    (ssl_jax.train.step.compile_step sets it), the sample is constrained to be replicated: one
+    all-gather of [rows, D] before the SVD."""
     rows = min(rows, z.shape[0])
     select = (jnp.arange(rows)[:, None] == jnp.arange(z.shape[0])[None, :]).astype(z.dtype)
-    return jnp.dot(select, z, precision=jax.lax.Precision.HIGHEST)
+    sample = jnp.dot(select, z, precision=jax.lax.Precision.HIGHEST)
+    if not jax.sharding.get_abstract_mesh().empty:
+        sample = jax.lax.with_sharding_constraint(sample, jax.sharding.PartitionSpec())
+    return sample
 
 
 def group_by_shape(views: Sequence[jax.Array]) -> list:

@@ -217,7 +217,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
             # Minutes for a large network on a CPU: said, so that it does not look like a hang.
             log("Compiling the train step...", flush=True)
             t_first = time.perf_counter()
-            compiled = step_lib.compile_step(train_step, state, batch, mesh)
+            compiled = step_lib.compile_step(train_step, state, mesh)
         state, metrics = compiled(state, batch)
         if progress is None:  # start timing after the first (compiling) step
             jax.block_until_ready(metrics)

@@ -100,9 +100,18 @@ def make_train_step(method, optimizer: optax.GradientTransformation,
     return train_step
 
 
-def compile_step(train_step, state: TrainState, batch_example, mesh: Mesh):
-    """jax.jit of the step with NamedSharding for state and batch; the state is donated."""
+def compile_step(train_step, state: TrainState, mesh: Mesh):
+    """jax.jit of the step with NamedSharding for state (arrays or their shapes) and batch (every
+    leaf split along its leading axis); the state is donated.
+
+    The step is traced under the mesh (as an abstract mesh), so that code inside it can place
+    a sharding constraint without being handed the mesh (ssl_jax.methods.base.rank_sample)."""
     state_sh = parallel.state_sharding(state, mesh)
-    batch_sh = jax.tree.map(lambda _: parallel.batch_sharding(mesh), batch_example)
-    return jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+    batch_sh = parallel.batch_sharding(mesh)  # a prefix of the whole batch tree
+
+    def step_under_mesh(state, batch):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return train_step(state, batch)
+
+    return jax.jit(step_under_mesh, in_shardings=(state_sh, batch_sh),
                    out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
