@@ -32,6 +32,14 @@ Counting rules:
   from the op inside the wrapped computation.
 - Combined ops (XLA's combiner passes merge several all-reduces into one with a tuple
   shape) count as one op whose bytes are the sum over the tuple.
+- TPU: an all-reduce inside a reduce-scatter fusion (a kCustom fusion whose collective
+  emitter is `AllReduceScatterFusion`: GSPMD's gradient of an FSDP-split weight prints as a
+  full-size all-reduce and a dynamic-slice to the device's shard) is counted as the
+  reduce-scatter it runs as: an explicit `lax.psum_scatter` compiles to the same emitter and
+  algorithm. Counted as an all-reduce it showed hsdp at twice its real gradient traffic.
+- TPU: the async collective fusion clones a collective (same opcode, shape and channel_id)
+  into the computations of the compute it overlaps and of its AsyncCollectiveDone; only the
+  copy in the AsyncCollectiveStart computation is counted.
 - Counts are static: an op inside a while loop's body is counted once, not per iteration.
   `collective_bytes_per_step` counts each op as often as a step runs it (a loop body times
   its trip count, read from the loop's condition); `collective_report` gives both.
@@ -172,12 +180,65 @@ def _link_factor(kind: str, n: int | None) -> float:
     return (2.0 if kind == "all-reduce" else 1.0) * (n - 1) / n
 
 
-def parse_collectives(hlo_text: str) -> list[dict]:
+# The TPU compiler's reduce-scatter: a kCustom fusion whose collective emitter is
+# (SingleInput)AllReduceScatterFusion. Its body is an all-reduce followed by a dynamic-slice to
+# the device's shard (how GSPMD partitions a gradient into a split weight, and how the TPU
+# combiner merges several reduce-scatters), or a reduce-scatter op (an explicit
+# lax.psum_scatter); the emitter runs both as a ring reduce-scatter, so its all-reduce is one.
+_RS_FUSION = re.compile(r'\bcalls=%?([^\s,]+).*"emitter":"(?:SingleInput)?AllReduceScatterFusion"')
+
+
+def reduce_scatter_fusions(hlo_text: str) -> set[str]:
+    """Names of the computations that the TPU compiler emits as a reduce-scatter."""
+    return {m.group(1) for m in map(_RS_FUSION.search, hlo_text.splitlines()) if m}
+
+
+def async_clone_ops(hlo_text: str) -> set[str]:
+    """Names of the copies of an asynchronous TPU collective: the compiler's async collective
+    fusion puts the collective into the computation that ends in an AsyncCollectiveStart
+    custom call and clones it (same opcode, shape and channel_id) into the computations of the
+    compute it overlaps and of its AsyncCollectiveDone; it runs once, so only the start's copy
+    counts. (Channel ids alone do not identify a collective: distinct shard_map collectives can
+    share one.)"""
+    comps, _ = computations(hlo_text)
+    op = re.compile(r"=\s*(.*?)\s((?:" + "|".join(KINDS) + r")(?:-start)?)\(.*\bchannel_id=(\d+)")
+
+    def key(line):
+        m, name = op.search(line), _INSTR.match(line)
+        if not (m and name):
+            return None, None
+        return name.group(1).lstrip("%"), (m.group(2), re.sub(r"\{[^{}]*\}", "", m.group(1)), m.group(3))
+
+    started = {key(l)[1] for lines in comps.values() if any("AsyncCollectiveStart" in l for l in lines)
+               for l in lines} - {None}
+    clones = set()
+    for lines in comps.values():
+        if any("AsyncCollectiveStart" in l for l in lines):
+            continue
+        for l in lines:
+            name, k = key(l)
+            if k in started:
+                clones.add(name)
+    return clones
+
+
+def parse_collectives(hlo_text: str, reduce_scatter: bool = False, skip: set | None = None) -> list[dict]:
     """One record per collective op in the HLO text: kind, name, bytes (per the module
-    docstring's convention), group size (None if unknown) and the raw shape."""
+    docstring's convention), group size (None if unknown) and the raw shape.
+
+    An all-reduce inside a TPU reduce-scatter fusion (reduce_scatter_fusions: found in the
+    text, or `reduce_scatter=True` for the lines of one such computation) is recorded as the
+    reduce-scatter it runs as (same operand bytes, half the link traffic of an all-reduce)."""
+    rs_comps = reduce_scatter_fusions(hlo_text)
+    skip = async_clone_ops(hlo_text) if skip is None else skip
     shapes: dict[str, str] = {}
     pending = []
+    in_rs = reduce_scatter
     for line in hlo_text.splitlines():
+        h = _HEADER.match(line)
+        if h:
+            in_rs = reduce_scatter or h.group(2) in rs_comps
+            continue
         m = _INSTR.match(line)
         if not m:
             continue
@@ -189,8 +250,10 @@ def parse_collectives(hlo_text: str) -> list[dict]:
             continue
         op = opcode.group(1)
         kind = op.removesuffix("-start")
-        if kind not in KINDS:
+        if kind not in KINDS or name in skip:
             continue
+        if kind == "all-reduce" and in_rs:  # its buffer = the operand of the reduce-scatter
+            kind = op = "reduce-scatter-fused"
         pending.append((kind, op, name, shape, call))
     records = []
     for kind, op, name, shape, call in pending:
@@ -210,6 +273,8 @@ def parse_collectives(hlo_text: str) -> list[dict]:
                 raise ValueError(f"cannot size the operand of reduce-scatter {name!r}")
         else:  # all-reduce(-start), all-gather, all-to-all, collective-permute: the result
             nbytes = shape_bytes(shape)
+        if kind == "reduce-scatter-fused":
+            kind = "reduce-scatter"
         records.append({"kind": kind, "name": name, "bytes": nbytes, "group_size": n,
                         "shape": shape})
     return records
@@ -302,10 +367,12 @@ def collective_bytes_per_step(hlo_text: str) -> dict:
     'unknown_trip_loops': loops whose trip count could not be read (counted once)."""
     comps, _ = computations(hlo_text)
     weights, unknown = loop_weights(hlo_text)
+    rs_comps = reduce_scatter_fusions(hlo_text)
+    skip = async_clone_ops(hlo_text)
     out = {k: {"count": 0, "bytes": 0, "link_bytes": 0.0} for k in KINDS + ("total",)}
     for name, lines in comps.items():
         w = weights[name]
-        for r in parse_collectives("\n".join(lines)):
+        for r in parse_collectives("\n".join(lines), reduce_scatter=name in rs_comps, skip=skip):
             link = r["bytes"] * _link_factor(r["kind"], r["group_size"])
             for k in (r["kind"], "total"):
                 out[k]["count"] += w

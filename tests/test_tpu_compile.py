@@ -69,9 +69,11 @@ def test_collectives_follow_the_mesh(compiled):
     c = r["collectives"]
     assert c["strategy"] == "hsdp"
     measured, ideal = c["collectives"], c["ideal_collective_bytes"]
-    # FSDP: the split weights are gathered (at least once each); data parallelism over the
-    # other axis: gradients are summed over it (at least each device's shard of them).
-    assert measured["all-gather"]["bytes"] >= ideal["all-gather"] > 0
+    # FSDP: split weights are gathered and gradients reduce-scattered (at batch 16 the
+    # partitioner moves activations instead for some layers, so not every weight is gathered);
+    # data parallelism over the other axis: gradients are summed over it (at least each
+    # device's shard of them).
+    assert measured["all-gather"]["bytes"] > 0 and measured["reduce-scatter"]["bytes"] > 0
     assert measured["all-reduce"]["bytes"] >= ideal["all-reduce"] > 0
     assert c["collective_over_ideal"] >= 0.5
 
@@ -129,6 +131,39 @@ def test_rank_monitor_under_fsdp_is_not_partitioned():
     assert static["all-to-all"]["count"] == static["collective-permute"]["count"] == 0
     # At most the [256, 4096] float32 sample (4 MiB) summed over data and gathered over fsdp.
     assert per_step["total"]["bytes"] <= 3 * 256 * 4096 * 4
+
+
+@needs_libtpu
+def test_hsdp_gradients_are_reduce_scattered():
+    """Under hsdp (data 2 x fsdp 2) the gradients of FSDP-split weights are reduce-scattered over
+    fsdp, then their shards all-reduced over data. On TPU GSPMD's reduce-scatter prints as an
+    all-reduce + dynamic-slice inside an AllReduceScatterFusion (the emitter of an explicit
+    lax.psum_scatter): the counter must see a reduce-scatter, and count the async collective
+    fusion's copies of one gather once (the old counter: 3 all-reduces of 6 MiB, 4 gathers)."""
+    from ssl_jax import hlo_collectives
+    from ssl_jax.train import step as step_lib
+
+    devices, _ = compile_lib.topology_devices(TOPOLOGY)
+    mesh = parallel.make_mesh(devices=devices, data=2, fsdp=2)
+    state = {"w1": jax.ShapeDtypeStruct((512, 1024), jnp.float32),
+             "w2": jax.ShapeDtypeStruct((1024, 512), jnp.float32)}
+    batch = {"x": jax.ShapeDtypeStruct((8192, 512), jnp.float32)}  # large enough that weights, not activations, move
+
+    def loss(p, x):
+        return jnp.mean((jax.nn.relu(x @ p["w1"]) @ p["w2"] - x) ** 2)
+
+    def step(state, batch):
+        grads = jax.grad(loss)(state, batch["x"])
+        return jax.tree.map(lambda w, g: w - 0.1 * g, state, grads), {}
+
+    text = step_lib.compile_step(step, state, mesh).lower(state, batch).compile().as_text()
+    c = hlo_collectives.collective_bytes(text)
+    full = 2 * 512 * 1024 * 4  # both float32 gradients, full size
+    assert c["reduce-scatter"]["bytes"] == full  # over fsdp: operand = the full gradients
+    assert c["all-reduce"]["bytes"] <= full // 2 + 64  # over data: only the shards (+ scalars)
+    # Each weight gathered at most once (2 MiB here): the async collective fusion's three
+    # copies of a gather are one gather (counted each, 4 MiB).
+    assert 0 < c["all-gather"]["bytes"] <= full // 2
 
 
 def test_matmul_flops_closed_form():
