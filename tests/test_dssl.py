@@ -207,6 +207,11 @@ REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ds
 # collapse monitor z_std differs in its last bit, and MoCo v2's constant EMA rate is a Python
 # float (its target moves by up to 1.4e-6 relative); atol: sums of a leaf that cancel to ~0.
 RTOL, ATOL = 1e-5, 1e-7
+# The reference was written on an Intel Xeon. On an AMD EPYC (XLA's CPU code and oneDNN's
+# kernels differ per CPU) the gradients differ by up to 2.4e-5 of the leaf's largest entry
+# (MoCo v3 'repro'; every other output within RTOL): each leaf's atol is also SCALE_TOL times its
+# largest entry, 4x that, far below what a changed term or weight moves.
+SCALE_TOL = 1e-4
 
 
 def _golden_cases():
@@ -233,7 +238,8 @@ def test_every_mode_gives_the_numbers_of_the_code_before_dssl_moved(case, name, 
         if value.dtype.kind in "iU":  # names, view plan, number of views
             np.testing.assert_array_equal(value, want, err_msg=f"{case}/{key}")
         else:
-            np.testing.assert_allclose(value, want, rtol=RTOL, atol=ATOL, err_msg=f"{case}/{key}")
+            atol = max(ATOL, SCALE_TOL * float(np.max(np.abs(want)))) if want.size else ATOL
+            np.testing.assert_allclose(value, want, rtol=RTOL, atol=atol, err_msg=f"{case}/{key}")
 
 
 def test_view_plans():
