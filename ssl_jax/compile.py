@@ -329,8 +329,9 @@ def build_programs(config, devices) -> Program:
     blocks = ensemble.num_blocks(method)
     if blocks > 1:
         notes.append(f"an ensemble of {blocks} blocks: the step maps one block's step over them (jax.lax.map, a "
-                     f"while loop XLA's cost analysis and the HLO's collectives count once), so the train "
-                     f"step's FLOPs, bytes accessed and collectives are the counted ones x {blocks}")
+                     f"while loop XLA's cost analysis counts once), so the train step's FLOPs and bytes "
+                     f"accessed are the counted ones x {blocks}; its collectives per step are read with the "
+                     f"loop's trip count")
     return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes, blocks)
 
 
@@ -472,23 +473,6 @@ def per_step_cost(cost: dict, blocks: int) -> dict:
     return dict(cost, **{k: float(cost[k]) * blocks for k in ("flops", "bytes accessed") if k in cost})
 
 
-def scaled_collectives(report: dict, blocks: int) -> dict:
-    """hlo_collectives.collective_report of a train step that runs its loop body (which holds
-    its collectives) `blocks` times: counts and bytes x blocks, the ratio to the ideal (whose
-    params are already all blocks') recomputed."""
-    if blocks == 1:
-        return report
-    out = copy.deepcopy(report)
-    for v in out["collectives"].values():
-        v["count"] *= blocks
-        v["bytes"] *= blocks
-        v["link_bytes"] = None if v["link_bytes"] is None else v["link_bytes"] * blocks
-    ideal = out["ideal_collective_bytes"]["total"]
-    out["collective_over_ideal"] = round(out["collectives"]["total"]["bytes"] / ideal, 4) if ideal else None
-    out["loop_iterations"] = blocks
-    return out
-
-
 def step_estimate(cost: dict, spec: Chip) -> dict:
     """{'roofline_s', 'xla_optimal_s', 'used': 'roofline' | 'xla', 'step_s'}: XLA's cost-model
     time where positive and not below the roofline bound (it cannot beat the peaks), else the
@@ -542,7 +526,9 @@ def report(program: Program, spec: Chip, topology: str) -> dict:
             rec["largest_values"] = largest_values(text)
         out[name] = rec
         if name == "train":
-            out["collectives"] = scaled_collectives(collective_report(text, program.state, mesh), program.blocks)
+            # An ensemble's blocks are one while loop: its collectives per step (each op times
+            # the loop's trip count) are read from the HLO, not scaled here.
+            out["collectives"] = collective_report(text, program.state, mesh)
             if not rec["fits"]:
                 rec["largest_state_leaves"] = largest_state_leaves(program.state, mesh)
     analytic = analytic_flops(program.train_fn, program.state, program.batch)
@@ -591,19 +577,23 @@ def format_report(r: dict) -> str:
     lines.append(f"train step: {t['flops_per_image'] / 1e9:.2f} GFLOP per image compiled, "
                  f"{t['analytic_flops_per_image'] / 1e9:.2f} analytic (matmuls and convolutions of the step's "
                  f"jaxpr): ratio {t['flops_over_analytic']:.3f}.")
-    kinds = ", ".join(f"{k} {v['count']} ops {v['bytes'] / 2**20:.1f} MiB" for k, v in c["collectives"].items()
-                      if k != "total")
+    def kinds(counts):
+        return ", ".join(f"{k} {v['count']} ops {v['bytes'] / 2**20:.1f} MiB" for k, v in counts.items()
+                         if k != "total") or "none"
+
+    # The headline is what a step moves: each op times the while-loop iterations that run it
+    # (FSDP's looped collective matmuls, an ensemble's blocks); reports written before that
+    # count existed carry only the static one.
+    static, per_step = c["collectives"], c.get("collectives_per_step") or c["collectives"]
+    ratio = c.get("per_step_over_ideal", c["collective_over_ideal"])
     ideal = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in c["ideal_collective_bytes"].items() if k != "total")
-    ratio = c["collective_over_ideal"]
-    lines.append(f"collectives per device ({c['strategy']}): {kinds or 'none'}; ideal {ideal}; "
-                 f"ratio {ratio if ratio is not None else 'n/a'}.")
-    per_step = c.get("collectives_per_step")
-    if per_step and per_step["total"]["bytes"] != c["collectives"]["total"]["bytes"]:
-        looped = ", ".join(f"{k} {v['count']} ops {v['bytes'] / 2**20:.1f} MiB" for k, v in per_step.items()
-                           if k != "total")
-        lines.append(f"  counting while-loop bodies once per iteration: {looped}; ratio {c['per_step_over_ideal']}"
-                     + (f" ({c['unknown_trip_loops']} loops of unknown trip count counted once)"
-                        if c["unknown_trip_loops"] else "") + ".")
+    lines.append(f"collectives per device per step ({c['strategy']}): {kinds(per_step)}; ideal {ideal}; "
+                 f"ratio {ratio if ratio is not None else 'n/a'}"
+                 + (f" ({c['unknown_trip_loops']} loops of unknown trip count counted once)"
+                    if c.get("unknown_trip_loops") else "") + ".")
+    if per_step["total"]["bytes"] != static["total"]["bytes"]:
+        lines.append(f"  counting each op once (a while-loop body once): {kinds(static)}; "
+                     f"ratio {c['collective_over_ideal']}.")
     e = t["estimate"]
     xla = f"{e['xla_optimal_s'] * 1e3:.1f} ms" if e["xla_optimal_s"] is not None else "none"
     lines.append(f"step time ESTIMATE: roofline {e['roofline_s'] * 1e3:.1f} ms, XLA cost model {xla}; "
