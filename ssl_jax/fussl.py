@@ -67,7 +67,7 @@ import numpy as np
 
 from ssl_jax import losses, parallel, stages, storage
 from ssl_jax.data import pipeline
-from ssl_jax.methods import build_method, ensemble, fussl_phase2, sslpp
+from ssl_jax.methods import build_method, ensemble, fussl_phase2
 from ssl_jax.train import checkpoint, init_weights, preemption
 from ssl_jax.train import features as features_lib
 from ssl_jax.train.logging import console, pass_reporter
@@ -251,7 +251,7 @@ def label(config, phase1_dir: str, path: str, cycle: int | None = None) -> dict:
     read_labels' dict."""
     f = config.fussl
     data = config.phase1.data
-    fingerprint = sslpp.training_fingerprint(data)
+    fingerprint = pipeline.training_fingerprint(data)
     state, step, _ = checkpoint.restore_raw(phase1_dir)
     settings = label_settings(config, step, cycle)
     if storage.exists(path):

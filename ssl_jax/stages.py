@@ -89,7 +89,7 @@ def stage_a(config, workdir: str) -> str:
 def stage_b(config, stage_a_dir: str | None, path: str) -> int:
     """The labels file at `path` (made unless present for this run); returns its C."""
     b, data = config.stage_b, config.stage_c.data
-    fingerprint = sslpp.training_fingerprint(data)
+    fingerprint = pipeline.training_fingerprint(data)
     pre = pretrained_lib.load_workdir(stage_a_dir, "online") if stage_a_dir else None
     step = int(pre.run["step"]) if pre is not None else -1
     if storage.exists(path):
@@ -154,7 +154,7 @@ def training_pixels(data, batch_size: int) -> np.ndarray:
     """[N, S·S·3] float32: every training image's evaluation view (centre crop at data.image_size,
     normalised by data.mean / data.std as every view the network sees), flattened, in
     dataset-index order (the order of the labels file). Polls for a multi-process SIGTERM per batch."""
-    n = sslpp.training_fingerprint(data)["num_examples"]
+    n = pipeline.training_fingerprint(data)["num_examples"]
     out = None
     for batch in pipeline.eval_iterator(data, data.train_split, global_batch_size=batch_size,
                                         process_index=0, process_count=1):

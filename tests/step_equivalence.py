@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
+from ssl_jax.data import pipeline  # noqa: E402
 from ssl_jax.methods import fussl_phase2  # noqa: E402
 from tests.tiny_run import train_steps  # noqa: E402
 
@@ -97,7 +98,7 @@ def sslpp_labels(data_cfg) -> str:
     writes it; the same bytes from every process that makes it (written atomically)."""
     from ssl_jax.methods import sslpp
     import tempfile
-    fingerprint = sslpp.training_fingerprint(data_cfg)
+    fingerprint = pipeline.training_fingerprint(data_cfg)
     path = os.path.join(tempfile.gettempdir(), f"ssl_jax_sslpp_{fingerprint['dataset']}_labels.npz")
     labels = np.random.default_rng(0).integers(0, SSLPP_CLASSES, fingerprint["num_examples"])
     sslpp.write_labels(path, labels, fingerprint, num_classes=SSLPP_CLASSES, source="random")
@@ -110,9 +111,8 @@ def fussl_phase2_config():
     import tempfile
     import jax.numpy as jnp
     from ssl_jax import losses
-    from ssl_jax.methods import sslpp
     config = importlib.import_module("configs.fussl").get_config("demo").phase2
-    fingerprint = sslpp.training_fingerprint(config.data)
+    fingerprint = pipeline.training_fingerprint(config.data)
     dim = config.fussl_phase2.projector.output_dim
     out = np.random.default_rng(0).normal(size=(3, fingerprint["num_examples"], dim)).astype(np.float32)
     classes, weights = losses.fuzzy_labels(jnp.asarray(out))

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from ssl_jax import losses
-from ssl_jax.methods import build_method, fussl_phase2, sslpp
+from ssl_jax.data import pipeline
+from ssl_jax.methods import build_method, fussl_phase2
 from ssl_jax.parallel import PER_EXAMPLE_KEY
 from tests.test_faults import _sigterm_self
 
 
 def synthetic_labels(path, data_cfg, num_classes, m=3, seed=0):
     """A labels file of fuzzy labels from random ensemble outputs, for the config's training set."""
-    fp = sslpp.training_fingerprint(data_cfg)
+    fp = pipeline.training_fingerprint(data_cfg)
     out = np.random.default_rng(seed).normal(size=(m, fp["num_examples"], num_classes)).astype(np.float32)
     classes, weights = losses.fuzzy_labels(jnp.asarray(out))
     fussl_phase2.write_labels(str(path), classes, weights, fp, chosen_block=0, block_errors=[1.0] * m,
@@ -96,7 +97,7 @@ def test_frozen_stages_without_the_optimizer_mask_is_one_error(tmp_path):
 def test_labels_of_another_training_set_are_one_error(tmp_path):
     config = phase2_config(tmp_path)
     path = tmp_path / "other.npz"
-    fp = dict(sslpp.training_fingerprint(config.data), num_examples=5)
+    fp = dict(pipeline.training_fingerprint(config.data), num_examples=5)
     fussl_phase2.write_labels(str(path), np.zeros((5, 3)), np.ones((5, 3)) / 3, fp, chosen_block=0,
                               block_errors=[0, 0, 0], config={})
     config.fussl_phase2.labels = str(path)
@@ -167,7 +168,6 @@ def test_staged_run_labels_resumes_and_refuses_other_labels(tmp_path, monkeypatc
     import shutil
 
     from ssl_jax import fussl
-    from ssl_jax.data import pipeline
     from ssl_jax.methods import ensemble
     from ssl_jax.train import checkpoint, init_weights, preemption
 

@@ -113,7 +113,7 @@ class FusslPhase2(DatasetTargets):
         self.temperature, self.normalize = float(cfg.temperature), bool(cfg.normalize)
         self.num_classes = int(cfg.projector.output_dim)
         stored = read_labels(cfg.labels)
-        check_labels(stored, sslpp.training_fingerprint(config.data), cfg.labels)
+        check_labels(stored, pipeline.training_fingerprint(config.data), cfg.labels)
         classes = stored["classes"]
         if classes.min() < 0 or classes.max() >= self.num_classes:
             raise ValueError(f"The labels in {cfg.labels} name pseudo-classes up to {classes.max()}, but the "

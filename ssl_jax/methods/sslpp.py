@@ -74,12 +74,6 @@ COUPLED = "coupled"  # config.sslpp.labels for the coupled ablation
 FINGERPRINT_KEYS = ("dataset", "split", "num_examples")
 
 
-def training_fingerprint(data_cfg) -> dict:
-    """The training set a labels file must label: name, split and size, and the classes of a
-    class subset (pipeline.training_fingerprint)."""
-    return pipeline.training_fingerprint(data_cfg)
-
-
 def fingerprint_arrays(fingerprint: dict) -> dict:
     """The fingerprint's entries as arrays for an .npz labels file ('data_classes' only for a subset)."""
     keys = FINGERPRINT_KEYS + (("data_classes",) if "data_classes" in fingerprint else ())
@@ -151,7 +145,7 @@ class SemanticHead:
     def __init__(self, method, section, data_cfg):
         self._configure(method, section)
         stored = read_labels(section.labels)
-        check_fingerprint(stored["fingerprint"], training_fingerprint(data_cfg), section.labels)
+        check_fingerprint(stored["fingerprint"], pipeline.training_fingerprint(data_cfg), section.labels)
         labels = stored["labels"]
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise ValueError(f"The labels in {section.labels} range over [{labels.min()}, {labels.max()}], "
@@ -246,7 +240,7 @@ class CoupledSemanticHead(SemanticHead):
             raise ValueError(f"config.sslpp: coupled labels need recluster_epochs >= 1, pca_dim >= 0 (0: the "
                              f"features' dimension) and kmeans_iters >= 1; got {self.recluster_epochs}, "
                              f"{self.pca_dim}, {self.kmeans_iters}.")
-        self.num_examples = training_fingerprint(config.data)["num_examples"]
+        self.num_examples = pipeline.training_fingerprint(config.data)["num_examples"]
         batch = int(config.global_batch_size)
         self.num_rows = -(-self.num_examples // batch) * batch
         self.seed = int(config.seed)

@@ -160,7 +160,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, evaluator: Eval
     state, state_sh = init_state(config, method, optimizer, info, mesh)
     ckpt = config.checkpoint
     manager = checkpoint.make_manager(workdir, ckpt.keep, ckpt.async_save)
-    data_fingerprint = refresh.fingerprint(config.data) if refresh.refreshes(method) else None
+    data_fingerprint = pipeline.training_fingerprint(config.data) if refresh.refreshes(method) else None
     if data_fingerprint is not None:  # before restoring: the per-example shapes depend on it
         refresh.check_fingerprint(checkpoint.latest_meta(manager), data_fingerprint, manager.directory)
     log = console if is_main else (lambda *a, **k: None)  # process 0 speaks for the run, timestamped

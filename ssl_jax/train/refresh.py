@@ -43,12 +43,6 @@ def is_due(method, state, step: int, steps_per_epoch: int) -> bool:
     return int(parallel.to_host(state.method_state["refreshed_at"])) != step
 
 
-def fingerprint(data_cfg) -> dict:
-    """What the per-example state is indexed by: the training set's name, split and size (and
-    class subset): pipeline.training_fingerprint."""
-    return pipeline.training_fingerprint(data_cfg)
-
-
 def check_fingerprint(saved: dict | None, current: dict, checkpoint_dir: str) -> None:
     """One clear error when a checkpoint's per-example state belongs to another training set."""
     saved = (saved or {}).get("dataset_fingerprint")
