@@ -89,6 +89,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def replicate_in_step(x: jax.Array) -> jax.Array:
+    """x constrained to be whole on every device, when traced under a mesh (the train step is:
+    ssl_jax.train.step.compile_step); unchanged otherwise. For small arrays that a step keeps
+    replicated (a queue's new rows, the rank monitor's sample): left to itself, XLA may instead
+    split them like the batch they come from and move them with all-to-alls and permutes, or
+    partition the op that reads them."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, P())
+
+
 def fsdp_spec(shape: tuple, fsdp: int) -> P:
     """The PartitionSpec of one state leaf under FSDP of size `fsdp`.
 

@@ -138,6 +138,18 @@ def test_sinkhorn_shift_invariant_and_stable_far_from_the_max():
     np.testing.assert_allclose(q, _np_sinkhorn(s, 0.05, 3), rtol=1e-4, atol=ATOL)
 
 
+def test_sinkhorn_blocks_are_the_concatenated_rows_split_back():
+    # SwAV's queue (here 24 rows) before the batch (8): the same codes as one Sinkhorn over the
+    # 32 rows, against the NumPy reference, without concatenating the blocks.
+    queue, batch = _normal(4, 24, 6, scale=0.5), _normal(5, 8, 6, scale=0.5)
+    ref = _np_sinkhorn(np.concatenate([queue, batch]), 0.05, 3)
+    got = jax.jit(lambda a, b: losses.sinkhorn_blocks([a, b], 0.05, 3))(queue, batch)
+    assert [g.shape for g in got] == [(24, 6), (8, 6)]
+    np.testing.assert_allclose(np.concatenate(got), ref, rtol=RTOL, atol=ATOL)
+    # Rows are normalised over all 32: the batch block alone is not its own Sinkhorn.
+    assert not np.allclose(got[1], _np_sinkhorn(batch, 0.05, 3), rtol=1e-3)
+
+
 def test_sinkhorn_has_no_gradient():
     s = jnp.asarray(_normal(2, 8, 5))
     w = jnp.asarray(_normal(3, 8, 5))

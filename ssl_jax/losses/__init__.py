@@ -17,6 +17,7 @@ collectives). Stop-gradients that belong to the loss are applied inside it.
 | `vicreg(z1, z2, sim_weight=25, var_weight=25, cov_weight=1)` | sim_weight·MSE(z1, z2) + var_weight·(mean relu(1 − sqrt(var(z1) + 1e-4)) + same for z2) + cov_weight·(Σ_{i≠j} cov(z1)_ij²/D + same for z2); var and cov unbiased (N − 1) |
 | `wmse(z, rng, w_size, w_iter=1, eps=0.0)` | W-MSE on z [V, N, D]: per random partition of the N images into sub-batches of w_size, each view whitened per sub-batch (`whiten`, Cholesky); mean over view pairs i < j and partitions of mean_n (2 − 2·cos(w_i,n, w_j,n)) |
 | `sinkhorn(scores, epsilon=0.05, num_iters=3)` | SwAV Sinkhorn-Knopp on exp(scores/ε) for scores [B, K]: alternately normalise prototypes (columns) and samples (rows); returns Q [B, K] whose rows sum to 1 |
+| `sinkhorn_blocks(blocks, epsilon=0.05, num_iters=3)` | `sinkhorn` over the rows of several [B_i, K] blocks taken together (SwAV's queue and batch), returned as blocks, with no concatenation |
 | `swav(logits, codes, temperature=0.1)` | logits [V, N, K] prototype scores of V crops; codes [A, N, K] targets of the first A crops; mean over every pair (a, v), v ≠ a, of mean_i cross-entropy(codes[a, i], softmax(logits[v, i]/T)) |
 | `dino(student_logits, teacher_logits, center, student_temp=0.1, teacher_temp=0.04)` | student [Vs, N, K], teacher [Vt, N, K] (teacher crop t is student crop t); targets softmax((teacher − center)/teacher_temp) under stop_grad; mean over pairs (t, s), s ≠ t, of mean_i cross-entropy with softmax(student/student_temp) |
 | `carl(logits_a, logits_b, entropy_weight)` | CARL: −mean_i log⟨p_i^a, p_i^b⟩ + λ_e·(KL(mean p^a ‖ U) + KL(mean p^b ‖ U)), p = softmax(logits); returns (loss, {consistency, kl}) |
@@ -42,7 +43,7 @@ from ssl_jax.losses.contrastive import info_nce, nt_xent
 from ssl_jax.losses.directional import directional, neg_cosine
 from ssl_jax.losses.fuzzy import block_errors, dense_labels, fuzzy_labels, soft_cross_entropy
 from ssl_jax.losses.iic import iic
-from ssl_jax.losses.prototypes import carl, carp, carp_permutation, dino, sinkhorn, swav
+from ssl_jax.losses.prototypes import carl, carp, carp_permutation, dino, sinkhorn, sinkhorn_blocks, swav
 from ssl_jax.losses.proxy import aet, colorization, context_encoder, rebalance_weights, soft_encode
 from ssl_jax.losses.pseudo_labels import deepcluster_v2, hierarchical_cross_entropy, self_label
 from ssl_jax.losses.redundancy import barlow_twins, vicreg, whiten, wmse
@@ -50,7 +51,7 @@ from ssl_jax.losses.regression import byol, cosine_similarity, l2_normalize, sim
 from ssl_jax.losses.rotation import rotation_cross_entropy
 
 __all__ = ["byol", "simsiam", "cosine_similarity", "l2_normalize", "nt_xent", "info_nce",
-           "barlow_twins", "vicreg", "whiten", "wmse", "sinkhorn", "swav", "dino", "carl", "carp",
+           "barlow_twins", "vicreg", "whiten", "wmse", "sinkhorn", "sinkhorn_blocks", "swav", "dino", "carl", "carp",
            "carp_permutation", "directional", "neg_cosine", "deepcluster_v2", "self_label",
            "hierarchical_cross_entropy", "rotation_cross_entropy", "iic",
            "colorization", "context_encoder", "aet", "soft_encode", "rebalance_weights",

@@ -28,19 +28,35 @@ def sinkhorn(scores: jax.Array, epsilon: float = 0.05, num_iters: int = 3) -> ja
     multiplicative updates then divide 0 by 0 and turn the whole batch into NaN. A constant
     added to all scores changes nothing (the first normalisation removes it).
     """
-    log_q = jax.lax.stop_gradient(scores.astype(jnp.float32)) / epsilon
-    if log_q.ndim != 2:
+    if scores.ndim != 2:
         raise ValueError(f"sinkhorn: scores must be [B, K], got shape {scores.shape}")
-    b, k = log_q.shape
-    log_q = log_q - jax.nn.logsumexp(log_q)
+    return sinkhorn_blocks([scores], epsilon=epsilon, num_iters=num_iters)[0]
 
-    def iteration(_, log_q):
-        log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - math.log(k)
-        return log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - math.log(b)
+
+def sinkhorn_blocks(blocks, epsilon: float = 0.05, num_iters: int = 3) -> list:
+    """`sinkhorn` of the rows of several [B_i, K] score blocks taken together (SwAV's queue
+    before the batch), returned as blocks: the same numbers as sinkhorn(concatenate(blocks))
+    split back. Why blocks: a concatenation of a replicated block (the queue) and a block split
+    over devices (the batch) makes XLA move rows between devices (all-to-alls and permutes on
+    TPU); kept apart, rows are normalised where they are and only the [K] column sums are
+    reduced over devices."""
+    log_qs = [jax.lax.stop_gradient(x.astype(jnp.float32)) / epsilon for x in blocks]
+    k, b = log_qs[0].shape[1], sum(x.shape[0] for x in log_qs)
+
+    def logsumexp_rows(log_qs, **kw):  # over every block's rows
+        return jax.nn.logsumexp(jnp.stack([jax.nn.logsumexp(x, axis=0, **kw) for x in log_qs]), axis=0)
+
+    total = jax.nn.logsumexp(logsumexp_rows(log_qs))
+    log_qs = [x - total for x in log_qs]
+
+    def iteration(_, log_qs):
+        cols = logsumexp_rows(log_qs, keepdims=True)
+        log_qs = [x - cols - math.log(k) for x in log_qs]
+        return [x - jax.nn.logsumexp(x, axis=1, keepdims=True) - math.log(b) for x in log_qs]
 
     # A loop, not unrolled: compile time stays flat in num_iters.
-    log_q = jax.lax.fori_loop(0, num_iters, iteration, log_q)
-    return jnp.exp(log_q + math.log(b))
+    log_qs = jax.lax.fori_loop(0, num_iters, iteration, log_qs)
+    return [jnp.exp(x + math.log(b)) for x in log_qs]
 
 
 def _cross_view_cross_entropy(targets: jax.Array, log_probs: jax.Array) -> jax.Array:

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ssl_jax import monitors, schedules
+from ssl_jax import monitors, parallel, schedules
 from ssl_jax.methods import common
 from ssl_jax.models import build_encoder, build_head
 
@@ -58,14 +58,11 @@ def rank_sample(z: jax.Array, rows: int = MONITOR_RANK_ROWS) -> jax.Array:
     Under FSDP the projector's output axis D is split too, and the product leaves the sample
     split over D: on TPU XLA then partitioned the SVD's QR loops over it (DINO ViT-B, data 2 x
     fsdp 8 on v4-32: ~8 GiB of all-gathers per step). So when the step is traced under a mesh
-    (ssl_jax.train.step.compile_step sets it), the sample is constrained to be replicated: one
-    all-gather of [rows, D] before the SVD."""
+    (ssl_jax.train.step.compile_step sets it), the sample is constrained to be replicated
+    (parallel.replicate_in_step): one all-gather of [rows, D] before the SVD."""
     rows = min(rows, z.shape[0])
     select = (jnp.arange(rows)[:, None] == jnp.arange(z.shape[0])[None, :]).astype(z.dtype)
-    sample = jnp.dot(select, z, precision=jax.lax.Precision.HIGHEST)
-    if not jax.sharding.get_abstract_mesh().empty:
-        sample = jax.lax.with_sharding_constraint(sample, jax.sharding.PartitionSpec())
-    return sample
+    return parallel.replicate_in_step(jnp.dot(select, z, precision=jax.lax.Precision.HIGHEST))
 
 
 def group_by_shape(views: Sequence[jax.Array]) -> list:

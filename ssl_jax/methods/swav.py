@@ -17,7 +17,7 @@ resolution, the heads once over all crops (the authors' multi-crop wrapper).
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import losses
+from ssl_jax import losses, parallel
 from ssl_jax.methods.base import JointEmbeddingMethod
 from ssl_jax.models import Prototypes, build_head, normalize_prototypes
 
@@ -57,11 +57,11 @@ class SwAV(JointEmbeddingMethod):
         eps, iters = self.cfg.sinkhorn_epsilon, self.cfg.sinkhorn_iters
         if queue_scores is None:
             return losses.sinkhorn(scores, epsilon=eps, num_iters=iters)
-        n = scores.shape[0]
-        # One Sinkhorn per step: over queue + batch once the queue is full, else the batch.
+        # One Sinkhorn per step: over queue + batch once the queue is full, else the batch. The
+        # queue's rows (replicated) and the batch's (split over devices) stay separate blocks.
         return jax.lax.cond(
             use_queue,
-            lambda: losses.sinkhorn(jnp.concatenate([queue_scores, scores]), epsilon=eps, num_iters=iters)[-n:],
+            lambda: losses.sinkhorn_blocks([queue_scores, scores], epsilon=eps, num_iters=iters)[1],
             lambda: losses.sinkhorn(scores, epsilon=eps, num_iters=iters))
 
     def objective(self, out, target, method_state, rng, step, params):
@@ -84,7 +84,9 @@ class SwAV(JointEmbeddingMethod):
         if queue is not None:
             active = step >= self.queue_start_step
             n = scores.shape[1]
-            pushed = jnp.concatenate([emb[:a], queue["embeddings"][:, :-n]], axis=1)
+            # The batch's embeddings gathered once (the queue is replicated state): joined while
+            # split, XLA moved them with all-to-alls and permutes on TPU.
+            pushed = jnp.concatenate([parallel.replicate_in_step(emb[:a]), queue["embeddings"][:, :-n]], axis=1)
             updates["queue"] = {
                 "embeddings": jnp.where(active, pushed, queue["embeddings"]),
                 "count": jnp.where(active, jnp.minimum(queue["count"] + n, self.cfg.queue_length),
