@@ -100,6 +100,16 @@ def replicate_in_step(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, P())
 
 
+def split_rows_in_step(x: jax.Array) -> jax.Array:
+    """x constrained to be split along its leading axis like the batch (over `data` x `fsdp`),
+    when traced under a mesh; unchanged otherwise. For rows of replicated state that a step
+    processes like batch rows (SwAV's queue): each device takes its own rows of the array it
+    already holds (no communication), instead of every device computing all of them."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
 def fsdp_spec(shape: tuple, fsdp: int) -> P:
     """The PartitionSpec of one state leaf under FSDP of size `fsdp`.
 

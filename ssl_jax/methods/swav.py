@@ -58,7 +58,7 @@ class SwAV(JointEmbeddingMethod):
         if queue_scores is None:
             return losses.sinkhorn(scores, epsilon=eps, num_iters=iters)
         # One Sinkhorn per step: over queue + batch once the queue is full, else the batch. The
-        # queue's rows (replicated) and the batch's (split over devices) stay separate blocks.
+        # queue's rows and the batch's stay separate blocks, each split over the devices.
         return jax.lax.cond(
             use_queue,
             lambda: losses.sinkhorn_blocks([queue_scores, scores], epsilon=eps, num_iters=iters)[1],
@@ -74,7 +74,10 @@ class SwAV(JointEmbeddingMethod):
         for i in range(a):
             q_scores, use = None, None
             if queue is not None:
-                q_scores = queue["embeddings"][i] @ kernel
+                # The queue's rows split over the devices like the batch's (each device scores
+                # and normalises its share of the replicated queue): no row moves, none is
+                # computed twice.
+                q_scores = parallel.split_rows_in_step(queue["embeddings"][i]) @ kernel
                 use = queue["count"] >= self.cfg.queue_length
             codes.append(self._codes(jax.lax.stop_gradient(scores[i]), q_scores, use))
         codes = jnp.stack(codes)
