@@ -222,23 +222,25 @@ def async_clone_ops(hlo_text: str) -> set[str]:
     return clones
 
 
-def parse_collectives(hlo_text: str, reduce_scatter: bool = False, skip: set | None = None) -> list[dict]:
+def parse_collectives(hlo_text: str) -> list[dict]:
     """One record per collective op in the HLO text: kind, name, bytes (per the module
-    docstring's convention), group size (None if unknown) and the raw shape.
+    docstring's convention), group size (None if unknown), the raw shape and the computation
+    it is in ('' for lines outside any computation).
 
-    An all-reduce inside a TPU reduce-scatter fusion (reduce_scatter_fusions: found in the
-    text, or `reduce_scatter=True` for the lines of one such computation) is recorded as the
-    reduce-scatter it runs as (same operand bytes, half the link traffic of an all-reduce)."""
-    rs_comps = reduce_scatter_fusions(hlo_text)
-    skip = async_clone_ops(hlo_text) if skip is None else skip
+    An all-reduce inside a TPU reduce-scatter fusion (reduce_scatter_fusions) is recorded as the
+    reduce-scatter it runs as (same operand bytes, half the link traffic of an all-reduce); the
+    async collective fusion's copies of an op (async_clone_ops) are left out."""
+    rs_comps, skip = reduce_scatter_fusions(hlo_text), async_clone_ops(hlo_text)
+    comps, _ = computations(hlo_text)
+    return [dict(r, computation=name) for name, lines in comps.items()
+            for r in _computation_collectives(lines, name in rs_comps, skip)]
+
+
+def _computation_collectives(lines, in_reduce_scatter: bool, skip: set) -> list[dict]:
+    """parse_collectives' records of one computation's instruction lines."""
     shapes: dict[str, str] = {}
     pending = []
-    in_rs = reduce_scatter
-    for line in hlo_text.splitlines():
-        h = _HEADER.match(line)
-        if h:
-            in_rs = reduce_scatter or h.group(2) in rs_comps
-            continue
+    for line in lines:
         m = _INSTR.match(line)
         if not m:
             continue
@@ -252,9 +254,9 @@ def parse_collectives(hlo_text: str, reduce_scatter: bool = False, skip: set | N
         kind = op.removesuffix("-start")
         if kind not in KINDS or name in skip:
             continue
-        if kind == "all-reduce" and in_rs:  # its buffer = the operand of the reduce-scatter
-            kind = op = "reduce-scatter-fused"
-        pending.append((kind, op, name, shape, call))
+        # An all-reduce in a reduce-scatter fusion: its buffer is the reduce-scatter's operand.
+        fused = kind == "all-reduce" and in_reduce_scatter
+        pending.append(("reduce-scatter" if fused else kind, "all-reduce" if fused else op, name, shape, call))
     records = []
     for kind, op, name, shape, call in pending:
         parts = split_tuple(shape)
@@ -263,7 +265,7 @@ def parse_collectives(hlo_text: str, reduce_scatter: bool = False, skip: set | N
             nbytes = shape_bytes(parts[1]) if len(parts) >= 2 else shape_bytes(shape)
         elif op == "collective-permute-start":  # (operand, result, u32[] contexts...)
             nbytes = shape_bytes(parts[0])
-        elif kind == "reduce-scatter":        # the operand(s), looked up by name
+        elif op.removesuffix("-start") == "reduce-scatter":  # the operand(s), looked up by name
             operands = _operand_names(call)
             if operands and all(o in shapes for o in operands):
                 nbytes = sum(shape_bytes(shapes[o]) for o in operands)
@@ -271,10 +273,8 @@ def parse_collectives(hlo_text: str, reduce_scatter: bool = False, skip: set | N
                 nbytes = shape_bytes(shape) * n
             else:
                 raise ValueError(f"cannot size the operand of reduce-scatter {name!r}")
-        else:  # all-reduce(-start), all-gather, all-to-all, collective-permute: the result
+        else:  # all-reduce(-start; fused too), all-gather, all-to-all, collective-permute: the result
             nbytes = shape_bytes(shape)
-        if kind == "reduce-scatter-fused":
-            kind = "reduce-scatter"
         records.append({"kind": kind, "name": name, "bytes": nbytes, "group_size": n,
                         "shape": shape})
     return records
@@ -284,13 +284,19 @@ def collective_bytes(hlo_text: str) -> dict:
     """Per kind of collective (KINDS) and in 'total': {'count': ops, 'bytes': per-device
     buffer bytes (see the module docstring), 'link_bytes': bandwidth-optimal bytes sent per
     device (NaN if a group size could not be read)}."""
+    return _sum_collectives(parse_collectives(hlo_text), {})
+
+
+def _sum_collectives(records, weights: dict) -> dict:
+    """collective_bytes' sums of `records`, each counted weights[its computation] times (1 if absent)."""
     out = {k: {"count": 0, "bytes": 0, "link_bytes": 0.0} for k in KINDS + ("total",)}
-    for r in parse_collectives(hlo_text):
+    for r in records:
+        w = weights.get(r["computation"], 1)
         link = r["bytes"] * _link_factor(r["kind"], r["group_size"])
         for k in (r["kind"], "total"):
-            out[k]["count"] += 1
-            out[k]["bytes"] += r["bytes"]
-            out[k]["link_bytes"] += link
+            out[k]["count"] += w
+            out[k]["bytes"] += w * r["bytes"]
+            out[k]["link_bytes"] += w * link
     return out
 
 
@@ -365,19 +371,8 @@ def collective_bytes_per_step(hlo_text: str) -> dict:
     (all-gathers and reduce-scatters as loops of collective-permutes), lax.map / scan bodies and
     iterative solvers are such loops; the static count sees each body once. Adds
     'unknown_trip_loops': loops whose trip count could not be read (counted once)."""
-    comps, _ = computations(hlo_text)
     weights, unknown = loop_weights(hlo_text)
-    rs_comps = reduce_scatter_fusions(hlo_text)
-    skip = async_clone_ops(hlo_text)
-    out = {k: {"count": 0, "bytes": 0, "link_bytes": 0.0} for k in KINDS + ("total",)}
-    for name, lines in comps.items():
-        w = weights[name]
-        for r in parse_collectives("\n".join(lines), reduce_scatter=name in rs_comps, skip=skip):
-            link = r["bytes"] * _link_factor(r["kind"], r["group_size"])
-            for k in (r["kind"], "total"):
-                out[k]["count"] += w
-                out[k]["bytes"] += w * r["bytes"]
-                out[k]["link_bytes"] += w * link
+    out = _sum_collectives(parse_collectives(hlo_text), weights)
     out["unknown_trip_loops"] = unknown
     return out
 
