@@ -89,25 +89,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def replicate_in_step(x: jax.Array) -> jax.Array:
-    """x constrained to be whole on every device, when traced under a mesh (the train step is:
-    ssl_jax.train.step.compile_step); unchanged otherwise. For small arrays that a step keeps
-    replicated (a queue's new rows, the rank monitor's sample): left to itself, XLA may instead
-    split them like the batch they come from and move them with all-to-alls and permutes, or
-    partition the op that reads them."""
-    if jax.sharding.get_abstract_mesh().empty:
-        return x
-    return jax.lax.with_sharding_constraint(x, P())
+REPLICATED, BATCH_ROWS = P(), P(BATCH_AXES)  # specs for constrain_in_step
 
 
-def split_rows_in_step(x: jax.Array) -> jax.Array:
-    """x constrained to be split along its leading axis like the batch (over `data` x `fsdp`),
-    when traced under a mesh; unchanged otherwise. For rows of replicated state that a step
-    processes like batch rows (SwAV's queue): each device takes its own rows of the array it
-    already holds (no communication), instead of every device computing all of them."""
+def constrain_in_step(x: jax.Array, spec: P) -> jax.Array:
+    """x constrained to `spec` (REPLICATED: whole on every device; BATCH_ROWS: its leading axis
+    split like the batch) when traced under a mesh (the train step is:
+    ssl_jax.train.step.compile_step); unchanged otherwise. For arrays whose layout XLA would
+    otherwise derive badly from their neighbours: small arrays a step keeps replicated (a
+    queue's new rows, the rank monitor's sample), which it may split like the batch and then
+    move with all-to-alls and permutes, and rows of replicated state processed like batch rows
+    (SwAV's queue), which every device would otherwise compute in full."""
     if jax.sharding.get_abstract_mesh().empty:
         return x
-    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 def fsdp_spec(shape: tuple, fsdp: int) -> P:

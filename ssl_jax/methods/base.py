@@ -59,10 +59,11 @@ def rank_sample(z: jax.Array, rows: int = MONITOR_RANK_ROWS) -> jax.Array:
     split over D: on TPU XLA then partitioned the SVD's QR loops over it (DINO ViT-B, data 2 x
     fsdp 8 on v4-32: ~8 GiB of all-gathers per step). So when the step is traced under a mesh
     (ssl_jax.train.step.compile_step sets it), the sample is constrained to be replicated
-    (parallel.replicate_in_step): one all-gather of [rows, D] before the SVD."""
+    (parallel.constrain_in_step): one all-gather of [rows, D] before the SVD."""
     rows = min(rows, z.shape[0])
     select = (jnp.arange(rows)[:, None] == jnp.arange(z.shape[0])[None, :]).astype(z.dtype)
-    return parallel.replicate_in_step(jnp.dot(select, z, precision=jax.lax.Precision.HIGHEST))
+    return parallel.constrain_in_step(jnp.dot(select, z, precision=jax.lax.Precision.HIGHEST),
+                                     parallel.REPLICATED)
 
 
 def group_by_shape(views: Sequence[jax.Array]) -> list:

@@ -77,7 +77,7 @@ class SwAV(JointEmbeddingMethod):
                 # The queue's rows split over the devices like the batch's (each device scores
                 # and normalises its share of the replicated queue): no row moves, none is
                 # computed twice.
-                q_scores = parallel.split_rows_in_step(queue["embeddings"][i]) @ kernel
+                q_scores = parallel.constrain_in_step(queue["embeddings"][i], parallel.BATCH_ROWS) @ kernel
                 use = queue["count"] >= self.cfg.queue_length
             codes.append(self._codes(jax.lax.stop_gradient(scores[i]), q_scores, use))
         codes = jnp.stack(codes)
@@ -89,7 +89,8 @@ class SwAV(JointEmbeddingMethod):
             n = scores.shape[1]
             # The batch's embeddings gathered once (the queue is replicated state): joined while
             # split, XLA moved them with all-to-alls and permutes on TPU.
-            pushed = jnp.concatenate([parallel.replicate_in_step(emb[:a]), queue["embeddings"][:, :-n]], axis=1)
+            new_rows = parallel.constrain_in_step(emb[:a], parallel.REPLICATED)
+            pushed = jnp.concatenate([new_rows, queue["embeddings"][:, :-n]], axis=1)
             updates["queue"] = {
                 "embeddings": jnp.where(active, pushed, queue["embeddings"]),
                 "count": jnp.where(active, jnp.minimum(queue["count"] + n, self.cfg.queue_length),
