@@ -1,6 +1,7 @@
 """The README's v5e and v4 columns, built from the compile reports in benchmarks/tpu_compile/.
 
     python benchmarks/tpu_columns.py            # prints the markdown table
+    python benchmarks/tpu_columns.py --readme   # writes it into README.md between its markers
 
 Issue 22 asks for every ImageNet preset on its paper's hardware (the README's main table, one
 row per report) plus a v5e and a v4 column. The columns put every preset on the same footing:
@@ -92,8 +93,20 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+README = os.path.join(os.path.dirname(REPORTS), os.pardir, "README.md")
+MARKERS = ("<!-- tpu_columns -->\n", "<!-- /tpu_columns -->")
+
+
 def main(argv):
-    print(table(column_reports(glob.glob(os.path.join(REPORTS, "*.json")))))
+    text = table(column_reports(glob.glob(os.path.join(REPORTS, "*.json"))))
+    if "--readme" not in argv:
+        print(text)
+        return
+    with open(README) as f:
+        readme = f.read()
+    start, end = readme.index(MARKERS[0]) + len(MARKERS[0]), readme.index(MARKERS[1])
+    with open(README, "w") as f:
+        f.write(readme[:start] + text + "\n" + readme[end:])
 
 
 if __name__ == "__main__":

@@ -51,3 +51,13 @@ def test_columns_take_the_64_per_chip_slice_of_each_committed_report():
     table = columns.table(rows)
     assert table.count("\n") == len(rows) + 1
     assert "| `byol.py:imagenet` | 4096 | v5e:8x8: 8.61 of 16 GiB | 257 | 21.6 |" in table
+
+
+def test_readme_columns_are_the_committed_reports():
+    columns = load_columns()
+    with open(columns.README) as f:
+        readme = f.read()
+    start = readme.index(columns.MARKERS[0]) + len(columns.MARKERS[0])
+    section = readme[start:readme.index(columns.MARKERS[1])]
+    rows = columns.column_reports(glob.glob(os.path.join(columns.REPORTS, "*.json")))
+    assert section == columns.table(rows) + "\n", "run python benchmarks/tpu_columns.py --readme"
