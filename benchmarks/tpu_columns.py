@@ -58,27 +58,33 @@ def run_name(path: str, report: dict) -> str | None:
     return f"{config}.py:{preset}" + (f" --phase={phase}" if phase else "")
 
 
-def cell(report: dict) -> str:
+def cell(report: dict, remat: dict | None = None) -> str:
+    """One chip's three cells; where the preset does not fit, what it asked for, and the same
+    compile with model.remat=True when there is one."""
     t = report["train"]
-    cap = t["hbm_capacity_bytes"] / GIB
     if not t["fits"]:  # the compiler refused it: what it asked for against what it had
-        return (f"{report['topology']}: asks {t['hbm_used_bytes'] / GIB:.2f} of "
-                f"{t['compiler_available_bytes'] / GIB:.2f} GiB, does not fit | – | –")
-    return (f"{report['topology']}: {t['hbm_used_bytes'] / GIB:.2f} of {cap:.0f} GiB | "
+        refused = (f"{report['topology']}: asks {t['hbm_used_bytes'] / GIB:.2f} of "
+                   f"{t['compiler_available_bytes'] / GIB:.2f} GiB, does not fit")
+        if remat is None:
+            return refused + " | – | –"
+        return refused + "; with `model.remat=True`: " + cell(remat).split(": ", 1)[1]
+    return (f"{report['topology']}: {t['hbm_used_bytes'] / GIB:.2f} of {t['hbm_capacity_bytes'] / GIB:.0f} GiB | "
             f"{t['images_per_s_per_chip']:.0f} | {t['estimated_hours']:.1f}")
 
 
 def column_reports(paths) -> dict:
-    """{run: {'v5e': report, 'v4': report}} for the reports in a column."""
+    """{run: {'v5e': report, 'v4': report, 'v5e+remat': report, ...}} for the reports in a column
+    (the '+remat' entries: the same compile with model.remat=True, file name ending in _remat)."""
     rows = {}
     for path in sorted(paths):
         with open(path) as f:
             report = json.load(f)
-        run = run_name(path, report)
+        remat = path.endswith("_remat.json") and report["remat"]
+        run = run_name(path[:-len("_remat.json")] + ".json" if remat else path, report)
         slices = COLUMN_SLICES.get(report["global_batch_size"])
         if run is None or slices is None or report["topology"] not in slices:
             continue
-        rows.setdefault(run, {})[report["chip"]] = report
+        rows.setdefault(run, {})[report["chip"] + ("+remat" if remat else "")] = report
     return rows
 
 
@@ -87,8 +93,8 @@ def table(rows: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for run, by_chip in sorted(rows.items()):
         batch = next(iter(by_chip.values()))["global_batch_size"]
-        cells = [cell(by_chip[c]) if c in by_chip else f"{COLUMN_SLICES[batch][i]}: not compiled | – | –"
-                 for i, c in enumerate(("v5e", "v4"))]
+        cells = [cell(by_chip[c], by_chip.get(c + "+remat")) if c in by_chip
+                 else f"{COLUMN_SLICES[batch][i]}: not compiled | – | –" for i, c in enumerate(("v5e", "v4"))]
         lines.append(f"| `{run}` | {batch} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 

@@ -239,7 +239,9 @@ class OutOfMemory:
     available_bytes: int | None
 
 
-_OOM_SIZES = re.compile(r"\(([\d.]+)([KMGT])\)")
+# The compiler words its refusal two ways: "... required for HLO temporaries (32.80G) exceeds
+# available HBM (15.75G)" and "... Used 15.76G of 15.75G hbm. Exceeded hbm capacity by 16.38M."
+_OOM_SIZES = (re.compile(r"\(([\d.]+)([KMGT])\)"), re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm"))
 
 
 def out_of_memory(message: str) -> OutOfMemory | None:
@@ -248,7 +250,9 @@ def out_of_memory(message: str) -> OutOfMemory | None:
     if "RESOURCE_EXHAUSTED" not in message or "memory" not in message:
         return None
     line = next((l for l in message.splitlines() if "RESOURCE_EXHAUSTED" in l), message).strip()
-    sizes = [int(float(v) * 2 ** (10 * "KMGT".index(u) + 10)) for v, u in _OOM_SIZES.findall(line)]
+    found = _OOM_SIZES[0].findall(line) or [pair for match in _OOM_SIZES[1].findall(line)
+                                            for pair in (match[:2], match[2:])]
+    sizes = [int(float(v) * 2 ** (10 * "KMGT".index(u) + 10)) for v, u in found]
     return OutOfMemory(line[line.index("RESOURCE_EXHAUSTED"):], *(sizes + [None, None])[:2])
 
 

@@ -39,7 +39,7 @@ def test_columns_take_the_64_per_chip_slice_of_each_committed_report():
             batch = report["global_batch_size"]
             # 64 images per chip wherever a slice of batch / 64 chips exists
             assert batch // report["chips"] == (48 if batch == 3072 else 64)
-            assert report["chip"] == chip
+            assert report["chip"] == chip.split("+")[0] and report["remat"] == chip.endswith("+remat")
     # no report of a column's slice is left out, and no other slice is taken
     for path in paths:
         with open(path) as f:
@@ -61,3 +61,19 @@ def test_readme_columns_are_the_committed_reports():
     section = readme[start:readme.index(columns.MARKERS[1])]
     rows = columns.column_reports(glob.glob(os.path.join(columns.REPORTS, "*.json")))
     assert section == columns.table(rows) + "\n", "run python benchmarks/tpu_columns.py --readme"
+
+
+def test_a_column_that_does_not_fit_shows_the_remat_compile(tmp_path):
+    columns = load_columns()
+    base = {"topology": "v5e:4x4", "chip": "v5e", "chips": 16, "global_batch_size": 1024, "remat": False,
+            "train": {"fits": False, "hbm_used_bytes": 15.76 * 2 ** 30, "compiler_available_bytes": 15.75 * 2 ** 30,
+                      "hbm_capacity_bytes": 16 * 2 ** 30}}
+    remat = dict(base, remat=True, train={"fits": True, "hbm_used_bytes": 9.5 * 2 ** 30, "hbm_capacity_bytes": 16 * 2 ** 30,
+                                          "images_per_s_per_chip": 201.4, "estimated_hours": 11.04})
+    for name, report in (("dino_resnet50_imagenet_v5e-4x4", base), ("dino_resnet50_imagenet_v5e-4x4_remat", remat)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    rows = columns.column_reports(glob.glob(str(tmp_path / "*.json")))
+    assert rows.keys() == {"dino.py:resnet50"} and rows["dino.py:resnet50"].keys() == {"v5e", "v5e+remat"}
+    assert columns.table(rows).splitlines()[2] == (
+        "| `dino.py:resnet50` | 1024 | v5e:4x4: asks 15.76 of 15.75 GiB, does not fit; with `model.remat=True`: "
+        "9.50 of 16 GiB | 201 | 11.0 | v4:2x2x4: not compiled | – | – |")

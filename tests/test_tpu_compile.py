@@ -251,6 +251,11 @@ def test_out_of_memory_is_read_from_the_compiler_error():
     assert (oom.required_bytes, oom.available_bytes) == (int(32.80 * 2 ** 30), int(15.75 * 2 ** 30))
     assert oom.message == message
     assert compile_lib.out_of_memory("INVALID_ARGUMENT: bad shape") is None
+    # The other wording (DINO's ResNet-50 step on v5e:4x4, 16 MiB over).
+    other = compile_lib.out_of_memory(
+        "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory in "
+        "memory space hbm. Used 15.76G of 15.75G hbm. Exceeded hbm capacity by 16.38M.")
+    assert (other.required_bytes, other.available_bytes) == (int(15.76 * 2 ** 30), int(15.75 * 2 ** 30))
     # What the command prints for it: does not fit, how much, the largest state leaves.
     record = {"fits": False, "hbm_used_bytes": oom.required_bytes, "hbm_capacity_bytes": 16 * 2 ** 30,
               "compile_error": oom.message, "largest_state_leaves": [(".params['w']", 2 ** 30)]}
