@@ -107,6 +107,21 @@ def test_report_fields(compiled):
 
 
 @needs_libtpu
+def test_fsdp_mesh_on_a_slice_without_an_axis_of_that_size():
+    # v5e:4x4 is a 4x4 torus: no set of its axes multiplies to 8, so fsdp=8 needs a physical
+    # axis split between data and fsdp (DINO and MoCo v3 ViT-B/L ask for fsdp=8; mesh_utils
+    # refused them on v5e:4x4 and v4:4x4x4 until make_mesh allowed the split).
+    devices, _ = compile_lib.topology_devices("v5e:4x4")
+    mesh = parallel.make_mesh(fsdp=8, devices=devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 8}
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+    # a size the torus has still takes whole axes: each fsdp group of 4 is one row of the torus
+    rows = parallel.make_mesh(fsdp=4, devices=devices).devices
+    for group in rows:
+        assert len({tuple(d.coords)[1] for d in group}) == 1 or len({tuple(d.coords)[0] for d in group}) == 1
+
+
+@needs_libtpu
 def test_rank_monitor_under_fsdp_is_not_partitioned():
     """The effective-rank monitor of a projector whose output axis FSDP splits: compiled by
     compile_step for the TPU, its SVD runs on a replicated sample, so the step's collectives are
