@@ -56,13 +56,10 @@ def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1, dev
     if data * fsdp != n:
         raise ValueError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} != {n} devices; set "
                          "--config.mesh.data=-1 to use the devices fsdp leaves.")
-    try:
-        layout = mesh_utils.create_device_mesh((data, fsdp), devices=devices)
-    except NotImplementedError:
-        # A TPU slice whose torus axes have no subset with the product fsdp (fsdp=8 on v4:4x4x4
-        # or v5e:4x4): split a physical axis between data and fsdp rather than refuse the run
-        # (some collectives then use part of an axis's links).
-        layout = mesh_utils.create_device_mesh((data, fsdp), devices=devices, allow_split_physical_axes=True)
+    # allow_split_physical_axes only acts where no set of the torus axes multiplies to an axis
+    # size (fsdp=8 on v4:4x4x4 or v5e:4x4): it then splits a physical axis between data and
+    # fsdp rather than refuse the run; elsewhere the layout is the whole-axis one.
+    layout = mesh_utils.create_device_mesh((data, fsdp), devices=devices, allow_split_physical_axes=True)
     return Mesh(layout, BATCH_AXES)
 
 
