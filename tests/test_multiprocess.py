@@ -72,22 +72,22 @@ MAIN_ARGS = ["--config=configs/byol.py:demo", f"--config.num_steps={STEPS}", "--
              "--config.eval.linear_probe=False", "--config.eval.compare_random_init=False"]
 
 
-def _launch(workdir, **popen):
+def _launch(workdir, args=MAIN_ARGS, **popen):
     """python -m ssl_jax.main in 2 processes x 2 CPU devices, through the launcher."""
     cmd = ["bash", os.path.join(REPO_ROOT, "launch", "local_multiprocess.sh"), "--num_processes=2",
            "--devices_per_process=2", f"--python={sys.executable}", "--grace_period=5",
-           f"--log_dir={workdir}_logs", "--", *MAIN_ARGS, f"--workdir={workdir}"]
+           f"--log_dir={workdir}_logs", "--", *args, f"--workdir={workdir}"]
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     env.pop("XLA_FLAGS", None)
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, text=True, **popen)
 
 
-def _final_state(workdir):
+def _final_state(workdir, steps=STEPS):
     """The last checkpoint as NumPy (it was saved from 4 devices in 2 processes)."""
     import jax
     from ssl_jax.train.checkpoint import restore_raw
     state, step, _ = restore_raw(str(workdir))
-    assert step == STEPS
+    assert step == steps
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
 
 
@@ -128,5 +128,57 @@ def test_preempt_kill_and_resume_match_uninterrupted(tmp_path):
     assert saved[-1] <= start <= 4 and "in 2 process(es)" in out, out
     a, b = _final_state(ref), _final_state(run)
     assert a.keys() == b.keys() and any("target" in k for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ------------------------------------------------- a staged run (SSL++) in two processes
+
+STAGE_STEPS = 4
+SSLPP_ARGS = ["--config=configs/sslpp.py:demo"] + [
+    f"--config.stage_{s}.{flag}" for s, batch in (("a", 32), ("c", 16)) for flag in (
+        f"num_steps={STAGE_STEPS}", f"global_batch_size={batch}", "log_every_steps=1",
+        "checkpoint.every_steps=2", "checkpoint.async_save=False", "eval.every_steps=0",
+        "eval.linear_probe=False", "eval.compare_random_init=False")]
+
+
+@pytest.mark.slow
+def test_staged_run_in_two_processes(tmp_path):
+    """SSL++'s three stages through the launcher, 2 processes x 2 devices (~4 min on 2 cores):
+    stage B's labels, made in 2 processes, are the file this (1-device) process makes from the same
+    clusterer; SIGTERM during stage C stops both processes with a checkpoint (exit 75), and the
+    rerun skips stages A and B (the labels file untouched) and ends with the uninterrupted run's
+    state, bit for bit. (Stage C is not compared with a 1-process run: each process shuffles its
+    own slice of the data, so the global batches depend on the process count.)"""
+    from configs import sslpp as sslpp_config
+    from ssl_jax import stages
+    from ssl_jax.train.preemption import PREEMPTED_EXIT_CODE
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert _launch(ref, SSLPP_ARGS, stdout=subprocess.DEVNULL).wait(timeout=900) == 0
+    labels = stages.LABELS_FILE
+    stages.stage_b(sslpp_config.get_config("demo"), str(ref / "stage_a"), str(tmp_path / labels))
+    assert (ref / labels).read_bytes() == (tmp_path / labels).read_bytes()
+
+    proc = _launch(run, SSLPP_ARGS, stdout=subprocess.PIPE)
+    seen_stage_c = False
+    for line in proc.stdout:
+        seen_stage_c |= unstamped(line).startswith("Stage C")
+        if seen_stage_c and unstamped(line).startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT_CODE
+    assert (run / "stage_a" / "results.json").exists() and not (run / "stage_c" / "results.json").exists()
+    before = ((run / labels).read_bytes(), os.stat(run / labels).st_mtime_ns)
+
+    resumed = _launch(run, SSLPP_ARGS, stdout=subprocess.PIPE)
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out
+    assert "Stage A (the IIC clusterer): done" in out and "Stage B (labels): done" in out
+    assert 2 <= int(re.search(r"starting at step (\d+)", out).group(1)) < STAGE_STEPS
+    assert ((run / labels).read_bytes(), os.stat(run / labels).st_mtime_ns) == before
+    assert before[0] == (ref / labels).read_bytes()
+    a, b = _final_state(ref / "stage_c", STAGE_STEPS), _final_state(run / "stage_c", STAGE_STEPS)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
