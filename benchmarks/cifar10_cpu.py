@@ -57,6 +57,8 @@ changes, the same for every method (`derive` applies them; `--plan` prints them 
   reused by every row), instead of each run's own eval.compare_random_init; its records are
   copied into each row's results.json under that row's method, so the tables put it under the
   row.
+* Variants (VARIANTS): a few extra rows, each a method's row with named fields changed to test a
+  finding (e.g. swav_eps0.01_noqueue), run and reported like the others under their own name.
 * Nothing else changes: batch size, optimizer, LR, weight decay, augmentations, heads,
   temperatures, momentum schedules are each method's `cifar10` recipe.
 
@@ -95,6 +97,15 @@ SCALED_FIELDS = ("optimizer.warmup_epochs", "optimizer.decay_epochs", "optimizer
                  "dino.warmup_teacher_temp_epochs", "carl.entropy_decay_epochs",
                  "carp.entropy_decay_epochs", "swav.queue_start_epoch")
 SUMMARY_FILES = ("results.json", "metrics.jsonl", "config.json", "machine.json")
+# Rows beside the methods' own: a method's row with a few of its recipe's fields changed, to test
+# a finding (row name: (method, {field: value}, why)). Each is run, resumed and reported like a
+# method's row, under its own name.
+VARIANTS = {
+    "swav_eps0.01_noqueue": (
+        "swav", {"swav.sinkhorn_epsilon": 0.01, "swav.queue_length": 0},
+        "the two departures of SwAV's demo that are not about grey digits (configs/swav.py): the paper's "
+        "recipe ends at loss log 3000 (uniform predictions) at this scale, as the demo did with it"),
+}
 TRAIN_EXAMPLES = 50_000  # CIFAR-10 train split
 
 
@@ -214,10 +225,17 @@ def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str 
     return c, changes
 
 
-def benchmark_config(method: str, **kwargs):
+def benchmark_config(row: str, **kwargs):
+    """(config, changes) of a row: a method's name, or a name in VARIANTS (its method's row with
+    the variant's fields changed too)."""
     from ssl_jax import presets
 
-    return derive(presets.method_config(os.path.join(ROOT, "configs"), method, "cifar10"), **kwargs)
+    method, fields, why = VARIANTS.get(row, (row, {}, ""))
+    config, changes = derive(presets.method_config(os.path.join(ROOT, "configs"), method, "cifar10"), **kwargs)
+    for field, value in fields.items():
+        changes.append((field, _get(config, field), value, why))
+        _set(config, field, value)
+    return config, changes
 
 
 def backbone_name(config) -> str:
@@ -365,7 +383,10 @@ def _run_one(method, data_dir, epochs, width, subset) -> None:
         records = in_training.pretrain_and_evaluate(config, workdir)
     finally:
         end_segment(workdir, machine)
-    results_lib.write_records(workdir, stamped(baseline, records))
+    records = stamped(baseline, records)
+    if method in VARIANTS:  # the table names a row by its records' method
+        records = [dict(r, method=method) for r in records]
+    results_lib.write_records(workdir, records)
     out = os.path.join(RESULTS_DIR, method)
     os.makedirs(out, exist_ok=True)
     for name in SUMMARY_FILES:
@@ -472,6 +493,7 @@ def main(argv=None) -> int:
         BENCH_DIR = os.path.abspath(args.smoke)
         RUNS_DIR, RESULTS_DIR = os.path.join(BENCH_DIR, "runs"), os.path.join(BENCH_DIR, "results")
     names, skipped = methods()
+    names += sorted(VARIANTS)
     if args.method and args.method != "all" and args.method not in names:
         why = f" ({skipped[args.method]})" if args.method in skipped else ""
         parser.error(f"no CIFAR-10 row for method {args.method!r}{why}; valid: all, {', '.join(names)}")

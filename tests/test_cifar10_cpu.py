@@ -46,6 +46,19 @@ def test_derive_changes_only_the_listed_fields(bench):
     assert not derived.eval.compare_random_init and derived.eval.linear_probe
 
 
+def test_a_variant_is_its_method_row_with_only_its_fields_changed(bench):
+    for row, (method, fields, why) in bench.VARIANTS.items():
+        base, base_changes = bench.benchmark_config(method)
+        variant, changes = bench.benchmark_config(row)
+        assert changes[:len(base_changes)] == base_changes and why
+        assert [(f, old, new) for f, old, new, _ in changes[len(base_changes):]] == [
+            (f, bench._get(base, f), v) for f, v in fields.items()]
+        for field, value in fields.items():
+            assert bench._get(base, field) != value and bench._get(variant, field) == value
+            bench._set(base, field, value)
+        assert base.to_dict() == variant.to_dict()
+
+
 def test_derive_scales_schedule_positions_and_keeps_periods(bench):
     from ssl_jax import presets
 
