@@ -48,6 +48,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 
 from absl import app, flags
@@ -318,7 +319,7 @@ def format_machine(machine: dict | None) -> str:
     return text
 
 
-def _pick(records: list[dict], protocol: str, metric: str, random_init: bool, setting: str | None = None):
+def pick_value(records: list[dict], protocol: str, metric: str, random_init: bool, setting: str | None = None):
     """The value of the latest record of (protocol, metric) on the pretraining dataset, of the
     random-init network or of a trained one ('online' first), at `setting` if given; else None."""
     recs = [r for r in records if r.get("protocol") == protocol and r.get("metric") == metric
@@ -344,19 +345,38 @@ def summary_table(records_by_run: dict[str, list[dict]], machines: dict[str, dic
         if not records:
             continue
         first = next((r for r in records if r.get("network") != "random_init"), records[0])
-        values = [_pick(records, "knn", "top1", False, knn_setting),
-                  _pick(records, "linear_cached", "top1", False),
-                  _pick(records, "knn", "top1", True, knn_setting),
-                  _pick(records, "linear_cached", "top1", True)]
-        collapsed = _pick(records, "pretrain", "collapsed", False)
+        values = [pick_value(records, "knn", "top1", False, knn_setting),
+                  pick_value(records, "linear_cached", "top1", False),
+                  pick_value(records, "knn", "top1", True, knn_setting),
+                  pick_value(records, "linear_cached", "top1", True)]
+        collapsed = pick_value(records, "pretrain", "collapsed", False)
         body.append([str(first.get("method", run)), str(first.get("backbone", "")),
                      _format_epochs(first.get("epochs")),
-                     format_value("train_seconds", _pick(records, "pretrain", "train_seconds", False)),
+                     format_value("train_seconds", pick_value(records, "pretrain", "train_seconds", False)),
                      format_machine(machines.get(run))]
                     + [format_value("top1", v) for v in values]
                     + [format_value("collapsed", collapsed)])
     machine = SUMMARY_HEADER.index("machine")
     return _render(list(SUMMARY_HEADER), body, numeric_from=2, text_columns=(machine,)) if body else ""
+
+
+def mean_std(values) -> str:
+    """A comparison cell over seeds: the mean ± the sample standard deviation of fractions, in
+    percent, with the number of seeds, e.g. '51.1 ± 0.4 (n=3)'; one seed: '51.1 (n=1)'; none: '–'."""
+    values = [float(v) for v in values if _is_number(v)]
+    if not values:
+        return "–"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f} (n=1)"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f} (n={len(values)})"
+
+
+def seeds_table(rows: dict[str, dict[str, list]], columns: list[str], first: str = "arm") -> str:
+    """A Markdown table of a comparison over seeds: a row per {name: {column: [a value per seed]}}
+    in the given order, each cell `mean_std` of its values (fractions)."""
+    body = [[name] + [mean_std(values.get(c, [])) for c in columns] for name, values in rows.items()]
+    return _render([first] + list(columns), body, numeric_from=1)
 
 
 def knn_epoch_figure(metrics_by_run: dict[str, list[dict]], records_by_run: dict[str, list[dict]],

@@ -285,3 +285,16 @@ def test_collapse_figure_plots_the_effective_rank():
     assert [l.get_label() for l in _dashed(std)] == ["1/√D"] and std.get_ylim()[0] == 0
     rank_only = [{"step": 1, "z_effective_rank": 3.0}]
     assert len(report.collapse_figure({"r": rank_only}).axes) == 1
+
+
+def test_seeds_table_cells_are_mean_and_sample_std_in_percent():
+    import numpy as np
+
+    values = [0.512, 0.498, 0.530]
+    mean, std = 100 * np.mean(values), 100 * np.std(values, ddof=1)
+    assert report.mean_std(values) == f"{mean:.1f} ± {std:.1f} (n=3)"
+    assert report.mean_std([0.4, None]) == "40.0 (n=1)" and report.mean_std([]) == "–"
+    table = report.seeds_table({"fussl": {"kNN": values}, "base": {}}, ["kNN", "linear"])
+    lines = table.splitlines()
+    assert lines[0].split("|")[1].strip() == "arm" and len(lines) == 4
+    assert f"{mean:.1f} ± {std:.1f} (n=3)" in lines[2] and lines[3].count("–") == 2
