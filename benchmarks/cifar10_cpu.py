@@ -160,6 +160,37 @@ def _set(c, dotted, value):
 SMOKE_SUBSET = (1024, 500)  # --smoke: training and test images
 
 
+class Changes:
+    """Sets dotted fields of a config, recording (field, old value, new value, reason) of each
+    real change in .list: how every benchmark derives its CPU-scale runs from the presets."""
+
+    def __init__(self, config):
+        self.config, self.list = config, []
+
+    def __call__(self, field, value, reason):
+        old = _get(self.config, field)
+        if hasattr(old, "to_dict"):
+            old = old.to_dict()
+        if old != value:
+            self.list.append((field, old, value, reason))
+        _set(self.config, field, value)
+
+
+def evaluation_changes(change, prefix: str, steps_per_epoch: int, seed: int) -> None:
+    """The rows' shared logging and evaluation of the run at `prefix` (a config section, '' for
+    the top level): log and checkpoint on a divisor of the epoch, kNN (KNN_K, KNN_T) every epoch,
+    the cached linear probe, no per-run random-init baseline (once per backbone), `seed`."""
+    every = log_every(steps_per_epoch)
+    change(prefix + "log_every_steps", every, "a divisor of the epoch, so the per-epoch kNN falls on a log step")
+    change(prefix + "eval.every_steps", steps_per_epoch, "kNN every epoch, for the kNN-vs-epoch plot")
+    change(prefix + "checkpoint.every_steps", every, "a checkpoint every log step: a stopped run loses little")
+    change(prefix + "eval.knn_k", KNN_K, "solo-learn's kNN setting")
+    change(prefix + "eval.knn_temperature", KNN_T, "solo-learn's kNN setting")
+    change(prefix + "eval.linear_probe", True, "the cached-feature linear probe for every row")
+    change(prefix + "eval.compare_random_init", False, "the random-init baseline is computed once per backbone")
+    change(prefix + "seed", int(seed), "the row's seed")
+
+
 def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str = DEFAULT_DATA_DIR,
            subset: tuple[int, int] | None = None):
     """(the benchmark config, [(field, preset value, new value, reason)]) of a method's
@@ -168,13 +199,7 @@ def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str 
     import ml_collections
 
     c = ml_collections.ConfigDict(config.to_dict())
-    changes = []
-
-    def change(field, value, reason):
-        old = _get(c, field)
-        if old != value:
-            changes.append((field, old, value, reason))
-        _set(c, field, value)
+    change = Changes(c)
 
     if c.data.dataset != "cifar10" or c.num_steps > 0:
         raise ValueError(f"{c.method}: its cifar10 preset is not an epoch-based CIFAR-10 run "
@@ -212,17 +237,8 @@ def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str 
                              ("data.eval_train_split", f"train[:{subset[0]}]"),
                              ("data.test_split", f"test[:{subset[1]}]")):
             change(field, split, "--smoke: a check of the whole path on a few images")
-    spe = train_examples // int(c.global_batch_size)
-    every = log_every(spe)
-    change("log_every_steps", every, "a divisor of the epoch, so the per-epoch kNN falls on a log step")
-    change("eval.every_steps", spe, "kNN every epoch, for the kNN-vs-epoch plot")
-    change("checkpoint.every_steps", every, "a checkpoint every log step: a stopped row loses little")
-    change("eval.knn_k", KNN_K, "solo-learn's kNN setting")
-    change("eval.knn_temperature", KNN_T, "solo-learn's kNN setting")
-    change("eval.linear_probe", True, "the cached-feature linear probe for every row")
-    change("eval.compare_random_init", False, "the random-init baseline is computed once per backbone")
-    change("seed", SEED, "the same seed for every row")
-    return c, changes
+    evaluation_changes(change, "", train_examples // int(c.global_batch_size), SEED)
+    return c, change.list
 
 
 def benchmark_config(row: str, **kwargs):
