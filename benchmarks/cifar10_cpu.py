@@ -18,6 +18,11 @@ table) and benchmarks/cifar10_cpu/knn_epoch.png from those copies. `--method=all
 method in its own process (one failing method does not stop the others) and skips rows already
 in results/ (--rerun trains them again in their workdir, which resumes).
 
+Rows: every configs/<name>.py with a `cifar10` preset that is one training run, i.e. every method
+of ssl_jax.methods.METHODS and the wrapped ones (dssl_byol, dssl_simclr, dssl_simsiam); FUSSL
+and SSL++ are staged protocols over other methods, with their own CIFAR-10 comparisons
+(benchmarks/fussl_cifar10.py, benchmarks/sslpp_cifar10.py). `--plan` lists why any other has none.
+
 The recipe of a row is the method's own `cifar10` preset (configs/<method>.py:cifar10) with these
 changes, the same for every method (`derive` applies them; `--plan` prints them per method):
 
@@ -109,26 +114,36 @@ VARIANTS = {
 TRAIN_EXAMPLES = 50_000  # CIFAR-10 train split
 
 
+STAGED = {"fussl": "benchmarks/fussl_cifar10.py", "sslpp": "benchmarks/sslpp_cifar10.py"}
+
+
 def methods() -> tuple[list[str], dict[str, str]]:
-    """(the methods of ssl_jax.methods.METHODS that pretrain on CIFAR-10: those with a
-    configs/<name>.py whose PRESETS has 'cifar10'; {every other method: why it has no row})."""
-    import ast
+    """(the rows: every configs/<name>.py whose PRESETS has 'cifar10' and whose run is one
+    training, i.e. each method of ssl_jax.methods.METHODS and each wrapped one such as
+    dssl_byol; {every other method or config: why it has no row})."""
+    import importlib.util
 
     from ssl_jax.methods import METHODS
 
     rows, skipped = [], {}
     for name in sorted(METHODS):
-        path = os.path.join(ROOT, "configs", f"{name}.py")
-        if not os.path.exists(path):
+        if not os.path.exists(os.path.join(ROOT, "configs", f"{name}.py")):
             skipped[name] = f"no configs/{name}.py, so no cifar10 preset to derive the row from"
+    for file in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        name, ext = os.path.splitext(file)
+        if ext != ".py" or name.startswith("_"):
             continue
-        presets_ = ()
-        for node in ast.parse(open(path).read()).body:  # PRESETS without executing the file
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PRESETS" for t in node.targets):
-                presets_ = ast.literal_eval(node.value)
-        if "cifar10" in presets_:
+        spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(ROOT, "configs", file))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        presets_ = getattr(module, "PRESETS", ())
+        method = module.get_config("cifar10").method if "cifar10" in presets_ else None
+        if method in STAGED:
+            skipped[name] = (f"a staged protocol over other methods, not one training run: its CIFAR-10 "
+                             f"comparison is {STAGED[method]}")
+        elif method is not None:
             rows.append(name)
-        else:
+        elif name in METHODS:
             skipped[name] = f"configs/{name}.py has no cifar10 preset"
     return rows, skipped
 

@@ -46,6 +46,18 @@ def test_derive_changes_only_the_listed_fields(bench):
     assert not derived.eval.compare_random_init and derived.eval.linear_probe
 
 
+def test_rows_are_every_single_run_cifar10_config_and_staged_protocols_point_elsewhere(bench):
+    from ssl_jax.methods import METHODS
+
+    rows, skipped = bench.methods()
+    configs = {f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py")}
+    assert {"byol", "iic", "dssl_byol", "dssl_simclr", "dssl_simsiam"} <= set(rows)
+    assert set(rows) <= configs and not set(rows) & set(skipped)
+    assert set(METHODS) <= set(rows) | set(skipped)  # every method has a row or a reason
+    for staged, runner in (("fussl", "fussl_cifar10.py"), ("sslpp", "sslpp_cifar10.py")):
+        assert runner in skipped[staged] and os.path.exists(os.path.join(REPO, "benchmarks", runner))
+
+
 def test_a_variant_is_its_method_row_with_only_its_fields_changed(bench):
     for row, (method, fields, why) in bench.VARIANTS.items():
         base, base_changes = bench.benchmark_config(method)
