@@ -76,7 +76,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
@@ -426,18 +425,23 @@ def _run_one(method, data_dir, epochs, width, subset) -> None:
 
 
 def measure(method: str, width: float, data_dir: str, steps: int = 30, first: int = 10) -> dict:
-    """Training throughput of `method`'s benchmark config at `width` (data pipeline included, no
+    """Training throughput of `method`'s benchmark config at `width` (measure_config)."""
+    config, _ = benchmark_config(method, width=width, data_dir=data_dir)
+    config.optimizer.warmup_epochs = 0.0
+    return dict(measure_config(config, TRAIN_EXAMPLES, steps, first), method=method, width=width)
+
+
+def measure_config(config, train_examples: int, steps: int = 30, first: int = 10) -> dict:
+    """Training throughput of one training run's config (data pipeline included, no
     evaluation): images/s of wall time and images per CPU-second of this process (every
-    thread: XLA's and tf.data's) between step `first` and step `steps`. On a shared machine the
-    wall rate falls with the load; 2 x the CPU rate is the rate of 2 idle cores if both were
-    fully used, an upper bound."""
+    thread: XLA's and tf.data's) between step `first` and step `steps`, and the minutes of an
+    epoch of `train_examples` at each. On a shared machine the wall rate falls with the load;
+    2 x the CPU rate is the rate of 2 idle cores if both were fully used, an upper bound."""
     import tempfile
 
     from ssl_jax.train import loop
 
-    config, _ = benchmark_config(method, width=width, data_dir=data_dir)
     config.num_steps, config.log_every_steps = steps, first
-    config.optimizer.warmup_epochs = 0.0
     config.eval.every_steps, config.checkpoint.every_steps = 0, 10 * steps
     marks = {}
     evaluator = loop.Evaluator(during=lambda run, state, step: marks.setdefault(
@@ -446,10 +450,10 @@ def measure(method: str, width: float, data_dir: str, steps: int = 30, first: in
         loop.run(config, workdir, evaluator=evaluator)
     (w0, c0, l0), (w1, c1, l1) = marks[first], marks[steps]
     images = (steps - first) * config.global_batch_size
-    return {"method": method, "width": width, "batch": config.global_batch_size, "images": images,
+    return {"batch": config.global_batch_size, "images": images,
             "img_per_s_wall": round(images / (w1 - w0), 1), "img_per_cpu_s": round(images / (c1 - c0), 1),
-            "epoch_minutes_wall": round(TRAIN_EXAMPLES / (images / (w1 - w0)) / 60, 2),
-            "epoch_minutes_2_idle_cores": round(TRAIN_EXAMPLES / (2 * images / (c1 - c0)) / 60, 2),
+            "epoch_minutes_wall": round(train_examples / (images / (w1 - w0)) / 60, 2),
+            "epoch_minutes_2_idle_cores": round(train_examples / (2 * images / (c1 - c0)) / 60, 2),
             "load1": [l0, l1]}
 
 

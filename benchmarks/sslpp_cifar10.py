@@ -106,7 +106,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(ROOT, "benchmarks", "sslpp_cifar10")
@@ -440,30 +439,6 @@ def random_init_baselines(stage_c_config, source: str, probe_cfg) -> list[dict]:
     return records + [r for r in results_lib.read_records(layers) if r.get("protocol") == "layer_probe"]
 
 
-def measure_config(config, steps: int = 15, first: int = 5) -> dict:
-    """Training throughput of a (non-staged) config, as cifar10_cpu.measure: images/s of wall
-    time and images per CPU-second of this process between step `first` and `steps`."""
-    import tempfile
-
-    from ssl_jax.train import loop
-
-    config.num_steps, config.log_every_steps = steps, first
-    config.eval.every_steps, config.checkpoint.every_steps = 0, 10 * steps
-    marks = {}
-    evaluator = loop.Evaluator(during=lambda run, state, step: marks.setdefault(
-        step, (time.perf_counter(), time.process_time(), cpu.load1())) and {}, after=lambda run, state: [])
-    with tempfile.TemporaryDirectory() as workdir:
-        loop.run(config, workdir, evaluator=evaluator)
-    (w0, c0, l0), (w1, c1, l1) = marks[first], marks[steps]
-    images = (steps - first) * config.global_batch_size
-    n = TRAIN_EXAMPLES[config.data.dataset]
-    return {"method": config.method, "model": f"{config.model.name} x{config.model.width:g}",
-            "batch": config.global_batch_size, "images": images,
-            "img_per_s_wall": round(images / (w1 - w0), 1), "img_per_cpu_s": round(images / (c1 - c0), 1),
-            "epoch_minutes_wall": round(n / (images / (w1 - w0)) / 60, 2),
-            "epoch_minutes_2_idle_cores": round(n / (2 * images / (c1 - c0)) / 60, 2), "load1": [l0, l1]}
-
-
 def measure(data_dir: str, which: str) -> None:
     from ssl_jax import xla_flags
 
@@ -473,7 +448,9 @@ def measure(data_dir: str, which: str) -> None:
             config = entry_config("proxy_only", data_dir=data_dir)[0].stage_c
         else:
             config = entry_config(name, data_dir=data_dir)[0]
-        print(json.dumps(dict(measure_config(config), entry=name, cpu=cpu.cpu_model())), flush=True)
+        rates = cpu.measure_config(config, TRAIN_EXAMPLES[config.data.dataset], steps=15, first=5)
+        print(json.dumps(dict(rates, entry=name, method=config.method, cpu=cpu.cpu_model(),
+                              model=f"{config.model.name} x{config.model.width:g}")), flush=True)
 
 
 def run_all(seeds, args) -> int:
@@ -567,7 +544,7 @@ def claims(rows: dict) -> list[str]:
     """The paper's qualitative claims, each checked on the means over seeds."""
     m = lambda row, col: _mean(rows.get(row, {}).get(col, []))
     out = []
-    b3, b4 = m("proxy_only", f"kNN B3"), m("proxy_only", f"kNN B4")
+    b3, b4 = m("proxy_only", "kNN B3"), m("proxy_only", "kNN B4")
     if b3 is not None and b4 is not None:
         out.append(f"B4 below B3 for rotation alone (kNN K={REPORT_K}): {100 * b4:.1f} vs {100 * b3:.1f} -> "
                    f"{'holds' if b4 < b3 else 'does not hold'}.")
