@@ -37,6 +37,11 @@ changes, the same for every method (`derive` applies them; `--plan` prints them 
   aimed at (halving the width gave 1.7x, not the 4x of the convolutions' FLOPs: something else
   weighs, the tf.data augmentation being a candidate, not measured), so the narrowest reasonable
   one, 0.125 (the demos' width; 64-dimensional features), was chosen.
+* Feature dimensions a method reduces to (DeepCluster's and DeeperCluster's PCA before k-means,
+  FEATURE_DIM_FIELDS) are scaled by the width as the features are: 128 of ResNet-18's 512 become
+  16 of the narrow network's 64, the preset's quarter. Why: PCA cannot keep more dimensions than
+  the 64 there are (the first DeepCluster run stopped on that error); keeping all 64 would
+  whiten the noisiest directions as much as the leading ones, so the ratio is kept instead.
 * Epochs: EPOCHS = 5 for every method: 5 x 3.4 = 17 minutes on 2 idle cores, the 15-20 minute
   per-method budget (the presets' 200-6000 epochs take days on a CPU). The LR schedule (cosine,
   or step decay) runs over these epochs.
@@ -100,6 +105,9 @@ WARMUP_FRACTION = 0.1
 SCALED_FIELDS = ("optimizer.warmup_epochs", "optimizer.decay_epochs", "optimizer.freeze_epochs",
                  "dino.warmup_teacher_temp_epochs", "carl.entropy_decay_epochs",
                  "carp.entropy_decay_epochs", "swav.queue_start_epoch")
+# Dimensions of the backbone's features that a method reduces to (PCA before k-means), scaled by
+# WIDTH / the preset's width as the features are (they must not exceed them).
+FEATURE_DIM_FIELDS = ("deepcluster.pca_dim", "deepercluster.pca_dim")
 SUMMARY_FILES = ("results.json", "metrics.jsonl", "config.json", "machine.json")
 # Rows beside the methods' own: a method's row with a few of its recipe's fields changed, to test
 # a finding (row name: (method, {field: value}, why)). Each is run, resumed and reported like a
@@ -220,6 +228,10 @@ def derive(config, *, epochs: int = EPOCHS, width: float = WIDTH, data_dir: str 
                          f"(dataset {c.data.dataset}, num_steps {c.num_steps}); fix the preset.")
     preset_epochs = float(c.num_epochs)
     factor = epochs / preset_epochs
+    for field in FEATURE_DIM_FIELDS:
+        if _get(c, field) is not None:
+            change(field, max(1, round(_get(c, field) * width / float(c.model.width))),
+                   f"a feature dimension, scaled by the width {width:g} / {c.model.width:g} as the features are")
     for field, value in (("model.name", BACKBONE), ("model.width", float(width)), ("model.cifar_stem", True),
                          ("model.sobel", False), ("model.dtype", "float32")):
         change(field, value, "one backbone for every row, narrow enough for a CPU epoch")

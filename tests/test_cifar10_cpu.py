@@ -82,6 +82,9 @@ def test_derive_scales_schedule_positions_and_keeps_periods(bench):
     deepercluster = load("deepercluster")
     derived, _ = bench.derive(deepercluster, epochs=8)
     assert derived.deepercluster.reassign_epochs == deepercluster.deepercluster.reassign_epochs
+    # PCA's dimension scales with the width as the features do (at most the 64 there are).
+    assert derived.deepercluster.pca_dim == deepercluster.deepercluster.pca_dim * bench.WIDTH == 16
+    assert bench.derive(load("deepcluster"), epochs=8, width=0.25)[0].deepcluster.pca_dim == 32
     dino, _ = bench.derive(load("dino"), epochs=8)
     assert dino.dino.warmup_teacher_temp_epochs == pytest.approx(50 * 8 / 1000)
 
