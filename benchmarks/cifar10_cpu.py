@@ -117,6 +117,11 @@ VARIANTS = {
         "swav", {"swav.sinkhorn_epsilon": 0.01, "swav.queue_length": 0},
         "the two departures of SwAV's demo that are not about grey digits (configs/swav.py): the paper's "
         "recipe ends at loss log 3000 (uniform predictions) at this scale, as the demo did with it"),
+    "carp_lambda_end1.5": (
+        "carp", {"carp.entropy_weight_end": 1.5, "carp.entropy_decay_epochs": 2.5},
+        "the departure of CARP's demo (configs/carp.py): λ_e decayed to CARL's 1.5 over half the run, not "
+        "to 0.15; at 0.15 (reached here at step 146) the row's batch marginals left uniform (KL 7.8-9.1) "
+        "and its kNN ended at random init"),
 }
 TRAIN_EXAMPLES = 50_000  # CIFAR-10 train split
 
