@@ -398,15 +398,26 @@ def knn_epoch_figure(metrics_by_run: dict[str, list[dict]], records_by_run: dict
     if not converted:
         return None
     fig, (ax,) = _new_figure(1)
+    many = len(converted) > 8
+    if many:
+        fig.set_size_inches(10, 6)
     _plot_runs(ax, converted, "knn_top1", labels, scale=100.0, marker="o", markersize=3)
     colors = {run: f"C{i % 10}" for i, run in enumerate(converted)}
-    for run, value in _reference_lines({r: v for r, (v, _) in baselines.items()}).items():
-        who = "" if run is None else f", {labels.get(run, run)}"
-        ax.axhline(100 * value, color=colors.get(run, "black"), linestyle="--", linewidth=1.0,
+    by_value = {}  # runs sharing a baseline (one backbone, seed and machine) share its line
+    for run, (value, _) in baselines.items():
+        by_value.setdefault(value, []).append(run)
+    for value, runs in by_value.items():
+        if len(by_value) == 1:
+            who, color = "", "black"
+        elif len(runs) == 1:
+            who, color = f", {labels.get(runs[0], runs[0])}", colors.get(runs[0], "black")
+        else:
+            who, color = f", {len(runs)} runs", "black"
+        ax.axhline(100 * value, color=color, linestyle="--", linewidth=1.0,
                    label=f"random init{who}: {100 * value:.1f} %")
     ax.set_ylim(0, 100)
     _finish(ax, "pretraining epoch", "kNN top-1 on the test split (%), axis 0-100",
-            "kNN top-1 during pretraining\ndashed: the same network at random init")
+            "kNN top-1 during pretraining\ndashed: the same network at random init", legend_outside=many)
     return fig
 
 
@@ -485,13 +496,16 @@ def _new_figure(panels: int):
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
 
 
+LINESTYLES, MARKERS = ("-", "-.", ":"), ("o", "s", "^")  # per group of ten runs (the ten colours)
+
+
 def _plot_runs(ax, metrics_by_run, key, labels, scale=1.0, **style):
     for i, (run, lines) in enumerate(metrics_by_run.items()):
         steps, values = series(lines, key)
         if steps:
-            run_style = dict(style)
-            if len(steps) == 1:  # a lone point is invisible as a line
-                run_style = {"marker": "o", "markersize": 3, **run_style}
+            run_style = dict(style, linestyle=LINESTYLES[i // 10 % 3])
+            if "marker" in style or len(steps) == 1:  # a lone point is invisible as a line
+                run_style = {"markersize": 3, **run_style, "marker": MARKERS[i // 10 % 3]}
             ax.plot(steps, [v * scale for v in values], color=f"C{i % 10}", label=labels.get(run, run),
                     **run_style)
 
@@ -500,10 +514,13 @@ def _has(metrics_by_run, key) -> bool:
     return any(series(lines, key)[0] for lines in metrics_by_run.values())
 
 
-def _finish(ax, xlabel, ylabel, title):
+def _finish(ax, xlabel, ylabel, title, legend_outside: bool = False):
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if legend_outside:  # many runs: a legend inside would cover the lines
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize="small")
 
 
 def loss_figure(metrics_by_run: dict[str, list[dict]], labels: dict[str, str] | None = None):

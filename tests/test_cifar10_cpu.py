@@ -191,3 +191,19 @@ def test_knn_epoch_figure_plots_epochs_and_the_baseline(two_runs):
     (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]  # one shared baseline
     np.testing.assert_allclose(dashed.get_ydata(), [28, 28])
     assert report.knn_epoch_figure({"x": []}, {"x": []}) is None
+
+
+def test_knn_epoch_figure_draws_one_baseline_line_per_value_and_styles_past_ten_runs(tmp_path, two_runs):
+    third = _write_run(tmp_path, "moco", method="moco", knn=0.3, linear=0.3, rand_knn=0.3, rand_linear=0.3,
+                       seconds=10, collapsed=0.0, loads=[(1.0, 1.0)], knn_curve=[0.25, 0.3])
+    records, metrics, labels = report.load_runs(two_runs + [third])
+    (ax,) = report.knn_epoch_figure(metrics, records, labels).axes
+    dashed = {line.get_label(): round(line.get_ydata()[0], 6) for line in ax.get_lines()
+              if line.get_linestyle() == "--"}
+    assert dashed == {"random init, 2 runs: 28.0 %": 28.0, "random init, moco: 30.0 %": 30.0}
+    # Past ten runs the colours repeat, so the line style and marker change.
+    many = {f"r{i}": [{"step": 1, "knn_top1": 0.5}, {"step": 2, "knn_top1": 0.6}] for i in range(12)}
+    recs = {run: [{"step": 2, "epochs": 2.0}] for run in many}
+    lines = report.knn_epoch_figure(many, recs).axes[0].get_lines()
+    assert (lines[0].get_color(), lines[0].get_linestyle()) != (lines[10].get_color(), lines[10].get_linestyle())
+    assert lines[0].get_marker() != lines[10].get_marker()
