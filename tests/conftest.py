@@ -29,6 +29,16 @@ from ssl_jax import xla_flags  # noqa: E402  (os only: no JAX yet)
 xla_flags.set_cpu_defaults()
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ holds scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def device_env(devices: int, fast_compile: bool = False) -> dict:
     """The environment of a test subprocess on `devices` simulated CPU devices (XLA_FLAGS must
     be set before JAX is imported, hence a subprocess), importing this checkout.

@@ -1,12 +1,13 @@
 """The CIFAR-10 CPU benchmark (benchmarks/cifar10_cpu.py): its config derivation and the summary
 table / kNN-vs-epoch plot that ssl_jax.report builds from the runs' results.json files."""
-import importlib.util
 import json
 import os
 import re
 
 import numpy as np
 import pytest
+
+from tests.conftest import load_benchmark
 
 from ssl_jax import report, results
 
@@ -15,10 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("cifar10_cpu", os.path.join(REPO, "benchmarks", "cifar10_cpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("cifar10_cpu")
 
 
 # ----------------------------------------------------------------------------- derivation

@@ -1,19 +1,17 @@
 """The FUSSL CIFAR-10 comparison's runner (benchmarks/fussl_cifar10.py): the arms' configs (what they
 share, what differs, the phase-2 split, the progressive budget) and its report."""
-import importlib.util
 import os
 
 import pytest
+
+from tests.conftest import load_benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fussl_cifar10", os.path.join(REPO, "benchmarks", "fussl_cifar10.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fussl_cifar10")
 
 
 def _flat(d, prefix=""):

@@ -1,22 +1,19 @@
 """The SSL++ CIFAR-10 CPU benchmark (benchmarks/sslpp_cifar10.py): its config derivation (only
 the documented fields change), the stage A the IIC arms share, and the report's aggregation over
 seeds. No training."""
-import importlib.util
 import os
 
 import pytest
 
 from ssl_jax import results
+from tests.conftest import load_benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("sslpp_cifar10", os.path.join(REPO, "benchmarks", "sslpp_cifar10.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sslpp_cifar10")
 
 
 def flat(c, prefix=""):
