@@ -476,23 +476,31 @@ def measure_config(config, train_examples: int, steps: int = 30, first: int = 10
 
 def run_all(names, args) -> int:
     """Each row in its own process, one at a time; rows already in results/ skipped unless --rerun."""
-    failed = []
+    jobs = []
     for name in names:
         if os.path.exists(os.path.join(RESULTS_DIR, name, "results.json")) and not args.rerun:
             print(f"{name}: done (results/{name}); --rerun to train it again", flush=True)
             continue
-        cmd = [sys.executable, os.path.abspath(__file__), f"--method={name}", f"--epochs={args.epochs}",
-               f"--width={args.width}", f"--data_dir={args.data_dir}"] + (
-                   [f"--smoke={args.smoke}"] if args.smoke else [])
+        jobs.append((name, [sys.executable, os.path.abspath(__file__), f"--method={name}", f"--epochs={args.epochs}",
+                            f"--width={args.width}", f"--data_dir={args.data_dir}"]
+                     + ([f"--smoke={args.smoke}"] if args.smoke else [])))
+    return run_queue(jobs)
+
+
+def run_queue(jobs, stop_on_failure: bool = False) -> int:
+    """Run [(name, command)] one at a time, each in its own process (one failing does not stop the
+    others unless `stop_on_failure`); a preempted / SIGTERM-ed one stops the queue. 1 if any failed."""
+    failed = []
+    for name, cmd in jobs:
         print(f"== {name}: {' '.join(cmd)}", flush=True)
         code = subprocess.call(cmd)
         if code:
             print(f"{name}: exit code {code}", flush=True)
             failed.append(name)
-            if code in (75, -15, 143):  # preempted / SIGTERM: stop the whole queue
+            if stop_on_failure or code in (75, -15, 143):  # preempted / SIGTERM: stop the whole queue
                 break
     if failed:
-        print(f"failed or stopped: {', '.join(failed)}", flush=True)
+        print(f"failed or stopped: {', '.join(failed)}; rerun to resume", flush=True)
     return 1 if failed else 0
 
 

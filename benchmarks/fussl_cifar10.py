@@ -296,20 +296,15 @@ def main(argv=None) -> int:
         print(plan_text(seeds, **kwargs), flush=True)
     if args.arm:
         run_arm(args.arm, args.seed, **kwargs)
-    if args.all:
-        import subprocess
-        for seed in seeds:
-            for arm in ARMS:
-                if os.path.exists(os.path.join(RESULTS_DIR, f"seed{seed}", arm, "summary.json")):
-                    continue
-                cmd = [sys.executable, os.path.abspath(__file__), f"--arm={arm}", f"--seed={seed}",
-                       f"--e1={args.e1}", f"--e2={args.e2}", f"--data_dir={args.data_dir}"] + (
-                           [f"--smoke={args.smoke}"] if args.smoke else [])
-                print(f"== {arm} seed {seed}: {' '.join(cmd)}", flush=True)
-                code = subprocess.call(cmd)
-                if code:  # each arm in its own process; a failure or SIGTERM stops the queue
-                    print(f"{arm} seed {seed}: exit code {code}; rerun to resume", flush=True)
-                    return code
+    if args.all:  # each arm in its own process; a failure or SIGTERM stops the queue
+        jobs = [(f"{arm} seed {seed}", [sys.executable, os.path.abspath(__file__), f"--arm={arm}", f"--seed={seed}",
+                                        f"--e1={args.e1}", f"--e2={args.e2}", f"--data_dir={args.data_dir}"]
+                 + ([f"--smoke={args.smoke}"] if args.smoke else []))
+                for seed in seeds for arm in ARMS
+                if not os.path.exists(os.path.join(RESULTS_DIR, f"seed{seed}", arm, "summary.json"))]
+        code = C10.run_queue(jobs, stop_on_failure=True)
+        if code:
+            return code
     if args.report:
         text = report_text(load_summaries(RESULTS_DIR))
         os.makedirs(BENCH_DIR, exist_ok=True)

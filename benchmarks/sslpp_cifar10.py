@@ -104,7 +104,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -455,27 +454,16 @@ def measure(data_dir: str, which: str) -> None:
 
 def run_all(seeds, args) -> int:
     """Every entry of every seed (seed-major), each in its own process; finished ones skipped."""
-    failed = []
+    jobs = []
     for seed in seeds:
         for entry in ENTRIES:
             if is_done(entry, seed) and not args.rerun:
                 print(f"{entry} seed {seed}: done; --rerun to run it again", flush=True)
                 continue
-            cmd = [sys.executable, os.path.abspath(__file__), f"--arm={entry}", f"--seed={seed}",
-                   f"--data_dir={args.data_dir}"] + ([f"--smoke={args.smoke}"] if args.smoke else [])
-            print(f"== {entry} seed {seed}: {' '.join(cmd)}", flush=True)
-            code = subprocess.call(cmd)
-            if code:
-                print(f"{entry} seed {seed}: exit code {code}", flush=True)
-                failed.append(f"{entry}/seed{seed}")
-                if code in (75, -15, 143):  # preempted / SIGTERM: stop the whole queue
-                    break
-        else:
-            continue
-        break
-    if failed:
-        print(f"failed or stopped: {', '.join(failed)}", flush=True)
-    return 1 if failed else 0
+            jobs.append((f"{entry} seed {seed}", [sys.executable, os.path.abspath(__file__), f"--arm={entry}",
+                                                  f"--seed={seed}", f"--data_dir={args.data_dir}"]
+                         + ([f"--smoke={args.smoke}"] if args.smoke else [])))
+    return cpu.run_queue(jobs)
 
 
 # ----------------------------------------------------------------------------- report
