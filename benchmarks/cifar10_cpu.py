@@ -127,6 +127,18 @@ TRAIN_EXAMPLES = 50_000  # CIFAR-10 train split
 
 
 STAGED = {"fussl": "benchmarks/fussl_cifar10.py", "sslpp": "benchmarks/sslpp_cifar10.py"}
+# The staged protocols' rows, read from their comparison's committed results (their runners train
+# them, STAGED) once those exist: the main arm at seed 0. Row name: (the result dirs under
+# benchmarks/, the first holding the row's network, every one a training stage of it; the row's
+# epochs; what they are). Their train time is every stage's.
+STAGED_ROWS = {
+    "fussl (simclr)": (("fussl_cifar10/results/seed0/fuzzy",), 6,
+                       "FUSSL with fuzzy labels: 4 epochs of 3 SimCLR blocks (phase 1), 2 of phase 2 "
+                       "(fussl_cifar10.E1 + E2)"),
+    "sslpp (rotnet, iic labels)": (("sslpp_cifar10/results/seed0/iic", "sslpp_cifar10/results/seed0/stage_a_iic"), 6,
+                                   "RotNet + SSL++'s semantic head at λ 0.05 on a NIN x0.25: 6 epochs of stage C "
+                                   "(sslpp_cifar10.C_EPOCHS) after 3 of the IIC clusterer"),
+}
 
 
 def methods() -> tuple[list[str], dict[str, str]]:
@@ -431,8 +443,16 @@ def _run_one(method, data_dir, epochs, width, subset) -> None:
     finally:
         end_segment(workdir, machine)
     records = stamped(baseline, records)
-    if method in VARIANTS:  # the table names a row by its records' method
-        records = [dict(r, method=method) for r in records]
+    if method in VARIANTS:
+        # The table names a row by its records' method, and the run wrote its records under the
+        # base method's: rename every record, replacing the file (a merge would keep the base
+        # method's copies beside the renamed ones, and the table would show the base name).
+        renamed = {}
+        for r in results_lib.read_records(workdir) + records:
+            r = dict(r, method=method)
+            renamed[tuple(r[f] for f in results_lib.KEY_FIELDS)] = r
+        os.remove(results_lib.path_of(workdir))
+        records = list(renamed.values())
     results_lib.write_records(workdir, records)
     out = os.path.join(RESULTS_DIR, method)
     os.makedirs(out, exist_ok=True)
@@ -504,6 +524,33 @@ def run_queue(jobs, stop_on_failure: bool = False) -> int:
     return 1 if failed else 0
 
 
+def staged_row(name: str):
+    """(records, machine) of a STAGED_ROWS row, or None before its runner has written them: the
+    main arm's records under the row's name and epochs, with the train time of every stage
+    (FUSSL's summary.json has it; otherwise the sum of the dirs' train_seconds)."""
+    from ssl_jax import report as report_lib, results as results_lib
+
+    dirs, epochs, _ = STAGED_ROWS[name]
+    paths = [os.path.join(ROOT, "benchmarks", d) for d in dirs]
+    if not all(os.path.exists(results_lib.path_of(p)) for p in paths):
+        return None
+    summary_path = os.path.join(paths[0], "summary.json")
+    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
+    if summary is not None:
+        seconds, machine = summary["train_seconds"], summary["machine"]
+    else:
+        seconds = sum(report_lib.pick_value(results_lib.read_records(p), "pretrain", "train_seconds", False) or 0
+                      for p in paths)
+        machine = report_lib.read_machine(paths[0])
+    records = []
+    for r in results_lib.read_records(paths[0]):
+        r = dict(r, method=name, epochs=epochs)
+        if (r["protocol"], r["metric"], r["network"]) == ("pretrain", "train_seconds", "online"):
+            r["value"] = seconds
+        records.append(r)
+    return records, machine
+
+
 def report() -> None:
     """results.md (ssl_jax.report's summary table) and knn_epoch.png from the rows in results/."""
     from ssl_jax import report as report_lib
@@ -514,6 +561,10 @@ def report() -> None:
         sys.exit(f"no finished rows in {RESULTS_DIR}: run python benchmarks/cifar10_cpu.py --method=<method> first")
     records, metrics, labels = report_lib.load_runs(dirs)
     machines = {name: report_lib.read_machine(d) for name, d in zip(report_lib.run_names(dirs), dirs)}
+    for name in STAGED_ROWS:
+        row = staged_row(name)
+        if row is not None:
+            records[name], machines[name] = row
     text = report_lib.summary_table(records, machines, knn_setting=f"k={KNN_K},T={KNN_T:g}")
     with open(os.path.join(BENCH_DIR, "results.md"), "w") as f:
         f.write(text)

@@ -207,12 +207,25 @@ def _run_arm(arm, seed, **kwargs) -> None:
         main_lib.pretrain(config, workdir)
     finally:
         C10.end_segment(workdir, machine)
+    publish(arm, seed, config)
+
+
+def publish(arm: str, seed: int, config) -> None:
+    """Copy a finished arm's summary (and `base`'s, from fuzzy) to results/: its network's
+    results.json with the random-init baseline (cifar10_cpu's, the same ResNet) stamped in, as
+    every CIFAR-10 CPU row has it, and summary.json."""
+    from ssl_jax import results as results_lib
+    from ssl_jax.train.logging import console
+
+    workdir = workdir_of(arm, seed)
+    baseline = C10.random_init_records(config.phase1 if config.method == "fussl" else config, console)
     with open(os.path.join(workdir, "machine.json")) as f:
         machine = json.load(f)
     for name in ("base", arm) if arm == "fuzzy" else (arm,):
         out = os.path.join(RESULTS_DIR, f"seed{seed}", name)
         os.makedirs(out, exist_ok=True)
-        shutil.copy2(os.path.join(network_dir(name, workdir), "results.json"), os.path.join(out, "results.json"))
+        trained = [r for r in results_lib.read_records(network_dir(name, workdir)) if r.get("network") != "random_init"]
+        results_lib.write_records(out, trained + C10.stamped(baseline, trained))
         C10._write_json(os.path.join(out, "summary.json"), summarize(name, seed, workdir, machine))
         console(f"{name} (seed {seed}): summary in {os.path.relpath(out, ROOT)}")
 

@@ -205,3 +205,53 @@ def test_knn_epoch_figure_draws_one_baseline_line_per_value_and_styles_past_ten_
     lines = report.knn_epoch_figure(many, recs).axes[0].get_lines()
     assert (lines[0].get_color(), lines[0].get_linestyle()) != (lines[10].get_color(), lines[10].get_linestyle())
     assert lines[0].get_marker() != lines[10].get_marker()
+
+
+# ----------------------------------------------------------------------------- committed rows
+
+def test_every_committed_row_is_one_method_name(bench):
+    """A row's results.json names one method (a variant's every record renamed, not a merge of
+    renamed copies beside the base method's, which put the base name in the table)."""
+    for row in sorted(os.listdir(bench.RESULTS_DIR)):
+        methods = {r["method"] for r in results.read_records(os.path.join(bench.RESULTS_DIR, row))}
+        assert methods == ({row} if row in bench.VARIANTS else methods) and len(methods) == 1, (row, methods)
+
+
+def test_staged_rows_epochs_match_their_runners(bench):
+    fussl, sslpp = load_benchmark("fussl_cifar10"), load_benchmark("sslpp_cifar10")
+    assert bench.STAGED_ROWS["fussl (simclr)"][1] == fussl.E1 + fussl.E2
+    assert bench.STAGED_ROWS["sslpp (rotnet, iic labels)"][1] == sslpp.C_EPOCHS
+    for dirs, _, what in bench.STAGED_ROWS.values():
+        runners = {f"benchmarks/{d.split('/')[0]}.py" for d in dirs}
+        assert what and len(runners) == 1 and runners <= set(bench.STAGED.values())
+
+
+def test_staged_row_takes_the_main_arm_with_every_stages_train_time(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "ROOT", str(tmp_path))
+    root = tmp_path / "benchmarks"
+    for name in bench.STAGED_ROWS:
+        assert bench.staged_row(name) is None  # not run yet: no row
+    # SSL++: stage C's records under the row's name, its train time plus stage A's.
+    iic_dir = _write_run(str(root / "sslpp_cifar10/results/seed0"), "iic", method="rotnet+sslpp", knn=0.4,
+                         linear=0.45, rand_knn=0.2, rand_linear=0.25, seconds=600.0, collapsed=0.0,
+                         loads=[(1.0, 2.0)], knn_curve=[0.3, 0.4])
+    assert bench.staged_row("sslpp (rotnet, iic labels)") is None  # stage A's summary missing
+    _write_run(str(root / "sslpp_cifar10/results/seed0"), "stage_a_iic", method="iic", knn=0.3, linear=0.3,
+               rand_knn=0.2, rand_linear=0.25, seconds=300.0, collapsed=0.0, loads=[(1.0, 2.0)], knn_curve=[0.3])
+    records, machine = bench.staged_row("sslpp (rotnet, iic labels)")
+    assert machine == report.read_machine(iic_dir)
+    _, (row,) = _rows(report.summary_table({"sslpp": records}, {"sslpp": machine}, knn_setting="k=200,T=0.1"))
+    assert (row["method"], row["epochs"], row["train time"]) == ("sslpp (rotnet, iic labels)", "6", "0:15:00")
+    assert (row["kNN top-1 %"], row["random-init linear %"]) == ("40.0", "25.0")
+    # FUSSL: the train time of every stage from its summary.json, the machine from there too.
+    fussl_dir = _write_run(str(root / "fussl_cifar10/results/seed0"), "fuzzy", method="fussl_phase2", knn=0.5,
+                           linear=0.55, rand_knn=0.2, rand_linear=0.25, seconds=100.0, collapsed=0.0,
+                           loads=[(1.0, 2.0)], knn_curve=[0.5])
+    summary_machine = {"cpu_model": "Other CPU", "cores": 2, "segments": [
+        {"start": "t0", "load1_start": 0.5, "end": "t1", "load1_end": 1.5}]}
+    with open(os.path.join(fussl_dir, "summary.json"), "w") as f:
+        json.dump({"train_seconds": 4000.0, "machine": summary_machine}, f)
+    records, machine = bench.staged_row("fussl (simclr)")
+    _, (row,) = _rows(report.summary_table({"f": records}, {"f": machine}, knn_setting="k=200,T=0.1"))
+    assert (row["method"], row["epochs"], row["train time"]) == ("fussl (simclr)", "6", "1:06:40")
+    assert row["machine"] == "Other CPU, 2 cores, load 0.5→1.5" and row["linear top-1 %"] == "55.0"
