@@ -305,8 +305,9 @@ def main(argv=None) -> int:
         C10.RUNS_DIR = os.path.join(BENCH_DIR, "cifar10_cpu_runs")  # its random-init baseline on the subset
     seeds = [int(s) for s in args.seeds.split(",")]
     kwargs = dict(e1=args.e1, e2=args.e2, data_dir=args.data_dir, subset=C10.SMOKE_SUBSET if args.smoke else None)
-    if args.plan:
+    if args.plan:  # a plan only: trains nothing, whatever else is passed
         print(plan_text(seeds, **kwargs), flush=True)
+        return 0
     if args.arm:
         run_arm(args.arm, args.seed, **kwargs)
     if args.all:  # each arm in its own process; a failure or SIGTERM stops the queue

@@ -652,8 +652,9 @@ def main(argv=None) -> int:
         scale, subset = dict(SMOKE_EPOCHS), SMOKE_SUBSET
     os.makedirs(BENCH_DIR, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.plan:
+    if args.plan:  # a plan only: trains nothing, whatever else is passed
         print(plan_text(seeds, data_dir=args.data_dir, subset=subset, **scale), flush=True)
+        return 0
     code = 0
     if args.all:
         code = run_all(seeds, args)

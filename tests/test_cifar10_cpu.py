@@ -255,3 +255,21 @@ def test_staged_row_takes_the_main_arm_with_every_stages_train_time(bench, tmp_p
     _, (row,) = _rows(report.summary_table({"f": records}, {"f": machine}, knn_setting="k=200,T=0.1"))
     assert (row["method"], row["epochs"], row["train time"]) == ("fussl (simclr)", "6", "1:06:40")
     assert row["machine"] == "Other CPU, 2 cores, load 0.5→1.5" and row["linear top-1 %"] == "55.0"
+
+
+@pytest.mark.parametrize("runner, train_function, args", [
+    ("cifar10_cpu", "run_one", ["--plan", "--method=byol"]),
+    ("cifar10_cpu", "run_all", ["--plan", "--method=all"]),
+    ("fussl_cifar10", "run_arm", ["--plan", "--arm=fuzzy", "--all"]),
+    ("sslpp_cifar10", "run_entry", ["--plan", "--arm=iic"]),
+    ("sslpp_cifar10", "run_all", ["--plan", "--all"])])
+def test_plan_trains_nothing(runner, train_function, args, monkeypatch, capsys):
+    """--plan beside training arguments prints the plan and stops (it once trained the method)."""
+    module = load_benchmark(runner)
+
+    def refuse(*a, **k):
+        raise AssertionError(f"{runner} --plan started training")
+
+    monkeypatch.setattr(module, train_function, refuse)
+    assert module.main(args) == 0
+    assert capsys.readouterr().out.strip()
