@@ -63,7 +63,8 @@ changes, the same for every method (`derive` applies them; `--plan` prints them 
   epoch if none is >= 10), so the per-epoch kNN lands on a log step and a stopped run loses at
   most that many steps.
 * Random-init baseline: the same network (WIDTH, seed 0) at its initialisation, evaluated once
-  per backbone with the same kNN and linear probe (runs/random_init_<backbone>/results.json,
+  per backbone and evaluation setting (eval_fingerprint) with the same kNN and linear probe
+  (runs/random_init_<backbone>_<fingerprint>/results.json,
   reused by every row), instead of each run's own eval.compare_random_init; its records are
   copied into each row's results.json under that row's method, so the tables put it under the
   row.
@@ -380,12 +381,30 @@ def _write_json(path, obj):
 
 # ----------------------------------------------------------------------------- runs
 
+def eval_fingerprint(config) -> str:
+    """A hash of what the random-init evaluation depends on: the encoder, the seed, the data's
+    preprocessing (mean / std: RotNet's CIFAR statistics are not the others' ImageNet ones) and
+    the protocols' settings; not the training views or the data's location. Rows share a
+    baseline only where it is equal (it was once keyed by the backbone alone, and the rows run
+    after RotNet's got a baseline under RotNet's normalisation)."""
+    import hashlib
+
+    from ssl_jax.evaluate import in_training
+
+    data = config.data.to_dict()
+    data.pop("views", None), data.pop("data_dir", None)
+    key = json.dumps({"model": config.model.to_dict(), "data": data, "seed": config.seed,
+                      "eval": in_training.eval_config(config).to_dict()}, sort_keys=True, default=str)
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
 def random_init_records(config, log) -> list[dict]:
     """kNN and linear-probe records of config's encoder at random initialisation (seed
-    config.seed), computed once per backbone into runs/random_init_<backbone>/results.json."""
+    config.seed), computed once per backbone and evaluation (eval_fingerprint) into
+    runs/random_init_<backbone>_<fingerprint>/results.json."""
     from ssl_jax import results as results_lib
 
-    workdir = os.path.join(RUNS_DIR, f"random_init_{backbone_name(config)}")
+    workdir = os.path.join(RUNS_DIR, f"random_init_{backbone_name(config)}_{eval_fingerprint(config)}")
     records = results_lib.read_records(workdir)
     if records:
         return records

@@ -273,3 +273,16 @@ def test_plan_trains_nothing(runner, train_function, args, monkeypatch, capsys):
     monkeypatch.setattr(module, train_function, refuse)
     assert module.main(args) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_random_init_baseline_is_shared_only_under_the_same_evaluation(bench):
+    """RotNet normalises with CIFAR-10's statistics: its random-init baseline is not the others'
+    (one cache per backbone once gave the rows run after RotNet's its baseline)."""
+    simclr, byol, rotnet = (bench.benchmark_config(m)[0] for m in ("simclr", "byol", "rotnet"))
+    assert bench.eval_fingerprint(simclr) == bench.eval_fingerprint(byol)
+    assert bench.eval_fingerprint(rotnet) != bench.eval_fingerprint(simclr)
+    moved = bench.benchmark_config("simclr", data_dir="/elsewhere")[0]
+    moved.data.views = moved.data.views[:1]
+    assert bench.eval_fingerprint(moved) == bench.eval_fingerprint(simclr)  # not training views or location
+    moved.seed = 1
+    assert bench.eval_fingerprint(moved) != bench.eval_fingerprint(simclr)
