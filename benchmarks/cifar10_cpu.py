@@ -392,10 +392,17 @@ def eval_fingerprint(config) -> str:
     from ssl_jax.evaluate import in_training
 
     data = config.data.to_dict()
-    data.pop("views", None), data.pop("data_dir", None)
+    data.pop("views", None)
+    data.pop("data_dir", None)
     key = json.dumps({"model": config.model.to_dict(), "data": data, "seed": config.seed,
                       "eval": in_training.eval_config(config).to_dict()}, sort_keys=True, default=str)
     return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def baseline_dir(config, suffix: str = "") -> str:
+    """The cache of config's random-init baseline (suffix: another evaluation of the same network,
+    e.g. sslpp_cifar10's layer probes): one per backbone and evaluation setting."""
+    return os.path.join(RUNS_DIR, f"random_init_{backbone_name(config)}_{eval_fingerprint(config)}{suffix}")
 
 
 def random_init_records(config, log) -> list[dict]:
@@ -404,7 +411,7 @@ def random_init_records(config, log) -> list[dict]:
     runs/random_init_<backbone>_<fingerprint>/results.json."""
     from ssl_jax import results as results_lib
 
-    workdir = os.path.join(RUNS_DIR, f"random_init_{backbone_name(config)}_{eval_fingerprint(config)}")
+    workdir = baseline_dir(config)
     records = results_lib.read_records(workdir)
     if records:
         return records
@@ -440,6 +447,18 @@ def stamped(baseline: list[dict], trained: list[dict]) -> list[dict]:
     return [dict(r, **fields) for r in baseline]
 
 
+def write_row(run_dir: str, records: list[dict], baseline: list[dict], name: str | None = None) -> None:
+    """Replace run_dir/results.json with a row's records: the trained network's (renamed `name`
+    if given: a variant's records carry its base method's name, and the table names a row by its
+    records' method) and the random-init baseline stamped with them (any earlier one dropped)."""
+    from ssl_jax import results as results_lib
+
+    trained = [dict(r, method=name or r["method"]) for r in records if r["network"] != "random_init"]
+    if os.path.exists(results_lib.path_of(run_dir)):
+        os.remove(results_lib.path_of(run_dir))  # a merge would keep records under the old name
+    results_lib.write_records(run_dir, trained + stamped(baseline, trained))
+
+
 def run_one(method: str, data_dir: str, epochs: int, width: float, subset=None) -> None:
     """Train (or resume) one row, evaluate it, add the baseline, copy its summary to results/."""
     from ssl_jax import cli, xla_flags
@@ -464,21 +483,10 @@ def _run_one(method, data_dir, epochs, width, subset) -> None:
     console(f"{method}: {config.num_epochs} epochs of {backbone_name(config)} in {workdir} "
             f"(load {machine['segments'][-1]['load1_start']} on {machine['cores']} cores)")
     try:
-        records = in_training.pretrain_and_evaluate(config, workdir)
+        in_training.pretrain_and_evaluate(config, workdir)  # its records go to workdir/results.json
     finally:
         end_segment(workdir, machine)
-    records = stamped(baseline, records)
-    if method in VARIANTS:
-        # The table names a row by its records' method, and the run wrote its records under the
-        # base method's: rename every record, replacing the file (a merge would keep the base
-        # method's copies beside the renamed ones, and the table would show the base name).
-        renamed = {}
-        for r in results_lib.read_records(workdir) + records:
-            r = dict(r, method=method)
-            renamed[tuple(r[f] for f in results_lib.KEY_FIELDS)] = r
-        os.remove(results_lib.path_of(workdir))
-        records = list(renamed.values())
-    results_lib.write_records(workdir, records)
+    write_row(workdir, results_lib.read_records(workdir), baseline, name=method if method in VARIANTS else None)
     out = os.path.join(RESULTS_DIR, method)
     os.makedirs(out, exist_ok=True)
     for name in SUMMARY_FILES:
@@ -560,8 +568,9 @@ def staged_row(name: str):
     if not all(os.path.exists(results_lib.path_of(p)) for p in paths):
         return None
     summary_path = os.path.join(paths[0], "summary.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
-    if summary is not None:
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
         seconds, machine = summary["train_seconds"], summary["machine"]
     else:
         seconds = sum(report_lib.pick_value(results_lib.read_records(p), "pretrain", "train_seconds", False) or 0

@@ -203,7 +203,6 @@ def _run_arm(arm, seed, **kwargs) -> None:
         shutil.rmtree(os.path.join(workdir, "phase1"), ignore_errors=True)  # a partial copy
         shutil.copytree(fuzzy_phase1, os.path.join(workdir, "phase1"))
         console(f"{arm}: phase 1 copied from {fuzzy_phase1}.")
-    C10.random_init_records(config.phase1 if config.method == "fussl" else config, console)
     machine = C10.start_segment(workdir)
     console(f"FUSSL CIFAR-10 arm {arm}, seed {seed}, in {workdir}")
     try:
@@ -227,8 +226,7 @@ def publish(arm: str, seed: int, config) -> None:
     for name in ("base", arm) if arm == "fuzzy" else (arm,):
         out = os.path.join(RESULTS_DIR, f"seed{seed}", name)
         os.makedirs(out, exist_ok=True)
-        trained = [r for r in results_lib.read_records(network_dir(name, workdir)) if r.get("network") != "random_init"]
-        results_lib.write_records(out, trained + C10.stamped(baseline, trained))
+        C10.write_row(out, results_lib.read_records(network_dir(name, workdir)), baseline)
         C10._write_json(os.path.join(out, "summary.json"), summarize(name, seed, workdir, machine))
         console(f"{name} (seed {seed}): summary in {os.path.relpath(out, ROOT)}")
 

@@ -38,7 +38,7 @@ block B1-B4 plurality-vote kNN for the paper's K in {1, 3, 5, 10, 15, 20} (Table
 kNN (k=20, T=0.07) and a linear probe per block, and the NIN-block probes on B2, B3, B4 (Table
 III). The random-init baseline (the same NIN, initialised with the seed of the first arm
 evaluated: seed 0 in --all's seed-major order) is evaluated once by both
-(runs/random_init_<backbone>/ and runs/random_init_<backbone>_layers/) and stamped into every
+(runs/random_init_<backbone>_<fingerprint>/ and its _layers/, cifar10_cpu.baseline_dir) and stamped into every
 arm's results.json, as cifar10_cpu.py does.
 
 A finished entry's summary (results.json, metrics.jsonl, config.json, machine.json; an arm's
@@ -405,16 +405,13 @@ def _run_arm(entry, seed, data_dir, scale, subset) -> None:
     _segment(workdir, work)
     records = results_lib.read_records(stage_c)
     baseline = random_init_baselines(config.stage_c, stage_c, probe_cfg)
-    trained = [r for r in records if r.get("network") != "random_init"]
     # results.json of the summary: the arm's records and the baselines stamped with its run.
     summary = os.path.join(workdir, "summary")
     os.makedirs(summary, exist_ok=True)
     for name in ("metrics.jsonl", "config.json"):
         if os.path.exists(os.path.join(stage_c, name)):
             shutil.copy2(os.path.join(stage_c, name), os.path.join(summary, name))
-    if os.path.exists(os.path.join(summary, "results.json")):
-        os.remove(os.path.join(summary, "results.json"))
-    results_lib.write_records(summary, trained + cpu.stamped(baseline, trained))
+    cpu.write_row(summary, records, baseline)
     cpu._write_json(os.path.join(summary, SSLPP_CONFIG), config.to_dict())
     _copy_summary(entry, seed, summary, workdir)
 
@@ -428,7 +425,7 @@ def random_init_baselines(stage_c_config, source: str, probe_cfg) -> list[dict]:
 
     cpu.RUNS_DIR = RUNS_DIR  # the baseline's workdir under this benchmark's runs/
     records = list(cpu.random_init_records(stage_c_config, _console()))
-    layers = os.path.join(RUNS_DIR, f"random_init_{cpu.backbone_name(stage_c_config)}_layers")
+    layers = cpu.baseline_dir(stage_c_config, "_layers")
     if not _has(results_lib.read_records(layers), "layer_probe"):
         import ml_collections
 
