@@ -227,6 +227,7 @@ class Program:
     total_steps: int
     notes: list
     blocks: int = 1           # an ensemble's m: its train step maps one block's step m times
+    looped: bool = False      # ... in a while loop (ensemble.execution 'loop'), whose body XLA counts once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +294,7 @@ def build_programs(config, devices) -> Program:
     import jax.numpy as jnp
     from ssl_jax import parallel
     from ssl_jax.models.conv import resolve_conv_backend
+    from ssl_jax.methods import ensemble
     from ssl_jax.train import loop
     from ssl_jax.train import step as step_lib
 
@@ -302,6 +304,8 @@ def build_programs(config, devices) -> Program:
     # CPU custom calls on one CPU device).
     backend = resolve_conv_backend(config.model.conv_backend, devices=devices)
     config.model.conv_backend = backend
+    if "ensemble" in config:  # the same for how an ensemble runs its blocks
+        config.ensemble.execution = ensemble.resolve_execution(config.ensemble.get("execution", "auto"), devices)
     config, note = _with_data(config)
     if note:
         notes.append(note)
@@ -329,14 +333,15 @@ def build_programs(config, devices) -> Program:
         notes.append(f"eval.batch_size {config.eval.batch_size} rounded up to {eval_batch}, a multiple of "
                      f"the {shards} devices (the evaluation needs it too: set --config.eval.batch_size)")
     feats = _compile(lower_features(method, state, mesh, eval_batch, s))
-    from ssl_jax.methods import ensemble
     blocks = ensemble.num_blocks(method)
-    if blocks > 1:
+    looped = blocks > 1 and method.execution == "loop"
+    if looped:
         notes.append(f"an ensemble of {blocks} blocks: the step maps one block's step over them (jax.lax.map, a "
                      f"while loop XLA's cost analysis counts once), so the train step's FLOPs and bytes "
                      f"accessed are the counted ones x {blocks}; its collectives per step are read with the "
                      f"loop's trip count")
-    return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes, blocks)
+    return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes, blocks,
+                   looped)
 
 
 def lower_features(method, state, mesh, eval_batch: int, image_size: int):
@@ -516,7 +521,7 @@ def report(program: Program, spec: Chip, topology: str) -> dict:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         if name == "train":
-            cost = per_step_cost(cost, program.blocks)
+            cost = per_step_cost(cost, program.blocks if program.looped else 1)
         used = used_bytes(memory)
         rec = {"hbm_used_bytes": used, "hbm_capacity_bytes": spec.device_hbm, "fits": used <= spec.device_hbm,
                "argument_bytes": int(memory.argument_size_in_bytes), "temp_bytes": int(memory.temp_size_in_bytes),

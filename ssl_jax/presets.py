@@ -127,8 +127,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         proxy_weight=1.0, head_hidden_dim=0, view="features", recluster_epochs=1, pca_dim=0, kmeans_iters=20))
     # An ensemble of `size` identically initialised copies of the method trained as one program
     # (FUSSL's phase 1; ssl_jax.methods.ensemble); 1 = the method alone. eval_block: the block
-    # that evaluation and export read.
-    c.ensemble = ml_collections.ConfigDict(dict(size=1, eval_block=0))
+    # that evaluation and export read; execution: how the program runs the blocks ('auto':
+    # unrolled on CPUs, a loop on accelerators; ensemble.resolve_execution).
+    c.ensemble = ml_collections.ConfigDict(dict(size=1, eval_block=0, execution="auto"))
     # Devices used (-1: all) as a (data, fsdp) mesh; data=-1 takes what fsdp leaves. fsdp > 1
     # shards params and optimizer state over that axis (ssl_jax.parallel); the batch is split
     # over both axes either way.

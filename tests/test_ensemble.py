@@ -6,6 +6,7 @@ tests/test_sharding.py ('byol+ensemble3')."""
 import os
 import re
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ M, BATCH, SIZE = 3, 16, 16
 FAST = {"xla_backend_optimization_level": 0}
 
 
-def _config(method: str, size: int = M):
+def _config(method: str, size: int = M, execution: str = "auto"):
     """The method's tiny config (ResNet-10 at width 1/8, 16 px, batch 16) as m blocks, trained with
     LARS and a weight decay large enough to matter (biases and BN excluded: masks per leaf).
     The equivalence test and the resume test build the same step program from it, so the second
@@ -33,7 +34,7 @@ def _config(method: str, size: int = M):
     config = tiny_config(method)
     config.global_batch_size = BATCH
     config.optimizer.update(dict(name="lars", weight_decay=1e-2, exclude_bias_and_bn_from_wd=True))
-    config.ensemble.size = size
+    config.ensemble.update(dict(size=size, execution=execution))
     config.update(dict(num_steps=4, log_every_steps=2))
     config.optimizer.warmup_epochs = 0.02  # 2 of the 4 steps (89 steps per epoch of the digits)
     config.checkpoint.update(dict(every_steps=2, keep=3, async_save=False))
@@ -71,14 +72,16 @@ def _noise_momentum(name: str, block) -> bool:
     return bool(head.hidden_bn) and int(m.group(2)) < int(head.num_layers) - 1
 
 
-@pytest.mark.parametrize("method_name", ["byol", "barlow_twins"])
-def test_three_block_step_equals_three_one_block_steps(method_name):
+@pytest.mark.parametrize("method_name,execution", [("byol", "loop"), ("byol", "unrolled"), ("barlow_twins", "auto")])
+def test_three_block_step_equals_three_one_block_steps(method_name, execution):
     """Two steps of a 3-block ensemble against the 1-block step run on each block's own views with
     that block's key fold_in(rng, k): params (probe included), BN statistics, optimizer state,
     method state (BYOL's EMA target) and per-block losses agree; the blocks start identical and
-    end different (their views differ), so a step that mixed blocks or views would fail."""
-    config = _config(method_name)
+    end different (their views differ), so a step that mixed blocks or views would fail. Both
+    ways of running the blocks (a while loop, unrolled) are held to it."""
+    config = _config(method_name, execution=execution)
     method, optimizer, lr, state, mesh = _build(config)
+    assert method.execution == ensemble.resolve_execution(execution)
     block = ensemble.block_method(method)
     assert isinstance(state, ensemble.EnsembleState) and method.num_views == M * block.num_views
     first = _leaves(ensemble.select_block(state, 0))
@@ -172,6 +175,23 @@ def test_block_axis_is_never_sharded():
     assert spec.step == P() and spec.rng == P()
     dp = parallel.state_sharding(state, AbstractMesh((8, 1), parallel.BATCH_AXES))
     assert all(s.spec in (P(), P(None)) for s in jax.tree.leaves(dp))
+
+
+def test_execution_follows_the_target_devices():
+    """'auto' unrolls the blocks on CPUs (this host, 1 or 8 devices) and loops them on a TPU (a
+    compile for a topology from this host passes the topology's devices); a fixed choice is
+    kept; anything else is an error naming the choices."""
+    tpu, cpu = types.SimpleNamespace(platform="tpu"), types.SimpleNamespace(platform="cpu")
+    assert ensemble.resolve_execution("auto") == "unrolled"
+    assert ensemble.resolve_execution("auto", devices=[cpu] * 8) == "unrolled"
+    assert ensemble.resolve_execution("auto", devices=[tpu] * 4) == "loop"
+    assert ensemble.resolve_execution("unrolled", devices=[tpu]) == "unrolled"
+    assert ensemble.resolve_execution("loop") == "loop"
+    with pytest.raises(ValueError, match="not one of"):
+        ensemble.resolve_execution("vmap")
+    config = _config("simclr")
+    del config.ensemble["execution"]  # a config.json written before the key existed
+    assert build_method(config, total_steps=10, steps_per_epoch=5).execution == "unrolled"
 
 
 def test_bad_ensemble_settings_are_one_clear_error():

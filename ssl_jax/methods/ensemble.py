@@ -11,6 +11,11 @@ config.ensemble (defaults: ssl_jax.presets.base_config):
               BatchNorm statistics and optimizer state, no cross-block term), so a phase-1
               block is a baseline run, which is also how FUSSL's "Base" control reads (seed 000,
               Sec. 1.7); results.json then reports a baseline model, marked '+ensemble<m>'.
+  execution   how the one program runs the blocks (`resolve_execution`): 'loop' (jax.lax.map,
+              a while loop over one compiled block step: one block's activations live at a
+              time), 'unrolled' (m copies of the block step in the program) or 'auto' (the
+              default: 'unrolled' where every device is a CPU, 'loop' elsewhere). The same
+              numbers either way (tested); only speed and memory differ.
 
 What an ensemble of m > 1 is:
   * state: the 1-block TrainState with a leading block axis [m, ...] on every leaf of params
@@ -27,7 +32,7 @@ What an ensemble of m > 1 is:
     multi-crop methods m copies of their crop plan; W-MSE's d views m·d (the paper is silent
     on how its 4 views fit "2m"; a block keeps its method's own view count).
   * step: the 1-block train step (ssl_jax.train.step) mapped over the blocks in the one jitted
-    program (jax.lax.map, not a Python loop; why not jax.vmap: `Ensemble.map_step`): loss,
+    program (`map_blocks`, not m jitted calls; why not jax.vmap: `Ensemble.map_step`): loss,
     BatchNorm (over the global batch, within the block), optimizer (LARS's trust ratio and
     the weight-decay masks per block, per parameter), EMA and method-state updates. The
     schedules read the shared step. Each block draws its own step randomness (W-MSE's
@@ -59,6 +64,37 @@ from ssl_jax.methods import common
 from ssl_jax.train.state import STACKED_FIELDS, EnsembleState, TrainState, select_block, stack  # noqa: F401
 
 KEYS = ("size", "eval_block")
+OPTIONAL_KEYS = {"execution": "auto"}  # absent from configs written before it existed
+EXECUTIONS = ("auto", "unrolled", "loop")
+
+
+def resolve_execution(choice: str, devices=None) -> str:
+    """'unrolled' or 'loop' for config.ensemble.execution; 'auto' is 'unrolled' where every
+    device is a CPU, else 'loop'. `devices`: those the step runs on (default jax.devices(); a
+    compile for a TPU topology from a CPU host passes the topology's, as for conv_backend).
+
+    Why not one answer: on XLA's CPU backend a while loop's body runs far slower than the same
+    ops in the entry computation. Measured (2026-12-07, 2 AMD EPYC cores with two trainings
+    running beside it, benchmarks/train_step.py, SimCLR ResNet-18 x0.125, CIFAR stem, batch 256,
+    oneDNN convolutions): one block's step 0.76 s; three blocks looped 19.1 s (25x), unrolled
+    3.1 s; peak memory 377 MB looped against 958 MB unrolled (XLA keeps every block's
+    activations live). On TPU / GPU the loop costs nothing measurable and HBM is what runs out
+    (an ImageNet ResNet-50 ensemble), so there the loop is kept."""
+    if choice not in EXECUTIONS:
+        raise ValueError(f"config.ensemble.execution={choice!r} is not one of {EXECUTIONS}.")
+    if choice != "auto":
+        return choice
+    devices = list(jax.devices() if devices is None else devices)
+    return "unrolled" if all(d.platform == "cpu" for d in devices) else "loop"
+
+
+def map_blocks(f, xs, execution: str):
+    """f over the leading block axis of the tree xs, outputs stacked on a new leading axis:
+    jax.lax.map (`execution` 'loop') or a fully unrolled scan ('unrolled'); resolve_execution."""
+    if execution == "loop":
+        return jax.lax.map(f, xs)
+    return jax.lax.scan(lambda carry, x: (carry, f(x)), None, xs, unroll=True)[1]
+
 def num_blocks(method) -> int:
     """m for an ensemble, 1 for a plain method."""
     return method.num_blocks if isinstance(method, Ensemble) else 1
@@ -86,20 +122,22 @@ def project(method, params, batch_stats, images: jax.Array) -> jax.Array:
         h = common.apply_eval(block.encoder, p["encoder"], s.get("encoder", {}), images)
         return common.apply_eval(block.heads["projector"], p["projector"], s.get("projector", {}), h)
 
-    return jax.lax.map(lambda pair: one(*pair), (params, batch_stats))  # per block: as map_step
+    return map_blocks(lambda pair: one(*pair), (params, batch_stats), method.execution)  # as map_step
 
 
-def _checked(section) -> tuple[int, int]:
-    unknown, missing = set(section.keys()) - set(KEYS), set(KEYS) - set(section.keys())
+def _checked(section) -> tuple[int, int, str]:
+    known = set(KEYS) | set(OPTIONAL_KEYS)
+    unknown, missing = set(section.keys()) - known, set(KEYS) - set(section.keys())
     if unknown or missing:
         raise ValueError(f"config.ensemble: unknown keys {sorted(unknown)}, missing {sorted(missing)}; it has "
-                         f"exactly {list(KEYS)} (ssl_jax.presets.base_config sets them).")
+                         f"{list(KEYS)} and optionally {list(OPTIONAL_KEYS)} (ssl_jax.presets.base_config "
+                         f"sets them).")
     m, k = int(section.size), int(section.eval_block)
     if m < 1:
         raise ValueError(f"config.ensemble.size={m}: the number of blocks is at least 1 (1 = no ensemble).")
     if not 0 <= k < m:
         raise ValueError(f"config.ensemble.eval_block={k} is not a block of the {m}; set it in [0, {m - 1}].")
-    return m, k
+    return m, k, resolve_execution(section.get("execution", OPTIONAL_KEYS["execution"]))
 
 
 def wrap(method, config):
@@ -108,8 +146,8 @@ def wrap(method, config):
     section = config.get("ensemble")
     if section is None:
         return method
-    m, k = _checked(section)
-    return method if m == 1 else Ensemble(method, m, k, config.data.views)
+    m, k, execution = _checked(section)
+    return method if m == 1 else Ensemble(method, m, k, config.data.views, execution)
 
 
 def ensemble_view_plan(plan, m: int) -> tuple:
@@ -127,13 +165,14 @@ class Ensemble:
     # One block's loss on stacked trees would be silently wrong: the step maps the block's.
     _BLOCK_ONLY = ("init", "loss", "after_update", "loss_and_outputs")
 
-    def __init__(self, method, m: int, eval_block: int, data_views):
+    def __init__(self, method, m: int, eval_block: int, data_views, execution: str):
         if hasattr(method, "refresh_due"):
             raise ValueError(f"config.ensemble.size={m}: {method.name} refreshes its targets with passes over the "
                              "whole dataset, which run on one network outside the train step; ensembles "
                              "train methods without them (e.g. simclr, byol, simsiam, swav, wmse, "
                              "barlow_twins). Set --config.ensemble.size=1.")
         self.block, self.num_blocks, self.eval_block = method, int(m), int(eval_block)
+        self.execution = execution  # 'loop' | 'unrolled' (resolve_execution)
         self.view_plan = ensemble_view_plan(method.view_plan, m)
         self.num_views = len(self.view_plan)
         views = list(data_views)
@@ -163,16 +202,17 @@ class Ensemble:
 
     def map_step(self, block_step):
         """The ensemble's step from one block's `block_step(state, batch) -> (state, metrics)`:
-        mapped over the blocks (jax.lax.map: one compiled 1-block step body, m iterations), block
+        mapped over the blocks (`map_blocks`: a loop over one compiled 1-block step body, or
+        that body unrolled m times, as self.execution says), block
         k on views k·V .. k·V + V − 1 of the batch with the step key fold_in(rng, k); metrics
         averaged over blocks, plus loss_block<k>.
 
-        Why lax.map and not jax.vmap: vmap turns every convolution with per-block kernels into a
+        Why mapped and not jax.vmap: vmap turns every convolution with per-block kernels into a
         grouped convolution, whose batch-grouped kernel gradient the SPMD partitioner does not
         keep split over the batch (measured on 2 simulated CPU devices: 47 all-gathers in
         SimCLR's 3-block step against 3 in its 1-block step, and the step hung on 2 and 8
-        devices). Mapped, each block's step partitions exactly as the 1-block step, and only one
-        block's activations are live at a time."""
+        devices). Mapped, each block's step partitions exactly as the 1-block step (and, looped,
+        only one block's activations are live at a time)."""
         m = self.num_blocks
 
         def step(state: EnsembleState, batch: dict):
@@ -186,7 +226,8 @@ class Ensemble:
                 new, metrics = block_step(TrainState(step=state.step, rng=key, **fields), dict(batch, views=views_k))
                 return {f: getattr(new, f) for f in STACKED_FIELDS}, metrics
 
-            fields, metrics = jax.lax.map(one, ({f: getattr(state, f) for f in STACKED_FIELDS}, keys, block_views))
+            fields, metrics = map_blocks(one, ({f: getattr(state, f) for f in STACKED_FIELDS}, keys, block_views),
+                                         self.execution)
             out = {name: jnp.mean(value, axis=0) for name, value in metrics.items()}
             out.update({f"loss_block{k}": metrics["loss"][k] for k in range(m)})
             return EnsembleState(step=state.step + 1, rng=state.rng, **fields), out
