@@ -1,5 +1,9 @@
 """The resumable step loop (ssl_jax.train.resumable) on a toy state: save cadence, the
-finite-loss check before any save, SIGTERM, and a resume that ends where an uninterrupted run ends."""
+finite-loss check before any save, SIGTERM, a resume that ends where an uninterrupted run ends,
+and at most two steps in flight (a SIGTERM is answered within two steps)."""
+import time
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,3 +54,29 @@ def test_sigterm_saves_and_a_rerun_resumes(tmp_path, monkeypatch):
     manager.close()
     assert meta == {"step": 5} and int(state["count"]) == 5
     assert int(_run(tmp_path, state, 5, 10)["count"]) == 10
+
+
+def test_the_host_runs_at_most_one_step_ahead():
+    """A compiled step of ~0.1 s of matrix products: when the loop dispatches step k, step k - 2
+    has finished (its loss is ready). With JAX's asynchronous dispatch alone the loop dispatches
+    every step at once, and a SIGTERM would wait for all the queued ones."""
+    outputs = []
+
+    @jax.jit
+    def compiled(state):
+        x = state["x"]
+        for _ in range(8):
+            x = jnp.tanh(x @ x) / 8.0
+        return {"x": x}, {"loss": jnp.sum(x)}
+
+    def step_fn(state, step):
+        if step >= 2:
+            assert outputs[step - 2]["loss"].is_ready(), f"step {step} dispatched before step {step - 2} finished"
+        state, metrics = compiled(state)
+        outputs.append(metrics)
+        return state, metrics
+
+    start = {"x": jnp.ones((1024, 1024), jnp.float32)}
+    jax.block_until_ready(compiled(start))  # compiled before the loop
+    resumable.run_steps(start, step_fn, start=0, total=6, log_every=100, on_log=lambda *a: None,
+                        nonfinite_message=lambda what, done: what)
