@@ -348,8 +348,17 @@ def load_split(dataset: str, split: str, data_dir: Optional[str] = None, process
     ds = builder.as_dataset(split=sub, shuffle_files=False, decoders=decoders,
                             read_config=tfds.ReadConfig(**_SEQUENTIAL))
     has_label = "label" in builder.info.features
-    label_of = (lambda ex: tf.cast(ex["label"], tf.int64)) if has_label else (lambda ex: tf.constant(-1, tf.int64))
-    return _indexed(ds, info, offset, label_of), n, info
+    return _indexed(ds, info, offset, _label if has_label else _no_label), n, info
+
+
+# Named functions, not two lambdas on one line: AutoGraph cannot tell such lambdas apart in the
+# source and printed a warning for every dataset built.
+def _label(ex):
+    return tf.cast(ex["label"], tf.int64)
+
+
+def _no_label(ex):
+    return tf.constant(-1, tf.int64)
 
 
 def _indexed(ds, info, offset, label_of):
