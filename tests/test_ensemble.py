@@ -160,6 +160,20 @@ def test_size_one_is_the_program_without_ensembles():
     assert lowered[0] == lowered[1]
 
 
+def test_project_reads_a_one_block_run_as_a_stack_of_one():
+    """FUSSL's labelling pass at ensemble_size 1 stacks the plain method's trees: [1, N, D], the
+    network's own inference-mode projections."""
+    method, _, _, state, _ = _build(_config("simclr", size=1))
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(4, SIZE, SIZE, 3)), jnp.float32)
+    z = ensemble.project(method, ensemble.stack(state.params, 1), ensemble.stack(state.batch_stats, 1), images)
+    h = method.encoder.apply({"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]},
+                             images, train=False)
+    want = method.heads["projector"].apply({"params": state.params["projector"],
+                                            "batch_stats": state.batch_stats["projector"]}, h, train=False)
+    assert z.shape == (1,) + want.shape
+    np.testing.assert_allclose(z[0], want, rtol=1e-5, atol=1e-6)
+
+
 def test_block_axis_is_never_sharded():
     """Under FSDP the rules apply to a stacked leaf without its block axis: a leaf whose only
     divisible dimension is the block axis stays whole, a small per-block leaf stays whole, a conv

@@ -122,7 +122,8 @@ def project(method, params, batch_stats, images: jax.Array) -> jax.Array:
         h = common.apply_eval(block.encoder, p["encoder"], s.get("encoder", {}), images)
         return common.apply_eval(block.heads["projector"], p["projector"], s.get("projector", {}), h)
 
-    return map_blocks(lambda pair: one(*pair), (params, batch_stats), method.execution)  # as map_step
+    execution = method.execution if isinstance(method, Ensemble) else "unrolled"  # 1 block: no loop needed
+    return map_blocks(lambda pair: one(*pair), (params, batch_stats), execution)  # as map_step
 
 
 def _checked(section) -> tuple[int, int, str]:
