@@ -73,8 +73,9 @@ def resolve_execution(choice: str, devices=None) -> str:
     device is a CPU, else 'loop'. `devices`: those the step runs on (default jax.devices(); a
     compile for a TPU topology from a CPU host passes the topology's, as for conv_backend).
 
-    Why not one answer: on XLA's CPU backend a while loop's body runs far slower than the same
-    ops in the entry computation. Measured (2026-12-07, 2 AMD EPYC cores with two trainings
+    Why not one answer: on XLA's CPU backend convolutions in a while loop's body run far slower
+    than the same ones in the entry computation (jax-ml/jax#12868, open; matrix products are not
+    affected: measured equal here). Measured (2026-12-07, 2 AMD EPYC cores with two trainings
     running beside it, benchmarks/train_step.py, SimCLR ResNet-18 x0.125, CIFAR stem, batch 256,
     oneDNN convolutions): one block's step 0.76 s; three blocks looped 19.1 s (25x), unrolled
     3.1 s; peak memory 377 MB looped against 958 MB unrolled (XLA keeps every block's
