@@ -38,12 +38,13 @@ ratio e2_full / phase-2 epochs, so the nominal phase-2 epochs are 4 with e2_full
 CYCLES = 2 cycles of E1 / 2 phase-1 and E2 / 2 phase-2 epochs (the paper's 4 x (200 + 100)
 spends the sequential run's 1200 epochs; 2 cycles here keep each cycle's phase 1 at 2 epochs).
 Budget. Measured (2026-12-07, seed 0, 2 AMD EPYC cores with nothing else running): phase 1
-takes 7.5 s per step (3 blocks x 256 images x 2 views), 24 min per epoch, so ~100 min for E1 = 4
-epochs with the per-epoch kNN. An earlier estimate of 7.5 min per phase-1 epoch (from a
-2.5-min SimCLR epoch of the cifar10_cpu rows) was 3x too low. Estimated from that rate: a seed
-is ~100 min of phase 1, ~4 x 10 min of phase 2 and labels, ~50 min of base_long (6 one-block
-epochs) and ~110 min of progressive (4 epochs of 3 blocks again): ~5 h per seed on idle cores,
-~15 h for SEEDS, spread over several sessions (every arm resumes; finished arms are skipped).
+took 7.5 s per step (3 blocks x 256 images x 2 views), 24 min per epoch, ~2 h for E1 = 4 epochs.
+That was XLA's CPU while loop over the blocks (ssl_jax.methods.ensemble.resolve_execution);
+unrolled (the default on CPUs since), progressive's phase 1 ran at 46-92 img/s (2.8-5.6 s per
+step) beside another training (SSL++), against 33 img/s alone before. base_long (6 one-block
+epochs) took 33 min beside another training. Estimated: a seed is ~1 h of phase 1, ~4 x 10 min
+of phase 2 and labels, ~35 min of base_long and ~1 h of progressive: ~3 h per seed on idle
+cores, spread over several sessions (every arm resumes; finished arms are skipped).
 
 Each finished arm's summary goes to benchmarks/fussl_cifar10/results/seed<S>/<arm>/ (committed):
 results.json of the run that produced the arm's network (phase2b, the last cycle's phase2, or
