@@ -553,22 +553,38 @@ def label_order(rows: dict, column: str = f"kNN B{BLOCKS[-1]}") -> list[str]:
     return sorted(have, key=lambda a: -_mean(rows[a][column]))
 
 
-def wall_minutes(machine: dict) -> float:
-    """Minutes between start and end of every segment of machine.json (training + evaluation)."""
+def wall_minutes(machine: dict) -> tuple[float, int]:
+    """(minutes between start and end of the segments of machine.json that ended (training +
+    evaluation), the number of segments that did not: a killed process writes no end)."""
     import datetime
 
-    total = 0.0
+    total, unended = 0.0, 0
     for seg in machine.get("segments", []):
         if seg.get("start") and seg.get("end"):
             t0, t1 = (datetime.datetime.fromisoformat(seg[k]) for k in ("start", "end"))
             total += (t1 - t0).total_seconds() / 60
-    return total
+        else:
+            unended += 1
+    return total, unended
+
+
+def budget_line(entry: str, seed: int, machine: dict, records: list) -> str:
+    """One entry's budget: its training minutes (the runs' train_seconds, which resumes add up),
+    the wall time of its ended segments and how many were cut off, CPU and load."""
+    from ssl_jax.report import format_machine
+
+    train_min = sum(r["value"] for r in records if r["protocol"] == "pretrain" and r["metric"] == "train_seconds") / 60
+    wall, unended = wall_minutes(machine)
+    cut = f" + {unended} segment(s) cut off (no end time)" if unended else ""
+    return (f"* {entry} seed {seed}: {train_min:.1f} min of training; {wall:.1f} min wall in ended segments{cut}; "
+            f"{format_machine(machine)}")
 
 
 def report_text(runs: dict, scale: dict | None = None) -> str:
     """results.md: the per-block table, the claims, IIC's clustering, the budget and machine;
     `scale` (c_epochs, a_passes, probe_epochs): the budget the entries ran at (default the recipe's)."""
-    from ssl_jax.report import format_machine, seeds_table
+    from ssl_jax import results as results_lib
+    from ssl_jax.report import seeds_table
 
     scale = scale or dict(c_epochs=C_EPOCHS, a_passes=A_PASSES, probe_epochs=PROBE_EPOCHS)
     rows = block_rows(runs)
@@ -594,14 +610,16 @@ def report_text(runs: dict, scale: dict | None = None) -> str:
         lines += ["IIC clustering of the test split (main head, best sub-head by training loss; Hungarian "
                   "accuracy in %, NMI and ARI x 100; the IIC paper's accuracy: MNIST 99.2 %, CIFAR-10 61.7 %):", "",
                   seeds_table(crow, [c for c, _ in clustering_columns()], first="clusterer").rstrip("\n"), ""]
-    lines += ["Budget and machine (per entry and seed: training + evaluation wall time, CPU, load):", ""]
+    lines += ["Budget and machine (per entry and seed: training time, training + evaluation wall time, CPU, load):",
+              ""]
     for entry in ENTRIES:
         for seed in sorted(runs.get(entry, {})):
             path = os.path.join(entry_dir(entry, seed, RESULTS_DIR), "machine.json")
             if os.path.exists(path):
                 with open(path) as f:
                     machine = json.load(f)
-                lines.append(f"* {entry} seed {seed}: {wall_minutes(machine):.1f} min wall; {format_machine(machine)}")
+                records = results_lib.read_records(entry_dir(entry, seed, RESULTS_DIR))
+                lines.append(budget_line(entry, seed, machine, records))
     return "\n".join(lines) + "\n"
 
 

@@ -196,3 +196,20 @@ def test_report_says_when_the_ordering_differs(bench, tmp_path):
     rows = bench.block_rows(bench.collect(str(tmp_path)))
     assert bench.label_order(rows) == ["iic", "random", "gt"]
     assert any("a different order" in c for c in bench.claims(rows))
+
+
+def test_budget_counts_resumed_training_and_says_which_segments_were_cut_off(bench):
+    """A run killed twice and resumed: its training minutes are the records' train_seconds summed
+    (what resumes add up), not the one segment that wrote an end time, and the cut-off segments
+    are said."""
+    machine = {"cpu_model": "AMD EPYC", "cores": 2, "segments": [
+        {"start": "2026-12-07T11:00:00+00:00", "load1_start": 2.0},
+        {"start": "2026-12-07T12:00:00+00:00", "load1_start": 2.0,
+         "end": "2026-12-07T12:20:00+00:00", "load1_end": 3.0}]}
+    records = [{"protocol": "pretrain", "metric": "train_seconds", "value": 3600.0},
+               {"protocol": "pretrain", "metric": "train_seconds", "value": 600.0},
+               {"protocol": "knn", "metric": "train_seconds", "value": 999.0}]
+    line = bench.budget_line("stage_a_iic", 0, machine, records)
+    assert "70.0 min of training" in line and "20.0 min wall in ended segments" in line
+    assert "1 segment(s) cut off" in line
+    assert bench.wall_minutes(machine) == (20.0, 1)
