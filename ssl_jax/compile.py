@@ -227,7 +227,12 @@ class Program:
     total_steps: int
     notes: list
     blocks: int = 1           # an ensemble's m: its train step maps one block's step m times
-    looped: bool = False      # ... in a while loop (ensemble.execution 'loop'), whose body XLA counts once
+
+    @property
+    def looped(self) -> bool:
+        """The ensemble's blocks run as one while loop (config.ensemble.execution 'loop', resolved
+        for the target devices by build_programs), whose body XLA's cost analysis counts once."""
+        return self.blocks > 1 and self.config.ensemble.execution == "loop"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +310,8 @@ def build_programs(config, devices) -> Program:
     backend = resolve_conv_backend(config.model.conv_backend, devices=devices)
     config.model.conv_backend = backend
     if "ensemble" in config:  # the same for how an ensemble runs its blocks
-        config.ensemble.execution = ensemble.resolve_execution(config.ensemble.get("execution", "auto"), devices)
+        choice = config.ensemble.get("execution", ensemble.OPTIONAL_KEYS["execution"])
+        config.ensemble.execution = ensemble.resolve_execution(choice, devices)
     config, note = _with_data(config)
     if note:
         notes.append(note)
@@ -334,14 +340,13 @@ def build_programs(config, devices) -> Program:
                      f"the {shards} devices (the evaluation needs it too: set --config.eval.batch_size)")
     feats = _compile(lower_features(method, state, mesh, eval_batch, s))
     blocks = ensemble.num_blocks(method)
-    looped = blocks > 1 and method.execution == "loop"
-    if looped:
+    program = Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes, blocks)
+    if program.looped:
         notes.append(f"an ensemble of {blocks} blocks: the step maps one block's step over them (jax.lax.map, a "
                      f"while loop XLA's cost analysis counts once), so the train step's FLOPs and bytes "
                      f"accessed are the counted ones x {blocks}; its collectives per step are read with the "
                      f"loop's trip count")
-    return Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes, blocks,
-                   looped)
+    return program
 
 
 def lower_features(method, state, mesh, eval_batch: int, image_size: int):

@@ -96,6 +96,7 @@ def map_blocks(f, xs, execution: str):
         return jax.lax.map(f, xs)
     return jax.lax.scan(lambda carry, x: (carry, f(x)), None, xs, unroll=True)[1]
 
+
 def num_blocks(method) -> int:
     """m for an ensemble, 1 for a plain method."""
     return method.num_blocks if isinstance(method, Ensemble) else 1
