@@ -61,7 +61,6 @@ for every cycle of the progressive schedule.
 from __future__ import annotations
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -229,7 +228,7 @@ def _init_file(path: str, source_dir: str, block: int | None) -> str:
         if jax.process_index() == 0:
             where = f"{source_dir} step {step}" + ("" if block is None else f" block {block}")
             init_weights.write(path, params, stats, fussl_phase2.INIT_MODULES, where)
-        _sync("fussl init")
+        parallel.barrier("fussl init")  # every process reads the file next
     return str(path)
 
 
@@ -279,7 +278,7 @@ def label(config, phase1_dir: str, path: str, cycle: int | None = None) -> dict:
     if jax.process_index() == 0:
         fussl_phase2.write_labels(path, classes, weights, fingerprint, chosen_block=chosen,
                                   block_errors=errors, config=settings)
-    _sync("fussl labels")
+    parallel.barrier("fussl labels")  # every process reads the file next
     return fussl_phase2.read_labels(path)
 
 
@@ -310,8 +309,3 @@ def labelling_pass(config, params, batch_stats) -> dict:
                                             batches, mesh, report)
     # The pass gathers rows as float32: pseudo-class indices (< 2^24) are exact.
     return dict(rows, classes=np.rint(rows["classes"]).astype(np.int32))
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:  # every process reads the file next
-        multihost_utils.sync_global_devices(name)

@@ -9,6 +9,7 @@ a weight where a layer needs it and reduce-scatters its gradient. fsdp=1 is pure
 parallelism; data=1 is pure FSDP. Method code never names a mesh axis: it gets its sharding
 from jax.jit's in/out shardings, set here.
 """
+import itertools
 import math
 from typing import Any
 
@@ -60,7 +61,9 @@ def make_mesh(num_devices: int | None = None, data: int = -1, fsdp: int = 1, dev
     # size (fsdp=8 on v4:4x4x4 or v5e:4x4): it then splits a physical axis between data and
     # fsdp rather than refuse the run; elsewhere the layout is the whole-axis one.
     layout = mesh_utils.create_device_mesh((data, fsdp), devices=devices, allow_split_physical_axes=True)
-    return Mesh(layout, BATCH_AXES)
+    mesh = Mesh(layout, BATCH_AXES)
+    open_cpu_collectives(mesh)
+    return mesh
 
 
 def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
@@ -179,6 +182,54 @@ def to_host(tree: Any) -> Any:
             return np.asarray(x.addressable_data(0))
         return np.asarray(jax.device_get(x))
     return jax.tree.map(get, tree)
+
+
+# Longer than any skew between processes that a barrier waits out (one compiling a large
+# network minutes before another on a loaded machine), shorter than forever.
+BARRIER_TIMEOUT_S = 30 * 60
+_barrier_uses: dict[str, int] = {}
+_opened_meshes: set = set()
+
+
+def barrier(name: str) -> None:
+    """Wait until every process has reached the barrier `name` (nothing for one process).
+
+    A barrier of the coordination service (jax.distributed), not a collective: no program to
+    compile, and no gloo time limit (below). Every process passes the same names in the same
+    order; a name may be reused (each use is numbered)."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client jax.distributed.initialize made (no public accessor)
+    use = _barrier_uses[name] = _barrier_uses.get(name, 0) + 1
+    distributed.global_state.client.wait_at_barrier(f"ssl_jax:{name}:{use}", timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
+
+
+def open_cpu_collectives(mesh: Mesh) -> None:
+    """Open gloo's connections for every group of `mesh`'s axes while the processes are in step,
+    where the mesh spans the CPU devices of every process (nothing elsewhere).
+
+    Gloo allows 30 s for the first collective over a set of devices to find every process (its
+    context set-up, a fixed time); one process compiling a step a minute after another (a
+    loaded machine) then fails with "Gloo context initialization failed: DEADLINE_EXCEEDED".
+    A later collective over an opened set waits as long as it takes (measured). So: a barrier,
+    then one tiny sum over each group of axes the programs on this mesh can reduce over.
+    Once per mesh layout."""
+    devices = list(mesh.devices.flat)
+    key = (tuple(d.id for d in devices), mesh.axis_names, mesh.devices.shape)
+    if (jax.process_count() == 1 or key in _opened_meshes or any(d.platform != "cpu" for d in devices)
+            or {d.process_index for d in devices} != set(range(jax.process_count()))):
+        return
+    _opened_meshes.add(key)
+    barrier("open_cpu_collectives")
+    split = tuple(a for a in mesh.axis_names if mesh.shape[a] > 1)  # size-1 axes reduce nothing
+    every_device = P(tuple(mesh.axis_names))  # one element per device
+    ones = jax.make_array_from_callback((mesh.devices.size,), NamedSharding(mesh, every_device),
+                                        lambda index: np.ones((1,), np.float32))
+    for r in range(1, len(split) + 1):
+        for axes in itertools.combinations(split, r):
+            summed = jax.jit(jax.shard_map(lambda x, axes=axes: jax.lax.psum(x, axes), mesh=mesh,
+                                           in_specs=every_device, out_specs=every_device))(ones)
+            jax.block_until_ready(summed)
 
 
 def initialize_distributed(auto: bool = False, coordinator_address: str | None = None,

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from ssl_jax import clustering
+from ssl_jax import clustering, parallel
 from ssl_jax import pretrained as pretrained_lib
 from ssl_jax import storage
 from ssl_jax.data import pipeline
@@ -112,8 +111,7 @@ def stage_b(config, stage_a_dir: str | None, path: str) -> int:
     if jax.process_index() == 0:
         sslpp.write_labels(path, labels, fingerprint, num_classes=num_classes, source=b.source, stage_a_step=step,
                            settings=label_settings(b))
-    if jax.process_count() > 1:  # every process reads the file in stage C
-        multihost_utils.sync_global_devices("sslpp stage B")
+    parallel.barrier("sslpp stage B")  # every process reads the file in stage C
     return int(num_classes)
 
 

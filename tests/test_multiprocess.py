@@ -182,3 +182,24 @@ def test_staged_run_in_two_processes(tmp_path):
     a, b = _final_state(ref / "stage_c", STAGE_STEPS), _final_state(run / "stage_c", STAGE_STEPS)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_processes_far_apart_reach_their_collectives():
+    """Process 1 reaches the mesh and then its first collectives 35 s after process 0 (a
+    process compiling slower on a loaded machine): the barrier and the collectives opened with
+    the mesh wait it out; without them gloo fails after 30 s ("Gloo context initialization
+    failed")."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tests", "skewed_processes.py"),
+                               str(i), str(port)], env=_env(2), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, out[-3000:]
+        # devices (data, fsdp): [[0, 1], [2, 3]] hold 0, 1, 2, 3; data sums pair 0+2 and 1+3
+        assert f"process {i}: data sums [2.0, 4.0, 2.0, 4.0], total 6.0" in out, out[-3000:]
+

@@ -145,9 +145,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> list[str]:
                 target, n = target_dir / f"{step}.{n}", n + 1
             (manager.directory / str(step)).rename(target)
             moved.append(str(target))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("ssl_jax_checkpoints_set_aside")
+    parallel.barrier("checkpoints set aside")
     manager.reload()
     return moved
 
