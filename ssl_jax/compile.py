@@ -262,8 +262,9 @@ def out_of_memory(message: str) -> OutOfMemory | None:
     return OutOfMemory(line[line.index("RESOURCE_EXHAUSTED"):], *(sizes + [None, None])[:2])
 
 
-def _compile(lowered):
-    """lowered.compile() for the TPU, or an OutOfMemory where the program does not fit."""
+def compile_lowered(lowered):
+    """lowered.compile() for the TPU (without the persistent cache), or an OutOfMemory where the
+    program does not fit."""
     import jax
     with _no_persistent_cache():
         try:
@@ -328,7 +329,7 @@ def build_programs(config, devices) -> Program:
     state = jax.eval_shape(make, jax.random.PRNGKey(config.seed))
     batch = batch_spec(config, method)
     train_fn = step_lib.make_train_step(method, optimizer, lr_schedule, info["num_classes"])
-    train = _compile(step_lib.compile_step(train_fn, state, mesh).lower(state, batch))
+    train = compile_lowered(step_lib.compile_step(train_fn, state, mesh).lower(state, batch))
 
     # The evaluation feature pass (kNN, linear probe, clustering): the encoder in inference
     # mode on eval.batch_size centre crops, params replicated (ssl_jax.train.features).
@@ -338,7 +339,7 @@ def build_programs(config, devices) -> Program:
         eval_batch = -(-eval_batch // shards) * shards
         notes.append(f"eval.batch_size {config.eval.batch_size} rounded up to {eval_batch}, a multiple of "
                      f"the {shards} devices (the evaluation needs it too: set --config.eval.batch_size)")
-    feats = _compile(lower_features(method, state, mesh, eval_batch, s))
+    feats = compile_lowered(lower_features(method, state, mesh, eval_batch, s))
     blocks = ensemble.num_blocks(method)
     program = Program(config, mesh, state, batch, train, train_fn, feats, eval_batch, spe, n_steps, notes, blocks)
     if program.looped:

@@ -140,7 +140,7 @@ def test_rank_monitor_under_fsdp_is_not_partitioned():
     def step(state, batch):
         return state, {"rank": monitors.effective_rank(rank_sample(batch["x"] @ state["w"]))}
 
-    text = step_lib.compile_step(step, state, mesh).lower(state, batch).compile().as_text()
+    text = compile_lib.compile_lowered(step_lib.compile_step(step, state, mesh).lower(state, batch)).as_text()
     static, per_step = hlo_collectives.collective_bytes(text), hlo_collectives.collective_bytes_per_step(text)
     assert per_step["total"]["count"] == static["total"]["count"] <= 4, per_step
     assert static["all-to-all"]["count"] == static["collective-permute"]["count"] == 0
@@ -171,7 +171,7 @@ def test_hsdp_gradients_are_reduce_scattered():
         grads = jax.grad(loss)(state, batch["x"])
         return jax.tree.map(lambda w, g: w - 0.1 * g, state, grads), {}
 
-    text = step_lib.compile_step(step, state, mesh).lower(state, batch).compile().as_text()
+    text = compile_lib.compile_lowered(step_lib.compile_step(step, state, mesh).lower(state, batch)).as_text()
     c = hlo_collectives.collective_bytes(text)
     full = 2 * 512 * 1024 * 4  # both float32 gradients, full size
     assert c["reduce-scatter"]["bytes"] == full  # over fsdp: operand = the full gradients
