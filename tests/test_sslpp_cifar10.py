@@ -195,7 +195,20 @@ def test_report_says_when_the_ordering_differs(bench, tmp_path):
         results.write_records(str(d), _arm_records([0.5, 0.5, 0.5, value], [0.5] * 3, 0.5, 0.5))
     rows = bench.block_rows(bench.collect(str(tmp_path)))
     assert bench.label_order(rows) == ["iic", "random", "gt"]
-    assert any("a different order" in c for c in bench.claims(rows))
+    assert any("a different order, 3 of 4 schemes run" in c for c in bench.claims(rows))
+
+
+def test_report_reads_an_order_only_among_the_schemes_run(bench, tmp_path):
+    """One scheme has no order; two in the paper's relative order are the same order so far."""
+    def claims(arms):
+        for arm, value in arms:
+            d = tmp_path / "seed0" / arm
+            d.mkdir(parents=True, exist_ok=True)
+            results.write_records(str(d), _arm_records([0.5, 0.5, 0.5, value], [0.5] * 3, 0.5, 0.5))
+        return [c for c in bench.claims(bench.block_rows(bench.collect(str(tmp_path)))) if "label schemes" in c]
+
+    assert claims([("iic", 0.5)]) == []
+    assert all("the same order, 2 of 4 schemes run" in c for c in claims([("gt", 0.6)]))
 
 
 def test_budget_counts_resumed_training_and_says_which_segments_were_cut_off(bench):
