@@ -311,8 +311,7 @@ def build_programs(config, devices) -> Program:
     backend = resolve_conv_backend(config.model.conv_backend, devices=devices)
     config.model.conv_backend = backend
     if "ensemble" in config:  # the same for how an ensemble runs its blocks
-        choice = config.ensemble.get("execution", ensemble.OPTIONAL_KEYS["execution"])
-        config.ensemble.execution = ensemble.resolve_execution(choice, devices)
+        config.ensemble.execution = ensemble.execution_of(config.ensemble, devices)
     config, note = _with_data(config)
     if note:
         notes.append(note)

@@ -222,14 +222,12 @@ def open_cpu_collectives(mesh: Mesh) -> None:
     _opened_meshes.add(key)
     barrier("open_cpu_collectives")
     split = tuple(a for a in mesh.axis_names if mesh.shape[a] > 1)  # size-1 axes reduce nothing
-    every_device = P(tuple(mesh.axis_names))  # one element per device
-    ones = jax.make_array_from_callback((mesh.devices.size,), NamedSharding(mesh, every_device),
-                                        lambda index: np.ones((1,), np.float32))
-    for r in range(1, len(split) + 1):
-        for axes in itertools.combinations(split, r):
-            summed = jax.jit(jax.shard_map(lambda x, axes=axes: jax.lax.psum(x, axes), mesh=mesh,
-                                           in_specs=every_device, out_specs=every_device))(ones)
-            jax.block_until_ready(summed)
+    groups = [axes for r in range(1, len(split) + 1) for axes in itertools.combinations(split, r)]
+    one_per_device = batch_sharding(mesh)
+    ones = jax.make_array_from_callback((mesh.devices.size,), one_per_device, lambda index: np.ones((1,), np.float32))
+    sums = jax.jit(jax.shard_map(lambda x: [jax.lax.psum(x, axes) for axes in groups], mesh=mesh,
+                                 in_specs=one_per_device.spec, out_specs=one_per_device.spec))(ones)
+    jax.block_until_ready(sums)  # one program, a sum over each group
 
 
 def initialize_distributed(auto: bool = False, coordinator_address: str | None = None,

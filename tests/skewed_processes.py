@@ -23,12 +23,11 @@ def main(process_id: int, port: int) -> None:
     mesh = parallel.make_mesh(data=2, fsdp=2)  # data pairs a device of each process; fsdp is local
     parallel.barrier("reused name")
     parallel.barrier("reused name")
-    every_device = jax.sharding.PartitionSpec(parallel.BATCH_AXES)
-    x = jax.make_array_from_callback((4,), jax.sharding.NamedSharding(mesh, every_device),
-                                     lambda index: np.arange(4, dtype=np.float32)[index])
+    one_per_device = parallel.batch_sharding(mesh)
+    x = jax.make_array_from_callback((4,), one_per_device, lambda index: np.arange(4, dtype=np.float32)[index])
     late()
     over_data = jax.jit(jax.shard_map(lambda v: jax.lax.psum(v, parallel.DATA_AXIS), mesh=mesh,
-                                      in_specs=every_device, out_specs=every_device))(x)
+                                      in_specs=one_per_device.spec, out_specs=one_per_device.spec))(x)
     total = jax.jit(jnp.sum, out_shardings=parallel.replicated(mesh))(x)
     print(f"process {process_id}: data sums {parallel.to_host(over_data).tolist()}, "
           f"total {float(parallel.to_host(total))}", flush=True)

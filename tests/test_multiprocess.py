@@ -202,4 +202,3 @@ def test_processes_far_apart_reach_their_collectives():
         assert p.returncode == 0, out[-3000:]
         # devices (data, fsdp): [[0, 1], [2, 3]] hold 0, 1, 2, 3; data sums pair 0+2 and 1+3
         assert f"process {i}: data sums [2.0, 4.0, 2.0, 4.0], total 6.0" in out, out[-3000:]
-

@@ -128,6 +128,12 @@ def project(method, params, batch_stats, images: jax.Array) -> jax.Array:
     return map_blocks(lambda pair: one(*pair), (params, batch_stats), execution)  # as map_step
 
 
+def execution_of(section, devices=None) -> str:
+    """resolve_execution of a config.ensemble section's execution (its default where an older
+    config.json lacks the key), for `devices`."""
+    return resolve_execution(section.get("execution", OPTIONAL_KEYS["execution"]), devices)
+
+
 def _checked(section) -> tuple[int, int, str]:
     known = set(KEYS) | set(OPTIONAL_KEYS)
     unknown, missing = set(section.keys()) - known, set(KEYS) - set(section.keys())
@@ -140,7 +146,7 @@ def _checked(section) -> tuple[int, int, str]:
         raise ValueError(f"config.ensemble.size={m}: the number of blocks is at least 1 (1 = no ensemble).")
     if not 0 <= k < m:
         raise ValueError(f"config.ensemble.eval_block={k} is not a block of the {m}; set it in [0, {m - 1}].")
-    return m, k, resolve_execution(section.get("execution", OPTIONAL_KEYS["execution"]))
+    return m, k, execution_of(section)
 
 
 def wrap(method, config):
