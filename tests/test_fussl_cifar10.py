@@ -93,6 +93,18 @@ def test_report_gives_mean_and_std_over_seeds_and_checks_the_claims_on_the_means
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert set(rows) == {"arm", "base", "fuzzy"} and list(rows).index("base") < list(rows).index("fuzzy")
     assert f"42.0 ± {100 * np.std([0.40, 0.42, 0.44], ddof=1):.1f} (n=3)" in rows["fuzzy"]
-    assert "FUSSL > Base (kNN): fuzzy - base = +1.0 points, holds" in text
-    assert "FUSSL > Base (linear): fuzzy - base = -2.0 points, does not hold" in text
+    # On the means over each arm's seeds, and paired per seed where both arms ran (seeds 0 and 1).
+    assert ("FUSSL > Base (kNN): fuzzy - base = +1.0 points, holds on the means; "
+            "per seed +1.0 / -1.0: holds at 1 of 2 seeds") in text
+    assert ("FUSSL > Base (linear): fuzzy - base = -2.0 points, does not hold on the means; "
+            "per seed -2.0 / -4.0: holds at 0 of 2 seeds") in text
     assert "soft" not in text
+
+
+def test_report_reads_a_difference_that_prints_as_zero_as_a_tie(bench):
+    # fuzzy trails soft by 0.04 points: printed +0.0 (never -0.0), which satisfies "fuzzy >= soft".
+    summaries = [dict(arm=arm, seed=0, knn_top1=0.5 + shift, linear_top1=0.5 + shift)
+                 for arm, shift in (("fuzzy", 0.0), ("soft", 0.0004))]
+    text = bench.report_text(summaries)
+    assert "fuzzy >= soft (kNN): fuzzy - soft = +0.0 points, holds on the means; per seed +0.0: holds at 1 of 1" in text
+    assert "-0.0" not in text
