@@ -261,19 +261,20 @@ def report_text(summaries: list[dict]) -> str:
     text = report.seeds_table(rows, ["kNN top-1 %", "linear top-1 %"])
     mean = {arm: {k: sum(v) / len(v) for k, v in cols.items() if v and None not in v} for arm, cols in rows.items()}
     by_seed = {(s["arm"], s["seed"]): s for s in summaries}
+    seeds = sorted({s["seed"] for s in summaries})
     lines = []
     for a, b, claim in (("fuzzy", "base", "FUSSL > Base"), ("fuzzy", "base_long", "FUSSL > the same epochs of SimCLR"),
                         ("fuzzy", "soft", "fuzzy >= soft"), ("soft", "hard", "soft >= hard"),
                         ("fuzzy", "no_freeze", "freezing helps"), ("fuzzy", "progressive", "sequential > progressive")):
+        # Compared at the printed precision, so that a difference shown as 0.0 is a tie.
+        holds = lambda d, claim=claim: d > 0 or (d == 0 and ">=" in claim)
+        both = [s for s in seeds if (a, s) in by_seed and (b, s) in by_seed]
         for metric, key in (("kNN top-1 %", "knn_top1"), ("linear top-1 %", "linear_top1")):
             if metric in mean.get(a, {}) and metric in mean.get(b, {}):
-                # Compared at the printed precision, so that a difference shown as 0.0 is a tie.
-                holds = lambda d: d > 0 or (d == 0 and ">=" in claim)
                 d = _points(mean[a][metric] - mean[b][metric])
                 # The arms of one seed share its phase 1 (and data order), so the per-seed differences
                 # are paired: a claim that holds at every seed is read more safely than one on the means.
-                paired = [_points(by_seed[a, s][key] - by_seed[b, s][key]) for s in sorted({s for _, s in by_seed})
-                          if (a, s) in by_seed and (b, s) in by_seed]
+                paired = [_points(by_seed[a, s][key] - by_seed[b, s][key]) for s in both]
                 lines.append(f"- {claim} ({metric.split()[0]}): {a} - {b} = {d:+.1f} points, "
                              f"{'holds' if holds(d) else 'does not hold'} on the means; per seed "
                              f"{' / '.join(f'{x:+.1f}' for x in paired)}: holds at "
